@@ -1,0 +1,27 @@
+//! The monarch tensor: an n-dimensional array with a runtime dtype, a device, and a
+//! strided layout so that transposes, slices and broadcasts are views without copies.
+//!
+//! CPU kernels run data-parallel over rayon; dense matrix products go through the
+//! `gemm` crate. Every operation that can fail on user input returns [`Result`] with an
+//! [`Error`] that names the operation and the shapes involved.
+
+mod cpu;
+mod device;
+mod dtype;
+mod error;
+mod layout;
+pub mod ops;
+mod safetensors_io;
+mod shape;
+mod storage;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Float, WithDType};
+pub use error::{Error, Result};
+pub use layout::Layout;
+pub use safetensors_io::{SafetensorsFile, load_safetensors, save_safetensors, write_atomic};
+pub use shape::{Dim, Dims, Shape};
+pub use storage::{CpuStorage, Storage};
+pub use tensor::Tensor;
+pub use half::{bf16, f16};

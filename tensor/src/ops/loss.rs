@@ -1,0 +1,154 @@
+//! Fused cross-entropy over logits, with ignored targets and label smoothing.
+
+use super::compute_dtype;
+use crate::cpu::{PAR_MIN, items_per_task};
+use crate::{CpuStorage, DType, Error, Float, Result, Tensor};
+use rayon::prelude::*;
+
+/// Options of [`Tensor::cross_entropy`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CrossEntropy {
+    /// Rows whose target equals this value add nothing to the loss or the count.
+    pub ignore_index: Option<i64>,
+    /// Mixes the one-hot target with the uniform distribution: `(1-ε)·onehot + ε/C`.
+    pub label_smoothing: f64,
+}
+
+impl CrossEntropy {
+    fn check(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            crate::bail!("cross_entropy", "label_smoothing must lie in [0, 1], got {}", self.label_smoothing);
+        }
+        Ok(())
+    }
+}
+
+/// Per-row `(loss, logsumexp)`; ignored rows give `(0, lse)`.
+fn rows_loss<T: Float>(x: &[T], t: &[i64], c: usize, o: CrossEntropy) -> Vec<(f64, f64)> {
+    let row = |(r, xs): (usize, &[T])| {
+        let m = xs.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b.as_f64()));
+        let sum: f64 = xs.iter().map(|&v| (v.as_f64() - m).exp()).sum();
+        let lse = sum.ln() + m;
+        if Some(t[r]) == o.ignore_index {
+            return (0.0, lse);
+        }
+        let nll = lse - xs[t[r] as usize].as_f64();
+        let smooth = if o.label_smoothing > 0.0 { lse - xs.iter().map(|v| v.as_f64()).sum::<f64>() / c as f64 } else { 0.0 };
+        ((1.0 - o.label_smoothing) * nll + o.label_smoothing * smooth, lse)
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks(c).with_min_len(items_per_task(c)).enumerate().map(row).collect()
+    } else {
+        x.chunks(c).enumerate().map(row).collect()
+    }
+}
+
+impl Tensor {
+    /// Checks (N, C) logits against (N) `I64` targets and returns the targets.
+    fn ce_targets(&self, targets: &Tensor, o: &CrossEntropy) -> Result<Vec<i64>> {
+        let op = "cross_entropy";
+        o.check()?;
+        let (n, c) = self.shape().matrix_dims(op)?;
+        if self.rank() != 2 || targets.dims() != [n] {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: targets.shape().clone() });
+        }
+        if targets.dtype() != DType::I64 {
+            return Err(Error::DTypeMismatch { op, lhs: targets.dtype(), rhs: DType::I64 });
+        }
+        let t = targets.to_vec::<i64>()?;
+        if let Some(&bad) = t.iter().find(|&&v| Some(v) != o.ignore_index && !(0..c as i64).contains(&v)) {
+            return Err(Error::IndexOutOfRange { op, index: bad, size: c });
+        }
+        Ok(t)
+    }
+
+    /// Mean cross-entropy of (N, C) logits against (N) `I64` class targets, over the rows
+    /// not ignored (0 when all are). Returns the scalar loss and the per-row
+    /// log-sum-exp (N) that [`cross_entropy_backward`](Self::cross_entropy_backward) needs.
+    pub fn cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
+        let t = self.ce_targets(targets, &o)?;
+        let c = self.dims()[1];
+        let x = compute_dtype(self, "cross_entropy")?.contiguous()?;
+        let s = x.layout().offset();
+        let rows = match x.cpu("cross_entropy")? {
+            CpuStorage::F32(v) => rows_loss(&v[s..], &t, c, o),
+            CpuStorage::F64(v) => rows_loss(&v[s..], &t, c, o),
+            other => return Err(Error::UnsupportedDType { op: "cross_entropy", dtype: other.dtype() }),
+        };
+        let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count();
+        let loss = rows.iter().map(|r| r.0).sum::<f64>() / count.max(1) as f64;
+        let lse: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        let dt = self.dtype();
+        Ok((Tensor::full(loss, (), dt), Tensor::from_vec(lse, t.len())?.to_dtype(dt)?))
+    }
+
+    /// Gradient of the mean cross-entropy with respect to the logits, scaled by the
+    /// loss gradient `dloss`: `(softmax - target distribution) · dloss / count` on rows
+    /// not ignored, 0 on ignored rows.
+    pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, o: CrossEntropy) -> Result<Tensor> {
+        let op = "cross_entropy_backward";
+        let t = logits.ce_targets(targets, &o)?;
+        if lse.dims() != [t.len()] {
+            return Err(Error::ShapeMismatch { op, lhs: logits.shape().clone(), rhs: lse.shape().clone() });
+        }
+        let c = logits.dims()[1];
+        let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
+        let lse = lse.to_vec_f64()?;
+        let scale = dloss / count as f64;
+        let x = compute_dtype(logits, op)?.contiguous()?;
+        let s = x.layout().offset();
+        let out = match x.cpu(op)? {
+            CpuStorage::F32(v) => CpuStorage::F32(rows_grad(&v[s..], &t, &lse, c, scale, o)),
+            CpuStorage::F64(v) => CpuStorage::F64(rows_grad(&v[s..], &t, &lse, c, scale, o)),
+            other => return Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
+        };
+        Tensor::from_cpu(out, logits.shape()).to_dtype(logits.dtype())
+    }
+}
+
+fn rows_grad<T: Float>(x: &[T], t: &[i64], lse: &[f64], c: usize, scale: f64, o: CrossEntropy) -> Vec<T> {
+    let mut g = vec![T::zero(); x.len()];
+    if c == 0 {
+        return g;
+    }
+    let (eps, off) = (o.label_smoothing, o.label_smoothing / c as f64);
+    let row = |(r, (g, xs)): (usize, (&mut [T], &[T]))| {
+        if Some(t[r]) == o.ignore_index {
+            return;
+        }
+        for (j, (g, &x)) in g.iter_mut().zip(xs).enumerate() {
+            let target = off + if j as i64 == t[r] { 1.0 - eps } else { 0.0 };
+            *g = T::from_f64(((x.as_f64() - lse[r]).exp() - target) * scale);
+        }
+    };
+    if x.len() >= PAR_MIN {
+        g.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(items_per_task(c)).enumerate().for_each(row);
+    } else {
+        g.chunks_mut(c).zip(x.chunks(c)).enumerate().for_each(row);
+    }
+    g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_definition_with_ignore_and_smoothing() {
+        let logits = Tensor::from_vec(vec![1f64, 2., 0.5, -1., 0., 3., 2., 2., 2.], [3, 3]).unwrap();
+        let targets = Tensor::from_vec(vec![1i64, -100, 0], 3).unwrap();
+        let o = CrossEntropy { ignore_index: Some(-100), label_smoothing: 0.1 };
+        let (loss, lse) = logits.cross_entropy(&targets, o).unwrap();
+        let lp = logits.log_softmax(1).unwrap().to_vec::<f64>().unwrap();
+        let row = |r: usize, t: usize| 0.9 * -lp[r * 3 + t] + 0.1 * -(lp[r * 3] + lp[r * 3 + 1] + lp[r * 3 + 2]) / 3.0;
+        let want = (row(0, 1) + row(2, 0)) / 2.0;
+        assert!((loss.to_scalar_f64().unwrap() - want).abs() < 1e-12);
+        let g = Tensor::cross_entropy_backward(&logits, &targets, &lse, 1.0, o).unwrap().to_vec::<f64>().unwrap();
+        assert_eq!(&g[3..6], &[0.0, 0.0, 0.0]);
+        // Each non-ignored row of the gradient sums to zero (softmax and target both sum to 1).
+        assert!((g[0] + g[1] + g[2]).abs() < 1e-12);
+        let bad = Tensor::from_vec(vec![3i64, 0, 0], 3).unwrap();
+        assert_eq!(logits.cross_entropy(&bad, o).unwrap_err().to_string(), "cross_entropy: index 3 out of range for size 3");
+        assert!(logits.cross_entropy(&Tensor::zeros(2, DType::I64), o).is_err());
+    }
+}

@@ -1,0 +1,302 @@
+//! Matrix products through the `gemm` crate: any leading batch dimensions (broadcast),
+//! transposed or otherwise strided operands read in place through their strides.
+
+use super::same_dtype;
+use crate::cpu::items_per_task;
+use crate::shape::Dims6;
+use crate::{CpuStorage, DType, Error, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Element types `gemm` multiplies natively.
+pub(crate) trait GemmElem: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+impl GemmElem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl GemmElem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl GemmElem for half::f16 {
+    const ZERO: Self = half::f16::ZERO;
+    const ONE: Self = half::f16::ONE;
+}
+
+/// One strided matrix operand: element offset, row stride and column stride.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mat {
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `dst (m×n, row-major at dst_off) (+)= lhs (m×k) · rhs (k×n)`, accumulating when
+/// `accumulate`. The caller guarantees every strided access stays inside the slices.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into<T: GemmElem>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    dst_off: usize,
+    lhs: &[T],
+    a: Mat,
+    rhs: &[T],
+    b: Mat,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[dst_off + r * n..dst_off + (r + 1) * n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    let last = |x: Mat, rows: usize, cols: usize| x.offset + (rows - 1) * x.rs + (cols - 1) * x.cs;
+    assert!(last(a, m, k) < lhs.len() && last(b, k, n) < rhs.len() && dst_off + m * n <= dst.len());
+    // SAFETY: the assert above bounds every element gemm reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dst_off),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr().add(a.offset),
+            a.cs as isize,
+            a.rs as isize,
+            rhs.as_ptr().add(b.offset),
+            b.cs as isize,
+            b.rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Products smaller than this many multiply-adds run single-threaded; a batch of them
+/// is spread over rayon instead.
+const SMALL_GEMM: usize = 1 << 21;
+
+/// A batch of products `out[i] = lhs[i] · rhs[i]` where operand `i` starts at the
+/// given offsets; out is contiguous (batch × m × n).
+#[allow(clippy::too_many_arguments)]
+fn batched<T: GemmElem>(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[T],
+    a: Mat,
+    a_offsets: &[usize],
+    rhs: &[T],
+    b: Mat,
+    b_offsets: &[usize],
+) -> Vec<T> {
+    let batch = a_offsets.len();
+    let mut out = vec![T::ZERO; batch * m * n];
+    let one = |(i, dst): (usize, &mut [T]), par| {
+        let a = Mat { offset: a_offsets[i], ..a };
+        let b = Mat { offset: b_offsets[i], ..b };
+        gemm_into((m, n, k), dst, 0, lhs, a, rhs, b, false, par);
+    };
+    if m * n * k < SMALL_GEMM && batch > 1 {
+        out.par_chunks_mut(m * n)
+            .with_min_len(items_per_task(m * n * k / 16))
+            .enumerate()
+            .for_each(|x| one(x, Parallelism::None));
+    } else {
+        out.chunks_mut((m * n).max(1)).enumerate().for_each(|x| one(x, Parallelism::Rayon(0)));
+    }
+    out
+}
+
+/// The single stride that walks all rows of `dims` (batch dims then rows) in order,
+/// when there is one; dimensions of size 1 do not constrain it.
+fn merged_row_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+    let big: Vec<(usize, usize)> = dims.iter().copied().zip(strides.iter().copied()).filter(|&(d, _)| d != 1).collect();
+    if big.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0) {
+        Some(big.last().map_or(1, |&(_, s)| s))
+    } else {
+        None
+    }
+}
+
+/// Offsets of each batch element for a layout whose batch dims are broadcast to `batch`.
+fn batch_offsets(l: &Layout, batch: &[usize]) -> Vec<usize> {
+    let rank = l.shape().rank();
+    let strides = &l.strides()[..rank - 2];
+    let count: usize = batch.iter().product();
+    (0..count)
+        .map(|mut i| {
+            let mut off = l.offset();
+            for d in (0..batch.len()).rev() {
+                off += (i % batch[d]) * strides[d];
+                i /= batch[d];
+            }
+            off
+        })
+        .collect()
+}
+
+impl Tensor {
+    /// Matrix product over the last two dimensions, `(.., m, k) · (.., k, n) → (.., m, n)`,
+    /// broadcasting leading batch dimensions. Transposed views are read through their
+    /// strides without a copy.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let op = "matmul";
+        same_dtype(self, rhs, op)?;
+        let ((m, k), (k2, n)) = (self.shape().matrix_dims(op)?, rhs.shape().matrix_dims(op)?);
+        let mismatch = || Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: rhs.shape().clone() };
+        if k != k2 {
+            return Err(mismatch());
+        }
+        let (ra, rb) = (self.rank(), rhs.rank());
+        let batch_a = Shape::from(&self.dims()[..ra - 2]);
+        let batch_b = Shape::from(&rhs.dims()[..rb - 2]);
+        let batch = batch_a.broadcast_with(&batch_b, op).map_err(|_| mismatch())?;
+        let mut out_dims: Dims6 = batch.dims().into();
+        out_dims.extend([m, n]);
+        // A batched lhs against one rhs whose rows merge into one tall matrix: one gemm.
+        if batch_b.elem_count() == 1 && ra > 2 && batch.dims() == batch_a.dims() {
+            if let Some(rs) = merged_row_stride(&self.dims()[..ra - 1], &self.layout().strides()[..ra - 1]) {
+                let flat = self.with_layout(Layout::new(
+                    Shape::from([batch.elem_count() * m, k]),
+                    [rs, self.layout().strides()[ra - 1]].into_iter().collect(),
+                    self.layout().offset(),
+                ));
+                let rhs2 = rhs.reshape_to_matrix()?;
+                return flat.matmul(&rhs2)?.reshape(out_dims);
+            }
+        }
+        let full = |t: &Tensor| -> Result<Layout> {
+            let mut dims: Dims6 = batch.dims().into();
+            dims.extend_from_slice(&t.dims()[t.rank() - 2..]);
+            t.layout().broadcast_as(&dims.into())
+        };
+        let (la, lb) = (full(self)?, full(rhs)?);
+        let (ao, bo) = (batch_offsets(&la, batch.dims()), batch_offsets(&lb, batch.dims()));
+        let mat = |l: &Layout| {
+            let s = l.strides();
+            Mat { offset: 0, rs: s[s.len() - 2], cs: s[s.len() - 1] }
+        };
+        let (a, b) = (mat(&la), mat(&lb));
+        let dims = (m, n, k);
+        let out = match (self.cpu(op)?, rhs.cpu(op)?) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(dims, x, a, &ao, y, b, &bo)),
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(dims, x, a, &ao, y, b, &bo)),
+            (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(batched(dims, x, a, &ao, y, b, &bo)),
+            (CpuStorage::BF16(_), _) => {
+                let (x, y) = (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?);
+                return x.matmul(&y)?.to_dtype(DType::BF16);
+            }
+            (s, _) => return Err(Error::UnsupportedDType { op, dtype: s.dtype() }),
+        };
+        Ok(Tensor::from_cpu(out, out_dims))
+    }
+
+    /// A rank-2 view of a matrix whose leading dims are all 1.
+    fn reshape_to_matrix(&self) -> Result<Tensor> {
+        let (r, c) = self.shape().matrix_dims("matmul")?;
+        let mut l = self.layout().clone();
+        while l.shape().rank() > 2 {
+            l = l.squeeze(0)?;
+        }
+        debug_assert_eq!(l.shape().dims(), &[r, c]);
+        Ok(self.with_layout(l))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.random_range(-1.0..1.0)).collect::<Vec<f64>>(), shape).unwrap()
+    }
+
+    /// Reference product by the definition, on contiguous row-major data.
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-10, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_with_transposes_and_broadcast_batches() {
+        let (m, k, n) = (5, 7, 3);
+        let a = rand(&[2, m, k], 1);
+        let b = rand(&[k, n], 2);
+        let c = a.matmul(&b).unwrap();
+        assert_eq!(c.dims(), &[2, m, n]);
+        let (av, bv) = (a.to_vec::<f64>().unwrap(), b.to_vec::<f64>().unwrap());
+        let cv = c.to_vec::<f64>().unwrap();
+        for i in 0..2 {
+            close(&cv[i * m * n..(i + 1) * m * n], &naive(&av[i * m * k..(i + 1) * m * k], &bv, m, k, n));
+        }
+        // Transposed operands via strides: (Bᵀ Aᵀ)ᵀ = A B.
+        let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
+        close(&a.matmul(&bt).unwrap().to_vec::<f64>().unwrap(), &cv);
+        // Broadcast batch on the right: (3,1,m,k) x (2,k,n) -> (3,2,m,n).
+        let a1 = rand(&[3, 1, m, k], 3);
+        let b2 = rand(&[2, k, n], 4);
+        let c2 = a1.matmul(&b2).unwrap();
+        assert_eq!(c2.dims(), &[3, 2, m, n]);
+        let (a1v, b2v, c2v) = (a1.to_vec::<f64>().unwrap(), b2.to_vec::<f64>().unwrap(), c2.to_vec::<f64>().unwrap());
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = naive(&a1v[i * m * k..(i + 1) * m * k], &b2v[j * k * n..(j + 1) * k * n], m, k, n);
+                close(&c2v[(i * 2 + j) * m * n..(i * 2 + j + 1) * m * n], &want);
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_both_shapes() {
+        let err = rand(&[2, 3], 0).matmul(&rand(&[4, 5], 0)).unwrap_err();
+        assert_eq!(err.to_string(), "matmul: shape mismatch between [2, 3] and [4, 5]");
+        assert!(rand(&[3], 0).matmul(&rand(&[3, 1], 0)).is_err());
+        assert!(rand(&[2, 2, 3], 0).matmul(&rand(&[3, 3, 1], 0)).is_err());
+    }
+
+    #[test]
+    fn f32_f16_bf16_and_empty() {
+        let a = rand(&[4, 6], 5);
+        let b = rand(&[6, 2], 6);
+        let want = a.matmul(&b).unwrap().to_vec::<f64>().unwrap();
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let got = a.to_dtype(dt).unwrap().matmul(&b.to_dtype(dt).unwrap()).unwrap();
+            assert_eq!(got.dtype(), dt);
+            let tol = if dt == DType::F32 { 1e-5 } else { 3e-2 };
+            for (x, y) in got.to_vec_f64().unwrap().iter().zip(&want) {
+                assert!((x - y).abs() < tol * 6.0, "{dt:?}: {x} vs {y}");
+            }
+        }
+        let z = rand(&[3, 0], 7).matmul(&rand(&[0, 2], 8)).unwrap();
+        assert_eq!(z.to_vec::<f64>().unwrap(), vec![0.0; 6]);
+    }
+}

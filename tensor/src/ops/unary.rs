@@ -1,0 +1,308 @@
+//! Elementwise unary functions and their fused derivatives.
+
+use super::{float_map, float_map2, same_shape};
+use crate::cpu::map::{map1, map2};
+use crate::{Float, Result, Tensor};
+
+/// An elementwise function of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// square root
+    Sqrt,
+    /// `1/√x`
+    Rsqrt,
+    /// hyperbolic tangent
+    Tanh,
+    /// logistic sigmoid `1/(1+e^-x)`
+    Sigmoid,
+    /// `max(x, 0)`
+    Relu,
+    /// GELU, tanh approximation (GPT-2's)
+    GeluTanh,
+    /// GELU, exact form `x·Φ(x)` with the error function
+    GeluErf,
+    /// SiLU / swish `x·σ(x)`
+    Silu,
+    /// `|x|`
+    Abs,
+    /// `x²`
+    Sqr,
+    /// `1/x`
+    Recip,
+    /// `x^e`
+    Powf(f64),
+    /// `x·mul + add`
+    Affine {
+        /// Multiplier.
+        mul: f64,
+        /// Addend.
+        add: f64,
+    },
+    /// `x` clamped to `[min, max]`
+    Clamp {
+        /// Lower bound.
+        min: f64,
+        /// Upper bound.
+        max: f64,
+    },
+}
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+impl UnaryOp {
+    /// The op's name in errors and on the tape.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::GeluErf => "gelu_erf",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sqr => "sqr",
+            UnaryOp::Recip => "recip",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Clamp { .. } => "clamp",
+        }
+    }
+
+    /// Whether the derivative is computed from the output `y` (true) or the input `x`.
+    pub fn grad_from_output(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Relu | UnaryOp::Recip
+        )
+    }
+
+    /// Whether the derivative is a constant, so backward needs no saved tensor.
+    pub fn grad_is_constant(self) -> bool {
+        matches!(self, UnaryOp::Neg | UnaryOp::Affine { .. })
+    }
+
+    /// The function at `x`.
+    #[inline(always)]
+    pub fn f<T: Float>(self, x: T) -> T {
+        let c = |v: f64| T::from_f64(v);
+        let one = T::one();
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => x.sqrt().recip(),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => one / (one + (-x).exp()),
+            UnaryOp::Relu => x.max(T::zero()),
+            UnaryOp::GeluTanh => c(0.5) * x * (one + (c(SQRT_2_OVER_PI) * (x + c(GELU_C) * x * x * x)).tanh()),
+            UnaryOp::GeluErf => c(0.5) * x * (one + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+            UnaryOp::Silu => x / (one + (-x).exp()),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Sqr => x * x,
+            UnaryOp::Recip => x.recip(),
+            UnaryOp::Powf(e) => x.powf(c(e)),
+            UnaryOp::Affine { mul, add } => x * c(mul) + c(add),
+            UnaryOp::Clamp { min, max } => x.max(c(min)).min(c(max)),
+        }
+    }
+
+    /// The derivative, given the saved value `s`: the output when
+    /// [`grad_from_output`](Self::grad_from_output) holds, else the input.
+    #[inline(always)]
+    pub fn df<T: Float>(self, s: T) -> T {
+        let c = |v: f64| T::from_f64(v);
+        let (zero, one) = (T::zero(), T::one());
+        match self {
+            UnaryOp::Neg => -one,
+            UnaryOp::Exp => s,
+            UnaryOp::Log => s.recip(),
+            UnaryOp::Sqrt => c(0.5) / s,
+            UnaryOp::Rsqrt => c(-0.5) * s * s * s,
+            UnaryOp::Tanh => one - s * s,
+            UnaryOp::Sigmoid => s * (one - s),
+            UnaryOp::Relu => if s > zero { one } else { zero },
+            UnaryOp::GeluTanh => {
+                let x2 = s * s;
+                let t = (c(SQRT_2_OVER_PI) * (s + c(GELU_C) * x2 * s)).tanh();
+                c(0.5) * (one + t) + c(0.5) * s * (one - t * t) * c(SQRT_2_OVER_PI) * (one + c(3.0 * GELU_C) * x2)
+            }
+            UnaryOp::GeluErf => {
+                let cdf = c(0.5) * (one + (s * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf = (c(-0.5) * s * s).exp() * c(0.398_942_280_401_432_7);
+                cdf + s * pdf
+            }
+            UnaryOp::Silu => {
+                let sig = one / (one + (-s).exp());
+                sig * (one + s * (one - sig))
+            }
+            UnaryOp::Abs => if s > zero { one } else if s < zero { -one } else { zero },
+            UnaryOp::Sqr => c(2.0) * s,
+            UnaryOp::Recip => -(s * s),
+            UnaryOp::Powf(e) => c(e) * s.powf(c(e - 1.0)),
+            UnaryOp::Affine { mul, .. } => c(mul),
+            UnaryOp::Clamp { min, max } => if s >= c(min) && s <= c(max) { one } else { zero },
+        }
+    }
+}
+
+impl Tensor {
+    /// Applies an elementwise function (float dtypes).
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        Ok(float_map!(self, op.name(), self.shape(), |v, l| map1(v, l, |x| op.f(x))))
+    }
+
+    /// The input gradient `dy · f'(·)` of [`unary`](Self::unary), given the saved value
+    /// (output or input, see [`UnaryOp::grad_from_output`]) and the output gradient.
+    pub fn unary_backward(op: UnaryOp, saved: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        same_shape(saved, dy, op.name())?;
+        Ok(float_map2!(saved, dy, op.name(), dy.shape(), |vs, ls, vd, ld| map2(vs, ls, vd, ld, |s, g| g * op.df(s))))
+    }
+
+    /// `-x`
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+    /// `e^x`
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+    /// natural logarithm
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+    /// square root
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    /// `1/√x`
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+    /// hyperbolic tangent
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+    /// logistic sigmoid
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+    /// `max(x, 0)`
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+    /// GELU, tanh approximation
+    pub fn gelu_tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+    /// GELU, exact erf form
+    pub fn gelu_erf(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluErf)
+    }
+    /// `x·σ(x)`
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+    /// `|x|`
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+    /// `x²`
+    pub fn sqr(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqr)
+    }
+    /// `1/x`
+    pub fn recip(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Recip)
+    }
+    /// `x^e`
+    pub fn powf(&self, e: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::Powf(e))
+    }
+    /// `x·mul + add`
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::Affine { mul, add })
+    }
+    /// `x + v`
+    pub fn add_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(1.0, v)
+    }
+    /// `x·v`
+    pub fn mul_scalar(&self, v: f64) -> Result<Tensor> {
+        self.affine(v, 0.0)
+    }
+    /// `x` clamped to `[min, max]`
+    pub fn clamp(&self, min: f64, max: f64) -> Result<Tensor> {
+        self.unary(UnaryOp::Clamp { min, max })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPS: [UnaryOp; 17] = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::GeluTanh,
+        UnaryOp::GeluErf,
+        UnaryOp::Silu,
+        UnaryOp::Abs,
+        UnaryOp::Sqr,
+        UnaryOp::Recip,
+        UnaryOp::Powf(1.7),
+        UnaryOp::Affine { mul: -2.0, add: 0.5 },
+        UnaryOp::Clamp { min: 0.4, max: 1.5 },
+    ];
+
+    #[test]
+    fn known_values() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(UnaryOp::GeluErf.f(1.0f64), 0.841_344_746_068_542_9));
+        assert!(close(UnaryOp::GeluTanh.f(1.0f64), 0.841_191_990_607_477_2));
+        assert!(close(UnaryOp::Silu.f(2.0f64), 2.0 / (1.0 + (-2.0f64).exp())));
+        assert!(close(UnaryOp::Sigmoid.f(0.0f64), 0.5));
+    }
+
+    #[test]
+    fn derivatives_match_central_differences() {
+        for op in OPS {
+            for &x in &[0.3f64, 0.9, 1.3, 2.1] {
+                let h = 1e-6;
+                let numeric = (op.f(x + h) - op.f(x - h)) / (2.0 * h);
+                let s = if op.grad_from_output() { op.f(x) } else { x };
+                let analytic = op.df(s);
+                assert!((numeric - analytic).abs() < 1e-6 * (1.0 + analytic.abs()), "{op:?} at {x}: {numeric} vs {analytic}");
+            }
+        }
+    }
+
+    #[test]
+    fn half_precision_is_computed_in_f32_and_rounded_back() {
+        let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], 3).unwrap().to_dtype(crate::DType::BF16).unwrap();
+        let e = t.exp().unwrap();
+        assert_eq!(e.dtype(), crate::DType::BF16);
+        let v = e.to_vec_f64().unwrap();
+        assert!((v[2] - 3f64.exp()).abs() / 3f64.exp() < 1e-2);
+        let i = Tensor::from_vec(vec![1i64, 2], 2).unwrap();
+        assert!(matches!(i.exp(), Err(crate::Error::UnsupportedDType { op: "exp", .. })));
+    }
+}

@@ -1,0 +1,273 @@
+//! The [`Tensor`] type: shared storage plus a strided layout.
+
+use crate::cpu::map::{copy_into, map1};
+use crate::storage::{CpuStorage, Storage};
+use crate::{DType, Device, Error, Layout, Result, Shape, WithDType, with_cpu_vec};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// An n-dimensional array. Cloning is cheap: clones and views (transpose, narrow,
+/// broadcast, contiguous reshape) share one buffer behind an `Arc`. Tensors are
+/// immutable; operations return new tensors.
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    layout: Layout,
+}
+
+impl Tensor {
+    /// A contiguous tensor owning `storage`.
+    pub(crate) fn from_cpu(storage: CpuStorage, shape: impl Into<Shape>) -> Self {
+        Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape) }
+    }
+
+    /// A view of the same storage under another layout.
+    pub(crate) fn with_layout(&self, layout: Layout) -> Self {
+        Tensor { storage: self.storage.clone(), layout }
+    }
+
+    /// A CPU tensor of the given shape from a vector in row-major order.
+    pub fn from_vec<T: WithDType>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        if data.len() != shape.elem_count() {
+            return Err(Error::ElementCount { op: "from_vec", len: data.len(), shape });
+        }
+        Ok(Self::from_cpu(T::into_storage(data), shape))
+    }
+
+    /// A CPU tensor copied from a slice in row-major order.
+    pub fn from_slice<T: WithDType>(data: &[T], shape: impl Into<Shape>) -> Result<Self> {
+        Self::from_vec(data.to_vec(), shape)
+    }
+
+    /// A 0-dimensional tensor holding `v`.
+    pub fn scalar<T: WithDType>(v: T) -> Self {
+        Self::from_cpu(T::into_storage(vec![v]), ())
+    }
+
+    /// A tensor filled with `value` (converted to `dtype`).
+    pub fn full(value: f64, shape: impl Into<Shape>, dtype: DType) -> Self {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        let s = match dtype {
+            DType::U8 => CpuStorage::U8(vec![value as u8; n]),
+            DType::I64 => CpuStorage::I64(vec![value as i64; n]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::from_f64(value); n]),
+            DType::F16 => CpuStorage::F16(vec![f16::from_f64(value); n]),
+            DType::F32 => CpuStorage::F32(vec![value as f32; n]),
+            DType::F64 => CpuStorage::F64(vec![value; n]),
+        };
+        Self::from_cpu(s, shape)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Self {
+        let shape = shape.into();
+        Self::from_cpu(CpuStorage::zeros(dtype, shape.elem_count()), shape)
+    }
+
+    /// A tensor of ones.
+    pub fn ones(shape: impl Into<Shape>, dtype: DType) -> Self {
+        Self::full(1.0, shape, dtype)
+    }
+
+    /// Zeros with this tensor's shape and dtype.
+    pub fn zeros_like(&self) -> Self {
+        Self::zeros(self.shape(), self.dtype())
+    }
+
+    /// Ones with this tensor's shape and dtype.
+    pub fn ones_like(&self) -> Self {
+        Self::ones(self.shape(), self.dtype())
+    }
+
+    /// `start, start + step, ...` up to (excluding) `end`, as a 1-D tensor.
+    pub fn arange(start: f64, end: f64, step: f64, dtype: DType) -> Result<Self> {
+        if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
+            crate::bail!("arange", "invalid range {start}..{end} step {step}");
+        }
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        Tensor::from_vec(v, n)?.to_dtype(dtype)
+    }
+
+    /// The logical shape.
+    pub fn shape(&self) -> &Shape {
+        self.layout.shape()
+    }
+
+    /// The logical dimensions.
+    pub fn dims(&self) -> &[usize] {
+        self.layout.shape().dims()
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape().rank()
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape().elem_count()
+    }
+
+    /// The extent of dimension `dim` (negative counts from the end).
+    pub fn dim(&self, dim: impl crate::Dim) -> Result<usize> {
+        self.shape().size(dim, "dim")
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+
+    /// The device holding the data.
+    pub fn device(&self) -> Device {
+        self.storage.device()
+    }
+
+    /// The strided layout over the storage.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether the elements are dense and row-major.
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+
+    /// Whether two tensors are views of the same buffer.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    /// The host buffer, or an error naming `op` when the tensor is on another device.
+    pub(crate) fn cpu(&self, op: &'static str) -> Result<&CpuStorage> {
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(s),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::DeviceUnavailable {
+                device: self.device(),
+                msg: format!("{op} has no kernel for this device"),
+            }),
+        }
+    }
+
+    /// The host elements and layout when the dtype is `T`.
+    pub(crate) fn cpu_slice<T: WithDType>(&self, op: &'static str) -> Result<&[T]> {
+        T::slice(self.cpu(op)?).ok_or(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: T::DTYPE })
+    }
+
+    /// The elements in row-major order; the dtype must be `T`.
+    pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
+        let src = self.cpu_slice::<T>("to_vec")?;
+        let mut out = vec![T::default(); self.elem_count()];
+        copy_into(src, &self.layout, &mut out);
+        Ok(out)
+    }
+
+    /// The elements converted to f64, whatever the dtype.
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        self.to_dtype(DType::F64)?.to_vec()
+    }
+
+    /// The elements converted to f32, whatever the dtype.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        self.to_dtype(DType::F32)?.to_vec()
+    }
+
+    /// The single element of a one-element tensor, as f64.
+    pub fn to_scalar_f64(&self) -> Result<f64> {
+        if self.elem_count() != 1 {
+            crate::bail!("to_scalar", "tensor of shape {} is not a single element", self.shape());
+        }
+        Ok(self.to_vec_f64()?[0])
+    }
+
+    /// A copy with elements converted to `dtype` (a cheap clone when already `dtype`).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype() {
+            return Ok(self.clone());
+        }
+        let src = self.cpu("to_dtype")?;
+        let l = &self.layout;
+        let out = with_cpu_vec!(src, v => convert(v, l, dtype));
+        Ok(Tensor::from_cpu(out, self.shape()))
+    }
+
+    /// The tensor on `device` (a cheap clone when already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        Err(Error::DeviceUnavailable { device, msg: "this build has no CUDA storage yet".into() })
+    }
+
+    /// A contiguous tensor with the same elements (a cheap clone when already contiguous).
+    pub fn contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        let src = self.cpu("contiguous")?;
+        let n = self.elem_count();
+        let out = with_cpu_vec!(src, v => {
+            let mut out = vec![Default::default(); n];
+            copy_into(v, &self.layout, &mut out);
+            CpuStorage::from(out)
+        });
+        Ok(Tensor::from_cpu(out, self.shape()))
+    }
+
+    /// Mutable access to the elements for in-place updates (optimisers). Copies first if
+    /// the buffer is shared with another tensor or the layout is not the whole buffer.
+    pub fn as_mut_slice<T: WithDType>(&mut self) -> Result<&mut [T]> {
+        if self.dtype() != T::DTYPE {
+            return Err(Error::DTypeMismatch { op: "as_mut_slice", lhs: self.dtype(), rhs: T::DTYPE });
+        }
+        let whole = self.layout.contiguous_range() == Some(0..self.storage_len());
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
+            *self = Tensor::from_vec(self.to_vec::<T>()?, self.shape())?;
+        }
+        let Some(Storage::Cpu(s)) = Arc::get_mut(&mut self.storage) else {
+            unreachable!("storage was made unique above")
+        };
+        Ok(T::slice_mut(s).expect("dtype checked above"))
+    }
+
+    fn storage_len(&self) -> usize {
+        match &*self.storage {
+            Storage::Cpu(s) => s.len(),
+        }
+    }
+}
+
+impl<T: WithDType> From<Vec<T>> for CpuStorage {
+    fn from(v: Vec<T>) -> Self {
+        T::into_storage(v)
+    }
+}
+
+fn convert<T: WithDType>(v: &[T], l: &Layout, dtype: DType) -> CpuStorage {
+    fn go<T: WithDType, U: WithDType>(v: &[T], l: &Layout) -> CpuStorage {
+        U::into_storage(map1(v, l, |x| U::from_f64(x.as_f64())))
+    }
+    match dtype {
+        DType::U8 => go::<T, u8>(v, l),
+        DType::I64 => go::<T, i64>(v, l),
+        DType::BF16 => go::<T, bf16>(v, l),
+        DType::F16 => go::<T, f16>(v, l),
+        DType::F32 => go::<T, f32>(v, l),
+        DType::F64 => go::<T, f64>(v, l),
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor[{}, {}, {}]", self.shape(), self.dtype(), self.device())?;
+        if let Ok(v) = self.to_vec_f64() {
+            let shown: Vec<String> = v.iter().take(8).map(|x| format!("{x:.4}")).collect();
+            write!(f, " [{}{}]", shown.join(", "), if v.len() > 8 { ", ..." } else { "" })?;
+        }
+        Ok(())
+    }
+}

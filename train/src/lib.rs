@@ -1,0 +1,1 @@
+//! The monarch command line and training binaries.
