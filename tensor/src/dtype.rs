@@ -71,9 +71,7 @@ impl std::str::FromStr for DType {
 }
 
 /// A Rust type that can be the element of a CPU tensor.
-pub trait WithDType:
-    Copy + Send + Sync + std::fmt::Debug + PartialOrd + Default + 'static
-{
+pub trait WithDType: Copy + Send + Sync + std::fmt::Debug + PartialOrd + Default + 'static {
     /// The runtime dtype of `Self`.
     const DTYPE: DType;
     /// Converts from f64 (rounding, saturating for integers).

@@ -88,7 +88,12 @@ impl Layout {
         let d = dim.resolve(&self.shape, "narrow")?;
         let size = self.shape.dims()[d];
         if start.checked_add(len).is_none_or(|end| end > size) {
-            crate::bail!("narrow", "range {start}..{} out of bounds for dimension {d} of shape {}", start.saturating_add(len), self.shape);
+            crate::bail!(
+                "narrow",
+                "range {start}..{} out of bounds for dimension {d} of shape {}",
+                start.saturating_add(len),
+                self.shape
+            );
         }
         let offset = if len == 0 { self.offset } else { self.offset + start * self.strides[d] };
         Ok(Layout { shape: self.shape.with_dim(d, len), strides: self.strides.clone(), offset })

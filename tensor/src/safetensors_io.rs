@@ -110,7 +110,6 @@ fn widen<const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> i64) -> CpuStorage {
     CpuStorage::I64(b.chunks_exact(N).map(|c| f(c.try_into().expect("exact chunk"))).collect())
 }
 
-
 /// Loads every tensor of a safetensors file onto the CPU. Integer types other than
 /// `U8` and `I64` are widened to `I64`; `BOOL` becomes `U8`.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {

@@ -1,1 +1,3 @@
 //! The monarch command line and training binaries.
+
+pub mod cli;

@@ -8,11 +8,7 @@ use rayon::prelude::*;
 
 /// Splits `out` (in row-major order of the walk) into tasks of whole runs and calls
 /// `fill(out_run, run_index, starts)` for each run.
-fn fill_runs<U: Send, const N: usize>(
-    walk: &Walk<N>,
-    out: &mut [U],
-    fill: impl Fn(&mut [U], [usize; N]) + Sync,
-) {
+fn fill_runs<U: Send, const N: usize>(walk: &Walk<N>, out: &mut [U], fill: impl Fn(&mut [U], [usize; N]) + Sync) {
     let inner = walk.inner;
     if inner == 0 {
         return;
@@ -149,9 +145,5 @@ pub(crate) fn copy_into<T: Copy + Send + Sync>(src: &[T], layout: &Layout, dst: 
 
 /// `[f(0), f(1), ..., f(n-1)]`, in parallel for large `n`.
 pub(crate) fn from_fn<U: Send>(n: usize, f: impl Fn(usize) -> U + Sync + Send) -> Vec<U> {
-    if n >= PAR_MIN {
-        (0..n).into_par_iter().with_min_len(PAR_MIN).map(f).collect()
-    } else {
-        (0..n).map(f).collect()
-    }
+    if n >= PAR_MIN { (0..n).into_par_iter().with_min_len(PAR_MIN).map(f).collect() } else { (0..n).map(f).collect() }
 }

@@ -27,8 +27,7 @@ impl<const N: usize> Walk<N> {
             if d == 1 {
                 continue;
             }
-            let mergeable = !dims.is_empty()
-                && (0..N).all(|k| st[k][st[k].len() - 1] == strides[k][i] * d);
+            let mergeable = !dims.is_empty() && (0..N).all(|k| st[k][st[k].len() - 1] == strides[k][i] * d);
             if mergeable {
                 *dims.last_mut().unwrap() *= d;
                 for k in 0..N {

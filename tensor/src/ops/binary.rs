@@ -41,8 +41,20 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
-            BinaryOp::Max => if b > a { b } else { a },
-            BinaryOp::Min => if b < a { b } else { a },
+            BinaryOp::Max => {
+                if b > a {
+                    b
+                } else {
+                    a
+                }
+            }
+            BinaryOp::Min => {
+                if b < a {
+                    b
+                } else {
+                    a
+                }
+            }
         }
     }
 }

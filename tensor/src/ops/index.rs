@@ -19,13 +19,20 @@ fn indices(ids: &Tensor, size: usize, op: &'static str) -> Result<Vec<usize>> {
     }
     ids.to_vec::<i64>()?
         .into_iter()
-        .map(|i| if (0..size as i64).contains(&i) { Ok(i as usize) } else { Err(Error::IndexOutOfRange { op, index: i, size }) })
+        .map(|i| {
+            if (0..size as i64).contains(&i) {
+                Ok(i as usize)
+            } else {
+                Err(Error::IndexOutOfRange { op, index: i, size })
+            }
+        })
         .collect()
 }
 
 /// Requires `index` to match `x` in every dimension but `dim`.
 fn check_along(x: &Tensor, index: &Tensor, dim: usize, op: &'static str) -> Result<()> {
-    let ok = index.rank() == x.rank() && x.dims().iter().zip(index.dims()).enumerate().all(|(i, (a, b))| i == dim || a == b);
+    let ok =
+        index.rank() == x.rank() && x.dims().iter().zip(index.dims()).enumerate().all(|(i, (a, b))| i == dim || a == b);
     if !ok {
         return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: index.shape().clone() });
     }
@@ -205,7 +212,9 @@ mod tests {
         let table = iota(&[4, 3]);
         let e = table.index_select(&ids(&[2, 0, 2]), 0).unwrap();
         assert_eq!(e.to_vec::<f32>().unwrap(), vec![6., 7., 8., 0., 1., 2., 6., 7., 8.]);
-        let g = Tensor::zeros([4, 3], DType::F32).index_add(&ids(&[2, 0, 2]), &Tensor::ones([3, 3], DType::F32), 0).unwrap();
+        let g = Tensor::zeros([4, 3], DType::F32)
+            .index_add(&ids(&[2, 0, 2]), &Tensor::ones([3, 3], DType::F32), 0)
+            .unwrap();
         assert_eq!(g.to_vec::<f32>().unwrap(), vec![1., 1., 1., 0., 0., 0., 2., 2., 2., 0., 0., 0.]);
         let err = table.index_select(&ids(&[4]), 0).unwrap_err();
         assert_eq!(err.to_string(), "index_select: index 4 out of range for size 4");

@@ -91,7 +91,7 @@ impl Init {
             Init::Ones => return Ok(Tensor::ones(shape, dtype)),
             Init::Const(c) => return Ok(Tensor::full(c, shape, dtype)),
             Init::Uniform { lo, hi } => {
-                if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+                if lo >= hi || !lo.is_finite() || !hi.is_finite() {
                     crate::bail!("init", "invalid uniform range [{lo}, {hi})");
                 }
                 let d = Uniform::new(lo, hi).map_err(|e| crate::Error::invalid("init", e.to_string()))?;
@@ -110,12 +110,20 @@ impl Init {
 impl Tensor {
     /// Uniform samples on `[lo, hi)` in f32 from a generator seeded with `seed`.
     pub fn rand_uniform(shape: impl Into<Shape>, lo: f64, hi: f64, seed: u64) -> Result<Tensor> {
-        Init::Uniform { lo, hi }.tensor(shape, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed))
+        Init::Uniform { lo, hi }.tensor(
+            shape,
+            DType::F32,
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        )
     }
 
     /// Normal samples in f32 from a generator seeded with `seed`.
     pub fn randn(shape: impl Into<Shape>, mean: f64, std: f64, seed: u64) -> Result<Tensor> {
-        Init::Normal { mean, std }.tensor(shape, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed))
+        Init::Normal { mean, std }.tensor(
+            shape,
+            DType::F32,
+            &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        )
     }
 }
 
@@ -125,7 +133,9 @@ mod tests {
 
     #[test]
     fn bounds_moments_and_reproducibility() {
-        let t = Init::KaimingUniform { gain: 1.0 / 3f64.sqrt() }.tensor([64, 400], DType::F64, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1)).unwrap();
+        let t = Init::KaimingUniform { gain: 1.0 / 3f64.sqrt() }
+            .tensor([64, 400], DType::F64, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1))
+            .unwrap();
         let v = t.to_vec::<f64>().unwrap();
         assert!(v.iter().all(|x| x.abs() <= 1.0 / 20.0));
         let a = Tensor::randn([100, 100], 1.0, 2.0, 5).unwrap().to_vec::<f32>().unwrap();
@@ -134,7 +144,15 @@ mod tests {
         assert!((mean - 1.0).abs() < 0.06 && (var.sqrt() - 2.0).abs() < 0.06, "{mean} {var}");
         assert_eq!(a, Tensor::randn([100, 100], 1.0, 2.0, 5).unwrap().to_vec::<f32>().unwrap());
         assert_eq!(fans(&Shape::from([8, 3, 2, 2])), (12, 32));
-        assert!(Init::Uniform { lo: 1.0, hi: 0.0 }.tensor(3, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0)).is_err());
-        assert!(Init::Normal { mean: 0.0, std: -1.0 }.tensor(3, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0)).is_err());
+        assert!(
+            Init::Uniform { lo: 1.0, hi: 0.0 }
+                .tensor(3, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))
+                .is_err()
+        );
+        assert!(
+            Init::Normal { mean: 0.0, std: -1.0 }
+                .tensor(3, DType::F32, &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0))
+                .is_err()
+        );
     }
 }

@@ -33,7 +33,8 @@ fn rows_loss<T: Float>(x: &[T], t: &[i64], c: usize, o: CrossEntropy) -> Vec<(f6
             return (0.0, lse);
         }
         let nll = lse - xs[t[r] as usize].as_f64();
-        let smooth = if o.label_smoothing > 0.0 { lse - xs.iter().map(|v| v.as_f64()).sum::<f64>() / c as f64 } else { 0.0 };
+        let smooth =
+            if o.label_smoothing > 0.0 { lse - xs.iter().map(|v| v.as_f64()).sum::<f64>() / c as f64 } else { 0.0 };
         ((1.0 - o.label_smoothing) * nll + o.label_smoothing * smooth, lse)
     };
     if x.len() >= PAR_MIN {
@@ -85,7 +86,13 @@ impl Tensor {
     /// Gradient of the mean cross-entropy with respect to the logits, scaled by the
     /// loss gradient `dloss`: `(softmax - target distribution) · dloss / count` on rows
     /// not ignored, 0 on ignored rows.
-    pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f64, o: CrossEntropy) -> Result<Tensor> {
+    pub fn cross_entropy_backward(
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f64,
+        o: CrossEntropy,
+    ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
         let t = logits.ce_targets(targets, &o)?;
         if lse.dims() != [t.len()] {
@@ -148,7 +155,10 @@ mod tests {
         // Each non-ignored row of the gradient sums to zero (softmax and target both sum to 1).
         assert!((g[0] + g[1] + g[2]).abs() < 1e-12);
         let bad = Tensor::from_vec(vec![3i64, 0, 0], 3).unwrap();
-        assert_eq!(logits.cross_entropy(&bad, o).unwrap_err().to_string(), "cross_entropy: index 3 out of range for size 3");
+        assert_eq!(
+            logits.cross_entropy(&bad, o).unwrap_err().to_string(),
+            "cross_entropy: index 3 out of range for size 3"
+        );
         assert!(logits.cross_entropy(&Tensor::zeros(2, DType::I64), o).is_err());
     }
 }

@@ -125,11 +125,7 @@ fn batched<T: GemmElem>(
 /// when there is one; dimensions of size 1 do not constrain it.
 fn merged_row_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
     let big: Vec<(usize, usize)> = dims.iter().copied().zip(strides.iter().copied()).filter(|&(d, _)| d != 1).collect();
-    if big.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0) {
-        Some(big.last().map_or(1, |&(_, s)| s))
-    } else {
-        None
-    }
+    if big.windows(2).all(|w| w[0].1 == w[1].1 * w[1].0) { Some(big.last().map_or(1, |&(_, s)| s)) } else { None }
 }
 
 /// Offsets of each batch element for a layout whose batch dims are broadcast to `batch`.

@@ -26,7 +26,8 @@ fn forward<T: Float>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, c: usize, eps: f
     let rows = x.len() / c.max(1);
     let mut y = vec![T::zero(); x.len()];
     let mut stats = vec![(T::zero(), T::zero()); rows];
-    let row = |((y, st), x): ((&mut [T], &mut (T, T)), &[T])| {
+    type Row<'a, T> = ((&'a mut [T], &'a mut (T, T)), &'a [T]);
+    let row = |((y, st), x): Row<T>| {
         let mean = x.iter().map(|v| v.as_f64()).sum::<f64>() / c as f64;
         let var = x.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>() / c as f64;
         let rstd = 1.0 / (var + eps).sqrt();
@@ -39,7 +40,11 @@ fn forward<T: Float>(x: &[T], w: Option<&[T]>, b: Option<&[T]>, c: usize, eps: f
     };
     if c > 0 {
         if x.len() >= PAR_MIN {
-            y.par_chunks_mut(c).zip(stats.par_iter_mut()).zip(x.par_chunks(c)).with_min_len(items_per_task(c)).for_each(row);
+            y.par_chunks_mut(c)
+                .zip(stats.par_iter_mut())
+                .zip(x.par_chunks(c))
+                .with_min_len(items_per_task(c))
+                .for_each(row);
         } else {
             y.chunks_mut(c).zip(stats.iter_mut()).zip(x.chunks(c)).for_each(row);
         }
@@ -54,7 +59,14 @@ fn opt_slice<'a, T: crate::WithDType>(t: Option<&'a Tensor>, op: &'static str) -
 }
 
 /// Returns (dx, dw, db) for rows of `c`.
-fn backward<T: Float>(x: &[T], w: Option<&[T]>, mean: &[T], rstd: &[T], dy: &[T], c: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
+fn backward<T: Float>(
+    x: &[T],
+    w: Option<&[T]>,
+    mean: &[T],
+    rstd: &[T],
+    dy: &[T],
+    c: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let mut dx = vec![T::zero(); x.len()];
     if c == 0 {
         return (dx, vec![], vec![]);
@@ -103,7 +115,9 @@ impl Tensor {
     fn ln_check(&self, p: Option<&Tensor>, op: &'static str) -> Result<()> {
         let c = *self.dims().last().unwrap_or(&0);
         match p {
-            Some(p) if p.dims() != [c] => Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: p.shape().clone() }),
+            Some(p) if p.dims() != [c] => {
+                Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: p.shape().clone() })
+            }
             Some(p) => super::same_dtype(self, p, op),
             None => Ok(()),
         }
@@ -144,7 +158,13 @@ impl Tensor {
 
     /// Gradients `(dx, dw, db)` of [`layer_norm`](Self::layer_norm) from the saved mean
     /// and rstd; `dw` and `db` are sums over all rows.
-    pub fn layer_norm_backward(x: &Tensor, w: Option<&Tensor>, mean: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn layer_norm_backward(
+        x: &Tensor,
+        w: Option<&Tensor>,
+        mean: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let op = "layer_norm_backward";
         super::same_shape(x, dy, op)?;
         x.ln_check(w, op)?;

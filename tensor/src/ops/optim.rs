@@ -67,7 +67,14 @@ impl AdamW {
 
 /// One SGD update of f32 `param` in place: with `momentum > 0` the buffer `buf` holds
 /// the velocity (`buf = momentum·buf + g`, PyTorch convention); weight decay is L2.
-pub fn sgd_step(param: &mut Tensor, grad: &Tensor, buf: Option<&mut Tensor>, lr: f64, momentum: f64, weight_decay: f64) -> Result<()> {
+pub fn sgd_step(
+    param: &mut Tensor,
+    grad: &Tensor,
+    buf: Option<&mut Tensor>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<()> {
     check("sgd", param, &[grad])?;
     let g = grad.to_vec_f32()?;
     let (lr, mu, wd) = (lr as f32, momentum as f32, weight_decay as f32);

@@ -348,7 +348,8 @@ mod tests {
         let x = iota(&[2, 3, 4]);
         let s = x.sum_to(&Shape::from([3, 1])).unwrap();
         assert_eq!(s.dims(), &[3, 1]);
-        let want: Vec<f64> = (0..3).map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f64)).sum()).collect();
+        let want: Vec<f64> =
+            (0..3).map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f64)).sum()).collect();
         assert_eq!(s.to_vec::<f64>().unwrap(), want);
         assert!(x.sum_to(&Shape::from([2, 1])).is_err());
     }

@@ -84,7 +84,13 @@ impl UnaryOp {
     pub fn grad_from_output(self) -> bool {
         matches!(
             self,
-            UnaryOp::Exp | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Relu | UnaryOp::Recip
+            UnaryOp::Exp
+                | UnaryOp::Sqrt
+                | UnaryOp::Rsqrt
+                | UnaryOp::Tanh
+                | UnaryOp::Sigmoid
+                | UnaryOp::Relu
+                | UnaryOp::Recip
         )
     }
 
@@ -133,7 +139,13 @@ impl UnaryOp {
             UnaryOp::Rsqrt => c(-0.5) * s * s * s,
             UnaryOp::Tanh => one - s * s,
             UnaryOp::Sigmoid => s * (one - s),
-            UnaryOp::Relu => if s > zero { one } else { zero },
+            UnaryOp::Relu => {
+                if s > zero {
+                    one
+                } else {
+                    zero
+                }
+            }
             UnaryOp::GeluTanh => {
                 let x2 = s * s;
                 let t = (c(SQRT_2_OVER_PI) * (s + c(GELU_C) * x2 * s)).tanh();
@@ -148,12 +160,26 @@ impl UnaryOp {
                 let sig = one / (one + (-s).exp());
                 sig * (one + s * (one - sig))
             }
-            UnaryOp::Abs => if s > zero { one } else if s < zero { -one } else { zero },
+            UnaryOp::Abs => {
+                if s > zero {
+                    one
+                } else if s < zero {
+                    -one
+                } else {
+                    zero
+                }
+            }
             UnaryOp::Sqr => c(2.0) * s,
             UnaryOp::Recip => -(s * s),
             UnaryOp::Powf(e) => c(e) * s.powf(c(e - 1.0)),
             UnaryOp::Affine { mul, .. } => c(mul),
-            UnaryOp::Clamp { min, max } => if s >= c(min) && s <= c(max) { one } else { zero },
+            UnaryOp::Clamp { min, max } => {
+                if s >= c(min) && s <= c(max) {
+                    one
+                } else {
+                    zero
+                }
+            }
         }
     }
 }
@@ -290,7 +316,10 @@ mod tests {
                 let numeric = (op.f(x + h) - op.f(x - h)) / (2.0 * h);
                 let s = if op.grad_from_output() { op.f(x) } else { x };
                 let analytic = op.df(s);
-                assert!((numeric - analytic).abs() < 1e-6 * (1.0 + analytic.abs()), "{op:?} at {x}: {numeric} vs {analytic}");
+                assert!(
+                    (numeric - analytic).abs() < 1e-6 * (1.0 + analytic.abs()),
+                    "{op:?} at {x}: {numeric} vs {analytic}"
+                );
             }
         }
     }

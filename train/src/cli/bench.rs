@@ -1,0 +1,114 @@
+//! `monarch bench ...`: warm up, time several runs, print the median.
+
+use super::CliError;
+use clap::{Args, Subcommand};
+use monarch_tensor::{DType, Tensor};
+use std::time::Instant;
+
+/// Arguments of `monarch bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    op: BenchOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchOp {
+    /// Dense matrix product C = A·B with A of M×K and B of K×N.
+    Matmul(MatmulArgs),
+}
+
+#[derive(Args, Debug)]
+struct MatmulArgs {
+    /// Rows of A and C.
+    #[arg(long, default_value_t = 2048)]
+    m: usize,
+    /// Columns of B and C.
+    #[arg(long, default_value_t = 2048)]
+    n: usize,
+    /// Columns of A, rows of B.
+    #[arg(long, default_value_t = 2048)]
+    k: usize,
+    /// Element type (f32, f64, f16, bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+/// Options shared by every benchmark.
+#[derive(Args, Debug)]
+pub struct Timing {
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Timing {
+    /// Runs `f` `warmup` times, then `runs` times timed; returns the median in ms.
+    pub fn median_ms(&self, mut f: impl FnMut() -> Result<(), CliError>) -> Result<f64, CliError> {
+        if self.runs == 0 {
+            return Err("--runs must be at least 1".into());
+        }
+        for _ in 0..self.warmup {
+            f()?;
+        }
+        let mut times = Vec::with_capacity(self.runs);
+        for _ in 0..self.runs {
+            let t = Instant::now();
+            f()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+}
+
+impl BenchArgs {
+    /// Runs the chosen benchmark.
+    pub fn run(self) -> Result<(), CliError> {
+        match self.op {
+            BenchOp::Matmul(a) => a.run(),
+        }
+    }
+}
+
+impl MatmulArgs {
+    fn run(self) -> Result<(), CliError> {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let a = Tensor::randn([m, k], 0.0, 1.0, 1)?.to_dtype(self.dtype)?;
+        let b = Tensor::randn([k, n], 0.0, 1.0, 2)?.to_dtype(self.dtype)?;
+        let ms = self.timing.median_ms(|| {
+            a.matmul(&b)?;
+            Ok(())
+        })?;
+        let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
+        if self.timing.json {
+            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "median_ms": ms, "gflops": gflops});
+            println!("{j}");
+        } else {
+            println!("matmul {m}x{k} · {k}x{n} {}: median {ms:.3} ms, {gflops:.1} GFLOP/s", self.dtype);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn bad_flags_are_errors_not_panics() {
+        assert!(crate::cli::Cli::try_parse_from(["monarch", "bench", "matmul", "--m", "x"]).is_err());
+        assert!(crate::cli::Cli::try_parse_from(["monarch", "bench", "matmul", "--dtype", "f8"]).is_err());
+        let t = Timing { warmup: 0, runs: 0, json: false };
+        assert!(t.median_ms(|| Ok(())).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! The `monarch` command line: one module per subcommand.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+
+/// Errors of the command-line tools; `main` prints them and exits with status 1.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// monarch: structured-matrix deep learning tools.
+#[derive(Parser, Debug)]
+#[command(name = "monarch", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Benchmark an op and print its median time.
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> Result<(), CliError> {
+        match self.command {
+            Command::Bench(a) => a.run(),
+        }
+    }
+}
