@@ -1,8 +1,10 @@
-//! `monarch bench ...`: warm up, time several runs, print the median.
+//! `monarch bench ...`: warm up, time several runs, print the median. One module per
+//! benchmarked op family.
+
+mod matmul;
 
 use super::CliError;
 use clap::{Args, Subcommand};
-use monarch_tensor::{DType, Tensor};
 use std::time::Instant;
 
 /// Arguments of `monarch bench`.
@@ -15,25 +17,7 @@ pub struct BenchArgs {
 #[derive(Subcommand, Debug)]
 enum BenchOp {
     /// Dense matrix product C = A·B with A of M×K and B of K×N.
-    Matmul(MatmulArgs),
-}
-
-#[derive(Args, Debug)]
-struct MatmulArgs {
-    /// Rows of A and C.
-    #[arg(long, default_value_t = 2048)]
-    m: usize,
-    /// Columns of B and C.
-    #[arg(long, default_value_t = 2048)]
-    n: usize,
-    /// Columns of A, rows of B.
-    #[arg(long, default_value_t = 2048)]
-    k: usize,
-    /// Element type (f32, f64, f16, bf16).
-    #[arg(long, default_value = "f32")]
-    dtype: DType,
-    #[command(flatten)]
-    timing: Timing,
+    Matmul(matmul::MatmulArgs),
 }
 
 /// Options shared by every benchmark.
@@ -76,26 +60,6 @@ impl BenchArgs {
         match self.op {
             BenchOp::Matmul(a) => a.run(),
         }
-    }
-}
-
-impl MatmulArgs {
-    fn run(self) -> Result<(), CliError> {
-        let (m, n, k) = (self.m, self.n, self.k);
-        let a = Tensor::randn([m, k], 0.0, 1.0, 1)?.to_dtype(self.dtype)?;
-        let b = Tensor::randn([k, n], 0.0, 1.0, 2)?.to_dtype(self.dtype)?;
-        let ms = self.timing.median_ms(|| {
-            a.matmul(&b)?;
-            Ok(())
-        })?;
-        let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
-        if self.timing.json {
-            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "median_ms": ms, "gflops": gflops});
-            println!("{j}");
-        } else {
-            println!("matmul {m}x{k} · {k}x{n} {}: median {ms:.3} ms, {gflops:.1} GFLOP/s", self.dtype);
-        }
-        Ok(())
     }
 }
 
