@@ -4,6 +4,7 @@ use super::{CliError, Timing};
 use clap::Args;
 use monarch_tensor::{DType, Tensor};
 
+/// Arguments of `monarch bench matmul`.
 #[derive(Args, Debug)]
 pub struct MatmulArgs {
     /// Rows of A and C.
