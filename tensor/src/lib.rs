@@ -21,6 +21,7 @@ pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layout::Layout;
+pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use safetensors_io::{SafetensorsFile, load_safetensors, save_safetensors, write_atomic};
 pub use shape::{Dim, Dims, Shape};
 pub use storage::{CpuStorage, Storage};
