@@ -1,1 +1,13 @@
-//! Neural-network modules of monarch.
+//! Neural-network modules of monarch: the [`Module`] trait with stable hierarchical
+//! parameter names (so checkpoints follow PyTorch / Hugging Face naming), the dense
+//! [`Linear`] layer, checkpoints by name, and optimisers.
+
+mod checkpoint;
+mod linear;
+mod module;
+pub mod optim;
+
+pub use checkpoint::{load_params, save_params};
+pub use linear::Linear;
+pub use module::{Module, NamedParams, param_count};
+pub use rand::{SeedableRng, rngs::StdRng};

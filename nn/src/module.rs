@@ -1,0 +1,26 @@
+//! The module trait: anything that owns named parameters.
+
+use monarch_autograd::Param;
+
+/// Parameters with their hierarchical names (`h.0.mlp.c_fc.weight`), in a stable order.
+pub type NamedParams = Vec<(String, Param)>;
+
+/// A model component that owns parameters. Names are relative to the module and
+/// joined with `.` by containers, following PyTorch's `named_parameters`.
+pub trait Module {
+    /// Every parameter with its name, in a stable order.
+    fn named_params(&self) -> NamedParams;
+
+    /// The parameters of `child` under `prefix.` (a helper for containers).
+    fn prefixed(prefix: &str, child: &dyn Module) -> NamedParams
+    where
+        Self: Sized,
+    {
+        child.named_params().into_iter().map(|(n, p)| (format!("{prefix}.{n}"), p)).collect()
+    }
+}
+
+/// Total number of parameter elements of a module.
+pub fn param_count(m: &dyn Module) -> usize {
+    m.named_params().iter().map(|(_, p)| p.value().elem_count()).sum()
+}
