@@ -3,11 +3,17 @@
 //! [`Linear`] layer, checkpoints by name, and optimisers.
 
 mod checkpoint;
+mod ctx;
+mod embedding;
+mod layer_norm;
 mod linear;
 mod module;
 pub mod optim;
 
 pub use checkpoint::{load_params, save_params};
+pub use ctx::Ctx;
+pub use embedding::Embedding;
+pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use module::{Module, NamedParams, param_count};
 pub use rand::{SeedableRng, rngs::StdRng};
