@@ -1,6 +1,8 @@
 //! The `monarch` command line: one module per subcommand.
 
 mod bench;
+mod data;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ pub struct Cli {
 enum Command {
     /// Benchmark an op and print its median time.
     Bench(bench::BenchArgs),
+    /// Tokenise text into GPT-2 token shards (llm.c format).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Inspect data files; pack image sets.
+    Data(data::DataArgs),
 }
 
 impl Cli {
@@ -26,6 +32,8 @@ impl Cli {
     pub fn run(self) -> Result<(), CliError> {
         match self.command {
             Command::Bench(a) => a.run(),
+            Command::Tokenize(a) => a.run(),
+            Command::Data(a) => a.run(),
         }
     }
 }

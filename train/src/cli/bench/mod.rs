@@ -1,6 +1,7 @@
 //! `monarch bench ...`: warm up, time several runs, print the median. One module per
 //! benchmarked op family.
 
+mod data;
 mod matmul;
 
 use super::CliError;
@@ -18,6 +19,12 @@ pub struct BenchArgs {
 enum BenchOp {
     /// Dense matrix product C = A·B with A of M×K and B of K×N.
     Matmul(matmul::MatmulArgs),
+    /// Token loader batches/s and tokens/s from a memory-mapped shard.
+    Tokens(data::TokensArgs),
+    /// GPT-2 tokenisation MB/s.
+    Tokenize(data::TokenizeArgs),
+    /// Decoded and augmented images/s per core.
+    Images(data::ImagesArgs),
 }
 
 /// Options shared by every benchmark.
@@ -59,6 +66,9 @@ impl BenchArgs {
     pub fn run(self) -> Result<(), CliError> {
         match self.op {
             BenchOp::Matmul(a) => a.run(),
+            BenchOp::Tokens(a) => a.run(),
+            BenchOp::Tokenize(a) => a.run(),
+            BenchOp::Images(a) => a.run(),
         }
     }
 }
