@@ -1,2 +1,32 @@
 //! CUDA backend of monarch: device and stream context, caching allocator,
-//! NVRTC-compiled kernels and cuBLAS. This crate knows nothing of `Tensor`.
+//! NVRTC-compiled kernels and cuBLASLt GEMM. This crate knows nothing of `Tensor`:
+//! buffers are untyped device allocations tagged with a [`DType`], and shapes and
+//! strides are passed as plain integers.
+//!
+//! The CUDA libraries are loaded at run time (cudarc with dynamic loading), so the
+//! crate builds and its tests run on machines with no GPU and no CUDA toolkit:
+//! [`CudaDevice::new`] returns [`CudaError::NoDriver`] there instead of panicking.
+//! Kernel sources (`cuda/kernels/*.cu`, one per op family) are compiled by NVRTC for
+//! the device's architecture on first use and cached on disk ([`KernelCache`]).
+//!
+//! Every op is asynchronous on the device's one stream; results are visible to later
+//! ops at once and to the host after [`DeviceBuffer::to_host`] or
+//! [`CudaDevice::synchronize`].
+
+mod alloc;
+mod buffer;
+mod cache;
+mod device;
+mod dtype;
+mod error;
+pub mod gemm;
+pub mod kernels;
+pub mod nvrtc;
+pub mod ops;
+
+pub use alloc::{CachingAllocator, MemoryStats, Pooled, RawAlloc, bucket};
+pub use buffer::{DeviceBuffer, View, ViewMut};
+pub use cache::{CACHE_ENV, KernelCache};
+pub use device::{CudaDevice, DriverAlloc, device_count, driver_present};
+pub use dtype::{DType, Element};
+pub use error::{CudaError, Result};

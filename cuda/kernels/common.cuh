@@ -1,0 +1,262 @@
+// Shared prelude of every monarch kernel source. NVRTC compiles each `<stem>.cu` after
+// this file; no CUDA header is included, so the dtype helpers, warp reductions and the
+// tensor-core tile primitives the kernels use are defined here.
+//
+// Conventions: f32 accumulation everywhere; `bf16` is stored as its 16 raw bits and
+// converted with round-to-nearest-even; kernels are `extern "C"` with the dtype as the
+// name suffix (`_f32`, `_bf16`).
+
+typedef long long i64;
+typedef unsigned long long u64;
+
+// ---------------------------------------------------------------- dtypes
+
+/// bfloat16 as raw bits (the upper half of an IEEE single).
+struct __align__(2) bf16 {
+    unsigned short bits;
+};
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((unsigned)x.bits) << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    bf16 b;
+    b.bits = r;
+    return b;
+}
+
+/// Packs two floats as bf16x2 (the first in the low half), rounding to nearest even.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+#define NEG_INF __int_as_float(0xff800000)
+#define POS_INF __int_as_float(0x7f800000)
+
+/// `N` elements of `T` moved as one aligned access (16 bytes for N = 16 / sizeof(T)).
+template <typename T, int N> struct __align__(sizeof(T) * N) Pack {
+    T v[N];
+};
+
+/// Whether every pointer given is aligned to `bytes`.
+__device__ __forceinline__ bool aligned(const void* p, int bytes) { return ((u64)p % bytes) == 0; }
+
+// ---------------------------------------------------------------- reductions
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/// Reduces `v` over the `blockDim.x` threads of one row group (threadIdx.y selects the
+/// row, `blockDim.x` is a power of two >= 32). `scratch` holds 32 floats per row group.
+/// Every thread of the row group gets the result.
+template <bool IS_MAX> __device__ __forceinline__ float row_reduce(float v, float* scratch) {
+    v = IS_MAX ? warp_max(v) : warp_sum(v);
+    const int warps = blockDim.x >> 5;
+    if (warps == 1) return v;
+    float* s = scratch + threadIdx.y * 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) s[warp] = v;
+    __syncthreads();
+    v = lane < warps ? s[lane] : (IS_MAX ? NEG_INF : 0.0f);
+    return IS_MAX ? warp_max(v) : warp_sum(v);
+}
+
+// ---------------------------------------------------------------- tensor-core tiles
+//
+// One warp computes D(16x8) += A(16x16) * B(16x8) with `mma.m16n8k16` (bf16 in, f32
+// accumulate). Lane `l` has group g = l / 4 and thread-in-group t = l % 4; it holds
+//   A element e (0..7): row g + 8*((e>>1)&1), col 2t + (e&1) + 8*(e>>2)
+//   B element e (0..3): k 2t + (e&1) + 8*(e>>1), col g
+//   C element e (0..3): row g + 8*(e>>1),     col 2t + (e&1)
+// The f32 variant keeps the same layouts and emulates the product with shuffles and
+// FMAs, so that one kernel body serves both dtypes.
+
+template <typename T> struct FragA;
+template <typename T> struct FragB;
+template <> struct FragA<bf16> { unsigned r[4]; };
+template <> struct FragB<bf16> { unsigned r[2]; };
+template <> struct FragA<float> { float v[8]; };
+template <> struct FragB<float> { float v[4]; };
+
+/// The 16x8 f32 accumulator of one warp.
+struct Acc {
+    float c[4];
+};
+
+__device__ __forceinline__ void acc_zero(Acc& a) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) a.c[e] = 0.0f;
+}
+
+__device__ __forceinline__ int frag_a_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * ((e >> 1) & 1); }
+__device__ __forceinline__ int frag_a_col(int e) { return 2 * (threadIdx.x & 3) + (e & 1) + 8 * (e >> 2); }
+__device__ __forceinline__ int frag_b_k(int e) { return 2 * (threadIdx.x & 3) + (e & 1) + 8 * (e >> 1); }
+__device__ __forceinline__ int frag_b_n() { return (threadIdx.x & 31) >> 2; }
+__device__ __forceinline__ int acc_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
+__device__ __forceinline__ int acc_col(int e) { return 2 * (threadIdx.x & 3) + (e & 1); }
+
+/// Loads the A fragment of the 16x16 tile whose element (m, k) is `s[m*sm + k*sk]`.
+template <typename T> __device__ __forceinline__ void load_a(FragA<T>& a, const T* s, int sm, int sk);
+template <> __device__ __forceinline__ void load_a<bf16>(FragA<bf16>& a, const bf16* s, int sm, int sk) {
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int m = frag_a_row(2 * r), k = frag_a_col(2 * r);
+        a.r[r] = (unsigned)s[m * sm + k * sk].bits | ((unsigned)s[m * sm + (k + 1) * sk].bits << 16);
+    }
+}
+template <> __device__ __forceinline__ void load_a<float>(FragA<float>& a, const float* s, int sm, int sk) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) a.v[e] = s[frag_a_row(e) * sm + frag_a_col(e) * sk];
+}
+
+/// Loads the B fragment of the 16(k)x8(n) tile whose element (n, k) is `s[n*sn + k*sk]`.
+template <typename T> __device__ __forceinline__ void load_b(FragB<T>& b, const T* s, int sn, int sk);
+template <> __device__ __forceinline__ void load_b<bf16>(FragB<bf16>& b, const bf16* s, int sn, int sk) {
+    const int n = frag_b_n();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int k = frag_b_k(2 * r);
+        b.r[r] = (unsigned)s[n * sn + k * sk].bits | ((unsigned)s[n * sn + (k + 1) * sk].bits << 16);
+    }
+}
+template <> __device__ __forceinline__ void load_b<float>(FragB<float>& b, const float* s, int sn, int sk) {
+    const int n = frag_b_n();
+#pragma unroll
+    for (int e = 0; e < 4; e++) b.v[e] = s[n * sn + frag_b_k(e) * sk];
+}
+
+/// d += a * b for one warp.
+__device__ __forceinline__ void mma(Acc& d, const FragA<bf16>& a, const FragB<bf16>& b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d.c[0]), "+f"(d.c[1]), "+f"(d.c[2]), "+f"(d.c[3])
+        : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]));
+}
+
+/// The f32 emulation is not inlined: it is long, and inlining it at every call site of
+/// the unrolled tile loops multiplies compile time without helping the f32 path's speed
+/// much (bf16 is the fast path).
+__device__ __noinline__ Acc mma_f32(Acc d, FragA<float> a, FragB<float> b) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        const int owner = (k & 7) >> 1;          // thread-in-group holding column/row k
+        const int ea = (k & 1) + 4 * (k >> 3);   // A register of (row g, col k); +2 for row g+8
+        const int eb = (k & 1) + 2 * (k >> 3);   // B register of (k, col)
+        const float a_lo = __shfl_sync(0xffffffffu, a.v[ea], g * 4 + owner);
+        const float a_hi = __shfl_sync(0xffffffffu, a.v[ea + 2], g * 4 + owner);
+        const float b0 = __shfl_sync(0xffffffffu, b.v[eb], (2 * t) * 4 + owner);
+        const float b1 = __shfl_sync(0xffffffffu, b.v[eb], (2 * t + 1) * 4 + owner);
+        d.c[0] = fmaf(a_lo, b0, d.c[0]);
+        d.c[1] = fmaf(a_lo, b1, d.c[1]);
+        d.c[2] = fmaf(a_hi, b0, d.c[2]);
+        d.c[3] = fmaf(a_hi, b1, d.c[3]);
+    }
+    return d;
+}
+
+__device__ __forceinline__ void mma(Acc& d, const FragA<float>& a, const FragB<float>& b) { d = mma_f32(d, a, b); }
+
+/// The A fragment (16 rows x 16 k) formed by two neighbouring accumulators (columns
+/// 0..7 and 8..15), rounded to T: how a softmax tile P in registers feeds P*V.
+template <typename T> __device__ __forceinline__ void acc_to_a(FragA<T>& a, const Acc& lo, const Acc& hi);
+template <> __device__ __forceinline__ void acc_to_a<bf16>(FragA<bf16>& a, const Acc& lo, const Acc& hi) {
+    a.r[0] = pack_bf16x2(lo.c[0], lo.c[1]);
+    a.r[1] = pack_bf16x2(lo.c[2], lo.c[3]);
+    a.r[2] = pack_bf16x2(hi.c[0], hi.c[1]);
+    a.r[3] = pack_bf16x2(hi.c[2], hi.c[3]);
+}
+template <> __device__ __forceinline__ void acc_to_a<float>(FragA<float>& a, const Acc& lo, const Acc& hi) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        a.v[e] = lo.c[e];
+        a.v[e + 4] = hi.c[e];
+    }
+}
+
+/// Block-level tile GEMM on shared memory: `BM x BN` outputs from `A_s[BM][BK+pad]` and
+/// `B_s[BN][BK+pad]` (both k-contiguous), with `WM x WN` warps each owning a
+/// `(BM/WM) x (BN/WN)` sub-tile of `MI x NI` accumulators.
+template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
+    static constexpr int THREADS = WM * WN * 32;
+    static constexpr int PAD = 16 / sizeof(T) < 8 ? 8 : 16 / sizeof(T);
+    static constexpr int LDS = BK + PAD;  // shared-memory row length in elements
+    static constexpr int MI = BM / WM / 16, NI = BN / WN / 8;
+    static_assert(BM % (WM * 16) == 0 && BN % (WN * 8) == 0 && BK % 16 == 0, "tile shape");
+
+    Acc acc[MI][NI];
+
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NI; j++) acc_zero(acc[i][j]);
+    }
+
+    /// Accumulates the product of the shared tiles over their BK columns.
+    __device__ __forceinline__ void step(const T* a_s, const T* b_s) {
+        const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            FragA<T> a[MI];
+            FragB<T> b[NI];
+#pragma unroll
+            for (int i = 0; i < MI; i++) load_a(a[i], a_s + (wm * MI * 16 + i * 16) * LDS + kk, LDS, 1);
+#pragma unroll
+            for (int j = 0; j < NI; j++) load_b(b[j], b_s + (wn * NI * 8 + j * 8) * LDS + kk, LDS, 1);
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NI; j++) mma(acc[i][j], a[i], b[j]);
+        }
+    }
+
+    /// Calls `f(row, col, value)` for every accumulator, with tile-local coordinates.
+    template <typename F> __device__ __forceinline__ void for_each(F f) const {
+        const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NI; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    f(wm * MI * 16 + i * 16 + acc_row(e), wn * NI * 8 + j * 8 + acc_col(e), acc[i][j].c[e]);
+    }
+};
+
+/// Copies the `R x C` tile whose element (r, c) is `src[r*sr + c*sc]` (zero where
+/// `ok(r, c)` is false) into `dst[r*lds + c]`. Consecutive threads walk whichever of r,
+/// c has unit stride in global memory, so the reads coalesce.
+template <typename T, int R, int C, int THREADS, typename OK>
+__device__ __forceinline__ void load_tile(T* dst, int lds, const T* src, i64 sr, i64 sc, OK ok) {
+    if (sc == 1) {
+#pragma unroll 4
+        for (int i = threadIdx.x; i < R * C; i += THREADS) {
+            const int r = i / C, c = i % C;
+            dst[r * lds + c] = ok(r, c) ? src[r * sr + c] : from_f32<T>(0.0f);
+        }
+    } else {
+#pragma unroll 4
+        for (int i = threadIdx.x; i < R * C; i += THREADS) {
+            const int r = i % R, c = i / R;
+            dst[r * lds + c] = ok(r, c) ? src[r * sr + c * sc] : from_f32<T>(0.0f);
+        }
+    }
+}

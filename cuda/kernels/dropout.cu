@@ -1,0 +1,29 @@
+// Dropout with the counter-based generator of tensor/src/ops/dropout.rs: element i of
+// the (contiguous) tensor is zeroed when counter_uniform(seed, index_offset + i) < p and
+// otherwise scaled by `scale` = 1/(1-p). The same bits as the CPU, so both devices draw
+// the same mask; the backward is the same call on the output gradient.
+
+/// A uniform number in [0, 1) from (seed, index): SplitMix64 of the combined counter.
+__device__ __forceinline__ float counter_uniform(u64 seed, u64 index) {
+    u64 z = seed ^ (index * 0x9E3779B97F4A7C15ULL + 0xD1B54A32D192ED03ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+template <typename T>
+__device__ void dropout_run(const T* __restrict__ x, T* __restrict__ y, i64 n, float p, float scale, u64 seed,
+                            u64 index_offset) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride)
+        y[i] = counter_uniform(seed, index_offset + (u64)i) < p ? from_f32<T>(0.0f) : from_f32<T>(to_f32(x[i]) * scale);
+}
+
+#define DROPOUT_KERNEL(T, SUF)                                                                                     \
+    extern "C" __global__ void dropout_##SUF(const T* x, T* y, i64 n, float p, float scale, u64 seed, u64 offset) { \
+        dropout_run<T>(x, y, n, p, scale, seed, offset);                                                           \
+    }
+
+DROPOUT_KERNEL(float, f32)
+DROPOUT_KERNEL(bf16, bf16)

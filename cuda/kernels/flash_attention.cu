@@ -1,0 +1,332 @@
+// FlashAttention (Dao et al. 2022; the FA2 work split) for q, k, v (batch, heads, seq, D)
+// contiguous, D in {32, 64, 128}, softmax scale `scale` (1/sqrt(D)), optional causal
+// mask (key j visible to query i iff j <= i) and optional block mask: u8
+// (n_q_tiles x n_k_tiles), tile 64 x 64, 1 = visit. Only O and the per-row log-sum-exp
+// (f32) are saved; the backward recomputes the score tiles. No N x N buffer exists.
+// Rows with no visible key (fully masked) give O = 0 and lse = -inf, and no gradient.
+//
+// Forward:  grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 query rows),
+//           dynamic shared memory fa_fwd_smem(D, sizeof(T)).
+// Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
+//           (2) flash_bwd: grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 keys),
+//               dynamic shared memory fa_bwd_smem; dK, dV written, dQ added in f32 to
+//               `dq_accum` (zeroed by the caller) with atomics;
+//           (3) flash_bwd_dq_finish: dq = dq_accum, grid-stride.
+
+#define FA_BR 64
+#define FA_BC 64
+#define FA_PAD 8
+
+struct FlashParams {
+    const void* q;
+    const void* k;
+    const void* v;
+    void* o;
+    float* lse;
+    const void* dout;
+    void* dq;
+    void* dk;
+    void* dv;
+    float* dq_accum;
+    float* delta;
+    const unsigned char* mask;  // null: visit every tile
+    int bh;                     // batch * heads
+    int seq;
+    float scale;
+    int causal;
+    int n_k_tiles;              // row length of `mask`
+    int pad_;
+};
+
+extern __shared__ __align__(16) unsigned char fa_smem[];
+
+__device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
+    return !P.mask || P.mask[(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
+}
+
+template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P) {
+    constexpr int LD = D + FA_PAD, LDT = FA_BC + FA_PAD;
+    T* k_s = reinterpret_cast<T*>(fa_smem);  // FA_BC x LD (first holds the Q tile)
+    T* vt_s = k_s + FA_BC * LD;               // D x LDT: V transposed
+    const int bh = blockIdx.y, q0 = blockIdx.x * FA_BR, warp = threadIdx.x >> 5;
+    const i64 base = (i64)bh * P.seq * D;
+    const T* q = reinterpret_cast<const T*>(P.q) + base;
+    const T* k = reinterpret_cast<const T*>(P.k) + base;
+    const T* v = reinterpret_cast<const T*>(P.v) + base;
+    const int seq = P.seq;
+
+    load_tile<T, FA_BR, D, 128>(k_s, LD, q + (i64)q0 * D, D, 1, [&](int r, int) { return q0 + r < seq; });
+    __syncthreads();
+    FragA<T> qf[D / 16];
+#pragma unroll
+    for (int kd = 0; kd < D / 16; kd++) load_a(qf[kd], k_s + (warp * 16) * LD + kd * 16, LD, 1);
+    __syncthreads();
+
+    Acc o[D / 8];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) acc_zero(o[dt]);
+    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
+    const int row0 = q0 + warp * 16;
+    const int q_last = min(q0 + FA_BR, seq) - 1;
+
+    for (int j0 = 0; j0 < seq; j0 += FA_BC) {
+        if (P.causal && j0 > q_last) break;
+        if (!fa_visit(P, q0, j0)) continue;
+        load_tile<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
+        for (int i = threadIdx.x; i < FA_BC * D; i += 128) {
+            const int j = i / D, d = i % D;
+            vt_s[d * LDT + j] = j0 + j < seq ? v[(i64)(j0 + j) * D + d] : from_f32<T>(0.0f);
+        }
+        __syncthreads();
+
+        Acc s[FA_BC / 8];
+#pragma unroll
+        for (int nt = 0; nt < FA_BC / 8; nt++) acc_zero(s[nt]);
+#pragma unroll
+        for (int kd = 0; kd < D / 16; kd++)
+#pragma unroll
+            for (int nt = 0; nt < FA_BC / 8; nt++) {
+                FragB<T> b;
+                load_b(b, k_s + (nt * 8) * LD + kd * 16, LD, 1);
+                mma(s[nt], qf[kd], b);
+            }
+
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < FA_BC / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = j0 + nt * 8 + acc_col(e), i = row0 + acc_row(e);
+                float val = s[nt].c[e] * P.scale;
+                if (j >= seq || (P.causal && j > i)) val = NEG_INF;
+                s[nt].c[e] = val;
+                mx[e >> 1] = fmaxf(mx[e >> 1], val);
+            }
+        float alpha[2], mnew[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            mnew[h] = fmaxf(m_r[h], mx[h]);
+            alpha[h] = mnew[h] == NEG_INF ? 1.0f : expf(m_r[h] - mnew[h]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < FA_BC / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int h = e >> 1;
+                const float p = mnew[h] == NEG_INF ? 0.0f : expf(s[nt].c[e] - mnew[h]);
+                s[nt].c[e] = p;
+                rs[h] += p;
+            }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
+            rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
+            l_r[h] = l_r[h] * alpha[h] + rs[h];
+            m_r[h] = mnew[h];
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[dt].c[e] *= alpha[e >> 1];
+#pragma unroll
+        for (int kt = 0; kt < FA_BC / 16; kt++) {
+            FragA<T> pa;
+            acc_to_a(pa, s[2 * kt], s[2 * kt + 1]);
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                FragB<T> b;
+                load_b(b, vt_s + (dt * 8) * LDT + kt * 16, LDT, 1);
+                mma(o[dt], pa, b);
+            }
+        }
+        __syncthreads();
+    }
+
+    T* out = reinterpret_cast<T*>(P.o) + base;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int i = row0 + acc_row(e), h = e >> 1;
+            if (i < seq) out[(i64)i * D + dt * 8 + acc_col(e)] = from_f32<T>(l_r[h] > 0.0f ? o[dt].c[e] / l_r[h] : 0.0f);
+        }
+    if ((threadIdx.x & 3) == 0)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int i = row0 + acc_row(2 * h);
+            if (i < seq) P.lse[(i64)bh * seq + i] = l_r[h] > 0.0f ? m_r[h] + logf(l_r[h]) : NEG_INF;
+        }
+}
+
+/// delta_i = sum_d dO_id * O_id, one warp per row.
+template <typename T, int D> __device__ void flash_bwd_delta_run(const FlashParams& P) {
+    const i64 row = blockIdx.x * 4 + (threadIdx.x >> 5), rows = (i64)P.bh * P.seq;
+    if (row >= rows) return;
+    const T* o = reinterpret_cast<const T*>(P.o) + row * D;
+    const T* g = reinterpret_cast<const T*>(P.dout) + row * D;
+    float s = 0.0f;
+    for (int d = threadIdx.x & 31; d < D; d += 32) s += to_f32(o[d]) * to_f32(g[d]);
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) P.delta[row] = s;
+}
+
+template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P) {
+    constexpr int LD = D + FA_PAD, LDT = FA_BR + FA_PAD;
+    T* q_s = reinterpret_cast<T*>(fa_smem);  // FA_BR x LD
+    T* do_s = q_s + FA_BR * LD;               // FA_BR x LD
+    T* k_s = do_s + FA_BR * LD;               // FA_BC x LD
+    T* v_s = k_s + FA_BC * LD;                // FA_BC x LD
+    T* ds_s = v_s + FA_BC * LD;               // FA_BC x LDT: dS transposed (key, query)
+    float* lse_s = reinterpret_cast<float*>(ds_s + FA_BC * LDT);
+    float* delta_s = lse_s + FA_BR;
+    const int bh = blockIdx.y, j0 = blockIdx.x * FA_BC, warp = threadIdx.x >> 5, seq = P.seq;
+    const i64 base = (i64)bh * seq * D;
+    const T* q = reinterpret_cast<const T*>(P.q) + base;
+    const T* k = reinterpret_cast<const T*>(P.k) + base;
+    const T* v = reinterpret_cast<const T*>(P.v) + base;
+    const T* dout = reinterpret_cast<const T*>(P.dout) + base;
+
+    load_tile<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
+    load_tile<T, FA_BC, D, 128>(v_s, LD, v + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
+
+    Acc dk[D / 8], dv[D / 8];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+        acc_zero(dk[dt]);
+        acc_zero(dv[dt]);
+    }
+    const int key0 = j0 + warp * 16;  // this warp's keys: key0 + acc_row(e)
+
+    for (int i0 = P.causal ? (j0 / FA_BR) * FA_BR : 0; i0 < seq; i0 += FA_BR) {
+        if (!fa_visit(P, i0, j0)) continue;
+        load_tile<T, FA_BR, D, 128>(q_s, LD, q + (i64)i0 * D, D, 1, [&](int r, int) { return i0 + r < seq; });
+        load_tile<T, FA_BR, D, 128>(do_s, LD, dout + (i64)i0 * D, D, 1, [&](int r, int) { return i0 + r < seq; });
+        for (int i = threadIdx.x; i < FA_BR; i += 128) {
+            const bool ok = i0 + i < seq;
+            lse_s[i] = ok ? P.lse[(i64)bh * seq + i0 + i] : NEG_INF;
+            delta_s[i] = ok ? P.delta[(i64)bh * seq + i0 + i] : 0.0f;
+        }
+        __syncthreads();
+
+        // S^T and dP^T for this warp's 16 keys x FA_BR queries.
+        Acc st[FA_BR / 8], dpt[FA_BR / 8];
+#pragma unroll
+        for (int nt = 0; nt < FA_BR / 8; nt++) {
+            acc_zero(st[nt]);
+            acc_zero(dpt[nt]);
+        }
+#pragma unroll
+        for (int kd = 0; kd < D / 16; kd++) {
+            FragA<T> ka, va;
+            load_a(ka, k_s + (warp * 16) * LD + kd * 16, LD, 1);
+            load_a(va, v_s + (warp * 16) * LD + kd * 16, LD, 1);
+#pragma unroll
+            for (int nt = 0; nt < FA_BR / 8; nt++) {
+                FragB<T> bq, bo;
+                load_b(bq, q_s + (nt * 8) * LD + kd * 16, LD, 1);
+                load_b(bo, do_s + (nt * 8) * LD + kd * 16, LD, 1);
+                mma(st[nt], ka, bq);
+                mma(dpt[nt], va, bo);
+            }
+        }
+        // P^T = exp(S^T * scale - lse); dS^T = P^T * (dP^T - delta)
+#pragma unroll
+        for (int nt = 0; nt < FA_BR / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = key0 + acc_row(e), il = nt * 8 + acc_col(e), i = i0 + il;
+                const float L = lse_s[il];
+                const bool ok = j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
+                const float p = ok ? expf(st[nt].c[e] * P.scale - L) : 0.0f;
+                st[nt].c[e] = p;
+                dpt[nt].c[e] = p * (dpt[nt].c[e] - delta_s[il]);
+            }
+        // dV += P^T dO, dK += dS^T Q  (B(n=d, k=i) = X_s[i*LD + d])
+#pragma unroll
+        for (int kt = 0; kt < FA_BR / 16; kt++) {
+            FragA<T> pa, sa;
+            acc_to_a(pa, st[2 * kt], st[2 * kt + 1]);
+            acc_to_a(sa, dpt[2 * kt], dpt[2 * kt + 1]);
+#pragma unroll
+            for (int dt = 0; dt < D / 8; dt++) {
+                FragB<T> bo, bq;
+                load_b(bo, do_s + (kt * 16) * LD + dt * 8, 1, LD);
+                load_b(bq, q_s + (kt * 16) * LD + dt * 8, 1, LD);
+                mma(dv[dt], pa, bo);
+                mma(dk[dt], sa, bq);
+            }
+        }
+        // Stage dS^T, then dQ (FA_BR x D) += dS K: warp w takes queries w*16.., 32 columns at a time.
+#pragma unroll
+        for (int nt = 0; nt < FA_BR / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                ds_s[(warp * 16 + acc_row(e)) * LDT + nt * 8 + acc_col(e)] = from_f32<T>(dpt[nt].c[e]);
+        __syncthreads();
+#pragma unroll
+        for (int d0 = 0; d0 < D; d0 += 32) {
+            Acc dq[4];
+#pragma unroll
+            for (int t = 0; t < 4; t++) acc_zero(dq[t]);
+#pragma unroll
+            for (int kt = 0; kt < FA_BC / 16; kt++) {
+                FragA<T> a;
+                load_a(a, ds_s + (kt * 16) * LDT + warp * 16, 1, LDT);
+#pragma unroll
+                for (int t = 0; t < 4; t++) {
+                    FragB<T> b;
+                    load_b(b, k_s + (kt * 16) * LD + d0 + t * 8, 1, LD);
+                    mma(dq[t], a, b);
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < 4; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = i0 + warp * 16 + acc_row(e);
+                    if (i < seq) atomicAdd(P.dq_accum + base + (i64)i * D + d0 + t * 8 + acc_col(e), dq[t].c[e] * P.scale);
+                }
+        }
+        __syncthreads();
+    }
+
+    T* dkp = reinterpret_cast<T*>(P.dk) + base;
+    T* dvp = reinterpret_cast<T*>(P.dv) + base;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = key0 + acc_row(e);
+            if (j >= seq) continue;
+            const i64 at = (i64)j * D + dt * 8 + acc_col(e);
+            dkp[at] = from_f32<T>(dk[dt].c[e] * P.scale);
+            dvp[at] = from_f32<T>(dv[dt].c[e]);
+        }
+}
+
+template <typename T> __device__ void flash_bwd_dq_finish_run(const FlashParams& P, int d) {
+    const i64 n = (i64)P.bh * P.seq * d, stride = (i64)gridDim.x * blockDim.x;
+    T* dq = reinterpret_cast<T*>(P.dq);
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) dq[i] = from_f32<T>(P.dq_accum[i]);
+}
+
+#define FLASH_KERNELS(T, SUF, D)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) flash_fwd_##SUF##_d##D(FlashParams p) {               \
+        flash_fwd_run<T, D>(p);                                                                             \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) flash_bwd_##SUF##_d##D(FlashParams p) {               \
+        flash_bwd_run<T, D>(p);                                                                             \
+    }                                                                                                       \
+    extern "C" __global__ void flash_bwd_delta_##SUF##_d##D(FlashParams p) { flash_bwd_delta_run<T, D>(p); }
+
+FLASH_KERNELS(float, f32, 32)
+FLASH_KERNELS(float, f32, 64)
+FLASH_KERNELS(float, f32, 128)
+FLASH_KERNELS(bf16, bf16, 32)
+FLASH_KERNELS(bf16, bf16, 64)
+FLASH_KERNELS(bf16, bf16, 128)
+
+extern "C" __global__ void flash_bwd_dq_finish_f32(FlashParams p, int d) { flash_bwd_dq_finish_run<float>(p, d); }
+extern "C" __global__ void flash_bwd_dq_finish_bf16(FlashParams p, int d) { flash_bwd_dq_finish_run<bf16>(p, d); }

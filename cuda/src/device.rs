@@ -1,0 +1,246 @@
+//! A CUDA device: its context, the one stream all work runs on, the caching allocator
+//! and the kernels loaded so far.
+
+use crate::alloc::{CachingAllocator, MemoryStats, RawAlloc};
+use crate::buffer::DeviceBuffer;
+use crate::cache::KernelCache;
+use crate::kernels::KernelSource;
+use crate::{CudaError, DType, Element, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Device memory from the driver, allocated in stream order.
+pub struct DriverAlloc {
+    stream: Arc<CudaStream>,
+}
+
+impl RawAlloc for DriverAlloc {
+    type Block = CudaSlice<u8>;
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
+        // SAFETY: the memory is uninitialised bytes; every op writes before it reads.
+        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(CudaError::driver("alloc"))
+    }
+}
+
+/// Whether a CUDA driver library can be loaded on this machine (no GPU is touched).
+pub fn driver_present() -> bool {
+    // SAFETY: only probes whether the library can be opened.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The number of CUDA devices; [`CudaError::NoDriver`] when there is no driver.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(CudaError::NoDriver);
+    }
+    CudaContext::device_count().map(|n| n.max(0) as usize).map_err(CudaError::driver("device_count"))
+}
+
+/// One GPU with its stream, allocator and loaded kernels. Cheap to share as `Arc`.
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    pool: Arc<CachingAllocator<DriverAlloc>>,
+    arch: String,
+    sm_count: u32,
+    cache: KernelCache,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub(crate) blas: std::sync::OnceLock<std::result::Result<crate::gemm::Blas, String>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice(cuda:{}, {})", self.ordinal, self.arch)
+    }
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`. Returns [`CudaError::NoDriver`] when no driver is
+    /// installed and [`CudaError::NoDevice`] when the ordinal does not exist, so callers
+    /// can fall back to the CPU with a clear message.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("context"))?;
+        // One stream per device orders all work, so cross-stream event tracking is not needed.
+        // SAFETY: no buffer of this context is used on another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(CudaError::driver("stream"))?;
+        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute_capability"))?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(CudaError::driver("attribute"))? as u32;
+        Ok(Arc::new(CudaDevice {
+            ordinal,
+            pool: CachingAllocator::new(DriverAlloc { stream: stream.clone() }),
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            sm_count,
+            cache: KernelCache::from_env(),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            blas: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The architecture kernels are compiled for, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The number of streaming multiprocessors.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// The device's name as the driver reports it.
+    pub fn name(&self) -> Result<String> {
+        self.ctx.name().map_err(CudaError::driver("name"))
+    }
+
+    /// The stream all of this device's work runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits until all queued work has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(CudaError::driver("synchronize"))
+    }
+
+    /// The allocator's counters.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.pool.stats()
+    }
+
+    /// Restarts the peak counter from the current use.
+    pub fn reset_peak_memory(&self) {
+        self.pool.reset_peak()
+    }
+
+    /// Returns cached, unused blocks to the driver.
+    pub fn empty_cache(&self) {
+        self.pool.empty_cache()
+    }
+
+    /// An uninitialised buffer of `len` elements of `dtype`.
+    pub fn alloc(self: &Arc<Self>, dtype: DType, len: usize) -> Result<DeviceBuffer> {
+        let mem = self.pool.alloc(len * dtype.size())?;
+        Ok(DeviceBuffer::new(self.clone(), dtype, len, mem))
+    }
+
+    /// A zero-filled buffer.
+    pub fn zeros(self: &Arc<Self>, dtype: DType, len: usize) -> Result<DeviceBuffer> {
+        let mut b = self.alloc(dtype, len)?;
+        b.fill_zero()?;
+        Ok(b)
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn htod<T: Element>(self: &Arc<Self>, data: &[T]) -> Result<DeviceBuffer> {
+        let mut b = self.alloc(T::DTYPE, data.len())?;
+        b.copy_from_host(data)?;
+        Ok(b)
+    }
+
+    /// The kernel `name` of `source`, compiled (or taken from the disk cache) and
+    /// loaded on first use.
+    pub(crate) fn function(&self, source: KernelSource, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            match modules.get(source.stem) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = self.cache.get_or_compile(source, &self.arch)?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                        .map_err(CudaError::driver("load_module"))?;
+                    modules.insert(source.stem, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(CudaError::driver("load_function"))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// A grid for a grid-stride loop over `n` items with `threads` per block: enough
+    /// blocks to fill the device, no more than the work needs.
+    pub(crate) fn grid_for(&self, n: usize, threads: u32) -> u32 {
+        let needed = n.div_ceil(threads as usize).max(1);
+        needed.min(self.sm_count as usize * 16).max(1) as u32
+    }
+
+    /// Launches `f` with `cfg` and `args` in the kernel's parameter order.
+    pub(crate) fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(CudaError::driver("set_attribute"))?;
+        }
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::U64(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+                // The driver copies the parameter's size from this address.
+                Arg::Struct(words) => b.arg(&words[0]),
+            };
+        }
+        // SAFETY: each op validates its buffers' dtypes and lengths against the kernel's
+        // contract before launching, and passes arguments in the kernel's order.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(CudaError::driver("launch"))
+    }
+}
+
+/// One kernel argument, owned until the launch has read it.
+#[derive(Clone, Debug)]
+pub(crate) enum Arg {
+    /// A device pointer or an unsigned 64-bit value.
+    U64(u64),
+    /// `long long`.
+    I64(i64),
+    /// `int`.
+    I32(i32),
+    /// `float`.
+    F32(f32),
+    /// A `#[repr(C)]` struct passed by value, as 8-byte words.
+    Struct(Vec<u64>),
+}
+
+impl Arg {
+    /// A `#[repr(C)]` plain-data struct passed by value.
+    pub(crate) fn of<T: Copy>(v: &T) -> Arg {
+        let mut words = vec![0u64; std::mem::size_of::<T>().div_ceil(8).max(1)];
+        // SAFETY: copies the struct's bytes into a buffer at least as large.
+        unsafe {
+            std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), words.as_mut_ptr().cast::<u8>(), size_of::<T>())
+        };
+        Arg::Struct(words)
+    }
+
+    /// A length or count as `long long`.
+    pub(crate) fn len(n: usize) -> Arg {
+        Arg::I64(n as i64)
+    }
+}

@@ -1,0 +1,86 @@
+//! `kernels/copy.cu`: strided copies (making views contiguous) and dtype conversion.
+
+use super::{MAX_DIMS, cfg_1d};
+use crate::buffer::Check;
+use crate::device::Arg;
+use crate::{CudaError, DType, Result, View, ViewMut, kernels};
+
+/// A shape with element strides, as `struct Strided6` of the kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided6 {
+    shape: [i64; MAX_DIMS],
+    stride: [i64; MAX_DIMS],
+    ndim: i32,
+}
+
+/// Checks a shape and strides of up to 6 dims and returns the element count and the
+/// largest offset reached plus one (0 when empty).
+pub(crate) fn extent(op: &'static str, shape: &[usize], strides: &[usize]) -> Result<(usize, usize)> {
+    if shape.len() > MAX_DIMS || shape.len() != strides.len() {
+        crate::error::bail!(op, "shape {shape:?} with strides {strides:?} (at most {MAX_DIMS} dims, one stride each)");
+    }
+    let n: usize = shape.iter().product();
+    let span = if n == 0 { 0 } else { 1 + shape.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>() };
+    Ok((n, span))
+}
+
+/// `dst[i] = src[offset(i)]` for the `i`-th element in row-major order over `shape`,
+/// read through `strides` (elements, from the view's start; 0 repeats a dimension).
+/// With dtypes f32→bf16 or bf16→f32 the values are converted (round to nearest even);
+/// otherwise both views share a dtype among f32, bf16, i64, i32, u8.
+/// Kernel `copy_{f32,bf16,i64,i32,u8}` / `cast_{f32_bf16,bf16_f32}(src, Strided6, dst, n)`,
+/// 256 threads, grid-stride.
+pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: ViewMut<'_>) -> Result<()> {
+    let c = Check { op: "copy_strided" };
+    let (n, span) = extent("copy_strided", shape, strides)?;
+    c.input("src", &src, src.dtype(), span)?;
+    c.output("dst", &dst, dst.dtype(), n)?;
+    let dev = src.device().clone();
+    c.same_device(&dev, [dst.device()])?;
+    let name = match (src.dtype(), dst.dtype()) {
+        (DType::F32, DType::F32) => "copy_f32",
+        (DType::BF16, DType::BF16) => "copy_bf16",
+        (DType::I64, DType::I64) => "copy_i64",
+        (DType::I32, DType::I32) => "copy_i32",
+        (DType::U8, DType::U8) => "copy_u8",
+        (DType::F32, DType::BF16) => "cast_f32_bf16",
+        (DType::BF16, DType::F32) => "cast_bf16_f32",
+        (got, expected) => return Err(CudaError::DType { op: "copy_strided", expected, got }),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let mut g = Strided6 { shape: [1; MAX_DIMS], stride: [0; MAX_DIMS], ndim: shape.len() as i32 };
+    for (d, (&s, &st)) in shape.iter().zip(strides).enumerate() {
+        g.shape[d] = s as i64;
+        g.stride[d] = st as i64;
+    }
+    let f = dev.function(kernels::COPY, name)?;
+    let args = [Arg::U64(src.ptr()), Arg::of(&g), Arg::U64(dst.ptr()), Arg::len(n)];
+    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
+}
+
+/// Sets `dst.len()` f32 elements to `value`. Kernel `fill_f32(dst, value, n)`.
+pub fn fill_f32(dst: ViewMut<'_>, value: f32) -> Result<()> {
+    Check { op: "fill_f32" }.output("dst", &dst, DType::F32, 0)?;
+    let dev = dst.device().clone();
+    let n = dst.len();
+    let f = dev.function(kernels::COPY, "fill_f32")?;
+    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &[Arg::U64(dst.ptr()), Arg::F32(value), Arg::len(n)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_covers_the_last_element_and_rejects_bad_ranks() {
+        assert_eq!(extent("t", &[2, 3], &[3, 1]).unwrap(), (6, 6));
+        assert_eq!(extent("t", &[3, 2], &[1, 3]).unwrap(), (6, 6), "a transpose reads the same span");
+        assert_eq!(extent("t", &[4, 5], &[0, 1]).unwrap(), (20, 5), "broadcast rows read one row");
+        assert_eq!(extent("t", &[0, 5], &[5, 1]).unwrap(), (0, 0));
+        assert!(extent("t", &[1; 7], &[1; 7]).is_err());
+        assert!(extent("t", &[2, 2], &[1]).is_err());
+    }
+}

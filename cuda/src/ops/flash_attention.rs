@@ -1,0 +1,201 @@
+//! `kernels/flash_attention.cu`: fused attention forward and backward (online softmax,
+//! no N×N buffer), causal and block-sparse masks.
+
+use crate::buffer::Check;
+use crate::device::Arg;
+use crate::{DType, Result, View, ViewMut, kernels};
+use cudarc::driver::LaunchConfig;
+
+/// The tile of the block mask (queries × keys), also the kernels' tile.
+pub const ATTN_TILE: usize = 64;
+
+/// Shapes and options of one attention call on (batch, heads, seq, head_dim) tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionDims {
+    /// Batch × heads.
+    pub batch_heads: usize,
+    /// Sequence length (queries and keys).
+    pub seq: usize,
+    /// 32, 64 or 128.
+    pub head_dim: usize,
+    /// Causal masking: key j is visible to query i only when j ≤ i.
+    pub causal: bool,
+}
+
+impl AttentionDims {
+    /// Tiles along the sequence: the block mask is `tiles() × tiles()`.
+    pub fn tiles(&self) -> usize {
+        self.seq.div_ceil(ATTN_TILE)
+    }
+    fn check(&self) -> Result<()> {
+        if ![32, 64, 128].contains(&self.head_dim) || self.seq > i32::MAX as usize / ATTN_TILE {
+            crate::error::bail!("flash_attention", "head_dim must be 32, 64 or 128 (got {})", self.head_dim);
+        }
+        Ok(())
+    }
+    fn elems(&self) -> usize {
+        self.batch_heads * self.seq * self.head_dim
+    }
+}
+
+/// `struct FlashParams` of the kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FlashParams {
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    lse: u64,
+    dout: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    dq_accum: u64,
+    delta: u64,
+    mask: u64,
+    bh: i32,
+    seq: i32,
+    scale: f32,
+    causal: i32,
+    n_k_tiles: i32,
+    pad: i32,
+}
+
+fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
+    FlashParams {
+        mask: mask.map_or(0, |m| m.ptr()),
+        bh: d.batch_heads as i32,
+        seq: d.seq as i32,
+        scale: 1.0 / (d.head_dim as f32).sqrt(),
+        causal: d.causal as i32,
+        n_k_tiles: d.tiles() as i32,
+        ..FlashParams::default()
+    }
+}
+
+/// Dynamic shared memory of the forward kernel (bytes).
+fn fwd_smem(d: usize, elem: usize) -> u32 {
+    ((ATTN_TILE * (d + 8) + d * (ATTN_TILE + 8)) * elem) as u32
+}
+
+/// Dynamic shared memory of the backward kernel (bytes).
+fn bwd_smem(d: usize, elem: usize) -> u32 {
+    ((4 * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * ATTN_TILE * 4) as u32
+}
+
+fn tiles_cfg(d: &AttentionDims, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (d.tiles() as u32, d.batch_heads as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+fn check_mask(c: &Check, d: &AttentionDims, mask: Option<&View<'_>>) -> Result<()> {
+    if let Some(m) = mask {
+        c.input("mask", m, DType::U8, d.tiles() * d.tiles())?;
+    }
+    Ok(())
+}
+
+/// Forward: `o = softmax(q·kᵀ/√d + masks)·v` and the per-row log-sum-exp `lse`
+/// (batch·heads·seq, f32; -inf on rows with no visible key, whose output is 0).
+/// `mask` is u8 (tiles × tiles), 1 = visit. Kernel `flash_fwd_{f32,bf16}_d{32,64,128}(FlashParams)`,
+/// grid (tiles, batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
+pub fn flash_attention_forward(
+    d: AttentionDims,
+    q: View<'_>,
+    k: View<'_>,
+    v: View<'_>,
+    mask: Option<View<'_>>,
+    o: ViewMut<'_>,
+    lse: ViewMut<'_>,
+) -> Result<()> {
+    d.check()?;
+    let c = Check { op: "flash_attention_forward" };
+    let dt = q.dtype();
+    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+        c.input(name, t, dt, d.elems())?;
+    }
+    check_mask(&c, &d, mask.as_ref())?;
+    c.output("o", &o, dt, d.elems())?;
+    c.output("lse", &lse, DType::F32, d.batch_heads * d.seq)?;
+    let dev = q.device().clone();
+    c.same_device(&dev, [k.device(), v.device(), o.device(), lse.device()])?;
+    if d.elems() == 0 {
+        return Ok(());
+    }
+    let mut p = params(&d, mask.as_ref());
+    (p.q, p.k, p.v, p.o, p.lse) = (q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr());
+    let f =
+        dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{}_d{}", dt.kernel_suffix(c.op)?, d.head_dim))?;
+    dev.launch(&f, tiles_cfg(&d, fwd_smem(d.head_dim, dt.size())), &[Arg::of(&p)])
+}
+
+/// Backward from the forward's `o`, `lse` and the output gradient `dout`: writes `dq`,
+/// `dk`, `dv`. Kernels: `flash_bwd_delta_*` (rows of Σ dO·O, grid ceil(rows/4), 128
+/// threads), `flash_bwd_{f32,bf16}_d{D}` (grid (tiles, batch·heads), 128 threads, dynamic
+/// shared memory `bwd_smem`; dq accumulated in an f32 buffer with atomics, so its last
+/// bits may vary between runs), `flash_bwd_dq_finish_*` (grid-stride conversion).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_backward(
+    d: AttentionDims,
+    q: View<'_>,
+    k: View<'_>,
+    v: View<'_>,
+    mask: Option<View<'_>>,
+    o: View<'_>,
+    lse: View<'_>,
+    dout: View<'_>,
+    dq: ViewMut<'_>,
+    dk: ViewMut<'_>,
+    dv: ViewMut<'_>,
+) -> Result<()> {
+    d.check()?;
+    let c = Check { op: "flash_attention_backward" };
+    let dt = q.dtype();
+    for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("dout", &dout)] {
+        c.input(name, t, dt, d.elems())?;
+    }
+    c.input("lse", &lse, DType::F32, d.batch_heads * d.seq)?;
+    check_mask(&c, &d, mask.as_ref())?;
+    for (name, t) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
+        c.output(name, t, dt, d.elems())?;
+    }
+    let dev = q.device().clone();
+    c.same_device(&dev, [k.device(), v.device(), o.device(), lse.device(), dout.device(), dq.device()])?;
+    if d.elems() == 0 {
+        return Ok(());
+    }
+    let sfx = dt.kernel_suffix(c.op)?;
+    let rows = d.batch_heads * d.seq;
+    let delta = dev.alloc(DType::F32, rows)?;
+    let dq_accum = dev.zeros(DType::F32, d.elems())?;
+    let mut p = params(&d, mask.as_ref());
+    (p.q, p.k, p.v, p.o, p.lse, p.dout) = (q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr(), dout.ptr());
+    (p.dq, p.dk, p.dv, p.dq_accum, p.delta) = (dq.ptr(), dk.ptr(), dv.ptr(), dq_accum.device_ptr(), delta.device_ptr());
+    let hd = d.head_dim;
+    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_delta_{sfx}_d{hd}"))?;
+    dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &[Arg::of(&p)])?;
+    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_{sfx}_d{hd}"))?;
+    dev.launch(&f, tiles_cfg(&d, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
+    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_dq_finish_{sfx}"))?;
+    dev.launch(&f, super::cfg_1d(dev.grid_for(d.elems(), 256), 256), &[Arg::of(&p), Arg::I32(hd as i32)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_match_the_kernel_struct_and_smem_fits_hopper_and_ampere() {
+        assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4);
+        for d in [32, 64, 128] {
+            for elem in [2, 4] {
+                assert!(fwd_smem(d, elem) <= 163 * 1024 && bwd_smem(d, elem) <= 163 * 1024, "d {d} elem {elem}");
+            }
+        }
+        assert_eq!(bwd_smem(128, 2), 256 * 136 * 2 + 64 * 72 * 2 + 512);
+    }
+}

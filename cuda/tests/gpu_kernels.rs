@@ -1,0 +1,153 @@
+//! GPU kernels against independent CPU computations. Each test needs a CUDA driver and
+//! device and says SKIPPED otherwise (CI has none); run them on a GPU machine with
+//! `cargo test -p monarch-cuda --release`.
+
+use half::bf16;
+use monarch_cuda::ops::{dropout, flash_attention as fa, monarch, softmax, unary};
+use monarch_cuda::{CudaDevice, DType};
+use std::sync::Arc;
+
+fn device() -> Option<Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    (0..n).map(|i| dropout::counter_uniform(seed, i as u64) * 2.0 - 1.0).collect()
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "element {i}: got {g}, want {w}");
+    }
+}
+
+#[test]
+fn unary_gelu_and_its_backward_match_the_formulas() {
+    let Some(dev) = device() else { return };
+    let x = values(1000, 1);
+    let xb = dev.htod(&x).unwrap();
+    let mut y = dev.alloc(DType::F32, x.len()).unwrap();
+    unary::unary(unary::UnaryOp::GeluErf, xb.view(), y.view_mut()).unwrap();
+    let want: Vec<f32> =
+        x.iter().map(|&v| (0.5 * v as f64 * (1.0 + libm_erf(v as f64 / 2f64.sqrt()))) as f32).collect();
+    close(&y.to_host::<f32>().unwrap(), &want, 1e-5);
+    let ones = dev.htod(&vec![1.0f32; x.len()]).unwrap();
+    let mut dx = dev.alloc(DType::F32, x.len()).unwrap();
+    unary::unary_backward(unary::UnaryOp::Sqr, xb.view(), ones.view(), dx.view_mut()).unwrap();
+    close(&dx.to_host::<f32>().unwrap(), &x.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 1e-6);
+}
+
+/// erf by its Taylor series (|x| ≤ 1 here), independent of any library.
+fn libm_erf(x: f64) -> f64 {
+    let (mut term, mut sum) = (x, x);
+    for n in 1..40 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn softmax_rows_sum_to_one_in_bf16() {
+    let Some(dev) = device() else { return };
+    let (rows, cols) = (37, 1000);
+    let x: Vec<bf16> = values(rows * cols, 2).iter().map(|&v| bf16::from_f32(4.0 * v)).collect();
+    let xb = dev.htod(&x).unwrap();
+    let mut y = dev.alloc(DType::BF16, rows * cols).unwrap();
+    softmax::softmax(xb.view(), rows, cols, false, y.view_mut()).unwrap();
+    let y = y.to_host::<bf16>().unwrap();
+    for r in 0..rows {
+        let s: f32 = y[r * cols..(r + 1) * cols].iter().map(|v| v.to_f32()).sum();
+        assert!((s - 1.0).abs() < 2e-2, "row {r} sums to {s}");
+    }
+}
+
+#[test]
+fn dropout_draws_the_cpu_mask() {
+    let Some(dev) = device() else { return };
+    let n = 10_000;
+    let x = dev.htod(&vec![1.0f32; n]).unwrap();
+    let mut y = dev.alloc(DType::F32, n).unwrap();
+    dropout::dropout(x.view(), 0.3, 42, 0, y.view_mut()).unwrap();
+    let want: Vec<f32> =
+        (0..n).map(|i| if dropout::counter_uniform(42, i as u64) < 0.3 { 0.0 } else { 1.0 / 0.7 }).collect();
+    assert_eq!(y.to_host::<f32>().unwrap(), want);
+}
+
+#[test]
+fn monarch_forward_matches_the_closed_form_on_a_rectangular_padded_shape() {
+    let Some(dev) = device() else { return };
+    // n_in = 10 padded to k·p = 12, m_out = 14 of l·s = 15; l·r = k·q = 6.
+    let d = monarch::MonarchDims { batch: 5, n_in: 10, m_out: 14, k: 3, q: 2, p: 4, l: 3, s: 5, r: 2 };
+    let (x, w1, w2) = (values(5 * 10, 3), values(3 * 2 * 4, 4), values(3 * 5 * 2, 5));
+    let (xb, w1b, w2b) = (dev.htod(&x).unwrap(), dev.htod(&w1).unwrap(), dev.htod(&w2).unwrap());
+    let mut out1 = dev.alloc(DType::F32, d.batch * d.mid()).unwrap();
+    let mut out = dev.alloc(DType::F32, d.batch * d.m_out).unwrap();
+    monarch::monarch_forward(d, xb.view(), w1b.view(), w2b.view(), out1.view_mut(), out.view_mut()).unwrap();
+    // M[ss·l+ll, kk·p+pp] = Σ_{qq: (kk·q+qq) mod l = ll} w2[ll, ss, (kk·q+qq) div l] · w1[kk, qq, pp]
+    let mut want = vec![0f32; d.batch * d.m_out];
+    for b in 0..d.batch {
+        for (ss, ll) in (0..d.s).flat_map(|ss| (0..d.l).map(move |ll| (ss, ll))) {
+            let row = ss * d.l + ll;
+            if row >= d.m_out {
+                continue;
+            }
+            let mut acc = 0f32;
+            for kk in 0..d.k {
+                for qq in 0..d.q {
+                    let j = kk * d.q + qq;
+                    if j % d.l != ll {
+                        continue;
+                    }
+                    for pp in 0..d.p {
+                        let col = kk * d.p + pp;
+                        if col < d.n_in {
+                            acc += w2[(ll * d.s + ss) * d.r + j / d.l]
+                                * w1[(kk * d.q + qq) * d.p + pp]
+                                * x[b * d.n_in + col];
+                        }
+                    }
+                }
+            }
+            want[b * d.m_out + row] = acc;
+        }
+    }
+    close(&out.to_host::<f32>().unwrap(), &want, 1e-5);
+}
+
+#[test]
+fn flash_attention_matches_naive_attention_with_causal_mask_and_ragged_length() {
+    let Some(dev) = device() else { return };
+    let d = fa::AttentionDims { batch_heads: 2, seq: 100, head_dim: 32, causal: true };
+    let n = d.batch_heads * d.seq * d.head_dim;
+    let (q, k, v) = (values(n, 6), values(n, 7), values(n, 8));
+    let (qb, kb, vb) = (dev.htod(&q).unwrap(), dev.htod(&k).unwrap(), dev.htod(&v).unwrap());
+    let mut o = dev.alloc(DType::F32, n).unwrap();
+    let mut lse = dev.alloc(DType::F32, d.batch_heads * d.seq).unwrap();
+    fa::flash_attention_forward(d, qb.view(), kb.view(), vb.view(), None, o.view_mut(), lse.view_mut()).unwrap();
+    let (s, hd) = (d.seq, d.head_dim);
+    let mut want = vec![0f32; n];
+    for h in 0..d.batch_heads {
+        for i in 0..s {
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| (0..hd).map(|t| (q[(h * s + i) * hd + t] * k[(h * s + j) * hd + t]) as f64).sum::<f64>())
+                .map(|x| x / (hd as f64).sqrt())
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+            for t in 0..hd {
+                let acc: f64 = (0..=i).map(|j| (scores[j] - m).exp() / z * v[(h * s + j) * hd + t] as f64).sum();
+                want[(h * s + i) * hd + t] = acc as f32;
+            }
+        }
+    }
+    close(&o.to_host::<f32>().unwrap(), &want, 1e-4);
+}
