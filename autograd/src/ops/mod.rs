@@ -2,10 +2,13 @@
 //! `monarch_tensor`'s ops. Each records a backward rule that saves only what it needs.
 
 mod binary;
+mod block_sparse;
+mod butterfly;
 mod dropout;
 mod index;
 mod loss;
 mod matmul;
+mod monarch;
 mod norm;
 mod reduce;
 mod shape;

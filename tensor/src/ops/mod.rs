@@ -3,22 +3,28 @@
 //! would make several passes) live beside their forward.
 
 mod binary;
+mod block_sparse;
+mod butterfly;
 mod dropout;
 mod index;
 mod init;
 mod loss;
 mod matmul;
+mod monarch;
 mod norm;
 mod optim;
 mod reduce;
 mod shape;
 mod softmax;
+mod strided_gemm;
 mod unary;
 
 pub use binary::{BinaryOp, CmpOp};
+pub use block_sparse::BlockSparsePlan;
 pub use dropout::counter_uniform;
 pub use init::{Init, fans};
 pub use loss::CrossEntropy;
+pub use monarch::{MonarchOut, MonarchShape};
 pub use norm::LayerNormOut;
 pub use optim::{AdamW, sgd_step};
 pub use reduce::ReduceOp;

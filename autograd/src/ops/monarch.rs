@@ -1,0 +1,40 @@
+//! The Monarch product and the Monarch layer.
+
+use crate::Var;
+use monarch_tensor::{Result, Tensor};
+
+impl Var {
+    /// The Monarch product `x (.., k·p) → (.., l·s)` with factors `w1` (k, q, p) and
+    /// `w2` (l, s, r); see [`Tensor::monarch_mul`].
+    pub fn monarch_mul(&self, w1: &Var, w2: &Var) -> Result<Var> {
+        let m = monarch_tensor::MonarchShape::of(w1.shape(), w2.shape())?.m();
+        if self.dims().last() != Some(&(w1.dims()[0] * w1.dims()[2])) {
+            return Err(monarch_tensor::Error::ShapeMismatch {
+                op: "monarch_mul",
+                lhs: self.shape().clone(),
+                rhs: w1.shape().clone(),
+            });
+        }
+        self.monarch_linear(w1, w2, None, m)
+    }
+
+    /// The Monarch layer `x (.., in) → (.., out)` with zero-padded inputs, truncated
+    /// outputs and an optional bias (see [`Tensor::monarch_linear`]). Backward is two
+    /// batches of strided GEMMs from the saved first-factor output.
+    pub fn monarch_linear(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize) -> Result<Var> {
+        let res = self.value().monarch_linear(w1.value(), w2.value(), bias.map(|b| b.value()), out)?;
+        let (x, a, b, out1) = (self.value().clone(), w1.value().clone(), w2.value().clone(), res.out1);
+        let mut inputs = vec![self, w1, w2];
+        inputs.extend(bias);
+        Var::record_n("monarch_linear", res.y, &inputs, move |g, needs| {
+            let [dx, dw1, dw2] = Tensor::monarch_backward(&x, &a, &b, &out1, g, [needs[0], needs[1], needs[2]])?;
+            let mut grads = smallvec::smallvec![dx, dw1, dw2];
+            if needs.len() == 4 {
+                let bias_grad =
+                    if needs[3] { Some(g.reshape([g.elem_count() / out.max(1), out])?.sum(0)?) } else { None };
+                grads.push(bias_grad);
+            }
+            Ok(grads)
+        })
+    }
+}

@@ -1,0 +1,367 @@
+//! The Monarch product (Dao et al. 2022): two block-diagonal factors with fixed
+//! permutations between them, computed as two batches of GEMMs whose permutations are
+//! folded into strides, so that no pass over the data is spent on permuting.
+//!
+//! Factors `w1` of shape (k, q, p) and `w2` of shape (l, s, r) with `l·r = k·q`. For an
+//! input row `x` of length `n = k·p`:
+//! `out1[kk·q+qq] = Σ_pp w1[kk,qq,pp]·x[kk·p+pp]`, `y[ll·r+rr] = out1[rr·l+ll]`,
+//! `z[ll·s+ss] = Σ_rr w2[ll,ss,rr]·y[ll·r+rr]` and `out[ss·l+ll] = z[ll·s+ss]`.
+//! Inputs shorter than `k·p` are zero-padded and outputs may be truncated (both without
+//! touching the padding: the GEMMs simply skip it).
+
+use super::matmul::{GemmElem, Mat};
+use super::strided_gemm::gemm_strided;
+use super::{compute_dtype, same_dtype};
+use crate::{CpuStorage, Error, Result, Shape, Tensor};
+use gemm::Parallelism;
+
+/// The factor dimensions of a Monarch product: `w1` is (k, q, p), `w2` is (l, s, r).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MonarchShape {
+    /// Blocks of the first factor.
+    pub k: usize,
+    /// Output rows of each first-factor block.
+    pub q: usize,
+    /// Input columns of each first-factor block.
+    pub p: usize,
+    /// Blocks of the second factor.
+    pub l: usize,
+    /// Output rows of each second-factor block.
+    pub s: usize,
+    /// Input columns of each second-factor block.
+    pub r: usize,
+}
+
+impl MonarchShape {
+    /// The dimensions of two factor shapes, checked (rank 3 each, `l·r = k·q`).
+    pub fn of(w1: &Shape, w2: &Shape) -> Result<Self> {
+        let op = "monarch";
+        let (&[k, q, p], &[l, s, r]) = (w1.dims(), w2.dims()) else {
+            crate::bail!(op, "factors must be 3-D (k, q, p) and (l, s, r), got {w1} and {w2}");
+        };
+        if l * r != k * q {
+            crate::bail!(op, "factors {w1} and {w2} do not chain: l·r = {} but k·q = {}", l * r, k * q);
+        }
+        Ok(MonarchShape { k, q, p, l, s, r })
+    }
+
+    /// Input length the factors take, `k·p` (shorter inputs are zero-padded).
+    pub fn n(&self) -> usize {
+        self.k * self.p
+    }
+
+    /// Output length the factors give, `l·s` (outputs may be truncated).
+    pub fn m(&self) -> usize {
+        self.l * self.s
+    }
+
+    /// Columns of input block `kk` that exist when the input has `inp` features.
+    fn in_width(&self, kk: usize, inp: usize) -> usize {
+        inp.saturating_sub(kk * self.p).min(self.p)
+    }
+
+    /// Rows `ss` of output block `ll` whose output `ss·l + ll` is kept (a prefix).
+    fn out_count(&self, ll: usize, out: usize) -> usize {
+        out.saturating_sub(ll).div_ceil(self.l).min(self.s)
+    }
+}
+
+/// The results of [`Tensor::monarch_linear`].
+#[derive(Clone, Debug)]
+pub struct MonarchOut {
+    /// The output, (.., out).
+    pub y: Tensor,
+    /// The first factor's output, (rows, k·q) in the compute dtype: what backward needs.
+    pub out1: Tensor,
+}
+
+/// Whether a product is big enough to spread over threads.
+fn par(work: usize) -> Parallelism {
+    if work >= 1 << 18 { Parallelism::Rayon(0) } else { Parallelism::None }
+}
+
+fn row_major(offset: usize, rs: usize) -> Mat {
+    Mat { offset, rs, cs: 1 }
+}
+
+/// Problem sizes of one call: `rows` input rows of `inp` features to `out` features.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    rows: usize,
+    inp: usize,
+    out: usize,
+    sh: MonarchShape,
+}
+
+fn forward<T: GemmElem>(x: &[T], w1: &[T], w2: &[T], bias: Option<&[T]>, z: Sizes) -> (Vec<T>, Vec<T>) {
+    let MonarchShape { k, q, p, l, s, r } = z.sh;
+    let (rows, kq) = (z.rows, k * q);
+    let mut out1 = vec![T::ZERO; rows * kq];
+    for kk in 0..k {
+        let w = z.sh.in_width(kk, z.inp);
+        // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] · w1[kk, qq, pp]
+        let w1t = Mat { offset: kk * q * p, rs: 1, cs: p };
+        let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
+        gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
+    }
+    let mut y = match bias {
+        Some(b) => b.iter().copied().cycle().take(rows * z.out).collect(),
+        None => vec![T::ZERO; rows * z.out],
+    };
+    for ll in 0..l {
+        let cnt = z.sh.out_count(ll, z.out);
+        // y[b, ss·l+ll] (+)= Σ_rr out1[b, rr·l+ll] · w2[ll, ss, rr]
+        let a = Mat { offset: ll, rs: kq, cs: l };
+        let w2t = Mat { offset: ll * s * r, rs: 1, cs: r };
+        let d = Mat { offset: ll, rs: z.out, cs: l };
+        gemm_strided((rows, cnt, r), &mut y, d, &out1, a, w2, w2t, bias.is_some(), par(rows * cnt * r));
+    }
+    (y, out1)
+}
+
+/// Gradients `[dx, dw1, dw2]`, each only when wanted.
+fn backward<T: GemmElem>(
+    x: &[T],
+    w1: &[T],
+    w2: &[T],
+    out1: &[T],
+    dy: &[T],
+    z: Sizes,
+    want: [bool; 3],
+) -> [Option<Vec<T>>; 3] {
+    let MonarchShape { k, q, p, l, s, r } = z.sh;
+    let (rows, kq) = (z.rows, k * q);
+    let mut dw2 = want[2].then(|| vec![T::ZERO; l * s * r]);
+    let need_dout1 = want[0] || want[1];
+    let mut dout1 = vec![T::ZERO; if need_dout1 { rows * kq } else { 0 }];
+    for ll in 0..l {
+        let cnt = z.sh.out_count(ll, z.out);
+        let dz = Mat { offset: ll, rs: z.out, cs: l };
+        let y_ll = Mat { offset: ll, rs: kq, cs: l };
+        if let Some(dw2) = dw2.as_mut() {
+            // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · out1[b, rr·l+ll]
+            let dzt = Mat { offset: ll, rs: l, cs: z.out };
+            let d = row_major(ll * s * r, r);
+            gemm_strided((cnt, r, rows), dw2, d, dy, dzt, out1, y_ll, false, par(cnt * r * rows));
+        }
+        if need_dout1 {
+            // dout1[b, rr·l+ll] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
+            let w = row_major(ll * s * r, r);
+            gemm_strided((rows, r, cnt), &mut dout1, y_ll, dy, dz, w2, w, false, par(rows * r * cnt));
+        }
+    }
+    let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
+    let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
+    for kk in 0..k {
+        let w = z.sh.in_width(kk, z.inp);
+        let x_kk = row_major(kk * p, z.inp);
+        let w1_kk = row_major(kk * q * p, p);
+        if let Some(dw1) = dw1.as_mut() {
+            // dw1[kk, qq, pp] = Σ_b dout1[b, kk·q+qq] · x[b, kk·p+pp]
+            let dt = Mat { offset: kk * q, rs: 1, cs: kq };
+            gemm_strided((q, w, rows), dw1, w1_kk, &dout1, dt, x, x_kk, false, par(q * w * rows));
+        }
+        if let Some(dx) = dx.as_mut() {
+            // dx[b, kk·p+pp] = Σ_qq dout1[b, kk·q+qq] · w1[kk, qq, pp]
+            let d1 = row_major(kk * q, kq);
+            gemm_strided((rows, w, q), dx, x_kk, &dout1, d1, w1, w1_kk, false, par(rows * w * q));
+        }
+    }
+    [dx, dw1, dw2]
+}
+
+/// The data of a tensor in its compute dtype, contiguous, from its first element.
+fn data<T: crate::WithDType>(t: &Tensor, op: &'static str) -> Result<(Tensor, usize)> {
+    let c = compute_dtype(t, op)?.contiguous()?;
+    let off = c.layout().offset();
+    c.cpu_slice::<T>(op)?;
+    Ok((c, off))
+}
+
+/// Runs `$body` with `$ty` bound to f32 or f64, whichever `$t` computes in.
+macro_rules! by_float {
+    ($t:expr, $op:expr, $ty:ident => $body:expr) => {
+        match compute_dtype($t, $op)?.dtype() {
+            crate::DType::F32 => {
+                type $ty = f32;
+                $body
+            }
+            _ => {
+                type $ty = f64;
+                $body
+            }
+        }
+    };
+}
+
+impl Tensor {
+    /// Checks operands of a Monarch product and returns its sizes.
+    fn monarch_sizes(&self, w1: &Tensor, w2: &Tensor, out: usize, op: &'static str) -> Result<Sizes> {
+        same_dtype(self, w1, op)?;
+        same_dtype(self, w2, op)?;
+        let sh = MonarchShape::of(w1.shape(), w2.shape())?;
+        let Some(&inp) = self.dims().last() else {
+            crate::bail!(op, "the input must have a feature dimension, got a scalar");
+        };
+        if inp > sh.n() {
+            crate::bail!(op, "input of {inp} features is longer than the factors' {} (shape {})", sh.n(), self.shape());
+        }
+        if out > sh.m() {
+            crate::bail!(op, "{out} outputs asked but the factors give {}", sh.m());
+        }
+        Ok(Sizes { rows: self.elem_count() / inp.max(1), inp, out, sh })
+    }
+
+    /// The Monarch product of `x` (.., k·p) with factors `w1` (k, q, p) and `w2`
+    /// (l, s, r): (.., l·s). See the module documentation for the exact definition.
+    pub fn monarch_mul(&self, w1: &Tensor, w2: &Tensor) -> Result<Tensor> {
+        let sh = MonarchShape::of(w1.shape(), w2.shape())?;
+        if self.dims().last() != Some(&sh.n()) {
+            return Err(Error::ShapeMismatch { op: "monarch_mul", lhs: self.shape().clone(), rhs: w1.shape().clone() });
+        }
+        Ok(self.monarch_linear(w1, w2, None, sh.m())?.y)
+    }
+
+    /// The Monarch layer `x (.., in) → (.., out)`: inputs zero-padded to `k·p`, the
+    /// Monarch product, outputs truncated to `out`, plus an optional `bias` (out) that
+    /// is folded into the second GEMM. Also returns the intermediate that
+    /// [`monarch_backward`](Self::monarch_backward) needs.
+    pub fn monarch_linear(&self, w1: &Tensor, w2: &Tensor, bias: Option<&Tensor>, out: usize) -> Result<MonarchOut> {
+        let op = "monarch_linear";
+        let z = self.monarch_sizes(w1, w2, out, op)?;
+        if let Some(b) = bias {
+            same_dtype(self, b, op)?;
+            if b.dims() != [out] {
+                crate::bail!(op, "bias of shape {} does not match {out} outputs", b.shape());
+            }
+        }
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked") = out;
+        let (y, out1) = by_float!(self, op, T => {
+            let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(self, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
+            let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
+            let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
+            let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
+            let (y, out1) = forward::<T>(x, a, b, bias, z);
+            (CpuStorage::from(y), CpuStorage::from(out1))
+        });
+        Ok(MonarchOut {
+            y: Tensor::from_cpu(y, out_dims).to_dtype(self.dtype())?,
+            out1: Tensor::from_cpu(out1, [z.rows, z.sh.k * z.sh.q]),
+        })
+    }
+
+    /// Gradients `[dx, dw1, dw2]` of [`monarch_linear`](Self::monarch_linear) from the
+    /// output gradient `dy` and the saved `out1`, each computed only when `want`ed.
+    /// Each is a batch of GEMMs over strided views (no permutation passes).
+    pub fn monarch_backward(
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        out1: &Tensor,
+        dy: &Tensor,
+        want: [bool; 3],
+    ) -> Result<[Option<Tensor>; 3]> {
+        let op = "monarch_backward";
+        let out = *dy.dims().last().unwrap_or(&0);
+        let z = x.monarch_sizes(w1, w2, out, op)?;
+        let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
+        if !same_rows || out1.dims() != [z.rows, z.sh.k * z.sh.q] {
+            return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
+        }
+        let [dx, dw1, dw2] = by_float!(x, op, T => {
+            let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(x, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
+            let ((oc, oo), (gc, go)) = (data::<T>(out1, op)?, data::<T>(dy, op)?);
+            let (xs, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
+            let (o1, g) = (&oc.cpu_slice::<T>(op)?[oo..], &gc.cpu_slice::<T>(op)?[go..]);
+            backward::<T>(xs, a, b, o1, g, z, want).map(|v| v.map(CpuStorage::from))
+        });
+        let wrap = |s: Option<CpuStorage>, shape: &Shape| {
+            s.map(|s| Tensor::from_cpu(s, shape).to_dtype(x.dtype())).transpose()
+        };
+        Ok([wrap(dx, x.shape())?, wrap(dw1, w1.shape())?, wrap(dw2, w2.shape())?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    fn rnd(shape: &[usize], seed: u64) -> Tensor {
+        Tensor::randn(shape, 0.0, 1.0, seed).unwrap().to_dtype(DType::F64).unwrap()
+    }
+
+    /// The dense matrix by the closed form of the issue:
+    /// `M[ss·l+ll, kk·p+pp] = Σ_{qq: (kk·q+qq) mod l = ll} w2[ll, ss, (kk·q+qq) div l] · w1[kk, qq, pp]`.
+    fn closed_form(w1: &Tensor, w2: &Tensor) -> Vec<Vec<f64>> {
+        let MonarchShape { k, q, p, l, s, r } = MonarchShape::of(w1.shape(), w2.shape()).unwrap();
+        let (a, b) = (w1.to_vec::<f64>().unwrap(), w2.to_vec::<f64>().unwrap());
+        let mut m = vec![vec![0.0; k * p]; l * s];
+        for kk in 0..k {
+            for qq in 0..q {
+                let (ll, rr) = ((kk * q + qq) % l, (kk * q + qq) / l);
+                for ss in 0..s {
+                    for pp in 0..p {
+                        m[ss * l + ll][kk * p + pp] += b[(ll * s + ss) * r + rr] * a[(kk * q + qq) * p + pp];
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn matches_the_closed_form_on_square_rectangular_and_uneven_shapes() {
+        // (k, q, p, l, s, r): square 4×4 grid, rectangular both ways, l ≠ k.
+        for (i, &(k, q, p, l, s, r)) in
+            [(4, 4, 4, 4, 4, 4), (3, 2, 5, 3, 4, 2), (2, 6, 3, 4, 2, 3), (4, 3, 2, 2, 5, 6), (1, 3, 7, 3, 2, 1)]
+                .iter()
+                .enumerate()
+        {
+            let (w1, w2) = (rnd(&[k, q, p], i as u64), rnd(&[l, s, r], 10 + i as u64));
+            let m = closed_form(&w1, &w2);
+            let x = rnd(&[2, 3, k * p], 20 + i as u64);
+            let y = x.monarch_mul(&w1, &w2).unwrap();
+            assert_eq!(y.dims(), &[2, 3, l * s]);
+            let (xv, yv) = (x.to_vec::<f64>().unwrap(), y.to_vec::<f64>().unwrap());
+            for row in 0..6 {
+                for (o, mo) in m.iter().enumerate() {
+                    let want: f64 = mo.iter().zip(&xv[row * k * p..]).map(|(a, b)| a * b).sum();
+                    assert!((yv[row * l * s + o] - want).abs() < 1e-10, "shape {i} row {row} out {o}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_truncation_and_bias() {
+        // 4 blocks of 3 take 10 inputs (2 padded) and give 11 of 12 outputs.
+        let (w1, w2) = (rnd(&[4, 3, 3], 1), rnd(&[4, 3, 3], 2));
+        let (x, b) = (rnd(&[5, 10], 3), rnd(&[11], 4));
+        let got = x.monarch_linear(&w1, &w2, Some(&b), 11).unwrap().y;
+        let padded = Tensor::cat(&[&x, &Tensor::zeros([5, 2], DType::F64)], 1).unwrap();
+        let full = padded.monarch_mul(&w1, &w2).unwrap().narrow(1, 0, 11).unwrap().add(&b).unwrap();
+        for (g, w) in got.to_vec::<f64>().unwrap().iter().zip(full.to_vec::<f64>().unwrap()) {
+            assert!((g - w).abs() < 1e-12);
+        }
+        // f32 and bf16 run too (bf16 computed in f32).
+        for dt in [DType::F32, DType::BF16] {
+            let y =
+                x.to_dtype(dt).unwrap().monarch_linear(&w1.to_dtype(dt).unwrap(), &w2.to_dtype(dt).unwrap(), None, 12);
+            assert_eq!(y.unwrap().y.dtype(), dt);
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let (w1, w2) = (rnd(&[4, 3, 3], 1), rnd(&[4, 3, 3], 2));
+        assert!(rnd(&[2, 13], 0).monarch_linear(&w1, &w2, None, 12).is_err());
+        assert!(rnd(&[2, 12], 0).monarch_linear(&w1, &w2, None, 13).is_err());
+        assert!(rnd(&[2, 11], 0).monarch_mul(&w1, &w2).is_err());
+        assert!(rnd(&[2, 12], 0).monarch_mul(&w1, &rnd(&[4, 3, 2], 0)).is_err());
+        assert!(rnd(&[2, 12], 0).monarch_mul(&w1, &rnd(&[3, 3], 0)).is_err());
+        assert!(rnd(&[2, 12], 0).monarch_linear(&w1, &w2, Some(&rnd(&[11], 0)), 12).is_err());
+        assert!(Tensor::scalar(1.0f64).monarch_linear(&w1, &w2, None, 12).is_err());
+    }
+}
