@@ -9,6 +9,7 @@ mod layer_norm;
 mod linear;
 mod module;
 pub mod optim;
+pub mod structured;
 
 pub use checkpoint::{load_params, save_params};
 pub use ctx::Ctx;
@@ -17,3 +18,7 @@ pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use module::{Module, NamedParams, param_count};
 pub use rand::{SeedableRng, rngs::StdRng};
+pub use structured::{
+    BlockDiagLinear, BlockSparseLinear, ButterflyLinear, Gate, LinearKind, LinearLayer, LinearOptions, LowRankLinear,
+    MonarchLinear, PixelflyLinear, Rank,
+};
