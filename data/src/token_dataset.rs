@@ -4,6 +4,9 @@
 use crate::{Error, Result, TokenFile};
 use std::path::Path;
 
+/// The name that [`TokenDataset::split`] reads as the embedded Shakespeare.
+pub const EMBEDDED_SHAKESPEARE: &str = "embedded:shakespeare";
+
 /// One or many [`TokenFile`]s (shards), in a fixed order.
 #[derive(Clone, Debug)]
 pub struct TokenDataset {
@@ -35,8 +38,15 @@ impl TokenDataset {
     /// Opens one split (`train`, `val`, `test`) of the token files in `dir`: the first of
     /// `{split}_*.bin` (written by `monarch tokenize`), `*_{split}_*.bin` and
     /// `*_{split}.bin` (llm.c's names), `{split}.bin` (nanoGPT's) that matches any file.
+    ///
+    /// `embedded:shakespeare` names the embedded Shakespeare: its last 10% of tokens is
+    /// split `val` (and `test`), the rest `train`.
     pub fn split(dir: impl AsRef<Path>, split: &str) -> Result<Self> {
         let dir = dir.as_ref();
+        if dir.as_os_str() == EMBEDDED_SHAKESPEARE {
+            let (train, val) = crate::embedded::shakespeare_datasets(0.1)?;
+            return Ok(if split == "train" { train } else { val });
+        }
         if !dir.is_dir() {
             return Err(Error::invalid(dir, "not a folder"));
         }

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Decompressed files larger than this are refused (a corrupt or malicious gzip stream).
-const MAX_DECOMPRESSED: u64 = 16 << 30;
+const MAX_DECOMPRESSED: u64 = 4 << 30;
 
 /// An IDX array of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub(crate) fn gunzip_if_needed(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
         .read_to_end(&mut out)
         .map_err(|e| Error::invalid(path, format!("corrupt gzip data: {e}")))?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(Error::invalid(path, "decompresses to more than 16 GiB"));
+        return Err(Error::invalid(path, "decompresses to more than 4 GiB"));
     }
     Ok(out)
 }
@@ -111,8 +111,11 @@ impl IdxImages {
 
     /// Checks that an image array and a label array belong together.
     pub fn from_arrays(images_path: &Path, images: IdxArray, labels_path: &Path, labels: IdxArray) -> Result<Self> {
-        if images.dims.len() != 3 {
-            return Err(Error::invalid(images_path, format!("IDX images must be N×rows×cols, not {:?}", images.dims)));
+        if images.dims.len() != 3 || images.dims[1] == 0 || images.dims[2] == 0 {
+            return Err(Error::invalid(
+                images_path,
+                format!("IDX images must be N×rows×cols with rows, cols > 0, not {:?}", images.dims),
+            ));
         }
         if labels.dims.len() != 1 || labels.dims[0] != images.dims[0] {
             return Err(Error::invalid(labels_path, format!("{:?} labels for {} images", labels.dims, images.dims[0])));

@@ -17,7 +17,7 @@ pub use digits::Digits;
 pub use folder::{ImageFolder, decode_file};
 pub use idx::{IdxArray, IdxImages, parse_idx, read_maybe_gzip};
 pub use loader::{ImageBatch, ImageLoader, ImageLoaderConfig};
-pub use open::{open_image_set, open_image_split};
+pub use open::{EMBEDDED_DIGITS, open_image_set, open_image_split};
 pub use packed::{PACKED_MAGIC, PackReport, PackedHeader, PackedImages, pack_image_set, parse_packed_header};
 pub use transform::{Normalization, Transform};
 
