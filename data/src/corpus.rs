@@ -8,7 +8,7 @@
 //! `val_fraction` of bytes (cut at a point where the cut does not change the ids) becomes
 //! the validation split.
 
-use crate::tokenizer::{Gpt2Tokenizer, safe_cut};
+use crate::tokenizer::{CHUNK_BYTES, Gpt2Tokenizer, safe_cut, split_at_whitespace};
 use crate::{END_OF_TEXT, Error, Result, write_shard};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -176,7 +176,7 @@ impl Router {
             }
         }
         for (split, starts_document, text) in parts {
-            let chunks = crate::tokenizer::split_at_whitespace(text, 64 << 10);
+            let chunks = split_at_whitespace(text, CHUNK_BYTES);
             if chunks.is_empty() && starts_document {
                 out.push(Piece { split, starts_document, text: "" });
             }

@@ -12,7 +12,7 @@ pub const END_OF_TEXT: u32 = 50256;
 /// Number of GPT-2 token ids (0..=50256).
 pub const GPT2_VOCAB_SIZE: usize = 50257;
 /// Bytes of text per unit of parallel work.
-const CHUNK_BYTES: usize = 64 << 10;
+pub(crate) const CHUNK_BYTES: usize = 64 << 10;
 
 /// The GPT-2 tokenizer. Cheap to create after the first time (the ranks are parsed once
 /// per process).
