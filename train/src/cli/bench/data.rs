@@ -173,3 +173,31 @@ impl ImagesArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    fn run(args: &[&str]) -> Result<(), crate::cli::CliError> {
+        Cli::try_parse_from(["monarch", "bench"].iter().chain(args)).map_err(|e| e.to_string())?.run()
+    }
+
+    #[test]
+    fn data_benches_run_small_and_reject_bad_flags() {
+        let quick = ["--warmup", "0", "--runs", "1"];
+        run(&[&["tokens", "--tokens", "5000", "--batch", "2", "--seq", "64", "--batches", "3"][..], &quick].concat())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "Hello world").unwrap();
+        run(&[&["tokenize", "--input", text.to_str().unwrap(), "--threads", "1"][..], &quick].concat()).unwrap();
+        image::RgbImage::new(40, 30).save(dir.path().join("a.png")).unwrap();
+        let d = dir.path().to_str().unwrap();
+        run(&[&["images", "--images", d, "--size", "16", "--repeat", "1", "--json"][..], &quick].concat()).unwrap();
+        assert!(run(&["tokens", "--batch", "x"]).is_err());
+        assert!(run(&["tokens", "--tokens", "10", "--seq", "64"]).unwrap_err().to_string().contains("65"));
+        assert!(run(&["images", "--images", "/no/such/dir"]).is_err());
+        assert!(run(&["tokenize", "--threads", "0", "--input", "/no/such/file"]).is_err());
+    }
+}
