@@ -2,6 +2,7 @@
 //! parameter names (so checkpoints follow PyTorch / Hugging Face naming), the dense
 //! [`Linear`] layer, checkpoints by name, and optimisers.
 
+mod attention;
 mod checkpoint;
 mod ctx;
 mod embedding;
@@ -11,6 +12,7 @@ mod module;
 pub mod optim;
 pub mod structured;
 
+pub use attention::{AttentionFlags, AttentionImpl, AttentionKernel, SparseLayout};
 pub use checkpoint::{load_params, save_params};
 pub use ctx::Ctx;
 pub use embedding::Embedding;

@@ -24,6 +24,7 @@ pub use half::{bf16, f16};
 pub use layout::Layout;
 pub use masks::{BlockMask, FlatButterfly};
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
+pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};
 pub use ops::{BlockSparsePlan, MonarchOut, MonarchShape};
 pub use safetensors_io::{SafetensorsFile, load_safetensors, save_safetensors, write_atomic};
 pub use shape::{Dim, Dims, Shape};

@@ -61,6 +61,27 @@ impl BlockMask {
         Tensor::from_cpu(CpuStorage::U8(self.set.iter().map(|&s| s as u8).collect()), [self.rows, self.cols])
     }
 
+    /// A local (sliding-window) layout: block `(r, c)` is set iff `|r − c| ≤ window`.
+    /// Combined with causal masking it keeps the `window` blocks before each diagonal block.
+    pub fn local(rows: usize, cols: usize, block: usize, window: usize) -> Result<Self> {
+        let set = (0..rows * cols).map(|k| (k / cols).abs_diff(k % cols) <= window).collect();
+        Self::new(rows, cols, block, set)
+    }
+
+    /// A layout from a user-supplied rank-2 tensor of 0s and 1s (any dtype), one element
+    /// per block.
+    pub fn from_layout(layout: &Tensor, block: usize) -> Result<Self> {
+        let (rows, cols) = match layout.dims() {
+            &[r, c] => (r, c),
+            _ => crate::bail!("BlockMask", "a block layout must be 2-D, got shape {}", layout.shape()),
+        };
+        let v = layout.to_vec_f64()?;
+        if let Some(x) = v.iter().find(|&&x| x != 0.0 && x != 1.0) {
+            crate::bail!("BlockMask", "a block layout holds only 0 and 1, found {x}");
+        }
+        Self::new(rows, cols, block, v.into_iter().map(|x| x == 1.0).collect())
+    }
+
     /// The flat block butterfly layout of an `out × inp` matrix: base cell `(a, b)` of
     /// the `butterfly_size²` pattern is set iff `a XOR b ∈ {0} ∪ {2^f : f < n_factors}`;
     /// each base cell covers an `(out/bs) × (inp/bs)` tile; the first `global_size`
@@ -162,6 +183,19 @@ mod tests {
                 assert_eq!(m.set, pooled_reference(o, i, c), "{c:?} {o}x{i}");
             }
         }
+    }
+
+    #[test]
+    fn local_and_user_layouts() {
+        let m = BlockMask::local(4, 3, 16, 1).unwrap();
+        let want = [1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1];
+        assert_eq!(m.set, want.iter().map(|&x| x == 1).collect::<Vec<_>>());
+        let t = Tensor::from_vec(want.iter().map(|&x| x as f32).collect(), [4, 3]).unwrap();
+        assert_eq!(BlockMask::from_layout(&t, 16).unwrap(), m);
+        assert_eq!(BlockMask::from_layout(&m.to_tensor(), 16).unwrap(), m);
+        assert!(BlockMask::from_layout(&Tensor::from_vec(vec![0.5f32], [1, 1]).unwrap(), 16).is_err());
+        assert!(BlockMask::from_layout(&Tensor::from_vec(vec![1f32], [1]).unwrap(), 16).is_err());
+        assert!(BlockMask::local(2, 2, 0, 1).is_err());
     }
 
     #[test]

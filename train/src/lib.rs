@@ -1,3 +1,4 @@
 //! The monarch command line and training binaries.
 
+pub mod alloc_stats;
 pub mod cli;

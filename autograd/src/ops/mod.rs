@@ -1,6 +1,7 @@
 //! Differentiable operations on [`Var`](crate::Var), one file per family, mirroring
 //! `monarch_tensor`'s ops. Each records a backward rule that saves only what it needs.
 
+mod attention;
 mod binary;
 mod block_sparse;
 mod butterfly;

@@ -2,6 +2,7 @@
 //! `impl Tensor` API; backward kernels that autograd needs (fused where a composite
 //! would make several passes) live beside their forward.
 
+mod attention;
 mod binary;
 mod block_sparse;
 mod butterfly;
@@ -19,6 +20,9 @@ mod softmax;
 mod strided_gemm;
 mod unary;
 
+pub use attention::{
+    AttentionGrads, AttentionOpts, AttentionOut, FLASH_TILE, NaiveAttention, Scatterbrain, visited_fraction,
+};
 pub use binary::{BinaryOp, CmpOp};
 pub use block_sparse::BlockSparsePlan;
 pub use dropout::counter_uniform;

@@ -1,6 +1,7 @@
 //! `monarch bench ...`: warm up, time several runs, print the median. One module per
 //! benchmarked op family.
 
+mod attention;
 mod data;
 mod matmul;
 
@@ -19,6 +20,8 @@ pub struct BenchArgs {
 enum BenchOp {
     /// Dense matrix product C = A·B with A of M×K and B of K×N.
     Matmul(matmul::MatmulArgs),
+    /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak heap.
+    Attention(attention::AttentionArgs),
     /// Token loader batches/s and tokens/s from a memory-mapped shard.
     Tokens(data::TokensArgs),
     /// GPT-2 tokenisation MB/s.
@@ -66,6 +69,7 @@ impl BenchArgs {
     pub fn run(self) -> Result<(), CliError> {
         match self.op {
             BenchOp::Matmul(a) => a.run(),
+            BenchOp::Attention(a) => a.run(),
             BenchOp::Tokens(a) => a.run(),
             BenchOp::Tokenize(a) => a.run(),
             BenchOp::Images(a) => a.run(),

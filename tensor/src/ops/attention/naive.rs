@@ -1,0 +1,179 @@
+//! The reference attention: the full score matrix of every head is materialised, turned
+//! into probabilities in place and saved for backward.
+
+use super::rowops::{self, AttnFloat};
+use super::{AttentionGrads, AttentionOpts, Dims, Heads, by_dtype, check_dout, compute_all};
+use crate::ops::matmul::{Mat, gemm_into};
+use crate::{Result, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Output of [`Tensor::naive_attention`].
+#[derive(Clone, Debug)]
+pub struct NaiveAttention {
+    /// The attention output (batch, heads, n_q, head_dim), in the inputs' dtype.
+    pub out: Tensor,
+    /// The probabilities before dropout (batch, heads, n_q, n_k), in the compute dtype.
+    pub probs: Tensor,
+}
+
+const PAR: Parallelism = Parallelism::Rayon(0);
+
+/// Head `bh` of a contiguous (bh × rows × cols) buffer as a GEMM operand.
+fn head(bh: usize, rows: usize, cols: usize) -> Mat {
+    Mat { offset: bh * rows * cols, rs: cols, cs: 1 }
+}
+
+/// The same head transposed.
+fn head_t(bh: usize, rows: usize, cols: usize) -> Mat {
+    Mat { offset: bh * rows * cols, rs: 1, cs: cols }
+}
+
+/// Applies `f(bh, i, row)` to every row of a (bh × n_q × n_k) buffer in parallel.
+fn each_row<T: AttnFloat>(buf: &mut [T], dims: Dims, f: impl Fn(usize, usize, &mut [T]) + Sync) {
+    if dims.nk == 0 {
+        return;
+    }
+    buf.par_chunks_mut(dims.nk).with_min_len(64).enumerate().for_each(|(r, row)| f(r / dims.nq, r % dims.nq, row));
+}
+
+/// Multiplies a row of dropped-out-to-be values by its dropout factors.
+fn drop_row<T: AttnFloat>(dims: Dims, opts: &AttentionOpts, bh: usize, i: usize, row: &mut [T]) {
+    if let Some(drop) = dims.tile_dropout::<T>(opts, bh, i, 0) {
+        rowops::dropout_in_place(row, dims.nk, drop);
+    }
+}
+
+fn forward<T: AttnFloat>(q: Heads<T>, k: Heads<T>, v: Heads<T>, dims: Dims, opts: &AttentionOpts) -> (Vec<T>, Vec<T>) {
+    let (nq, nk, d) = (dims.nq, dims.nk, dims.d);
+    let mut probs = vec![T::zero(); dims.bh() * nq * nk];
+    for bh in 0..dims.bh() {
+        gemm_into((nq, nk, d), &mut probs, bh * nq * nk, q.data, q.mat(bh, 0), k.data, k.mat_t(bh, 0), false, PAR);
+    }
+    let scale: T = dims.scale();
+    each_row(&mut probs, dims, |_, i, row| {
+        let vis = dims.causal_limit(opts.causal, i);
+        row.iter_mut().for_each(|x| *x *= scale);
+        let (mut m, mut l, mut acc) = ([T::neg_infinity()], [T::zero()], [T::zero()]);
+        rowops::softmax_step(row, nk, &mut m, &mut l, &mut acc, 1, Some(vis as isize), None);
+        let inv = if l[0] == T::zero() { T::zero() } else { l[0].recip() };
+        row.iter_mut().for_each(|x| *x *= inv);
+    });
+    let mut out = vec![T::zero(); dims.bh() * nq * d];
+    let dropped = (opts.dropout > 0.0).then(|| {
+        let mut pd = probs.clone();
+        each_row(&mut pd, dims, |bh, i, row| drop_row(dims, opts, bh, i, row));
+        pd
+    });
+    let pd = dropped.as_deref().unwrap_or(&probs);
+    for bh in 0..dims.bh() {
+        gemm_into((nq, d, nk), &mut out, bh * nq * d, pd, head(bh, nq, nk), v.data, v.mat(bh, 0), false, PAR);
+    }
+    (out, probs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward<T: AttnFloat>(
+    q: Heads<T>,
+    k: Heads<T>,
+    v: Heads<T>,
+    probs: &[T],
+    dout: Heads<T>,
+    dims: Dims,
+    opts: &AttentionOpts,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (nq, nk, d) = (dims.nq, dims.nk, dims.d);
+    let mut dv = vec![T::zero(); dims.bh() * nk * d];
+    {
+        let dropped = (opts.dropout > 0.0).then(|| {
+            let mut pd = probs.to_vec();
+            each_row(&mut pd, dims, |bh, i, row| drop_row(dims, opts, bh, i, row));
+            pd
+        });
+        let pd = dropped.as_deref().unwrap_or(probs);
+        for bh in 0..dims.bh() {
+            gemm_into(
+                (nk, d, nq),
+                &mut dv,
+                bh * nk * d,
+                pd,
+                head_t(bh, nq, nk),
+                dout.data,
+                dout.mat(bh, 0),
+                false,
+                PAR,
+            );
+        }
+    }
+    let mut ds = vec![T::zero(); dims.bh() * nq * nk];
+    for bh in 0..dims.bh() {
+        gemm_into((nq, nk, d), &mut ds, bh * nq * nk, dout.data, dout.mat(bh, 0), v.data, v.mat_t(bh, 0), false, PAR);
+    }
+    each_row(&mut ds, dims, |bh, i, row| {
+        drop_row(dims, opts, bh, i, row);
+        let p = &probs[(bh * nq + i) * nk..][..nk];
+        let dsum = p.iter().zip(row.iter()).fold(T::zero(), |a, (&p, &g)| a + p * g);
+        rowops::score_grads(p, row, nk, &[dsum], None);
+    });
+    let scale: T = dims.scale();
+    let mut dq = vec![T::zero(); dims.bh() * nq * d];
+    let mut dk = vec![T::zero(); dims.bh() * nk * d];
+    for bh in 0..dims.bh() {
+        gemm_into((nq, d, nk), &mut dq, bh * nq * d, &ds, head(bh, nq, nk), k.data, k.mat(bh, 0), false, PAR);
+        gemm_into((nk, d, nq), &mut dk, bh * nk * d, &ds, head_t(bh, nq, nk), q.data, q.mat(bh, 0), false, PAR);
+    }
+    dq.iter_mut().chain(dk.iter_mut()).for_each(|g| *g *= scale);
+    (dq, dk, dv)
+}
+
+impl Tensor {
+    /// The reference attention of queries `self` (batch, heads, n_q, d) over keys and
+    /// values (batch, heads, n_k, d): materialises the scores and returns the output with
+    /// the probabilities that [`naive_attention_backward`](Self::naive_attention_backward) needs.
+    pub fn naive_attention(&self, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<NaiveAttention> {
+        let op = "naive_attention";
+        let dims = Dims::check(self, k, v, opts, op)?;
+        let dtype = self.dtype();
+        let ([q, k, v], cdt) = compute_all([self, k, v], op)?;
+        let (out, probs) = by_dtype!(cdt, op, |T| {
+            let (out, probs) = forward::<T>(Heads::new(&q, op)?, Heads::new(&k, op)?, Heads::new(&v, op)?, dims, opts);
+            (
+                Tensor::from_vec(out, dims.q_shape())?,
+                Tensor::from_vec(probs, [dims.batch, dims.heads, dims.nq, dims.nk])?,
+            )
+        });
+        Ok(NaiveAttention { out: out.to_dtype(dtype)?, probs })
+    }
+
+    /// Gradients of [`naive_attention`](Self::naive_attention) from its saved probabilities
+    /// and the output gradient `dout`.
+    pub fn naive_attention_backward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &Tensor,
+        dout: &Tensor,
+        opts: &AttentionOpts,
+    ) -> Result<AttentionGrads> {
+        let op = "naive_attention_backward";
+        let dims = Dims::check(q, k, v, opts, op)?;
+        check_dout(dout, dims, op)?;
+        if probs.dims() != [dims.batch, dims.heads, dims.nq, dims.nk] {
+            crate::bail!(op, "saved probabilities of shape {} do not match the inputs", probs.shape());
+        }
+        let dtype = q.dtype();
+        let ([q, k, v, probs, dout], cdt) = compute_all([q, k, v, &probs.contiguous()?, dout], op)?;
+        by_dtype!(cdt, op, |T| {
+            let p = &probs.cpu_slice::<T>(op)?[probs.layout().offset()..];
+            let (q, k, v, dout) =
+                (Heads::new(&q, op)?, Heads::new(&k, op)?, Heads::new(&v, op)?, Heads::new(&dout, op)?);
+            let (dq, dk, dv) = backward::<T>(q, k, v, p, dout, dims, opts);
+            let wrap = |g: Vec<T>, shape: [usize; 4]| Tensor::from_vec(g, shape)?.to_dtype(dtype);
+            Ok(AttentionGrads {
+                dq: wrap(dq, dims.q_shape())?,
+                dk: wrap(dk, dims.k_shape())?,
+                dv: wrap(dv, dims.k_shape())?,
+            })
+        })
+    }
+}
