@@ -269,3 +269,18 @@ fn embedded_digits_are_the_uci_set() {
     // Normalised to [-1, 1] with mean 0.5, deviation 0.5.
     assert!(batches.iter().flat_map(|b| &b.0).all(|v| (-1.0..=1.0).contains(v)));
 }
+
+#[test]
+fn loader_settings_are_checked() {
+    let set: Arc<dyn ImageSet> = Arc::new(embedded::digits().unwrap());
+    let base = config(8, Transform::AsIs);
+    for bad in [
+        ImageLoaderConfig { batch_size: 0, ..base.clone() },
+        ImageLoaderConfig { workers: 0, ..base.clone() },
+        ImageLoaderConfig { prefetch: usize::MAX, ..base.clone() },
+        ImageLoaderConfig { normalization: Some(monarch_data::image::Normalization::imagenet()), ..base.clone() },
+    ] {
+        assert!(ImageLoader::new(set.clone(), bad, 0, 0).is_err());
+    }
+    assert!(ImageLoader::new(set, base, 0, 1000).err().unwrap().to_string().contains("past the epoch's 225 batches"));
+}

@@ -14,6 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+/// Most worker threads a loader starts.
+const MAX_THREADS: usize = 1024;
+/// Most batches a worker may hold ready (each queue is allocated up front).
+const MAX_PREFETCH: usize = 1024;
+
 /// A batch of images with their labels.
 #[derive(Debug)]
 pub struct ImageBatch {
@@ -89,9 +94,13 @@ impl ImageLoader {
     /// Starts epoch `epoch` at batch `first_batch` (0 for a fresh epoch; a saved batch
     /// index to resume).
     pub fn new(set: Arc<dyn ImageSet>, cfg: ImageLoaderConfig, epoch: u64, first_batch: usize) -> Result<Self> {
-        if cfg.batch_size == 0 || cfg.workers == 0 || cfg.prefetch == 0 {
+        if cfg.batch_size == 0
+            || !(1..=MAX_THREADS).contains(&cfg.workers)
+            || !(1..=MAX_PREFETCH).contains(&cfg.prefetch)
+        {
             return Err(Error::Config(format!(
-                "batch size, workers and prefetch depth must be positive, not {}, {} and {}",
+                "batch size must be positive, workers in 1..={MAX_THREADS} and prefetch depth in 1..={MAX_PREFETCH}, \
+                 not {}, {} and {}",
                 cfg.batch_size, cfg.workers, cfg.prefetch
             )));
         }
