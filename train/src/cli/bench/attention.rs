@@ -117,6 +117,7 @@ impl AttentionArgs {
                 "op": "attention", "impl": self.imp, "pass": format!("{:?}", self.pass).to_lowercase(),
                 "batch": self.batch, "heads": self.heads, "seq": self.seq, "head_dim": self.head_dim,
                 "causal": self.causal, "dtype": self.dtype.as_str(), "std": self.std, "density": density, "visited_fraction": visited,
+                "block": self.block, "window": self.window, "features": self.features,
                 "median_ms": ms, "peak_bytes": peak, "rel_error": error,
             });
             println!("{j}");
