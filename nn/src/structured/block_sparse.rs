@@ -24,14 +24,14 @@ impl BlockSparseLinear {
     /// A layer with the flat block butterfly mask `cfg` of an `out × inp` weight; values
     /// uniform on `±1/√fan_in` where `fan_in` is the mean number of inputs a row sees.
     pub fn new(inp: usize, out: usize, cfg: FlatButterfly, bias: bool, rng: &mut impl Rng) -> Result<Self> {
-        let plan = Self::plan(inp, out, cfg)?;
+        let plan = Self::make_plan(inp, out, cfg)?;
         let fan_in = (plan.mask().density() * inp as f64).max(1.0);
         let b = 1.0 / fan_in.sqrt();
         let weight = Param::new(Init::Uniform { lo: -b, hi: b }.tensor(plan.values_len(), DType::F32, rng)?);
         Ok(BlockSparseLinear { weight, bias: init_bias(inp, out, bias, rng)?, plan: Arc::new(plan), cfg })
     }
 
-    fn plan(inp: usize, out: usize, cfg: FlatButterfly) -> Result<BlockSparsePlan> {
+    fn make_plan(inp: usize, out: usize, cfg: FlatButterfly) -> Result<BlockSparsePlan> {
         if ![16, 32, 64].contains(&cfg.block) {
             monarch_tensor::bail!("BlockSparseLinear", "block size must be 16, 32 or 64, got {}", cfg.block);
         }
@@ -40,7 +40,7 @@ impl BlockSparseLinear {
 
     /// The Frobenius-nearest layer with this mask: the dense weight's entries in the set blocks.
     pub fn project(dense: &Linear, cfg: FlatButterfly) -> Result<Self> {
-        let plan = Self::plan(dense.in_features(), dense.out_features(), cfg)?;
+        let plan = Self::make_plan(dense.in_features(), dense.out_features(), cfg)?;
         let weight = Param::new(plan.sparsify(&dense.weight.value())?);
         let bias = dense.bias.as_ref().map(|b| Param::new(b.value()));
         Ok(BlockSparseLinear { weight, bias, plan: Arc::new(plan), cfg })
@@ -54,6 +54,10 @@ impl BlockSparseLinear {
     /// The mask configuration.
     pub fn config(&self) -> FlatButterfly {
         self.cfg
+    }
+
+    pub(crate) fn plan(&self) -> &Arc<BlockSparsePlan> {
+        &self.plan
     }
 
     pub(crate) fn forward_no_bias(&self, x: &Var) -> Result<Var> {

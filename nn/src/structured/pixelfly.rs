@@ -57,16 +57,20 @@ impl Module for PixelflyLinear {
 
 impl LinearLayer for PixelflyLinear {
     fn forward(&self, x: &Var) -> Result<Var> {
-        let (s, l) = (self.sparse.forward_no_bias(x)?, self.lowrank.forward_no_bias(x)?);
-        let y = match &self.gate {
-            None => s.add(&l)?.mul_scalar(0.5)?,
-            Some(gate) => {
-                let g = gate.forward(x)?.sigmoid()?;
-                s.add(&l.sub(&s)?.mul(&g)?)?
-            }
+        let bias = self.bias.as_ref().map(|b| b.var());
+        let Some(gate) = &self.gate else {
+            // g = 0.5 folded into the (small) weights: sparse(x; S/2, b) + (U/2)·(V·x),
+            // sparing two passes over the activations.
+            let s =
+                x.block_sparse_linear(&self.sparse.weight.var().mul_scalar(0.5)?, self.sparse.plan(), bias.as_ref())?;
+            let u = self.lowrank.weight2.var().mul_scalar(0.5)?;
+            return s.add(&x.linear(&self.lowrank.weight1.var(), None)?.linear(&u, None)?);
         };
-        match &self.bias {
-            Some(b) => y.add(&b.var()),
+        let (s, l) = (self.sparse.forward_no_bias(x)?, self.lowrank.forward_no_bias(x)?);
+        let g = gate.forward(x)?.sigmoid()?;
+        let y = s.add(&l.sub(&s)?.mul(&g)?)?;
+        match &bias {
+            Some(b) => y.add(b),
             None => Ok(y),
         }
     }

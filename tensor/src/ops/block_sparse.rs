@@ -158,10 +158,10 @@ fn row_major(offset: usize, rs: usize) -> Mat {
 
 fn forward<T: GemmElem>(x: &[T], w: &[T], bias: Option<&[T]>, plan: &BlockSparsePlan, rows: usize) -> Vec<T> {
     let (b, inp, out) = (plan.mask.block, plan.in_features(), plan.out_features());
-    let mut y = match bias {
-        Some(bias) => bias.iter().copied().cycle().take(rows * out).collect(),
-        None => vec![T::ZERO; rows * out],
-    };
+    let mut y = vec![T::ZERO; rows * out];
+    if let Some(bias) = bias {
+        y.chunks_mut(out.max(1)).for_each(|r| r.copy_from_slice(bias));
+    }
     for g in &plan.groups {
         let n = g.rows * b;
         for run in &g.runs {

@@ -12,6 +12,7 @@
 use super::matmul::{GemmElem, Mat};
 use super::strided_gemm::gemm_strided;
 use super::{compute_dtype, same_dtype};
+use crate::cpu::items_per_task;
 use crate::{CpuStorage, Error, Result, Shape, Tensor};
 use gemm::Parallelism;
 
@@ -93,7 +94,13 @@ struct Sizes {
     sh: MonarchShape,
 }
 
-fn forward<T: GemmElem>(x: &[T], w1: &[T], w2: &[T], bias: Option<&[T]>, z: Sizes) -> (Vec<T>, Vec<T>) {
+fn forward<T: GemmElem + std::ops::Add<Output = T>>(
+    x: &[T],
+    w1: &[T],
+    w2: &[T],
+    bias: Option<&[T]>,
+    z: Sizes,
+) -> (Vec<T>, Vec<T>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
     let mut out1 = vec![T::ZERO; rows * kq];
@@ -104,19 +111,77 @@ fn forward<T: GemmElem>(x: &[T], w1: &[T], w2: &[T], bias: Option<&[T]>, z: Size
         let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
         gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
     }
-    let mut y = match bias {
-        Some(b) => b.iter().copied().cycle().take(rows * z.out).collect(),
-        None => vec![T::ZERO; rows * z.out],
-    };
+    // zt[ll, b, ss] = Σ_rr out1[b, rr·l+ll] · w2[ll, ss, rr], each block contiguous; the
+    // output permutation is then one pass that also adds the bias (a GEMM writing with
+    // column stride l directly is slower than that pass).
+    let mut zt = take_scratch::<T>(l * rows * s);
     for ll in 0..l {
         let cnt = z.sh.out_count(ll, z.out);
-        // y[b, ss·l+ll] (+)= Σ_rr out1[b, rr·l+ll] · w2[ll, ss, rr]
         let a = Mat { offset: ll, rs: kq, cs: l };
         let w2t = Mat { offset: ll * s * r, rs: 1, cs: r };
-        let d = Mat { offset: ll, rs: z.out, cs: l };
-        gemm_strided((rows, cnt, r), &mut y, d, &out1, a, w2, w2t, bias.is_some(), par(rows * cnt * r));
+        let d = row_major(ll * rows * s, s);
+        gemm_strided((rows, cnt, r), &mut zt, d, &out1, a, w2, w2t, false, par(rows * cnt * r));
     }
+    let mut y = vec![T::ZERO; rows * z.out];
+    for_rows(&mut y, z.out, |b, yr| {
+        for (o, v) in yr.iter_mut().enumerate() {
+            let (ss, ll) = (o / l, o % l);
+            *v = zt[(ll * rows + b) * s + ss];
+        }
+        if let Some(bias) = bias {
+            yr.iter_mut().zip(bias).for_each(|(v, &c)| *v = *v + c);
+        }
+    });
+    give_scratch(zt);
     (y, out1)
+}
+
+thread_local! {
+    /// Scratch buffers of this thread, reused across calls: the large temporaries of a
+    /// training loop would otherwise fault in fresh zeroed pages on every call.
+    static SCRATCH: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread (a backward pass holds three at once).
+const SCRATCH_KEPT: usize = 4;
+
+/// A buffer of `len` elements from this thread's scratch. Its contents are arbitrary:
+/// callers write every element they later read.
+fn take_scratch<T: GemmElem>(len: usize) -> Vec<T> {
+    let reused = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.iter().position(|b| b.downcast_ref::<Vec<T>>().is_some_and(|v| v.capacity() >= len))?;
+        s.swap_remove(i).downcast::<Vec<T>>().ok()
+    });
+    let mut v = reused.map_or_else(|| Vec::with_capacity(len), |b| *b);
+    v.resize(len, T::ZERO);
+    v
+}
+
+/// Returns a buffer to this thread's scratch (the smallest is dropped beyond `SCRATCH_KEPT`).
+fn give_scratch<T: GemmElem>(v: Vec<T>) {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        s.push(Box::new(v));
+        if s.len() > SCRATCH_KEPT {
+            let size = |b: &Box<dyn std::any::Any>| b.downcast_ref::<Vec<T>>().map_or(0, |v| v.capacity());
+            let smallest = (0..s.len()).min_by_key(|&i| size(&s[i])).expect("not empty");
+            s.swap_remove(smallest);
+        }
+    });
+}
+
+/// Runs `f(row, data)` on every row of `width` elements of `buf`, over rayon for large buffers.
+fn for_rows<T: GemmElem>(buf: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if width == 0 {
+        return;
+    }
+    if buf.len() >= crate::cpu::PAR_MIN {
+        use rayon::prelude::*;
+        buf.par_chunks_mut(width).with_min_len(items_per_task(width)).enumerate().for_each(|(b, r)| f(b, r));
+    } else {
+        buf.chunks_mut(width).enumerate().for_each(|(b, r)| f(b, r));
+    }
 }
 
 /// Gradients `[dx, dw1, dw2]`, each only when wanted.
@@ -131,25 +196,45 @@ fn backward<T: GemmElem>(
 ) -> [Option<Vec<T>>; 3] {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
+    // dzt[ll, b, ss] = dy[b, ss·l+ll]: the output permutation undone in one pass, so
+    // that the GEMMs below read and write contiguous blocks.
+    let mut dzt = take_scratch::<T>(l * rows * s);
+    for_rows(&mut dzt, s, |lb, row| {
+        let (ll, b) = (lb / rows, lb % rows);
+        for (ss, v) in row.iter_mut().enumerate().take(z.sh.out_count(ll, z.out)) {
+            *v = dy[b * z.out + ss * l + ll];
+        }
+    });
     let mut dw2 = want[2].then(|| vec![T::ZERO; l * s * r]);
     let need_dout1 = want[0] || want[1];
-    let mut dout1 = vec![T::ZERO; if need_dout1 { rows * kq } else { 0 }];
+    let mut dyt = take_scratch::<T>(if need_dout1 { l * rows * r } else { 0 });
     for ll in 0..l {
         let cnt = z.sh.out_count(ll, z.out);
-        let dz = Mat { offset: ll, rs: z.out, cs: l };
         let y_ll = Mat { offset: ll, rs: kq, cs: l };
         if let Some(dw2) = dw2.as_mut() {
             // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · out1[b, rr·l+ll]
-            let dzt = Mat { offset: ll, rs: l, cs: z.out };
+            let dzt_t = Mat { offset: ll * rows * s, rs: 1, cs: s };
             let d = row_major(ll * s * r, r);
-            gemm_strided((cnt, r, rows), dw2, d, dy, dzt, out1, y_ll, false, par(cnt * r * rows));
+            gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, out1, y_ll, false, par(cnt * r * rows));
         }
         if need_dout1 {
-            // dout1[b, rr·l+ll] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
-            let w = row_major(ll * s * r, r);
-            gemm_strided((rows, r, cnt), &mut dout1, y_ll, dy, dz, w2, w, false, par(rows * r * cnt));
+            // dyt[ll, b, rr] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
+            let (a, w) = (row_major(ll * rows * s, s), row_major(ll * s * r, r));
+            let d = row_major(ll * rows * r, r);
+            gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, par(rows * r * cnt));
         }
     }
+    give_scratch(dzt);
+    // dout1[b, rr·l+ll] = dyt[ll, b, rr]: the middle permutation undone in one pass.
+    let mut dout1 = take_scratch::<T>(if need_dout1 { rows * kq } else { 0 });
+    if need_dout1 {
+        for_rows(&mut dout1, kq, |b, row| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = dyt[((j % l) * rows + b) * r + j / l];
+            }
+        });
+    }
+    give_scratch(dyt);
     let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
     let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
     for kk in 0..k {
@@ -167,6 +252,7 @@ fn backward<T: GemmElem>(
             gemm_strided((rows, w, q), dx, x_kk, &dout1, d1, w1, w1_kk, false, par(rows * w * q));
         }
     }
+    give_scratch(dout1);
     [dx, dw1, dw2]
 }
 

@@ -1,6 +1,9 @@
 //! The `monarch` command line: one module per subcommand.
 
 mod bench;
+mod densify;
+mod inspect;
+mod project;
 mod data;
 mod tokenize;
 
@@ -21,6 +24,12 @@ pub struct Cli {
 enum Command {
     /// Benchmark an op and print its median time.
     Bench(bench::BenchArgs),
+    /// Replace dense weights by their nearest Monarch factors (safetensors in, safetensors out).
+    Project(project::ProjectArgs),
+    /// Replace Monarch factors by the dense weights they compute (reverse sparsification).
+    Densify(densify::DensifyArgs),
+    /// List the tensors (name, dtype, shape) and metadata of a safetensors file.
+    Inspect(inspect::InspectArgs),
     /// Tokenise text into GPT-2 token shards (llm.c format).
     Tokenize(tokenize::TokenizeArgs),
     /// Inspect data files; pack image sets.
@@ -32,6 +41,9 @@ impl Cli {
     pub fn run(self) -> Result<(), CliError> {
         match self.command {
             Command::Bench(a) => a.run(),
+            Command::Project(a) => a.run(),
+            Command::Densify(a) => a.run(),
+            Command::Inspect(a) => a.run(),
             Command::Tokenize(a) => a.run(),
             Command::Data(a) => a.run(),
         }

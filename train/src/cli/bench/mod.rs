@@ -3,6 +3,7 @@
 
 mod attention;
 mod data;
+mod linear;
 mod matmul;
 
 use super::CliError;
@@ -20,6 +21,8 @@ pub struct BenchArgs {
 enum BenchOp {
     /// Dense matrix product C = A·B with A of M×K and B of K×N.
     Matmul(matmul::MatmulArgs),
+    /// A dense or structured linear layer, forward or forward+backward.
+    Linear(linear::LinearArgs),
     /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak heap.
     Attention(attention::AttentionArgs),
     /// Token loader batches/s and tokens/s from a memory-mapped shard.
@@ -69,6 +72,7 @@ impl BenchArgs {
     pub fn run(self) -> Result<(), CliError> {
         match self.op {
             BenchOp::Matmul(a) => a.run(),
+            BenchOp::Linear(a) => a.run(),
             BenchOp::Attention(a) => a.run(),
             BenchOp::Tokens(a) => a.run(),
             BenchOp::Tokenize(a) => a.run(),

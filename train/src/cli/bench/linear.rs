@@ -1,0 +1,235 @@
+//! `monarch bench linear`: a linear layer of any kind, forward or forward+backward,
+//! optionally side by side with the dense layer of the same shape.
+
+use super::{CliError, Timing};
+use clap::{Args, ValueEnum};
+use monarch_autograd::{Gradients, Var, no_grad};
+use monarch_nn::{Gate, LinearKind, LinearLayer, LinearOptions, Rank, SeedableRng, StdRng, param_count};
+use monarch_tensor::{DType, Tensor};
+use std::time::Instant;
+
+/// Which passes to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Pass {
+    /// Forward only, nothing recorded.
+    Fwd,
+    /// Forward, then backward for the input and every parameter.
+    Fwdbwd,
+}
+
+/// Arguments of `monarch bench linear`.
+#[derive(Args, Debug)]
+pub struct LinearArgs {
+    /// Layer kind: dense, monarch, blockdiag, lowrank, butterfly, blocksparse or pixelfly.
+    #[arg(long)]
+    kind: String,
+    /// Input features.
+    #[arg(long = "in", default_value_t = 4096)]
+    inp: usize,
+    /// Output features.
+    #[arg(long, default_value_t = 4096)]
+    out: usize,
+    /// Rows of the input.
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Blocks per factor (monarch, blockdiag); default 4.
+    #[arg(long)]
+    nblocks: Option<usize>,
+    /// Rank, an integer or a fraction of min(in, out) (lowrank, pixelfly).
+    #[arg(long)]
+    rank: Option<Rank>,
+    /// Flat block butterfly base size (blocksparse, pixelfly); default 16.
+    #[arg(long)]
+    butterfly_size: Option<usize>,
+    /// Flat block butterfly factors (blocksparse, pixelfly); default 2.
+    #[arg(long)]
+    n_factors: Option<usize>,
+    /// Block edge (blocksparse, pixelfly); default 32.
+    #[arg(long)]
+    block: Option<usize>,
+    /// Pixelfly gate: half or learned.
+    #[arg(long)]
+    gate: Option<Gate>,
+    /// Passes to time.
+    #[arg(long, value_enum, default_value_t = Pass::Fwdbwd)]
+    pass: Pass,
+    /// Also time the dense layer of the same shape, interleaved run by run, and report the ratio.
+    #[arg(long)]
+    vs_dense: bool,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+/// One timed layer: a closure running the chosen passes once.
+struct Case {
+    layer: Box<dyn LinearLayer>,
+    x: Tensor,
+    dy: Tensor,
+}
+
+impl Case {
+    fn run(&self, pass: Pass) -> Result<(), CliError> {
+        match pass {
+            Pass::Fwd => {
+                let _guard = no_grad();
+                self.layer.forward(&Var::constant(self.x.clone()))?;
+            }
+            Pass::Fwdbwd => {
+                let y = self.layer.forward(&Var::leaf(self.x.clone()))?;
+                y.backward_with(self.dy.clone(), &mut Gradients::new())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Floating-point operations of one run: 2 per multiply-add, three products per
+    /// layer for forward+backward (output, input gradient, weight gradient).
+    fn flops(&self, batch: usize, pass: Pass) -> f64 {
+        let fwd = 2.0 * (self.layer.macs_per_row() * batch) as f64;
+        if pass == Pass::Fwd { fwd } else { 3.0 * fwd }
+    }
+}
+
+impl LinearArgs {
+    fn case(&self, kind: &LinearKind) -> Result<Case, CliError> {
+        let layer = kind.build(self.inp, self.out, true, &mut StdRng::seed_from_u64(0))?;
+        let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(DType::F32)?;
+        let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(DType::F32)?;
+        Ok(Case { layer, x, dy })
+    }
+
+    /// Runs the benchmark and prints the result.
+    pub fn run(self) -> Result<(), CliError> {
+        let opts = LinearOptions {
+            nblocks: self.nblocks,
+            rank: self.rank,
+            butterfly_size: self.butterfly_size,
+            n_factors: self.n_factors,
+            block: self.block,
+            gate: self.gate,
+        };
+        let kind = LinearKind::from_options(&self.kind, &opts)?;
+        let case = self.case(&kind)?;
+        let dense = if self.vs_dense { Some(self.case(&LinearKind::Dense)?) } else { None };
+        let cases: Vec<&Case> = std::iter::once(&case).chain(dense.as_ref()).collect();
+        let medians = interleaved_medians(&self.timing, &cases, self.pass)?;
+        let (ms, flops) = (medians[0], case.flops(self.batch, self.pass));
+        let mut j = serde_json::json!({
+            "bench": "linear",
+            "kind": kind,
+            "in": self.inp,
+            "out": self.out,
+            "batch": self.batch,
+            "pass": format!("{:?}", self.pass).to_lowercase(),
+            "median_ms": ms,
+            "flops": flops,
+            "gflops": flops / ms / 1e6,
+            "params": param_count(&*case.layer),
+            "threads": rayon::current_num_threads(),
+        });
+        if let Some(d) = &dense {
+            j["dense_median_ms"] = medians[1].into();
+            j["dense_flops"] = d.flops(self.batch, self.pass).into();
+            j["speedup_vs_dense"] = (medians[1] / ms).into();
+        }
+        if self.timing.json {
+            println!("{j}");
+        } else {
+            let vs =
+                dense.map(|_| format!(", dense {:.3} ms ({:.2}x)", medians[1], medians[1] / ms)).unwrap_or_default();
+            println!(
+                "linear {} {}x{} batch {} {:?}: median {ms:.3} ms, {:.1} GFLOP/s, {} params{vs}",
+                self.kind,
+                self.out,
+                self.inp,
+                self.batch,
+                self.pass,
+                flops / ms / 1e6,
+                j["params"]
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Warms every case up, then times them in turn, run after run (so that machine noise
+/// hits all alike), and returns each case's median in ms.
+fn interleaved_medians(t: &Timing, cases: &[&Case], pass: Pass) -> Result<Vec<f64>, CliError> {
+    if t.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    for c in cases {
+        for _ in 0..t.warmup {
+            c.run(pass)?;
+        }
+    }
+    let mut times = vec![Vec::with_capacity(t.runs); cases.len()];
+    for _ in 0..t.runs {
+        for (c, ts) in cases.iter().zip(&mut times) {
+            let start = Instant::now();
+            c.run(pass)?;
+            ts.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut ts| {
+            ts.sort_by(f64::total_cmp);
+            ts[ts.len() / 2]
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        crate::cli::Cli::try_parse_from(["monarch", "bench", "linear"].iter().chain(args))
+    }
+
+    #[test]
+    fn every_kind_runs_on_a_small_shape() {
+        for kind in LinearKind::NAMES {
+            let cli = parse(&[
+                "--kind",
+                kind,
+                "--in",
+                "64",
+                "--out",
+                "32",
+                "--batch",
+                "4",
+                "--rank",
+                "2",
+                "--block",
+                "16",
+                "--butterfly-size",
+                "2",
+                "--n-factors",
+                "1",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                "--vs-dense",
+            ])
+            .unwrap();
+            cli.run().unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        assert!(parse(&["--kind", "monarch", "--pass", "both"]).is_err());
+        assert!(parse(&["--kind", "lowrank", "--rank", "x"]).is_err());
+        let small = ["--in", "8", "--out", "8", "--batch", "2", "--runs", "1"];
+        let run = |extra: &[&str]| parse(&[extra, &small[..]].concat()).unwrap().run();
+        assert!(run(&["--kind", "sparse"]).is_err());
+        assert!(run(&["--kind", "lowrank"]).is_err());
+        assert!(run(&["--kind", "monarch", "--nblocks", "0"]).is_err());
+        assert!(run(&["--kind", "blocksparse"]).is_err());
+    }
+}
