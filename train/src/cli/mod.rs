@@ -1,10 +1,10 @@
 //! The `monarch` command line: one module per subcommand.
 
 mod bench;
+mod data;
 mod densify;
 mod inspect;
 mod project;
-mod data;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
