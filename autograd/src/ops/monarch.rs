@@ -19,15 +19,15 @@ impl Var {
     }
 
     /// The Monarch layer `x (.., in) → (.., out)` with zero-padded inputs, truncated
-    /// outputs and an optional bias (see [`Tensor::monarch_linear`]). Backward is two
-    /// batches of strided GEMMs from the saved first-factor output.
+    /// outputs and an optional bias (see [`Tensor::monarch_linear`]). Backward is four
+    /// batches of GEMMs from the saved (permuted) first-factor output.
     pub fn monarch_linear(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize) -> Result<Var> {
         let res = self.value().monarch_linear(w1.value(), w2.value(), bias.map(|b| b.value()), out)?;
-        let (x, a, b, out1) = (self.value().clone(), w1.value().clone(), w2.value().clone(), res.out1);
+        let (x, a, b, mid) = (self.value().clone(), w1.value().clone(), w2.value().clone(), res.mid);
         let mut inputs = vec![self, w1, w2];
         inputs.extend(bias);
         Var::record_n("monarch_linear", res.y, &inputs, move |g, needs| {
-            let [dx, dw1, dw2] = Tensor::monarch_backward(&x, &a, &b, &out1, g, [needs[0], needs[1], needs[2]])?;
+            let [dx, dw1, dw2] = Tensor::monarch_backward(&x, &a, &b, &mid, g, [needs[0], needs[1], needs[2]])?;
             let mut grads = smallvec::smallvec![dx, dw1, dw2];
             if needs.len() == 4 {
                 let bias_grad =

@@ -156,9 +156,19 @@ fn row_major(offset: usize, rs: usize) -> Mat {
     Mat { offset, rs, cs: 1 }
 }
 
+/// A zero-filled buffer whose pages are written (not merely mapped to the shared zero
+/// page as a fresh `vec![0; n]` is): the accumulating GEMMs read before they write, and
+/// a first write to a zero-page mapping costs a copy-on-write fault with a TLB shootdown
+/// across threads, which at these sizes took half the layer's time.
+fn written_zeros<T: GemmElem>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, T::ZERO);
+    v
+}
+
 fn forward<T: GemmElem>(x: &[T], w: &[T], bias: Option<&[T]>, plan: &BlockSparsePlan, rows: usize) -> Vec<T> {
     let (b, inp, out) = (plan.mask.block, plan.in_features(), plan.out_features());
-    let mut y = vec![T::ZERO; rows * out];
+    let mut y = written_zeros(rows * out);
     if let Some(bias) = bias {
         y.chunks_mut(out.max(1)).for_each(|r| r.copy_from_slice(bias));
     }
@@ -185,7 +195,7 @@ fn backward<T: GemmElem>(
     want: [bool; 2],
 ) -> [Option<Vec<T>>; 2] {
     let (b, inp, out) = (plan.mask.block, plan.in_features(), plan.out_features());
-    let mut dx = want[0].then(|| vec![T::ZERO; rows * inp]);
+    let mut dx = want[0].then(|| written_zeros(rows * inp));
     let mut dw = want[1].then(|| vec![T::ZERO; plan.values_len()]);
     for g in &plan.groups {
         let m = g.rows * b;

@@ -1,6 +1,10 @@
 //! The Monarch product (Dao et al. 2022): two block-diagonal factors with fixed
-//! permutations between them, computed as two batches of GEMMs whose permutations are
-//! folded into strides, so that no pass over the data is spent on permuting.
+//! permutations between them, computed as two batches of GEMMs on contiguous blocks.
+//! The input's block split, its zero padding and the output truncation are folded into
+//! GEMM strides (padding is never materialised); each permutation is one pass fused with
+//! a neighbouring step (the bias, or a transpose the GEMMs need anyway), because GEMMs
+//! that read or write with a column stride of `l` ran slower than contiguous GEMMs plus
+//! that pass (see docs/PERFORMANCE.md).
 //!
 //! Factors `w1` of shape (k, q, p) and `w2` of shape (l, s, r) with `l·r = k·q`. For an
 //! input row `x` of length `n = k·p`:
@@ -72,8 +76,9 @@ impl MonarchShape {
 pub struct MonarchOut {
     /// The output, (.., out).
     pub y: Tensor,
-    /// The first factor's output, (rows, k·q) in the compute dtype: what backward needs.
-    pub out1: Tensor,
+    /// The first factor's output in the second factor's block order, shape (l, rows, r):
+    /// `mid[ll, b, rr] = out1[b, rr·l+ll]`, in the compute dtype. What backward needs.
+    pub mid: Tensor,
 }
 
 /// Whether a product is big enough to spread over threads.
@@ -103,7 +108,7 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
 ) -> (Vec<T>, Vec<T>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
-    let mut out1 = vec![T::ZERO; rows * kq];
+    let mut out1 = take_scratch::<T>(rows * kq);
     for kk in 0..k {
         let w = z.sh.in_width(kk, z.inp);
         // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] · w1[kk, qq, pp]
@@ -111,16 +116,26 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
         let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
         gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
     }
-    // zt[ll, b, ss] = Σ_rr out1[b, rr·l+ll] · w2[ll, ss, rr], each block contiguous; the
+    // yt[ll, b, rr] = out1[b, rr·l+ll]: the middle permutation in one pass, so that the
+    // second factor's GEMMs (here and in backward, which keeps yt) read contiguous blocks.
+    let mut yt = vec![T::ZERO; l * rows * r];
+    for_rows(&mut yt, r, |lb, row| {
+        let (ll, b) = (lb / rows, lb % rows);
+        for (rr, v) in row.iter_mut().enumerate() {
+            *v = out1[b * kq + rr * l + ll];
+        }
+    });
+    give_scratch(out1);
+    // zt[ll, b, ss] = Σ_rr yt[ll, b, rr] · w2[ll, ss, rr], each block contiguous; the
     // output permutation is then one pass that also adds the bias (a GEMM writing with
     // column stride l directly is slower than that pass).
     let mut zt = take_scratch::<T>(l * rows * s);
     for ll in 0..l {
         let cnt = z.sh.out_count(ll, z.out);
-        let a = Mat { offset: ll, rs: kq, cs: l };
+        let a = row_major(ll * rows * r, r);
         let w2t = Mat { offset: ll * s * r, rs: 1, cs: r };
         let d = row_major(ll * rows * s, s);
-        gemm_strided((rows, cnt, r), &mut zt, d, &out1, a, w2, w2t, false, par(rows * cnt * r));
+        gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
     }
     let mut y = vec![T::ZERO; rows * z.out];
     for_rows(&mut y, z.out, |b, yr| {
@@ -133,7 +148,7 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
         }
     });
     give_scratch(zt);
-    (y, out1)
+    (y, yt)
 }
 
 thread_local! {
@@ -189,7 +204,7 @@ fn backward<T: GemmElem>(
     x: &[T],
     w1: &[T],
     w2: &[T],
-    out1: &[T],
+    yt: &[T],
     dy: &[T],
     z: Sizes,
     want: [bool; 3],
@@ -210,12 +225,12 @@ fn backward<T: GemmElem>(
     let mut dyt = take_scratch::<T>(if need_dout1 { l * rows * r } else { 0 });
     for ll in 0..l {
         let cnt = z.sh.out_count(ll, z.out);
-        let y_ll = Mat { offset: ll, rs: kq, cs: l };
+        let y_ll = row_major(ll * rows * r, r);
         if let Some(dw2) = dw2.as_mut() {
-            // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · out1[b, rr·l+ll]
+            // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · yt[ll, b, rr]
             let dzt_t = Mat { offset: ll * rows * s, rs: 1, cs: s };
             let d = row_major(ll * s * r, r);
-            gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, out1, y_ll, false, par(cnt * r * rows));
+            gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, yt, y_ll, false, par(cnt * r * rows));
         }
         if need_dout1 {
             // dyt[ll, b, rr] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
@@ -323,28 +338,28 @@ impl Tensor {
         }
         let mut out_dims = self.dims().to_vec();
         *out_dims.last_mut().expect("rank checked") = out;
-        let (y, out1) = by_float!(self, op, T => {
+        let (y, mid) = by_float!(self, op, T => {
             let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(self, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
             let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
             let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
-            let (y, out1) = forward::<T>(x, a, b, bias, z);
-            (CpuStorage::from(y), CpuStorage::from(out1))
+            let (y, mid) = forward::<T>(x, a, b, bias, z);
+            (CpuStorage::from(y), CpuStorage::from(mid))
         });
         Ok(MonarchOut {
             y: Tensor::from_cpu(y, out_dims).to_dtype(self.dtype())?,
-            out1: Tensor::from_cpu(out1, [z.rows, z.sh.k * z.sh.q]),
+            mid: Tensor::from_cpu(mid, [z.sh.l, z.rows, z.sh.r]),
         })
     }
 
     /// Gradients `[dx, dw1, dw2]` of [`monarch_linear`](Self::monarch_linear) from the
-    /// output gradient `dy` and the saved `out1`, each computed only when `want`ed.
-    /// Each is a batch of GEMMs over strided views (no permutation passes).
+    /// output gradient `dy` and the saved `mid`, each computed only when `want`ed: four
+    /// batches of GEMMs on contiguous blocks and one pass per permutation.
     pub fn monarch_backward(
         x: &Tensor,
         w1: &Tensor,
         w2: &Tensor,
-        out1: &Tensor,
+        mid: &Tensor,
         dy: &Tensor,
         want: [bool; 3],
     ) -> Result<[Option<Tensor>; 3]> {
@@ -352,12 +367,12 @@ impl Tensor {
         let out = *dy.dims().last().unwrap_or(&0);
         let z = x.monarch_sizes(w1, w2, out, op)?;
         let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
-        if !same_rows || out1.dims() != [z.rows, z.sh.k * z.sh.q] {
+        if !same_rows || mid.dims() != [z.sh.l, z.rows, z.sh.r] {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
         let [dx, dw1, dw2] = by_float!(x, op, T => {
             let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(x, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
-            let ((oc, oo), (gc, go)) = (data::<T>(out1, op)?, data::<T>(dy, op)?);
+            let ((oc, oo), (gc, go)) = (data::<T>(mid, op)?, data::<T>(dy, op)?);
             let (xs, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
             let (o1, g) = (&oc.cpu_slice::<T>(op)?[oo..], &gc.cpu_slice::<T>(op)?[go..]);
             backward::<T>(xs, a, b, o1, g, z, want).map(|v| v.map(CpuStorage::from))
