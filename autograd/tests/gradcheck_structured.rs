@@ -25,6 +25,8 @@ fn monarch_square_rectangular_padded_and_truncated() {
         |v| v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5),
         &[rnd(&[4, 7], 4), rnd(&[3, 2, 3], 5), rnd(&[2, 3, 3], 6), rnd(&[5], 7)],
     );
+    // q not a multiple of l: the kernels take the explicit permutation pass.
+    check(|v| v[0].monarch_mul(&v[1], &v[2]), &[rnd(&[3, 4], 18), rnd(&[2, 3, 2], 19), rnd(&[2, 2, 3], 20)]);
     // A transposed (strided) input.
     check(|v| v[0].t()?.monarch_mul(&v[1], &v[2]), &[rnd(&[6, 3], 8), rnd(&[2, 2, 3], 9), rnd(&[2, 2, 2], 10)]);
 }

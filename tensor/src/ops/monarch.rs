@@ -1,10 +1,13 @@
 //! The Monarch product (Dao et al. 2022): two block-diagonal factors with fixed
 //! permutations between them, computed as two batches of GEMMs on contiguous blocks.
 //! The input's block split, its zero padding and the output truncation are folded into
-//! GEMM strides (padding is never materialised); each permutation is one pass fused with
-//! a neighbouring step (the bias, or a transpose the GEMMs need anyway), because GEMMs
-//! that read or write with a column stride of `l` ran slower than contiguous GEMMs plus
-//! that pass (see docs/PERFORMANCE.md).
+//! GEMM strides (padding is never materialised), and so is the middle permutation when
+//! `l` divides `q` (the layer's shapes): each first-factor block then splits into `l`
+//! GEMMs that write straight into the second factor's block order. The output
+//! permutation is one pass fused with the bias (and its inverse one pass over the output
+//! gradient), because GEMMs that write with a column stride of `l` ran slower than
+//! contiguous GEMMs plus that pass (see docs/PERFORMANCE.md). Other shapes take one
+//! more pass for the middle permutation.
 //!
 //! Factors `w1` of shape (k, q, p) and `w2` of shape (l, s, r) with `l·r = k·q`. For an
 //! input row `x` of length `n = k·p`:
@@ -108,24 +111,39 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
 ) -> (Vec<T>, Vec<T>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
-    let mut out1 = take_scratch::<T>(rows * kq);
-    for kk in 0..k {
-        let w = z.sh.in_width(kk, z.inp);
-        // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] · w1[kk, qq, pp]
-        let w1t = Mat { offset: kk * q * p, rs: 1, cs: p };
-        let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
-        gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
-    }
-    // yt[ll, b, rr] = out1[b, rr·l+ll]: the middle permutation in one pass, so that the
-    // second factor's GEMMs (here and in backward, which keeps yt) read contiguous blocks.
     let mut yt = vec![T::ZERO; l * rows * r];
-    for_rows(&mut yt, r, |lb, row| {
-        let (ll, b) = (lb / rows, lb % rows);
-        for (rr, v) in row.iter_mut().enumerate() {
-            *v = out1[b * kq + rr * l + ll];
+    if q % l == 0 {
+        // yt[ll, b, kk·q/l + t] = Σ_pp x[b, kk·p+pp] · w1[kk, ll + l·t, pp]: with l | q the
+        // middle permutation maps the first factor's rows ll, ll+l, … of block kk to one
+        // contiguous run of yt, so the GEMMs write yt directly.
+        for kk in 0..k {
+            let w = z.sh.in_width(kk, z.inp);
+            let a = row_major(kk * p, z.inp);
+            for ll in 0..l {
+                let w1t = Mat { offset: (kk * q + ll) * p, rs: 1, cs: l * p };
+                let d = row_major(ll * rows * r + kk * q / l, r);
+                gemm_strided((rows, q / l, w), &mut yt, d, x, a, w1, w1t, false, par(rows * q / l * w));
+            }
         }
-    });
-    give_scratch(out1);
+    } else {
+        let mut out1 = take_scratch::<T>(rows * kq);
+        for kk in 0..k {
+            let w = z.sh.in_width(kk, z.inp);
+            // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] · w1[kk, qq, pp]
+            let w1t = Mat { offset: kk * q * p, rs: 1, cs: p };
+            let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
+            gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
+        }
+        // yt[ll, b, rr] = out1[b, rr·l+ll]: the middle permutation in one pass, so that the
+        // second factor's GEMMs (here and in backward, which keeps yt) read contiguous blocks.
+        for_rows(&mut yt, r, |lb, row| {
+            let (ll, b) = (lb / rows, lb % rows);
+            for (rr, v) in row.iter_mut().enumerate() {
+                *v = out1[b * kq + rr * l + ll];
+            }
+        });
+        give_scratch(out1);
+    }
     // zt[ll, b, ss] = Σ_rr yt[ll, b, rr] · w2[ll, ss, rr], each block contiguous; the
     // output permutation is then one pass that also adds the bias (a GEMM writing with
     // column stride l directly is slower than that pass).
@@ -240,6 +258,31 @@ fn backward<T: GemmElem>(
         }
     }
     give_scratch(dzt);
+    let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
+    let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
+    if q % l == 0 {
+        // With l | q, rows ll, ll+l, … of first-factor block kk are one contiguous run of
+        // dyt (see `forward`): the GEMMs read dyt directly.
+        for kk in 0..k {
+            let (w, x_kk) = (z.sh.in_width(kk, z.inp), row_major(kk * p, z.inp));
+            for ll in 0..l {
+                let run = ll * rows * r + kk * q / l;
+                let w1_rows = Mat { offset: (kk * q + ll) * p, rs: l * p, cs: 1 };
+                if let Some(dw1) = dw1.as_mut() {
+                    // dw1[kk, ll + l·t, pp] = Σ_b dyt[ll, b, kk·q/l + t] · x[b, kk·p+pp]
+                    let dt = Mat { offset: run, rs: 1, cs: r };
+                    gemm_strided((q / l, w, rows), dw1, w1_rows, &dyt, dt, x, x_kk, false, par(q / l * w * rows));
+                }
+                if let Some(dx) = dx.as_mut() {
+                    // dx[b, kk·p+pp] += Σ_t dyt[ll, b, kk·q/l + t] · w1[kk, ll + l·t, pp]
+                    let work = par(rows * w * q / l);
+                    gemm_strided((rows, w, q / l), dx, x_kk, &dyt, row_major(run, r), w1, w1_rows, ll > 0, work);
+                }
+            }
+        }
+        give_scratch(dyt);
+        return [dx, dw1, dw2];
+    }
     // dout1[b, rr·l+ll] = dyt[ll, b, rr]: the middle permutation undone in one pass.
     let mut dout1 = take_scratch::<T>(if need_dout1 { rows * kq } else { 0 });
     if need_dout1 {
@@ -250,8 +293,6 @@ fn backward<T: GemmElem>(
         });
     }
     give_scratch(dyt);
-    let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
-    let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
     for kk in 0..k {
         let w = z.sh.in_width(kk, z.inp);
         let x_kk = row_major(kk * p, z.inp);
