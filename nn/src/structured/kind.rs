@@ -269,6 +269,34 @@ mod tests {
     }
 
     #[test]
+    fn toml_tables_read_naturally() {
+        #[derive(Deserialize)]
+        struct Cfg {
+            linear: LinearKind,
+            mlp: LinearKind,
+            attn: LinearKind,
+        }
+        let c: Cfg = toml::from_str(
+            r#"
+            linear = { kind = "monarch", nblocks = 4 }
+            mlp = { kind = "pixelfly", butterfly_size = 16, n_factors = 2, block = 32, rank = 0.05, gate = "learned" }
+            attn = { kind = "lowrank", rank = 64 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.linear, LinearKind::Monarch { nblocks: 4 });
+        let fly = LinearKind::Pixelfly {
+            butterfly_size: 16,
+            n_factors: 2,
+            block: 32,
+            rank: Rank::Fraction(0.05),
+            gate: Gate::Learned,
+        };
+        assert_eq!(c.mlp, fly);
+        assert_eq!(c.attn, LinearKind::LowRank { rank: Rank::Fixed(64) });
+    }
+
+    #[test]
     fn from_options_applies_defaults_and_rejects_unknowns() {
         let o = LinearOptions::default();
         assert_eq!(LinearKind::from_options("monarch", &o).unwrap(), LinearKind::Monarch { nblocks: 4 });
