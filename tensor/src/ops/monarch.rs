@@ -144,22 +144,22 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
         });
         give_scratch(out1);
     }
-    // zt[ll, b, ss] = Σ_rr yt[ll, b, rr] · w2[ll, ss, rr], each block contiguous; the
-    // output permutation is then one pass that also adds the bias (a GEMM writing with
-    // column stride l directly is slower than that pass).
-    let mut zt = take_scratch::<T>(l * rows * s);
+    // zt[b, ll, ss] = Σ_rr yt[ll, b, rr] · w2[ll, ss, rr], each block's rows contiguous;
+    // the output permutation is then one pass within each row that also adds the bias (a
+    // GEMM writing with column stride l directly is slower than that pass).
+    let mut zt = take_scratch::<T>(rows * l * s);
     for ll in 0..l {
         let cnt = z.sh.out_count(ll, z.out);
         let a = row_major(ll * rows * r, r);
         let w2t = Mat { offset: ll * s * r, rs: 1, cs: r };
-        let d = row_major(ll * rows * s, s);
+        let d = row_major(ll * s, l * s);
         gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
     }
     let mut y = vec![T::ZERO; rows * z.out];
     for_rows(&mut y, z.out, |b, yr| {
+        let zr = &zt[b * l * s..(b + 1) * l * s];
         for (o, v) in yr.iter_mut().enumerate() {
-            let (ss, ll) = (o / l, o % l);
-            *v = zt[(ll * rows + b) * s + ss];
+            *v = zr[(o % l) * s + o / l];
         }
         if let Some(bias) = bias {
             yr.iter_mut().zip(bias).for_each(|(v, &c)| *v = *v + c);
@@ -229,13 +229,13 @@ fn backward<T: GemmElem>(
 ) -> [Option<Vec<T>>; 3] {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
-    // dzt[ll, b, ss] = dy[b, ss·l+ll]: the output permutation undone in one pass, so
-    // that the GEMMs below read and write contiguous blocks.
-    let mut dzt = take_scratch::<T>(l * rows * s);
-    for_rows(&mut dzt, s, |lb, row| {
-        let (ll, b) = (lb / rows, lb % rows);
-        for (ss, v) in row.iter_mut().enumerate().take(z.sh.out_count(ll, z.out)) {
-            *v = dy[b * z.out + ss * l + ll];
+    // dzt[b, ll, ss] = dy[b, ss·l+ll]: the output permutation undone in one pass within
+    // each row, so that the GEMMs below read blocks with contiguous rows. Entries past the
+    // output (ss ≥ out_count) are never read.
+    let mut dzt = take_scratch::<T>(rows * l * s);
+    for_rows(&mut dzt, l * s, |b, row| {
+        for (o, &g) in dy[b * z.out..(b + 1) * z.out].iter().enumerate() {
+            row[(o % l) * s + o / l] = g;
         }
     });
     let mut dw2 = want[2].then(|| vec![T::ZERO; l * s * r]);
@@ -246,13 +246,13 @@ fn backward<T: GemmElem>(
         let y_ll = row_major(ll * rows * r, r);
         if let Some(dw2) = dw2.as_mut() {
             // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · yt[ll, b, rr]
-            let dzt_t = Mat { offset: ll * rows * s, rs: 1, cs: s };
+            let dzt_t = Mat { offset: ll * s, rs: 1, cs: l * s };
             let d = row_major(ll * s * r, r);
             gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, yt, y_ll, false, par(cnt * r * rows));
         }
         if need_dout1 {
             // dyt[ll, b, rr] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
-            let (a, w) = (row_major(ll * rows * s, s), row_major(ll * s * r, r));
+            let (a, w) = (row_major(ll * s, l * s), row_major(ll * s * r, r));
             let d = row_major(ll * rows * r, r);
             gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, par(rows * r * cnt));
         }
