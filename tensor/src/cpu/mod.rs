@@ -1,6 +1,7 @@
 //! CPU execution helpers shared by the kernels: strided walks and parallel maps.
 
 pub(crate) mod map;
+mod simd;
 pub(crate) mod walk;
 
 /// Below this many elements a kernel runs on the calling thread: spreading work over

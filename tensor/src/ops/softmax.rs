@@ -41,7 +41,7 @@ fn softmax_row<T: Float>(x: &[T], y: &mut [T], log: bool) {
     let m = if m == T::neg_infinity() { T::zero() } else { m };
     let mut sum = T::zero();
     for (y, &x) in y.iter_mut().zip(x) {
-        *y = (x - m).exp();
+        *y = (x - m).fast_exp();
         sum += *y;
     }
     if log {
@@ -56,7 +56,7 @@ fn softmax_row<T: Float>(x: &[T], y: &mut [T], log: bool) {
 fn softmax_backward_row<T: Float>(y: &[T], g: &[T], o: &mut [T], log: bool) {
     if log {
         let s = T::from_f64(g.iter().map(|v| v.as_f64()).sum());
-        o.iter_mut().zip(y.iter().zip(g)).for_each(|(o, (&y, &g))| *o = g - y.exp() * s);
+        o.iter_mut().zip(y.iter().zip(g)).for_each(|(o, (&y, &g))| *o = g - y.fast_exp() * s);
     } else {
         let s = T::from_f64(y.iter().zip(g).map(|(&y, &g)| (y * g).as_f64()).sum());
         o.iter_mut().zip(y.iter().zip(g)).for_each(|(o, (&y, &g))| *o = y * (g - s));

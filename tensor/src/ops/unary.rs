@@ -111,11 +111,11 @@ impl UnaryOp {
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Rsqrt => x.sqrt().recip(),
             UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Sigmoid => one / (one + (-x).exp()),
+            UnaryOp::Sigmoid => one / (one + (-x).fast_exp()),
             UnaryOp::Relu => x.max(T::zero()),
-            UnaryOp::GeluTanh => c(0.5) * x * (one + (c(SQRT_2_OVER_PI) * (x + c(GELU_C) * x * x * x)).tanh()),
+            UnaryOp::GeluTanh => c(0.5) * x * (one + (c(SQRT_2_OVER_PI) * (x + c(GELU_C) * x * x * x)).fast_tanh()),
             UnaryOp::GeluErf => c(0.5) * x * (one + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
-            UnaryOp::Silu => x / (one + (-x).exp()),
+            UnaryOp::Silu => x / (one + (-x).fast_exp()),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Sqr => x * x,
             UnaryOp::Recip => x.recip(),
@@ -148,16 +148,16 @@ impl UnaryOp {
             }
             UnaryOp::GeluTanh => {
                 let x2 = s * s;
-                let t = (c(SQRT_2_OVER_PI) * (s + c(GELU_C) * x2 * s)).tanh();
+                let t = (c(SQRT_2_OVER_PI) * (s + c(GELU_C) * x2 * s)).fast_tanh();
                 c(0.5) * (one + t) + c(0.5) * s * (one - t * t) * c(SQRT_2_OVER_PI) * (one + c(3.0 * GELU_C) * x2)
             }
             UnaryOp::GeluErf => {
                 let cdf = c(0.5) * (one + (s * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
-                let pdf = (c(-0.5) * s * s).exp() * c(0.398_942_280_401_432_7);
+                let pdf = (c(-0.5) * s * s).fast_exp() * c(0.398_942_280_401_432_7);
                 cdf + s * pdf
             }
             UnaryOp::Silu => {
-                let sig = one / (one + (-s).exp());
+                let sig = one / (one + (-s).fast_exp());
                 sig * (one + s * (one - sig))
             }
             UnaryOp::Abs => {

@@ -1,44 +1,20 @@
 //! Row kernels of the attention tiles: the online-softmax step, probabilities from the
 //! saved log-sum-exp, dropout on probabilities and score gradients. They run on score
 //! tiles between the tile products and are compiled a second time for AVX-512 (and
-//! AVX2), chosen at run time, so that their loops and the exponential vectorise.
+//! AVX2), chosen at run time ([`crate::simd_dispatch`]), so that their loops and the
+//! exponential vectorise.
 
-use crate::Float;
 use crate::ops::counter_uniform;
 use crate::ops::matmul::GemmElem;
+use crate::{Float, simd_dispatch};
 
-/// The element types the attention kernels compute in (f32 and f64).
-pub(crate) trait AttnFloat: Float + GemmElem {
-    /// `e^self`: a branch-free polynomial for f32 that vectorises (relative error below
-    /// 3e-7, exactly 0 below the smallest normal result); libm's `exp` for f64.
-    fn fast_exp(self) -> Self;
-}
+/// The element types the attention kernels compute in (f32 and f64); the exponential
+/// is [`Float::fast_exp`].
+pub(crate) trait AttnFloat: Float + GemmElem {}
 
-impl AttnFloat for f32 {
-    #[inline(always)]
-    fn fast_exp(self) -> f32 {
-        // Cephes expf: e^x = 2^n · e^r with n = round(x / ln 2), |r| ≤ ln 2 / 2.
-        const LO: f32 = -87.336_55;
-        const HI: f32 = 88.722_83;
-        let x = self.clamp(LO, HI);
-        let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-            + 1.666_666_5e-1)
-            * r
-            + 0.5;
-        let y = p * r * r + r + 1.0;
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-        if self < LO { 0.0 } else { y * scale }
-    }
-}
+impl AttnFloat for f32 {}
 
-impl AttnFloat for f64 {
-    #[inline(always)]
-    fn fast_exp(self) -> f64 {
-        self.exp()
-    }
-}
+impl AttnFloat for f64 {}
 
 /// Dropout on a tile of probabilities: element `(r, c)` of the tile is dropped iff
 /// `counter_uniform(seed, first + r · row_stride + c) < p`; kept ones are scaled.
@@ -102,47 +78,11 @@ fn exp_sub_sum<T: AttnFloat>(row: &mut [T], m: T) -> T {
     acc.iter().fold(tail, |a, &x| a + x)
 }
 
-/// Defines `$name` running `$imp`, compiled for AVX-512 or AVX2 when the CPU has them.
-macro_rules! simd_dispatch {
-    ($(#[$doc:meta])* fn $name:ident = $imp:ident ($($a:ident: $t:ty),* $(,)?)) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) fn $name<T: AttnFloat>($($a: $t),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v4<T: AttnFloat>($($a: $t),*) {
-                    $imp::<T>($($a),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn v3<T: AttnFloat>($($a: $t),*) {
-                    $imp::<T>($($a),*)
-                }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512vl")
-                    && std::is_x86_feature_detected!("avx512dq")
-                    && std::is_x86_feature_detected!("avx512bw")
-                {
-                    // SAFETY: the CPU has every feature `v4` is compiled for.
-                    return unsafe { v4::<T>($($a),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has every feature `v3` is compiled for.
-                    return unsafe { v3::<T>($($a),*) };
-                }
-            }
-            $imp::<T>($($a),*)
-        }
-    };
-}
-
 simd_dispatch! {
     /// One online-softmax step over a score tile `s` (rows of `cols`): masks columns past
     /// the causal limit, updates the running max `m` and sum `l`, rescales the output
     /// accumulator `acc` (rows of `d`) and leaves `e^(s − m)` (after dropout) in `s`.
-    fn softmax_step = softmax_step_impl(
+    fn softmax_step<T: AttnFloat> = softmax_step_impl(
         s: &mut [T],
         cols: usize,
         m: &mut [T],
@@ -191,7 +131,7 @@ fn softmax_step_impl<T: AttnFloat>(
 simd_dispatch! {
     /// Probabilities `s ← e^(s − lse)` of a score tile from each row's saved log-sum-exp;
     /// columns past the causal limit and rows with `lse = −∞` (nothing visible) are 0.
-    fn probs = probs_impl(s: &mut [T], cols: usize, lse: &[T], causal_first: Option<isize>)
+    fn probs<T: AttnFloat> = probs_impl(s: &mut [T], cols: usize, lse: &[T], causal_first: Option<isize>)
 }
 
 #[inline(always)]
@@ -205,7 +145,7 @@ fn probs_impl<T: AttnFloat>(s: &mut [T], cols: usize, lse: &[T], causal_first: O
 
 simd_dispatch! {
     /// `x ← x ∘ dropout factors` on a tile (rows of `cols`).
-    fn dropout_in_place = dropout_in_place_impl(x: &mut [T], cols: usize, drop: TileDropout<T>)
+    fn dropout_in_place<T: AttnFloat> = dropout_in_place_impl(x: &mut [T], cols: usize, drop: TileDropout<T>)
 }
 
 #[inline(always)]
@@ -218,7 +158,7 @@ fn dropout_in_place_impl<T: AttnFloat>(x: &mut [T], cols: usize, drop: TileDropo
 simd_dispatch! {
     /// Score gradients `dp ← p ∘ (dp ∘ dropout factors − D)` where `dp = dO·Vᵀ` and `D`
     /// is each row's `dO·O`.
-    fn score_grads = score_grads_impl(p: &[T], dp: &mut [T], cols: usize, dsum: &[T], drop: Option<TileDropout<T>>)
+    fn score_grads<T: AttnFloat> = score_grads_impl(p: &[T], dp: &mut [T], cols: usize, dsum: &[T], drop: Option<TileDropout<T>>)
 }
 
 #[inline(always)]
@@ -235,20 +175,6 @@ fn score_grads_impl<T: AttnFloat>(p: &[T], dp: &mut [T], cols: usize, dsum: &[T]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fast_exp_matches_libm() {
-        let mut worst = 0.0f64;
-        for i in -87_000..88_000 {
-            let x = i as f32 * 1e-3 + 3.7e-4;
-            let (got, want) = (x.fast_exp() as f64, (x as f64).exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(f32::NEG_INFINITY.fast_exp(), 0.0);
-        assert_eq!((-100.0f32).fast_exp(), 0.0);
-        assert_eq!(0.0f32.fast_exp(), 1.0);
-    }
 
     #[test]
     fn softmax_step_masks_and_rescales() {
