@@ -10,6 +10,7 @@ mod idx;
 mod loader;
 mod open;
 mod packed;
+mod subset;
 mod transform;
 
 pub use cifar::Cifar10;
@@ -19,6 +20,7 @@ pub use idx::{IdxArray, IdxImages, parse_idx, read_maybe_gzip};
 pub use loader::{ImageBatch, ImageLoader, ImageLoaderConfig};
 pub use open::{EMBEDDED_DIGITS, open_image_set, open_image_split};
 pub use packed::{PACKED_MAGIC, PackReport, PackedHeader, PackedImages, pack_image_set, parse_packed_header};
+pub use subset::Subset;
 pub use transform::{Normalization, Transform};
 
 use crate::Result;
