@@ -16,8 +16,13 @@ pub trait Module {
     where
         Self: Sized,
     {
-        child.named_params().into_iter().map(|(n, p)| (format!("{prefix}.{n}"), p)).collect()
+        prefixed(prefix, child.named_params())
     }
+}
+
+/// `params` renamed under `prefix.` (for containers holding trait objects).
+pub fn prefixed(prefix: &str, params: NamedParams) -> NamedParams {
+    params.into_iter().map(|(n, p)| (format!("{prefix}.{n}"), p)).collect()
 }
 
 /// Total number of parameter elements of a module.
