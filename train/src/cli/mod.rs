@@ -3,6 +3,7 @@
 mod bench;
 mod data;
 mod densify;
+mod generate;
 mod inspect;
 mod project;
 mod tokenize;
@@ -28,6 +29,8 @@ enum Command {
     Project(project::ProjectArgs),
     /// Replace Monarch factors by the dense weights they compute (reverse sparsification).
     Densify(densify::DensifyArgs),
+    /// Sample text from a GPT-2 training run's checkpoint.
+    Generate(generate::GenerateArgs),
     /// List the tensors (name, dtype, shape) and metadata of a safetensors file.
     Inspect(inspect::InspectArgs),
     /// Tokenise text into GPT-2 token shards (llm.c format).
@@ -43,6 +46,7 @@ impl Cli {
             Command::Bench(a) => a.run(),
             Command::Project(a) => a.run(),
             Command::Densify(a) => a.run(),
+            Command::Generate(a) => a.run(),
             Command::Inspect(a) => a.run(),
             Command::Tokenize(a) => a.run(),
             Command::Data(a) => a.run(),

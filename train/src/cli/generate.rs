@@ -1,0 +1,146 @@
+//! `monarch generate`: sample text from a GPT-2 training run's checkpoint.
+
+use super::CliError;
+use crate::tasks::gpt2::model_from_checkpoint;
+use crate::trainer::checkpoint;
+use clap::Args;
+use monarch_autograd::no_grad;
+use monarch_data::{END_OF_TEXT, Gpt2Tokenizer};
+use monarch_nn::models::Gpt2;
+use monarch_nn::{Ctx, SeedableRng, StdRng};
+use monarch_tensor::Tensor;
+use rand::Rng;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `monarch generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A run's output folder (its newest checkpoint is used) or one checkpoint file.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue; empty: start a new document.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate per sample.
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token every time.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Number of samples.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl GenerateArgs {
+    /// Loads the model and prints the samples.
+    pub fn run(self) -> Result<(), CliError> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!("--temperature must be a finite number >= 0, got {}", self.temperature).into());
+        }
+        let path = resolve_checkpoint(&self.checkpoint)?;
+        let (model, _) = model_from_checkpoint(&path)?;
+        let tok = Gpt2Tokenizer::new();
+        let prompt = if self.prompt.is_empty() { vec![END_OF_TEXT] } else { tok.encode(&self.prompt) };
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        for i in 0..self.samples {
+            let ids = generate(&model, &prompt, self.max_new_tokens, self.temperature, self.top_k, &mut rng)?;
+            let text = tok.decode(&ids[prompt.len()..])?;
+            if self.samples > 1 {
+                println!("--- sample {} ---", i + 1);
+            }
+            println!("{}{text}", self.prompt);
+        }
+        Ok(())
+    }
+}
+
+/// The checkpoint file a `--checkpoint` argument names.
+fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CliError> {
+    if path.is_dir() {
+        return checkpoint::latest(path)?
+            .ok_or_else(|| format!("{}: no checkpoint (ckpt-*.safetensors)", path.display()).into());
+    }
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    Err(format!("{}: no such file or folder", path.display()).into())
+}
+
+/// `prompt` followed by up to `new` sampled tokens; stops early after `<|endoftext|>`.
+pub fn generate(
+    model: &Gpt2,
+    prompt: &[u32],
+    new: usize,
+    temperature: f64,
+    top_k: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<u32>, CliError> {
+    let _guard = no_grad();
+    let block = model.cfg.block_size;
+    let mut ids = prompt.to_vec();
+    for _ in 0..new {
+        let ctx = &ids[ids.len().saturating_sub(block)..];
+        let t = ctx.len();
+        let input = Tensor::from_vec(ctx.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [1, t])?;
+        let last = model.hidden(&input, &Ctx::eval())?.narrow(1, t - 1, 1)?;
+        let logits = last.linear(&model.wte.weight.var(), None)?.value().to_vec_f32()?;
+        let next = sample(&logits, temperature, top_k, rng);
+        ids.push(next as u32);
+        if next as u32 == END_OF_TEXT {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// Draws an index from `softmax(logits / temperature)` restricted to the `top_k` largest
+/// logits (all when 0); temperature 0 is the argmax.
+pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut impl Rng) -> usize {
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if temperature == 0.0 || order.len() <= 1 {
+        return order.first().copied().unwrap_or(0);
+    }
+    let keep = if top_k == 0 { order.len() } else { top_k.min(order.len()) };
+    let top = f64::from(logits[order[0]]);
+    let weights: Vec<f64> = order[..keep].iter().map(|&i| ((f64::from(logits[i]) - top) / temperature).exp()).collect();
+    let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (w, &i) in weights.iter().zip(&order) {
+        if u < *w {
+            return i;
+        }
+        u -= w;
+    }
+    order[keep - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_respects_temperature_and_top_k() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        assert_eq!(sample(&logits, 0.0, 0, &mut rng), 1);
+        // Top-2 only ever gives the two largest.
+        let mut counts = [0usize; 4];
+        for _ in 0..2000 {
+            counts[sample(&logits, 1.0, 2, &mut rng)] += 1;
+        }
+        assert_eq!(counts[0] + counts[2], 0);
+        // Their odds are e^3 : e^2.9, i.e. 52.5% : 47.5%.
+        let share = counts[1] as f64 / 2000.0;
+        assert!((share - 0.525).abs() < 0.04, "{share}");
+        // No top-k: the smallest logit shows up at its rate e^0 / Σ ≈ 2.2%.
+        let low = (0..5000).filter(|_| sample(&logits, 1.0, 0, &mut rng) == 0).count();
+        assert!((20..200).contains(&low), "{low}");
+    }
+}

@@ -1,0 +1,336 @@
+//! The trainer all task binaries share: schedule, gradient accumulation and clipping,
+//! AdamW, evaluation, `metrics.jsonl`, checkpoints (resumable at the same data position
+//! and schedule), the loss plot, reverse sparsification, and a clean stop on a
+//! non-finite loss.
+
+pub mod checkpoint;
+mod config;
+mod metrics;
+pub mod plot;
+mod progress;
+
+pub use config::TrainConfig;
+pub use metrics::MetricsLog;
+
+use monarch_autograd::{Gradients, Var};
+use monarch_nn::optim::{AdamW, Optimizer, WarmupCosine};
+use monarch_nn::{Ctx, NamedParams};
+use progress::Progress;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Errors of a training run.
+#[derive(thiserror::Error, Debug)]
+pub enum TrainError {
+    /// A tensor, shape or checkpoint-format error.
+    #[error(transparent)]
+    Tensor(#[from] monarch_tensor::Error),
+    /// A data-loading error.
+    #[error(transparent)]
+    Data(#[from] monarch_data::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A configuration file or flag is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The loss became NaN or infinite; the run stopped without saving.
+    #[error("loss is {value} at step {step}; the run stopped. Last good checkpoint: {last}")]
+    NonFinite {
+        /// The step whose loss was not finite.
+        step: u64,
+        /// The loss.
+        value: f64,
+        /// The newest checkpoint on disk, or "none".
+        last: String,
+    },
+    /// Anything else, explained.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Validation results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eval {
+    /// Mean validation loss.
+    pub loss: f64,
+    /// Task metrics, e.g. `("perplexity", 42.0)` or `("accuracy", 0.93)`.
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// A model plus its data, as the trainer drives it.
+pub trait Task {
+    /// A short name for plots and logs (`gpt2`, `vit`, ...).
+    fn name(&self) -> &str;
+    /// What one training item is, for throughput (`tokens` or `images`).
+    fn unit(&self) -> &'static str;
+    /// The trainable parameters with their names (they change after densification).
+    fn params(&self) -> NamedParams;
+    /// Facts recorded at the start of a run: parameters, FLOPs per item, data sizes.
+    fn describe(&self) -> Value;
+    /// The loss of the next training micro-batch and how many items it covered.
+    fn train_batch(&mut self, ctx: &Ctx) -> Result<(Var, usize), TrainError>;
+    /// A validation pass (under `no_grad`): the configured number of batches, or with
+    /// `full` the whole validation split exactly once.
+    fn evaluate(&mut self, full: bool) -> Result<Eval, TrainError>;
+    /// The training loader's position, saved in checkpoints.
+    fn data_state(&self) -> Value;
+    /// Continues the training loader from a saved position.
+    fn restore_data_state(&mut self, state: &Value) -> Result<(), TrainError>;
+    /// Replaces every structured layer by its exact dense equivalent; returns how many.
+    fn densify(&mut self) -> Result<usize, TrainError>;
+}
+
+/// Where and how a run writes.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Output folder: metrics, plot, checkpoints.
+    pub out_dir: PathBuf,
+    /// Continue from the newest checkpoint in `out_dir`.
+    pub resume: bool,
+    /// The full configuration, stored in checkpoints.
+    pub config: Value,
+    /// No progress output (tests).
+    pub quiet: bool,
+    /// Stop after this step (with a checkpoint) as if interrupted; `resume` continues.
+    pub stop_after: Option<u64>,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Steps completed in total.
+    pub step: u64,
+    /// Training loss of every step run in this invocation, in order.
+    pub losses: Vec<f64>,
+    /// The last evaluation.
+    pub eval: Option<Eval>,
+    /// Items per second over this invocation.
+    pub throughput: f64,
+}
+
+fn finite_or_stop(step: u64, value: f64, dir: &Path) -> Result<(), TrainError> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    let last = checkpoint::latest(dir)?.map_or("none".into(), |p| p.display().to_string());
+    Err(TrainError::NonFinite { step, value, last })
+}
+
+/// Runs (or resumes) training of `task` under `cfg`.
+pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<RunSummary, TrainError> {
+    cfg.validate()?;
+    let dir = &opts.out_dir;
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+    let hyper = monarch_tensor::AdamW {
+        lr: cfg.lr,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        weight_decay: cfg.weight_decay,
+    };
+    let mut opt = AdamW::new(hyper);
+    let schedule = WarmupCosine { peak: cfg.lr, min: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
+    let densify_step = cfg.densify_at.map(|f| (f * cfg.steps as f64).round() as u64);
+    let (mut step, mut densified) = (0u64, false);
+    if opts.resume {
+        let path = checkpoint::latest(dir)?
+            .ok_or_else(|| TrainError::Other(format!("--resume: no checkpoint in {}", dir.display())))?;
+        let ck = checkpoint::load(&path)?;
+        if ck.meta.densified {
+            task.densify()?;
+            densified = true;
+        }
+        let params = task.params();
+        checkpoint::restore_params(&params, &ck.weights)?;
+        opt.load_state(&params, &ck.optimizer)?;
+        task.restore_data_state(&ck.meta.data)?;
+        step = ck.meta.step;
+    }
+    let mut metrics = MetricsLog::open(dir, opts.resume.then_some(step))?;
+    if !opts.resume {
+        let mut start = json!({"step": 0, "event": "start", "task": task.name(), "steps": cfg.steps});
+        if let (Value::Object(rec), Value::Object(facts)) = (&mut start, task.describe()) {
+            rec.extend(facts);
+        }
+        metrics.write(start)?;
+    }
+    let stop = opts.stop_after.unwrap_or(cfg.steps).min(cfg.steps);
+    let progress = Progress::new(step, cfg.steps, opts.quiet);
+    let (mut losses, mut last_eval) = (Vec::new(), None);
+    let start = Instant::now();
+    let (mut window_items, mut window_start, mut total_items) = (0usize, Instant::now(), 0usize);
+    let (mut window_loss, mut window_steps) = (0.0, 0u64);
+    let save = |task: &dyn Task, opt: &AdamW, step: u64, densified: bool| -> Result<PathBuf, TrainError> {
+        let params = task.params();
+        let meta = checkpoint::CheckpointMeta { step, densified, config: opts.config.clone(), data: task.data_state() };
+        checkpoint::save(dir, &params, opt.state(&params), &meta, cfg.keep_checkpoints)
+    };
+    while step < stop {
+        if densify_step == Some(step) && !densified {
+            // Carry optimiser state over by name where a parameter survives (biases, norms, embeddings).
+            let saved = opt.state(&task.params()).into_iter().collect();
+            let n = task.densify()?;
+            densified = true;
+            let mut fresh = AdamW::new(opt.hyper);
+            fresh.load_state(&task.params(), &saved)?;
+            opt = fresh;
+            progress.note(&format!("step {step}: densified {n} structured layers"));
+            metrics.write(json!({"step": step, "event": "densify", "layers": n}))?;
+        }
+        let lr = schedule.lr(step);
+        opt.set_lr(lr);
+        let mut grads = Gradients::new();
+        let mut loss_sum = 0.0;
+        for micro in 0..cfg.grad_accum {
+            let ctx = Ctx::train(
+                cfg.seed ^ (step * cfg.grad_accum as u64 + micro as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
+            let (loss, items) = task.train_batch(&ctx)?;
+            let value = loss.value().to_scalar_f64()?;
+            finite_or_stop(step, value, dir)?;
+            loss_sum += value;
+            window_items += items;
+            total_items += items;
+            loss.mul_scalar(1.0 / cfg.grad_accum as f64)?.backward_into(&mut grads)?;
+        }
+        let loss = loss_sum / cfg.grad_accum as f64;
+        let grad_norm = if cfg.clip > 0.0 { grads.clip_global_norm(cfg.clip)? } else { grads.global_norm()? };
+        finite_or_stop(step, grad_norm, dir)?;
+        opt.step(&task.params(), &grads)?;
+        drop(grads);
+        step += 1;
+        losses.push(loss);
+        (window_loss, window_steps) = (window_loss + loss, window_steps + 1);
+        if step % cfg.log_every == 0 || step == stop {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let rate = window_items as f64 / secs;
+            // The mean training loss of the steps since the last record.
+            let mean = window_loss / window_steps as f64;
+            metrics.write(json!({
+                "step": step, "loss": mean, "lr": lr, "grad_norm": grad_norm,
+                format!("{}_per_s", task.unit()): rate, "elapsed_s": start.elapsed().as_secs_f64(),
+            }))?;
+            progress.step(step, &format!("loss {mean:.4} lr {lr:.2e} {:.0} {}/s", rate, task.unit()));
+            (window_items, window_start, window_loss, window_steps) = (0, Instant::now(), 0.0, 0);
+        }
+        let last = step == cfg.steps;
+        let eval_now = last || (cfg.eval_every > 0 && step % cfg.eval_every == 0);
+        if eval_now {
+            let e = task.evaluate(last)?;
+            let mut rec = json!({"step": step, "val_loss": e.loss, "full": last});
+            for (k, v) in &e.metrics {
+                rec[*k] = json!(v);
+            }
+            let summary: Vec<String> = e.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            progress.note(&format!("step {step}: val_loss {:.4} {}", e.loss, summary.join(" ")));
+            metrics.write(rec)?;
+            last_eval = Some(e);
+        }
+        if eval_now || step % cfg.log_every == 0 && step % (cfg.log_every * 10) == 0 {
+            plot::plot_losses(
+                &dir.join("loss.png"),
+                task.name(),
+                &metrics.series("loss"),
+                &metrics.series("val_loss"),
+            )?;
+        }
+        if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == stop {
+            let path = save(task, &opt, step, densified)?;
+            progress.note(&format!("step {step}: saved {}", path.display()));
+        }
+    }
+    plot::plot_losses(&dir.join("loss.png"), task.name(), &metrics.series("loss"), &metrics.series("val_loss"))?;
+    progress.finish();
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(RunSummary { step, losses, eval: last_eval, throughput: total_items as f64 / secs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monarch_autograd::Param;
+    use monarch_tensor::Tensor;
+
+    /// Fits w to 3 by least squares; its loss turns NaN from step `nan_from` on.
+    struct Toy {
+        w: Param,
+        step: u64,
+        nan_from: u64,
+    }
+
+    impl Task for Toy {
+        fn name(&self) -> &str {
+            "toy"
+        }
+        fn unit(&self) -> &'static str {
+            "items"
+        }
+        fn params(&self) -> NamedParams {
+            vec![("w".into(), self.w.clone())]
+        }
+        fn describe(&self) -> Value {
+            json!({"params": 1})
+        }
+        fn train_batch(&mut self, _: &Ctx) -> Result<(Var, usize), TrainError> {
+            self.step += 1;
+            let target = if self.step >= self.nan_from { f32::NAN } else { 3.0 };
+            let d = self.w.var().sub(&Var::constant(Tensor::from_vec(vec![target], 1)?))?;
+            Ok((d.sqr()?.sum_all()?, 1))
+        }
+        fn evaluate(&mut self, _: bool) -> Result<Eval, TrainError> {
+            let w = f64::from(self.w.value().to_vec::<f32>()?[0]);
+            Ok(Eval { loss: (w - 3.0).powi(2), metrics: vec![] })
+        }
+        fn data_state(&self) -> Value {
+            json!(self.step)
+        }
+        fn restore_data_state(&mut self, state: &Value) -> Result<(), TrainError> {
+            self.step = state.as_u64().unwrap_or(0);
+            Ok(())
+        }
+        fn densify(&mut self) -> Result<usize, TrainError> {
+            Ok(0)
+        }
+    }
+
+    fn opts(dir: &Path) -> RunOptions {
+        RunOptions { out_dir: dir.into(), resume: false, config: json!({}), quiet: true, stop_after: None }
+    }
+
+    #[test]
+    fn trains_and_stops_cleanly_on_a_non_finite_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            steps: 40,
+            lr: 0.3,
+            min_lr: 0.003,
+            warmup: 0,
+            weight_decay: 0.0,
+            eval_every: 0,
+            checkpoint_every: 5,
+            log_every: 5,
+            ..Default::default()
+        };
+        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: u64::MAX };
+        let done = run(&mut toy, &cfg, &opts(dir.path())).unwrap();
+        assert_eq!(done.step, 40);
+        assert!(done.eval.unwrap().loss < 0.1, "w did not approach 3");
+        assert!(done.losses[39] < done.losses[0]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: 13 };
+        let err = run(&mut toy, &cfg, &opts(dir.path())).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, TrainError::NonFinite { step: 12, .. }), "{msg}");
+        assert!(msg.contains("ckpt-00000010.safetensors"), "{msg}");
+        // Nothing after the last good checkpoint was written.
+        assert_eq!(checkpoint::list(dir.path()).unwrap().last().unwrap().0, 10);
+    }
+}

@@ -1,0 +1,266 @@
+//! The training binaries end to end on tiny configurations: a few steps of each, resume
+//! reproducing an uninterrupted run, reverse sparsification mid-run, dense-to-Monarch
+//! starts, `monarch generate`, and clear errors for bad input.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const GPT2: &str = r#"
+[model]
+vocab_size = 50257
+block_size = 32
+n_layer = 2
+n_head = 2
+n_embd = 32
+attn_linear = { kind = "monarch", nblocks = 4 }
+mlp_linear = { kind = "monarch", nblocks = 4 }
+
+[train]
+steps = 6
+batch_size = 2
+lr = 3e-3
+warmup = 2
+eval_every = 3
+eval_batches = 2
+log_every = 1
+checkpoint_every = 3
+
+[data]
+path = "embedded:shakespeare"
+seq_len = 16
+"#;
+
+const VIT: &str = r#"
+[model]
+image_size = 8
+patch_size = 2
+channels = 1
+num_classes = 10
+dim = 16
+depth = 1
+heads = 2
+mlp_dim = 32
+attn_linear = { kind = "monarch", nblocks = 2 }
+mlp_linear = { kind = "monarch", nblocks = 2 }
+
+[train]
+steps = 4
+batch_size = 32
+eval_every = 2
+eval_batches = 1
+log_every = 1
+checkpoint_every = 2
+
+[data]
+path = "embedded:digits"
+"#;
+
+const MIXER: &str = r#"
+[model]
+image_size = 8
+patch_size = 2
+channels = 1
+num_classes = 10
+dim = 16
+depth = 1
+token_mlp_dim = 8
+channel_mlp_dim = 32
+token_linear = { kind = "lowrank", rank = 4 }
+channel_linear = { kind = "monarch", nblocks = 2 }
+
+[train]
+steps = 4
+batch_size = 32
+eval_every = 2
+eval_batches = 1
+log_every = 1
+checkpoint_every = 2
+
+[data]
+path = "embedded:digits"
+"#;
+
+fn bin(name: &str) -> PathBuf {
+    match name {
+        "train-gpt2" => env!("CARGO_BIN_EXE_train-gpt2").into(),
+        "train-vit" => env!("CARGO_BIN_EXE_train-vit").into(),
+        "train-mixer" => env!("CARGO_BIN_EXE_train-mixer").into(),
+        _ => env!("CARGO_BIN_EXE_monarch").into(),
+    }
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name)).args(args).output().expect("binary runs")
+}
+
+fn ok(name: &str, args: &[&str]) -> Output {
+    let out = run(name, args);
+    assert!(out.status.success(), "{name} {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn records(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `(step, loss)` of every training record.
+fn losses(dir: &Path) -> Vec<(u64, f64)> {
+    records(dir).iter().filter_map(|r| Some((r["step"].as_u64()?, r.get("loss")?.as_f64()?))).collect()
+}
+
+fn checkpoints(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn each_binary_trains_logs_plots_and_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, text) in [("train-gpt2", GPT2), ("train-vit", VIT), ("train-mixer", MIXER)] {
+        let out = tmp.path().join(name);
+        let cfg = config(tmp.path(), &format!("{name}.toml"), text);
+        ok(name, &["--config", &cfg, "--out-dir", out.to_str().unwrap(), "--quiet"]);
+        let recs = records(&out);
+        assert_eq!(recs[0]["event"], "start", "{name}");
+        assert!(recs[0]["params"].as_u64().unwrap() > 0);
+        let steps = losses(&out).len();
+        assert!(steps >= 4, "{name}: {steps} loss records");
+        let evals: Vec<&Value> = recs.iter().filter(|r| r.get("val_loss").is_some()).collect();
+        assert!(evals.len() >= 2 && evals.last().unwrap()["full"] == true, "{name}");
+        let metric = if name == "train-gpt2" { "perplexity" } else { "accuracy" };
+        assert!(evals.iter().all(|e| e[metric].as_f64().unwrap().is_finite()), "{name}");
+        assert!(recs.iter().any(|r| r.get("tokens_per_s").or(r.get("images_per_s")).is_some()));
+        assert_eq!(&std::fs::read(out.join("loss.png")).unwrap()[1..4], b"PNG");
+        assert!(!checkpoints(&out).is_empty(), "{name}");
+    }
+    // monarch generate samples from the GPT-2 run.
+    let sampled = ok(
+        "monarch",
+        &[
+            "generate",
+            "--checkpoint",
+            tmp.path().join("train-gpt2").to_str().unwrap(),
+            "--prompt",
+            "ROMEO:",
+            "--max-new-tokens",
+            "8",
+        ],
+    );
+    let text = String::from_utf8(sampled.stdout).unwrap();
+    assert!(text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(), "{text:?}");
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    ok("train-gpt2", &["--config", &cfg, "--out-dir", whole.to_str().unwrap(), "--quiet"]);
+    ok("train-gpt2", &["--config", &cfg, "--out-dir", parts.to_str().unwrap(), "--quiet", "--stop-after", "3"]);
+    assert_eq!(losses(&parts).len(), 3);
+    // Flags that would change the run are refused with --resume.
+    let bad = run("train-gpt2", &["--resume", "--out-dir", parts.to_str().unwrap(), "--lr", "1"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--resume continues the stored configuration"));
+    ok("train-gpt2", &["--resume", "--out-dir", parts.to_str().unwrap(), "--quiet"]);
+    let (a, b) = (losses(&whole), losses(&parts));
+    assert_eq!(a.iter().map(|p| p.0).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+    assert_eq!(a, b, "resumed losses differ from the uninterrupted run's");
+    let evals = |d: &Path| records(d).into_iter().filter_map(|r| r.get("val_loss")?.as_f64()).collect::<Vec<_>>();
+    assert_eq!(evals(&whole), evals(&parts));
+}
+
+#[test]
+fn densify_mid_run_switches_to_dense_layers_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    ok("train-gpt2", &["--config", &cfg, "--out-dir", o, "--quiet", "--densify-at", "0.5", "--stop-after", "4"]);
+    let recs = records(&out);
+    let ev = recs.iter().find(|r| r["event"] == "densify").expect("a densify record");
+    assert_eq!((ev["step"].as_u64(), ev["layers"].as_u64()), (Some(3), Some(8)));
+    // The step-4 checkpoint holds dense weights where the Monarch factors were.
+    let inspect = ok("monarch", &["inspect", out.join("ckpt-00000004.safetensors").to_str().unwrap()]);
+    let listing = String::from_utf8(inspect.stdout).unwrap();
+    assert!(listing.contains("h.0.mlp.c_fc.weight") && !listing.contains("h.0.mlp.c_fc.blkdiag1"), "{listing}");
+    ok("train-gpt2", &["--resume", "--out-dir", o, "--quiet"]);
+    assert_eq!(losses(&out).last().unwrap().0, 6);
+    assert!(losses(&out).iter().all(|(_, l)| l.is_finite()));
+}
+
+#[test]
+fn dense_checkpoint_projects_onto_monarch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dense = GPT2.replace(r#"{ kind = "monarch", nblocks = 4 }"#, r#"{ kind = "dense" }"#);
+    let cfg = config(tmp.path(), "dense.toml", &dense);
+    let d = tmp.path().join("dense");
+    ok(
+        "train-gpt2",
+        &["--config", &cfg, "--out-dir", d.to_str().unwrap(), "--quiet", "--max-steps", "2", "--eval-every", "0"],
+    );
+    let ckpt = d.join("ckpt-00000002.safetensors");
+    let m = tmp.path().join("monarch");
+    ok(
+        "train-gpt2",
+        &[
+            "--config",
+            &cfg,
+            "--out-dir",
+            m.to_str().unwrap(),
+            "--quiet",
+            "--max-steps",
+            "2",
+            "--init-from",
+            ckpt.to_str().unwrap(),
+            "--project-to",
+            "monarch",
+        ],
+    );
+    let start = &records(&m)[0];
+    assert_eq!((start["attn_linear"].as_str(), start["mlp_linear"].as_str()), (Some("monarch"), Some("monarch")));
+    let bad = run("train-gpt2", &["--config", &cfg, "--out-dir", m.to_str().unwrap(), "--init-from", cfg.as_str()]);
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tmp.path().join("x");
+    let o = o.to_str().unwrap();
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        ("train-gpt2", vec!["--config", "no-such-config"], "not a built-in configuration"),
+        ("train-gpt2", vec!["--out-dir", o, "--data", "/no/such/dir"], "/no/such/dir"),
+        ("train-gpt2", vec!["--out-dir", o, "--resume"], "no checkpoint"),
+        ("train-gpt2", vec!["--out-dir", o, "--linear", "sparse"], "unknown linear kind"),
+        ("train-vit", vec!["--out-dir", o, "--token-linear", "dense"], "does not apply"),
+        ("train-mixer", vec!["--out-dir", o, "--attention", "flash"], "no attention"),
+    ];
+    for (name, args, want) in cases {
+        let out = run(name, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name} {args:?}: {err}");
+        assert!(err.contains(want), "{name} {args:?}: {err}");
+    }
+    let bad_toml = config(tmp.path(), "bad.toml", "[model]\nn_layer = 2\nwidth = 3\n");
+    let out = run("train-gpt2", &["--config", &bad_toml, "--out-dir", o]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `width`"));
+    // Unknown flags are refused by the argument parser.
+    assert!(!run("train-gpt2", &["--no-such-flag"]).status.success());
+    let list = ok("train-gpt2", &["--list-configs"]);
+    assert!(String::from_utf8(list.stdout).unwrap().contains("gpt2-small"));
+}
