@@ -156,6 +156,9 @@ pub trait Float:
     /// 3e-7: meant for GELU, not for tiny arguments whose relative error matters); libm's
     /// `tanh` for f64.
     fn fast_tanh(self) -> Self;
+    /// The error function through [`fast_exp`](Self::fast_exp) for f32 (Abramowitz and
+    /// Stegun 7.1.26, absolute error below 1e-6: meant for GELU); libm's `erf` for f64.
+    fn fast_erf(self) -> Self;
 }
 
 impl Float for f32 {
@@ -191,6 +194,14 @@ impl Float for f32 {
         let e = (2.0 * self.clamp(-9.0, 9.0)).fast_exp();
         (e - 1.0) / (e + 1.0)
     }
+    #[inline(always)]
+    fn fast_erf(self) -> f32 {
+        let x = self.abs();
+        let t = 1.0 / (1.0 + 0.327_591_1 * x);
+        let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t + 0.254_829_6) * t;
+        let y = 1.0 - poly * (-x * x).fast_exp();
+        if self < 0.0 { -y } else { y }
+    }
 }
 
 impl Float for f64 {
@@ -208,6 +219,10 @@ impl Float for f64 {
     fn fast_tanh(self) -> f64 {
         self.tanh()
     }
+    #[inline(always)]
+    fn fast_erf(self) -> f64 {
+        libm::erf(self)
+    }
 }
 
 #[cfg(test)]
@@ -215,15 +230,17 @@ mod fast_math_tests {
     use super::Float;
 
     #[test]
-    fn fast_exp_and_tanh_match_libm() {
-        let (mut worst_exp, mut worst_tanh) = (0.0f64, 0.0f64);
+    fn fast_exp_tanh_and_erf_match_libm() {
+        let (mut worst_exp, mut worst_tanh, mut worst_erf) = (0.0f64, 0.0f64, 0.0f64);
         for i in -87_000..88_000 {
             let x = i as f32 * 1e-3 + 3.7e-4;
             let (got, want) = (x.fast_exp() as f64, (x as f64).exp());
             worst_exp = worst_exp.max(((got - want) / want).abs());
             let y = x / 8.0;
             worst_tanh = worst_tanh.max((y.fast_tanh() as f64 - (y as f64).tanh()).abs());
+            worst_erf = worst_erf.max((y.fast_erf() as f64 - libm::erf(y as f64)).abs());
         }
+        assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
         assert!(worst_tanh < 3e-7, "tanh absolute error {worst_tanh}");
         assert_eq!(f32::NEG_INFINITY.fast_exp(), 0.0);

@@ -114,7 +114,7 @@ impl UnaryOp {
             UnaryOp::Sigmoid => one / (one + (-x).fast_exp()),
             UnaryOp::Relu => x.max(T::zero()),
             UnaryOp::GeluTanh => c(0.5) * x * (one + (c(SQRT_2_OVER_PI) * (x + c(GELU_C) * x * x * x)).fast_tanh()),
-            UnaryOp::GeluErf => c(0.5) * x * (one + (x * c(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+            UnaryOp::GeluErf => c(0.5) * x * (one + (x * c(std::f64::consts::FRAC_1_SQRT_2)).fast_erf()),
             UnaryOp::Silu => x / (one + (-x).fast_exp()),
             UnaryOp::Abs => x.abs(),
             UnaryOp::Sqr => x * x,
@@ -152,7 +152,7 @@ impl UnaryOp {
                 c(0.5) * (one + t) + c(0.5) * s * (one - t * t) * c(SQRT_2_OVER_PI) * (one + c(3.0 * GELU_C) * x2)
             }
             UnaryOp::GeluErf => {
-                let cdf = c(0.5) * (one + (s * c(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let cdf = c(0.5) * (one + (s * c(std::f64::consts::FRAC_1_SQRT_2)).fast_erf());
                 let pdf = (c(-0.5) * s * s).fast_exp() * c(0.398_942_280_401_432_7);
                 cdf + s * pdf
             }
