@@ -44,16 +44,6 @@ mlp_dim = 32
 attn_linear = { kind = "monarch", nblocks = 2 }
 mlp_linear = { kind = "monarch", nblocks = 2 }
 
-[train]
-steps = 4
-batch_size = 32
-eval_every = 2
-eval_batches = 1
-log_every = 1
-checkpoint_every = 2
-
-[data]
-path = "embedded:digits"
 "#;
 
 const MIXER: &str = r#"
@@ -69,6 +59,10 @@ channel_mlp_dim = 32
 token_linear = { kind = "lowrank", rank = 4 }
 channel_linear = { kind = "monarch", nblocks = 2 }
 
+"#;
+
+/// The `[train]` and `[data]` sections of both image configurations.
+const IMAGE_RUN: &str = r#"
 [train]
 steps = 4
 batch_size = 32
@@ -129,7 +123,8 @@ fn checkpoints(dir: &Path) -> Vec<String> {
 #[test]
 fn each_binary_trains_logs_plots_and_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
-    for (name, text) in [("train-gpt2", GPT2), ("train-vit", VIT), ("train-mixer", MIXER)] {
+    let (vit, mixer) = (format!("{VIT}{IMAGE_RUN}"), format!("{MIXER}{IMAGE_RUN}"));
+    for (name, text) in [("train-gpt2", GPT2), ("train-vit", vit.as_str()), ("train-mixer", mixer.as_str())] {
         let out = tmp.path().join(name);
         let cfg = config(tmp.path(), &format!("{name}.toml"), text);
         ok(name, &["--config", &cfg, "--out-dir", out.to_str().unwrap(), "--quiet"]);

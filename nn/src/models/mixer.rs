@@ -3,13 +3,13 @@
 //! global average pooling and a linear head. Parameter names follow timm's `MlpMixer`
 //! (`stem.proj.weight`, `blocks.0.mlp_tokens.fc1.weight`, `blocks.0.mlp_channels.fc2.bias`, ...).
 
-use super::{ImageClassifier, PatchEmbed, linear_macs, reinit_dense};
+use super::{ImageClassifier, PatchEmbed, check_images, linear_macs, reinit_dense, validate_vision};
 use crate::mlp::{Activation, Mlp};
 use crate::structured::{LinearKind, LinearLayer};
 use crate::swap::{SwapLinears, prefixed_linears};
 use crate::{Ctx, LayerNorm, Linear, Module, NamedParams, prefixed};
 use monarch_autograd::Var;
-use monarch_tensor::{Result, bail};
+use monarch_tensor::Result;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -77,17 +77,8 @@ impl MixerConfig {
 
     /// Checks the sizes before anything is allocated.
     pub fn validate(&self) -> Result<()> {
-        let sizes = [self.image_size, self.patch_size, self.channels, self.num_classes, self.dim, self.depth];
-        if sizes.contains(&0) || self.token_mlp_dim == 0 || self.channel_mlp_dim == 0 {
-            bail!("MixerConfig", "every size must be at least 1");
-        }
-        if self.image_size % self.patch_size != 0 {
-            bail!("MixerConfig", "patch_size {} does not divide image_size {}", self.patch_size, self.image_size);
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("MixerConfig", "dropout must lie in [0, 1), got {}", self.dropout);
-        }
-        Ok(())
+        let sizes = [self.channels, self.num_classes, self.dim, self.depth, self.token_mlp_dim, self.channel_mlp_dim];
+        validate_vision("MixerConfig", &sizes, self.image_size, self.patch_size, self.dropout)
     }
 
     /// Patches per image.
@@ -179,15 +170,7 @@ impl Mixer {
 impl ImageClassifier for Mixer {
     fn forward(&self, images: &Var, ctx: &Ctx) -> Result<Var> {
         let c = &self.cfg;
-        if images.dims().len() != 4 || images.dims()[1..] != [c.channels, c.image_size, c.image_size] {
-            bail!(
-                "Mixer",
-                "expected images (batch, {}, {2}, {2}), got shape {}",
-                c.channels,
-                images.shape(),
-                c.image_size
-            );
-        }
+        check_images("Mixer", images, c.channels, c.image_size)?;
         let mut x = self.stem.forward(images)?;
         for blk in &self.blocks {
             let t = blk.norm1.forward(&x)?.transpose(1, 2)?;

@@ -38,6 +38,40 @@ fn reinit_dense(layer: &dyn LinearLayer, std: f64, rng: &mut impl Rng) -> Result
     Ok(())
 }
 
+/// Checks what every vision configuration shares: `sizes` all at least 1, patches that
+/// tile the image, dropout in [0, 1).
+fn validate_vision(
+    what: &'static str,
+    sizes: &[usize],
+    image_size: usize,
+    patch_size: usize,
+    dropout: f64,
+) -> Result<()> {
+    if sizes.contains(&0) || image_size == 0 || patch_size == 0 {
+        monarch_tensor::bail!(what, "every size must be at least 1");
+    }
+    if image_size % patch_size != 0 {
+        monarch_tensor::bail!(what, "patch_size {patch_size} does not divide image_size {image_size}");
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        monarch_tensor::bail!(what, "dropout must lie in [0, 1), got {dropout}");
+    }
+    Ok(())
+}
+
+/// Fails unless `images` is (batch, channels, size, size).
+fn check_images(what: &'static str, images: &monarch_autograd::Var, channels: usize, size: usize) -> Result<()> {
+    let d = images.dims();
+    if d.len() != 4 || d[1..] != [channels, size, size] {
+        monarch_tensor::bail!(
+            what,
+            "expected images (batch, {channels}, {size}, {size}), got shape {}",
+            images.shape()
+        );
+    }
+    Ok(())
+}
+
 /// An image classifier: images (batch, channels, height, width) to class logits.
 pub trait ImageClassifier: crate::Module + crate::swap::SwapLinears + Send {
     /// Class logits (batch, classes).

@@ -3,7 +3,7 @@
 //! Parameter names follow timm's `VisionTransformer` (`patch_embed.proj.weight`,
 //! `cls_token`, `pos_embed`, `blocks.0.attn.qkv.weight`, `blocks.0.mlp.fc1.weight`, ...).
 
-use super::{ImageClassifier, PatchEmbed, linear_macs, reinit_dense};
+use super::{ImageClassifier, PatchEmbed, check_images, linear_macs, reinit_dense, validate_vision};
 use crate::mlp::{Activation, Mlp};
 use crate::self_attention::{AttentionSpec, SelfAttention};
 use crate::structured::{LinearKind, LinearLayer};
@@ -81,18 +81,10 @@ impl VitConfig {
 
     /// Checks the sizes before anything is allocated.
     pub fn validate(&self) -> Result<()> {
-        let sizes = [self.image_size, self.patch_size, self.channels, self.num_classes, self.dim, self.depth];
-        if sizes.contains(&0) || self.mlp_dim == 0 {
-            bail!("VitConfig", "every size must be at least 1");
-        }
-        if self.image_size % self.patch_size != 0 {
-            bail!("VitConfig", "patch_size {} does not divide image_size {}", self.patch_size, self.image_size);
-        }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        let sizes = [self.channels, self.num_classes, self.dim, self.depth, self.mlp_dim, self.heads];
+        validate_vision("VitConfig", &sizes, self.image_size, self.patch_size, self.dropout)?;
+        if self.dim % self.heads != 0 {
             bail!("VitConfig", "dim {} is not a multiple of heads {}", self.dim, self.heads);
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("VitConfig", "dropout must lie in [0, 1), got {}", self.dropout);
         }
         Ok(())
     }
@@ -201,15 +193,7 @@ impl Vit {
 impl ImageClassifier for Vit {
     fn forward(&self, images: &Var, ctx: &Ctx) -> Result<Var> {
         let c = &self.cfg;
-        if images.dims().len() != 4 || images.dims()[1..] != [c.channels, c.image_size, c.image_size] {
-            bail!(
-                "Vit",
-                "expected images (batch, {}, {2}, {2}), got shape {}",
-                c.channels,
-                images.shape(),
-                c.image_size
-            );
-        }
+        check_images("Vit", images, c.channels, c.image_size)?;
         let x = self.patch_embed.forward(images)?;
         let b = x.dims()[0];
         let cls = self.cls_token.var().broadcast_as([b, 1, c.dim])?;

@@ -1,7 +1,19 @@
 //! The training section of every task's configuration.
 
 use super::TrainError;
+use monarch_nn::optim::{AdamW, Optimizer, Sgd};
 use serde::{Deserialize, Serialize};
+
+/// Which optimiser a run uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW with decoupled weight decay (not on biases, norms, embeddings).
+    #[default]
+    AdamW,
+    /// SGD with momentum (`momentum`) and L2 weight decay.
+    Sgd,
+}
 
 /// Optimisation and bookkeeping settings shared by all tasks (`[train]` in TOML).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -13,6 +25,10 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Micro-batches per optimiser step.
     pub grad_accum: usize,
+    /// `adamw` or `sgd`.
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    pub momentum: f64,
     /// Peak learning rate.
     pub lr: f64,
     /// Final learning rate of the cosine decay.
@@ -52,6 +68,8 @@ impl Default for TrainConfig {
             steps: 1000,
             batch_size: 16,
             grad_accum: 1,
+            optimizer: OptimizerKind::AdamW,
+            momentum: 0.9,
             lr: 1e-3,
             min_lr: 1e-4,
             warmup: 50,
@@ -72,6 +90,20 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// A fresh optimiser of this configuration (the schedule sets its learning rate).
+    pub fn optimizer(&self) -> Result<Box<dyn Optimizer>, TrainError> {
+        Ok(match self.optimizer {
+            OptimizerKind::AdamW => Box::new(AdamW::new(monarch_tensor::AdamW {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+                weight_decay: self.weight_decay,
+            })),
+            OptimizerKind::Sgd => Box::new(Sgd::new(self.lr, self.momentum, self.weight_decay)),
+        })
+    }
+
     /// Checks ranges that would otherwise fail deep inside a run.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
@@ -83,6 +115,12 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) || self.eps <= 0.0 {
             return bad("need 0 <= beta1, beta2 < 1 and eps > 0".into());
+        }
+        if !(0.0..1.0).contains(&self.momentum) || !(0.0..=f64::MAX).contains(&self.weight_decay) {
+            return bad(format!(
+                "need 0 <= momentum < 1 and weight_decay >= 0, got {} and {}",
+                self.momentum, self.weight_decay
+            ));
         }
         if let Some(f) = self.densify_at
             && !(0.0..=1.0).contains(&f)

@@ -1,5 +1,5 @@
 //! The trainer all task binaries share: schedule, gradient accumulation and clipping,
-//! AdamW, evaluation, `metrics.jsonl`, checkpoints (resumable at the same data position
+//! AdamW or SGD with momentum, evaluation, `metrics.jsonl`, checkpoints (resumable at the same data position
 //! and schedule), the loss plot, reverse sparsification, and a clean stop on a
 //! non-finite loss.
 
@@ -9,11 +9,11 @@ mod metrics;
 pub mod plot;
 mod progress;
 
-pub use config::TrainConfig;
+pub use config::{OptimizerKind, TrainConfig};
 pub use metrics::MetricsLog;
 
 use monarch_autograd::{Gradients, Var};
-use monarch_nn::optim::{AdamW, Optimizer, WarmupCosine};
+use monarch_nn::optim::{Optimizer, WarmupCosine};
 use monarch_nn::{Ctx, NamedParams};
 use progress::Progress;
 use serde_json::{Value, json};
@@ -128,14 +128,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     cfg.validate()?;
     let dir = &opts.out_dir;
     std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
-    let hyper = monarch_tensor::AdamW {
-        lr: cfg.lr,
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: cfg.eps,
-        weight_decay: cfg.weight_decay,
-    };
-    let mut opt = AdamW::new(hyper);
+    let mut opt = cfg.optimizer()?;
     let schedule = WarmupCosine { peak: cfg.lr, min: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
     let densify_step = cfg.densify_at.map(|f| (f * cfg.steps as f64).round() as u64);
     let (mut step, mut densified) = (0u64, false);
@@ -167,7 +160,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     let start = Instant::now();
     let (mut window_items, mut window_start, mut total_items) = (0usize, Instant::now(), 0usize);
     let (mut window_loss, mut window_steps) = (0.0, 0u64);
-    let save = |task: &dyn Task, opt: &AdamW, step: u64, densified: bool| -> Result<PathBuf, TrainError> {
+    let save = |task: &dyn Task, opt: &dyn Optimizer, step: u64, densified: bool| -> Result<PathBuf, TrainError> {
         let params = task.params();
         let meta = checkpoint::CheckpointMeta { step, densified, config: opts.config.clone(), data: task.data_state() };
         checkpoint::save(dir, &params, opt.state(&params), &meta, cfg.keep_checkpoints)
@@ -178,7 +171,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             let saved = opt.state(&task.params()).into_iter().collect();
             let n = task.densify()?;
             densified = true;
-            let mut fresh = AdamW::new(opt.hyper);
+            let mut fresh = cfg.optimizer()?;
             fresh.load_state(&task.params(), &saved)?;
             opt = fresh;
             progress.note(&format!("step {step}: densified {n} structured layers"));
@@ -242,7 +235,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             )?;
         }
         if (cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == stop {
-            let path = save(task, &opt, step, densified)?;
+            let path = save(task, opt.as_ref(), step, densified)?;
             progress.note(&format!("step {step}: saved {}", path.display()));
         }
     }
@@ -323,6 +316,12 @@ mod tests {
         assert_eq!(done.step, 40);
         assert!(done.eval.unwrap().loss < 0.1, "w did not approach 3");
         assert!(done.losses[39] < done.losses[0]);
+        let sgd = TrainConfig { optimizer: OptimizerKind::Sgd, lr: 0.05, min_lr: 0.001, ..cfg.clone() };
+        let dir_sgd = tempfile::tempdir().unwrap();
+        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: u64::MAX };
+        assert!(run(&mut toy, &sgd, &opts(dir_sgd.path())).unwrap().eval.unwrap().loss < 0.1, "SGD did not fit");
+        let ck = checkpoint::load(&checkpoint::latest(dir_sgd.path()).unwrap().unwrap()).unwrap();
+        assert!(ck.optimizer.contains_key("w.momentum_buffer"));
 
         let dir = tempfile::tempdir().unwrap();
         let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: 13 };
