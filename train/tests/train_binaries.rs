@@ -227,8 +227,10 @@ fn dense_checkpoint_projects_onto_monarch() {
     );
     let start = &records(&m)[0];
     assert_eq!((start["attn_linear"].as_str(), start["mlp_linear"].as_str()), (Some("monarch"), Some("monarch")));
-    let bad = run("train-gpt2", &["--config", &cfg, "--out-dir", m.to_str().unwrap(), "--init-from", cfg.as_str()]);
+    let m2 = tmp.path().join("m2");
+    let bad = run("train-gpt2", &["--config", &cfg, "--out-dir", m2.to_str().unwrap(), "--init-from", cfg.as_str()]);
     assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--init-from"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]
@@ -256,6 +258,14 @@ fn bad_input_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `width`"));
     // Unknown flags are refused by the argument parser.
     assert!(!run("train-gpt2", &["--no-such-flag"]).status.success());
+    // A fresh run does not write over an earlier run's checkpoints.
+    let run_dir = tmp.path().join("run");
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let r = run_dir.to_str().unwrap();
+    ok("train-gpt2", &["--config", &cfg, "--out-dir", r, "--quiet", "--stop-after", "1"]);
+    let again = run("train-gpt2", &["--config", &cfg, "--out-dir", r, "--quiet"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("continue it with --resume"));
     let list = ok("train-gpt2", &["--list-configs"]);
     assert!(String::from_utf8(list.stdout).unwrap().contains("gpt2-small"));
 }

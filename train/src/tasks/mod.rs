@@ -203,13 +203,11 @@ pub fn train<M: Serialize>(
     trainer::run(task, &cfg.train, &opts)
 }
 
-/// Tensors of a dense checkpoint at `path` (a monarch checkpoint's optimiser state left out).
+/// Tensors of the dense checkpoint `--init-from` names (a monarch checkpoint's optimiser
+/// state left out).
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
-    Ok(load_safetensors(path)?
-        .tensors
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with(checkpoint::OPTIMIZER_PREFIX))
-        .collect())
+    let file = load_safetensors(path).map_err(|e| TrainError::Config(format!("--init-from: {e}")))?;
+    Ok(file.tensors.into_iter().filter(|(n, _)| !n.starts_with(checkpoint::OPTIMIZER_PREFIX)).collect())
 }
 
 /// Sets every parameter of `model` from `tensors` by name; all must be there with their

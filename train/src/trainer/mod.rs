@@ -132,6 +132,12 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     let schedule = WarmupCosine { peak: cfg.lr, min: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
     let densify_step = cfg.densify_at.map(|f| (f * cfg.steps as f64).round() as u64);
     let (mut step, mut densified) = (0u64, false);
+    if !opts.resume && !checkpoint::list(dir)?.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{} holds checkpoints of an earlier run: continue it with --resume, or give another --out-dir",
+            dir.display()
+        )));
+    }
     if opts.resume {
         let path = checkpoint::latest(dir)?
             .ok_or_else(|| TrainError::Other(format!("--resume: no checkpoint in {}", dir.display())))?;
