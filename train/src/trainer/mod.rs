@@ -111,7 +111,8 @@ pub struct RunSummary {
     pub losses: Vec<f64>,
     /// The last evaluation.
     pub eval: Option<Eval>,
-    /// Items per second over this invocation.
+    /// Items per second of training steps over this invocation (evaluations and
+    /// checkpoints not counted).
     pub throughput: f64,
 }
 
@@ -164,7 +165,8 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     let progress = Progress::new(step, cfg.steps, opts.quiet);
     let (mut losses, mut last_eval) = (Vec::new(), None);
     let start = Instant::now();
-    let (mut window_items, mut window_start, mut total_items) = (0usize, Instant::now(), 0usize);
+    // Throughput counts the training steps' own time, not evaluations, checkpoints or plots.
+    let (mut window_items, mut window_secs, mut total_items, mut train_secs) = (0usize, 0.0f64, 0usize, 0.0f64);
     let (mut window_loss, mut window_steps) = (0.0, 0u64);
     let save = |task: &dyn Task, opt: &dyn Optimizer, step: u64, densified: bool| -> Result<PathBuf, TrainError> {
         let params = task.params();
@@ -183,6 +185,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             progress.note(&format!("step {step}: densified {n} structured layers"));
             metrics.write(json!({"step": step, "event": "densify", "layers": n}))?;
         }
+        let step_start = Instant::now();
         let lr = schedule.lr(step);
         opt.set_lr(lr);
         let mut grads = Gradients::new();
@@ -204,12 +207,13 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         finite_or_stop(step, grad_norm, dir)?;
         opt.step(&task.params(), &grads)?;
         drop(grads);
+        let secs = step_start.elapsed().as_secs_f64();
+        (window_secs, train_secs) = (window_secs + secs, train_secs + secs);
         step += 1;
         losses.push(loss);
         (window_loss, window_steps) = (window_loss + loss, window_steps + 1);
         if step % cfg.log_every == 0 || step == stop {
-            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            let rate = window_items as f64 / secs;
+            let rate = window_items as f64 / window_secs.max(1e-9);
             // The mean training loss of the steps since the last record.
             let mean = window_loss / window_steps as f64;
             metrics.write(json!({
@@ -217,7 +221,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
                 format!("{}_per_s", task.unit()): rate, "elapsed_s": start.elapsed().as_secs_f64(),
             }))?;
             progress.step(step, &format!("loss {mean:.4} lr {lr:.2e} {:.0} {}/s", rate, task.unit()));
-            (window_items, window_start, window_loss, window_steps) = (0, Instant::now(), 0.0, 0);
+            (window_items, window_secs, window_loss, window_steps) = (0, 0.0, 0.0, 0);
         }
         let last = step == cfg.steps;
         let eval_now = last || (cfg.eval_every > 0 && step % cfg.eval_every == 0);
@@ -247,8 +251,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     }
     plot::plot_losses(&dir.join("loss.png"), task.name(), &metrics.series("loss"), &metrics.series("val_loss"))?;
     progress.finish();
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
-    Ok(RunSummary { step, losses, eval: last_eval, throughput: total_items as f64 / secs })
+    Ok(RunSummary { step, losses, eval: last_eval, throughput: total_items as f64 / train_secs.max(1e-9) })
 }
 
 #[cfg(test)]
