@@ -32,13 +32,6 @@ seq_len = 16
 "#;
 
 const VIT: &str = r#"
-[model]
-image_size = 8
-patch_size = 2
-channels = 1
-num_classes = 10
-dim = 16
-depth = 1
 heads = 2
 mlp_dim = 32
 attn_linear = { kind = "monarch", nblocks = 2 }
@@ -47,6 +40,15 @@ mlp_linear = { kind = "monarch", nblocks = 2 }
 "#;
 
 const MIXER: &str = r#"
+token_mlp_dim = 8
+channel_mlp_dim = 32
+token_linear = { kind = "lowrank", rank = 4 }
+channel_linear = { kind = "monarch", nblocks = 2 }
+
+"#;
+
+/// The start of both image models' `[model]` section: the embedded 8 × 8 digits.
+const IMAGE_MODEL: &str = r#"
 [model]
 image_size = 8
 patch_size = 2
@@ -54,11 +56,6 @@ channels = 1
 num_classes = 10
 dim = 16
 depth = 1
-token_mlp_dim = 8
-channel_mlp_dim = 32
-token_linear = { kind = "lowrank", rank = 4 }
-channel_linear = { kind = "monarch", nblocks = 2 }
-
 "#;
 
 /// The `[train]` and `[data]` sections of both image configurations.
@@ -123,7 +120,7 @@ fn checkpoints(dir: &Path) -> Vec<String> {
 #[test]
 fn each_binary_trains_logs_plots_and_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vit, mixer) = (format!("{VIT}{IMAGE_RUN}"), format!("{MIXER}{IMAGE_RUN}"));
+    let (vit, mixer) = (format!("{IMAGE_MODEL}{VIT}{IMAGE_RUN}"), format!("{IMAGE_MODEL}{MIXER}{IMAGE_RUN}"));
     for (name, text) in [("train-gpt2", GPT2), ("train-vit", vit.as_str()), ("train-mixer", mixer.as_str())] {
         let out = tmp.path().join(name);
         let cfg = config(tmp.path(), &format!("{name}.toml"), text);

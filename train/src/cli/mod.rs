@@ -5,10 +5,12 @@ mod data;
 mod densify;
 mod generate;
 mod inspect;
+mod linear_flags;
 mod project;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
+pub use linear_flags::LinearFlags;
 
 /// Errors of the command-line tools; `main` prints them and exits with status 1.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;

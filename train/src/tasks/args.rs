@@ -1,8 +1,9 @@
 //! The flags every training binary accepts, and how they override a configuration.
 
+use crate::cli::LinearFlags;
 use crate::trainer::TrainError;
 use clap::Args;
-use monarch_nn::{AttentionFlags, AttentionImpl, Gate, LinearKind, LinearOptions, Rank};
+use monarch_nn::{AttentionFlags, AttentionImpl, LinearKind, LinearOptions};
 use std::path::PathBuf;
 
 /// Flags shared by `train-gpt2`, `train-vit` and `train-mixer`. Flags override the
@@ -79,24 +80,8 @@ pub struct TrainArgs {
     /// Layer kind of the channel-mixing layers only (Mixer).
     #[arg(long)]
     pub channel_linear: Option<String>,
-    /// Blocks per factor (monarch, blockdiag).
-    #[arg(long)]
-    pub nblocks: Option<usize>,
-    /// Rank, an integer or a fraction of min(in, out) (lowrank, pixelfly).
-    #[arg(long)]
-    pub rank: Option<Rank>,
-    /// Flat block butterfly base size (blocksparse, pixelfly).
-    #[arg(long)]
-    pub butterfly_size: Option<usize>,
-    /// Flat block butterfly factors (blocksparse, pixelfly).
-    #[arg(long)]
-    pub n_factors: Option<usize>,
-    /// Block edge (blocksparse, pixelfly).
-    #[arg(long)]
-    pub block: Option<usize>,
-    /// Pixelfly gate: half or learned.
-    #[arg(long)]
-    pub gate: Option<Gate>,
+    #[command(flatten)]
+    pub layer: LinearFlags,
     /// Attention implementation: naive, flash, block_sparse or scatterbrain (GPT-2, ViT).
     #[arg(long)]
     pub attention: Option<String>,
@@ -147,7 +132,7 @@ impl TrainArgs {
         flag(self.lr.is_some(), "--lr");
         flag(self.warmup.is_some(), "--warmup");
         flag(self.kind_flags().iter().any(|(_, k)| k.is_some()), "--linear (or a per-role kind)");
-        flag(self.linear_options() != LinearOptions::default(), "a layer option (--nblocks, --rank, ...)");
+        flag(self.layer.options() != LinearOptions::default(), "a layer option (--nblocks, --rank, ...)");
         flag(self.attention.is_some() || self.attention_params_given(), "--attention");
         flag(self.densify_at.is_some(), "--densify-at");
         flag(self.init_from.is_some(), "--init-from");
@@ -172,18 +157,6 @@ impl TrainArgs {
             || self.attn_features.is_some()
     }
 
-    /// The layer options given on the command line.
-    pub fn linear_options(&self) -> LinearOptions {
-        LinearOptions {
-            nblocks: self.nblocks,
-            rank: self.rank,
-            butterfly_size: self.butterfly_size,
-            n_factors: self.n_factors,
-            block: self.block,
-            gate: self.gate,
-        }
-    }
-
     /// Applies the layer-kind flags to the two roles of a model (`roles` names the
     /// per-role flags this model takes, e.g. `["--attn-linear", "--mlp-linear"]`). A
     /// role's own flag beats `--linear` beats `--project-to`; options without a kind
@@ -194,7 +167,7 @@ impl TrainArgs {
                 return Err(TrainError::Config(format!("{flag} does not apply to this model (it takes {roles:?})")));
             }
         }
-        let opts = self.linear_options();
+        let opts = self.layer.options();
         for (role, kind) in roles.into_iter().zip(kinds) {
             let own = self.kind_flags().into_iter().find(|(f, _)| *f == role).and_then(|(_, v)| v.clone());
             let name = own.or_else(|| self.linear.clone()).or_else(|| self.project_to.clone());
@@ -270,7 +243,7 @@ mod tests {
     #[test]
     fn kind_flags_override_by_role_and_keep_configured_options() {
         let (mut a, mut m) = (LinearKind::Monarch { nblocks: 4 }, LinearKind::Dense);
-        let args = TrainArgs { nblocks: Some(2), ..Default::default() };
+        let args = TrainArgs { layer: LinearFlags { nblocks: Some(2), ..Default::default() }, ..Default::default() };
         args.apply_kinds(["--attn-linear", "--mlp-linear"], [&mut a, &mut m]).unwrap();
         assert_eq!((a.clone(), m.clone()), (LinearKind::Monarch { nblocks: 2 }, LinearKind::Dense));
         let args = TrainArgs { linear: Some("monarch".into()), mlp_linear: Some("dense".into()), ..Default::default() };
@@ -282,7 +255,12 @@ mod tests {
         let args = TrainArgs { linear: Some("lowrank".into()), ..Default::default() };
         assert!(args.apply_kinds(["--attn-linear", "--mlp-linear"], [&mut a, &mut m]).is_err());
         assert_eq!(TrainArgs::default().config_changes(), Vec::<&str>::new());
-        assert_eq!(TrainArgs { nblocks: Some(2), ..Default::default() }.config_changes().len(), 1);
+        assert_eq!(
+            TrainArgs { layer: LinearFlags { nblocks: Some(2), ..Default::default() }, ..Default::default() }
+                .config_changes()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! optionally side by side with the dense layer of the same shape.
 
 use super::{CliError, Timing};
+use crate::cli::LinearFlags;
 use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
-use monarch_nn::{Gate, LinearKind, LinearLayer, LinearOptions, Rank, SeedableRng, StdRng, param_count};
+use monarch_nn::{LinearKind, LinearLayer, SeedableRng, StdRng, param_count};
 use monarch_tensor::{DType, Tensor};
 use std::time::Instant;
 
@@ -32,24 +33,8 @@ pub struct LinearArgs {
     /// Rows of the input.
     #[arg(long, default_value_t = 2048)]
     batch: usize,
-    /// Blocks per factor (monarch, blockdiag); default 4.
-    #[arg(long)]
-    nblocks: Option<usize>,
-    /// Rank, an integer or a fraction of min(in, out) (lowrank, pixelfly).
-    #[arg(long)]
-    rank: Option<Rank>,
-    /// Flat block butterfly base size (blocksparse, pixelfly); default 16.
-    #[arg(long)]
-    butterfly_size: Option<usize>,
-    /// Flat block butterfly factors (blocksparse, pixelfly); default 2.
-    #[arg(long)]
-    n_factors: Option<usize>,
-    /// Block edge (blocksparse, pixelfly); default 32.
-    #[arg(long)]
-    block: Option<usize>,
-    /// Pixelfly gate: half or learned.
-    #[arg(long)]
-    gate: Option<Gate>,
+    #[command(flatten)]
+    layer: LinearFlags,
     /// Passes to time.
     #[arg(long, value_enum, default_value_t = Pass::Fwdbwd)]
     pass: Pass,
@@ -100,15 +85,7 @@ impl LinearArgs {
 
     /// Runs the benchmark and prints the result.
     pub fn run(self) -> Result<(), CliError> {
-        let opts = LinearOptions {
-            nblocks: self.nblocks,
-            rank: self.rank,
-            butterfly_size: self.butterfly_size,
-            n_factors: self.n_factors,
-            block: self.block,
-            gate: self.gate,
-        };
-        let kind = LinearKind::from_options(&self.kind, &opts)?;
+        let kind = LinearKind::from_options(&self.kind, &self.layer.options())?;
         let case = self.case(&kind)?;
         let dense = if self.vs_dense { Some(self.case(&LinearKind::Dense)?) } else { None };
         let cases: Vec<&Case> = std::iter::once(&case).chain(dense.as_ref()).collect();
