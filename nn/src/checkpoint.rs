@@ -1,6 +1,6 @@
 //! Saving and loading a module's parameters by name as safetensors.
 
-use crate::Module;
+use crate::{Module, NamedParams};
 use monarch_tensor::{Error, Result, Tensor, load_safetensors, save_safetensors};
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,40 +13,53 @@ pub fn save_params(m: &dyn Module, path: impl AsRef<Path>, metadata: Option<&Has
     save_safetensors(path, values.iter().map(|(n, t)| (n.as_str(), t)), metadata)
 }
 
-/// Loads parameters of `m` by name from a safetensors file. Every parameter must be
-/// present with its shape (converted to the parameter's dtype); names the module does
-/// not have are an error unless `allow_unused`. Returns the file's metadata.
+/// Loads parameters of `m` by name from a safetensors file (see [`assign_params`]).
+/// Returns the file's metadata.
 pub fn load_params(m: &dyn Module, path: impl AsRef<Path>, allow_unused: bool) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
     let file = load_safetensors(path)?;
-    let mut tensors: HashMap<String, Tensor> = file.tensors.into_iter().collect();
-    let params = m.named_params();
+    let tensors = file.tensors.into_iter().collect();
+    assign_params(&m.named_params(), tensors, allow_unused, "load_params", &path.display().to_string())?;
+    Ok(file.metadata)
+}
+
+/// Sets every parameter of `params` from `tensors` by name, converted to the parameter's
+/// dtype. Every parameter must be present with its shape, and names no parameter has are
+/// an error unless `allow_unused`; everything is checked before any parameter changes.
+/// Errors name `op` and `source` (the file or checkpoint the tensors came from).
+pub fn assign_params(
+    params: &NamedParams,
+    mut tensors: HashMap<String, Tensor>,
+    allow_unused: bool,
+    op: &'static str,
+    source: &str,
+) -> Result<()> {
     let missing: Vec<&str> = params.iter().filter(|(n, _)| !tensors.contains_key(n)).map(|(n, _)| n.as_str()).collect();
     if !missing.is_empty() {
-        return Err(Error::invalid("load_params", format!("{}: missing parameters {missing:?}", path.display())));
+        return Err(Error::invalid(op, format!("{source} lacks {}", missing.join(", "))));
     }
-    for (name, p) in &params {
-        let t = tensors.remove(name).expect("checked above");
-        let current = p.value();
+    for (name, p) in params {
+        let (t, current) = (&tensors[name], p.value());
         if t.shape() != current.shape() {
-            return Err(Error::invalid(
-                "load_params",
-                format!(
-                    "{}: {name} has shape {} in the file but {} in the model",
-                    path.display(),
-                    t.shape(),
-                    current.shape()
-                ),
-            ));
+            let msg =
+                format!("{source}: {name} has shape {} in the file but {} in the model", t.shape(), current.shape());
+            return Err(Error::invalid(op, msg));
         }
-        p.set(t.to_dtype(current.dtype())?)?;
+    }
+    let mut values = Vec::with_capacity(params.len());
+    for (name, p) in params {
+        let t = tensors.remove(name).expect("checked above");
+        values.push(t.to_dtype(p.value().dtype())?);
     }
     if !allow_unused && !tensors.is_empty() {
         let mut extra: Vec<String> = tensors.into_keys().collect();
         extra.sort();
-        return Err(Error::invalid("load_params", format!("{}: unexpected tensors {extra:?}", path.display())));
+        return Err(Error::invalid(op, format!("{source}: unexpected tensors {extra:?}")));
     }
-    Ok(file.metadata)
+    for ((_, p), v) in params.iter().zip(values) {
+        p.set(v)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

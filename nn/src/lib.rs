@@ -19,7 +19,7 @@ pub mod structured;
 pub mod swap;
 
 pub use attention::{AttentionFlags, AttentionImpl, AttentionKernel, SparseLayout};
-pub use checkpoint::{load_params, save_params};
+pub use checkpoint::{assign_params, load_params, save_params};
 pub use ctx::Ctx;
 pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;

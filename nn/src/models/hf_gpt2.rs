@@ -8,7 +8,7 @@
 //! `wte.weight`. Everything else has the same name and layout.
 
 use super::{Gpt2, Gpt2Config};
-use crate::Module;
+use crate::{Module, assign_params};
 use monarch_tensor::{Error, Result, Tensor, load_safetensors};
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,6 +59,11 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>, n_head: usize) -> Result<
 /// A dense [`Gpt2`] of configuration `cfg` holding the tensors of a Hugging Face
 /// checkpoint. Every parameter must be present with its shape; unknown tensors are an error.
 pub fn from_tensors(cfg: &Gpt2Config, tensors: HashMap<String, Tensor>) -> Result<Gpt2> {
+    build(cfg, tensors, "the checkpoint")
+}
+
+/// [`from_tensors`] naming `source` in errors.
+fn build(cfg: &Gpt2Config, tensors: HashMap<String, Tensor>, source: &str) -> Result<Gpt2> {
     let dense =
         Gpt2Config { attn_linear: crate::LinearKind::Dense, mlp_linear: crate::LinearKind::Dense, ..cfg.clone() };
     let model = Gpt2::new(&dense, 0)?;
@@ -67,26 +72,14 @@ pub fn from_tensors(cfg: &Gpt2Config, tensors: HashMap<String, Tensor>) -> Resul
         if let HfName::Param { name, transpose } = map_name(&hf) {
             let t = if transpose { t.t()?.contiguous()? } else { t };
             if mapped.insert(name.clone(), t).is_some() {
-                return Err(Error::invalid(OP, format!("{name} appears twice (with and without transformer.)")));
+                return Err(Error::invalid(
+                    OP,
+                    format!("{source}: {name} appears twice (with and without transformer.)"),
+                ));
             }
         }
     }
-    for (name, p) in model.named_params() {
-        let t = mapped.remove(&name).ok_or_else(|| Error::invalid(OP, format!("checkpoint lacks {name}")))?;
-        let want = p.value().shape().clone();
-        if t.shape() != &want {
-            return Err(Error::invalid(
-                OP,
-                format!("{name} has shape {} in the checkpoint, {want} in the model", t.shape()),
-            ));
-        }
-        p.set(t.to_dtype(p.value().dtype())?)?;
-    }
-    if !mapped.is_empty() {
-        let mut extra: Vec<String> = mapped.into_keys().collect();
-        extra.sort();
-        return Err(Error::invalid(OP, format!("tensors that GPT-2 does not have: {extra:?}")));
-    }
+    assign_params(&model.named_params(), mapped, false, OP, source)?;
     Ok(model)
 }
 
@@ -96,7 +89,7 @@ pub fn load(path: impl AsRef<Path>, n_head: usize) -> Result<Gpt2> {
     let path = path.as_ref();
     let tensors: HashMap<String, Tensor> = load_safetensors(path)?.tensors.into_iter().collect();
     let cfg = infer_config(&tensors, n_head).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))?;
-    from_tensors(&cfg, tensors).map_err(|e| Error::invalid(OP, format!("{}: {e}", path.display())))
+    build(&cfg, tensors, &path.display().to_string())
 }
 
 #[cfg(test)]

@@ -2,16 +2,13 @@
 //! Shakespeare), with the layer kinds, attention, reverse sparsification and
 //! dense-to-structured start of the configuration and flags.
 
-use super::{
-    DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, restore_exact,
-    train,
-};
+use super::{DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, train};
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
 use monarch_data::{IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches};
 use monarch_nn::models::{Gpt2, Gpt2Config, hf_gpt2};
 use monarch_nn::swap;
-use monarch_nn::{Ctx, LinearKind, Module, NamedParams, param_count};
+use monarch_nn::{Ctx, LinearKind, Module, NamedParams, assign_params, param_count};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -165,7 +162,7 @@ pub fn init_from(cfg: &Gpt2Config, path: &Path) -> Result<Gpt2, TrainError> {
         hf_gpt2::from_tensors(&dense_cfg, tensors)
     } else {
         let model = Gpt2::new(&dense_cfg, 0)?;
-        restore_exact(&model, tensors).map(|()| model)
+        assign_params(&model.named_params(), tensors, false, "init_from", "the file").map(|()| model)
     }
     .map_err(|e| TrainError::Config(format!("--init-from {}: {e}", path.display())))?;
     project_roles(&mut model, [(".attn.", &cfg.attn_linear), (".mlp.", &cfg.mlp_linear)])?;
@@ -183,7 +180,7 @@ pub fn model_from_checkpoint(path: &Path) -> Result<(Gpt2, Gpt2RunConfig), Train
     if ck.meta.densified {
         swap::densify(&mut model)?;
     }
-    crate::trainer::checkpoint::restore_params(&model.named_params(), &ck.weights)?;
+    assign_params(&model.named_params(), ck.weights, false, "checkpoint", &path.display().to_string())?;
     Ok((model, cfg))
 }
 

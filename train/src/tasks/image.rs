@@ -1,10 +1,7 @@
 //! `train-vit` and `train-mixer`: image classification with a ViT or an MLP-Mixer on any
 //! image set the data crate opens (default: the embedded UCI digits).
 
-use super::{
-    DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, restore_exact,
-    train,
-};
+use super::{DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, train};
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
 use monarch_data::Split;
@@ -12,7 +9,7 @@ use monarch_data::image::{ImageBatch, ImageLoader, ImageLoaderConfig, ImageSet, 
 use monarch_data::image::{open_image_set, open_image_split};
 use monarch_nn::models::{ImageClassifier, Mixer, MixerConfig, Vit, VitConfig};
 use monarch_nn::swap;
-use monarch_nn::{Ctx, LinearKind, NamedParams, param_count};
+use monarch_nn::{Ctx, LinearKind, NamedParams, assign_params, param_count};
 use monarch_tensor::CrossEntropy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -99,7 +96,7 @@ impl ImageModel for Mixer {
 /// its configured kind.
 pub fn init_from<M: ImageModel>(cfg: &M::Config, path: &Path) -> Result<M, TrainError> {
     let mut model = M::build(&M::dense(cfg), 0)?;
-    restore_exact(&model, read_weights(path)?)
+    assign_params(&model.named_params(), read_weights(path)?, false, "init_from", "the file")
         .map_err(|e| TrainError::Config(format!("--init-from {}: {e}", path.display())))?;
     let [(r1, k1), (r2, k2)] = M::roles(cfg);
     project_roles(&mut model, [(r1, &k1), (r2, &k2)])?;

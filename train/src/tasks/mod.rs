@@ -10,9 +10,9 @@ pub mod image;
 pub use args::TrainArgs;
 
 use crate::trainer::{self, RunOptions, RunSummary, TrainConfig, TrainError, checkpoint};
+use monarch_nn::LinearKind;
 use monarch_nn::swap::{self, SwapLinears};
-use monarch_nn::{LinearKind, Module};
-use monarch_tensor::{Error, Tensor, load_safetensors};
+use monarch_tensor::{Tensor, load_safetensors};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -208,25 +208,6 @@ pub fn train<M: Serialize>(
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
     let file = load_safetensors(path).map_err(|e| TrainError::Config(format!("--init-from: {e}")))?;
     Ok(file.tensors.into_iter().filter(|(n, _)| !n.starts_with(checkpoint::OPTIMIZER_PREFIX)).collect())
-}
-
-/// Sets every parameter of `model` from `tensors` by name; all must be there with their
-/// shapes, and nothing else.
-pub fn restore_exact(model: &dyn Module, mut tensors: HashMap<String, Tensor>) -> monarch_tensor::Result<()> {
-    for (name, p) in model.named_params() {
-        let t = tensors.remove(&name).ok_or_else(|| Error::invalid("init_from", format!("no tensor {name}")))?;
-        if t.shape() != p.value().shape() {
-            let msg = format!("{name} has shape {} in the file, {} in the model", t.shape(), p.value().shape());
-            return Err(Error::invalid("init_from", msg));
-        }
-        p.set(t.to_dtype(p.value().dtype())?)?;
-    }
-    if !tensors.is_empty() {
-        let mut extra: Vec<String> = tensors.into_keys().collect();
-        extra.sort();
-        return Err(Error::invalid("init_from", format!("tensors the model does not have: {extra:?}")));
-    }
-    Ok(())
 }
 
 /// Projects the layers of each role (a name fragment such as `.mlp.`) onto its kind,

@@ -104,15 +104,6 @@ pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
     Ok(Checkpoint { meta, weights, optimizer })
 }
 
-/// Sets every parameter from `weights` by name (shapes must match exactly).
-pub fn restore_params(params: &NamedParams, weights: &HashMap<String, Tensor>) -> Result<(), TrainError> {
-    for (name, p) in params {
-        let t = weights.get(name).ok_or_else(|| TrainError::Other(format!("checkpoint lacks parameter {name}")))?;
-        p.set(t.to_dtype(p.value().dtype())?)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,7 +130,7 @@ mod tests {
         assert_eq!(ck.meta.data["pos"], 30);
         assert_eq!(ck.optimizer["w.exp_avg"].to_vec::<f32>().unwrap(), vec![0.5, 0.25]);
         params[0].1.set(Tensor::zeros(2, monarch_tensor::DType::F32)).unwrap();
-        restore_params(&params, &ck.weights).unwrap();
+        monarch_nn::assign_params(&params, ck.weights, false, "checkpoint", "test").unwrap();
         assert_eq!(params[0].1.value().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
         let plain = dir.path().join("plain.safetensors");
         save_safetensors(&plain, [("w", &params[0].1.value())], None).unwrap();

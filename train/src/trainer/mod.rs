@@ -14,7 +14,7 @@ pub use metrics::MetricsLog;
 
 use monarch_autograd::{Gradients, Var};
 use monarch_nn::optim::{Optimizer, WarmupCosine};
-use monarch_nn::{Ctx, NamedParams};
+use monarch_nn::{Ctx, NamedParams, assign_params};
 use progress::Progress;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             densified = true;
         }
         let params = task.params();
-        checkpoint::restore_params(&params, &ck.weights)?;
+        assign_params(&params, ck.weights, false, "checkpoint", &path.display().to_string())?;
         opt.load_state(&params, &ck.optimizer)?;
         task.restore_data_state(&ck.meta.data)?;
         step = ck.meta.step;
