@@ -33,9 +33,11 @@ struct Cache {
 
 static CACHE: Mutex<Cache> = Mutex::new(Cache { slots: [None; SLOTS], bytes: 0, clock: 0 });
 
-/// The size class of a request that the cache serves, `None` for small or over-aligned ones.
+/// The size class of a request that the cache serves, `None` for small, over-aligned
+/// or larger-than-the-cache ones.
 pub fn class_of(layout: Layout) -> Option<usize> {
-    (layout.size() >= MIN_BLOCK && layout.align() <= ALIGN).then(|| layout.size().next_multiple_of(GRANULE))
+    let size = layout.size();
+    ((MIN_BLOCK..=MAX_CACHED).contains(&size) && layout.align() <= ALIGN).then(|| size.next_multiple_of(GRANULE))
 }
 
 fn block_layout(size: usize) -> Layout {
@@ -72,7 +74,8 @@ pub unsafe fn take(class: usize, zeroed: bool) -> (*mut u8, bool) {
 /// # Safety
 /// `ptr` must have come from [`take`] with the same `class` and not be used again.
 pub unsafe fn give(ptr: *mut u8, class: usize) {
-    let mut evicted = [None; SLOTS];
+    // Every slot may be evicted, and the block itself freed when no slot is left.
+    let mut evicted = [None; SLOTS + 1];
     {
         let mut c = lock();
         c.clock += 1;
@@ -87,9 +90,7 @@ pub unsafe fn give(ptr: *mut u8, class: usize) {
             evicted[n] = Some(b);
             n += 1;
         }
-        if class <= MAX_CACHED
-            && let Some(free) = c.slots.iter_mut().find(|s| s.is_none())
-        {
+        if let Some(free) = c.slots.iter_mut().find(|s| s.is_none()) {
             *free = Some(Block { ptr: ptr as usize, size: class, age });
             c.bytes += class;
         } else {
