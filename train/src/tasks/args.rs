@@ -132,7 +132,7 @@ impl TrainArgs {
         flag(self.lr.is_some(), "--lr");
         flag(self.warmup.is_some(), "--warmup");
         flag(self.kind_flags().iter().any(|(_, k)| k.is_some()), "--linear (or a per-role kind)");
-        flag(self.layer.options() != LinearOptions::default(), "a layer option (--nblocks, --rank, ...)");
+        flag(self.layer != LinearFlags::default(), "a layer option (--nblocks, --rank, ...)");
         flag(self.attention.is_some() || self.attention_params_given(), "--attention");
         flag(self.densify_at.is_some(), "--densify-at");
         flag(self.init_from.is_some(), "--init-from");
@@ -150,7 +150,8 @@ impl TrainArgs {
         ]
     }
 
-    fn attention_params_given(&self) -> bool {
+    /// Whether any of `--attn-block`, `--attn-density`, `--attn-window`, `--attn-features` was given.
+    pub fn attention_params_given(&self) -> bool {
         self.attn_block.is_some()
             || self.attn_density.is_some()
             || self.attn_window.is_some()

@@ -2,7 +2,9 @@
 //! Shakespeare), with the layer kinds, attention, reverse sparsification and
 //! dense-to-structured start of the configuration and flags.
 
-use super::{DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, train};
+use super::{
+    DataConfig, RunConfig, TaskInfo, TrainArgs, list_configs, print_config, project_roles, read_weights, resolve, train,
+};
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
 use monarch_data::{IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches};
@@ -29,14 +31,8 @@ pub struct Gpt2Task {
 }
 
 impl Gpt2Task {
-    /// The task of `cfg`: a freshly initialised model (from `cfg.train.seed`) and the data
-    /// of `cfg.data`.
-    pub fn new(cfg: &Gpt2RunConfig) -> Result<Self, TrainError> {
-        Self::with_model(cfg, Gpt2::new(&cfg.model, cfg.train.seed)?)
-    }
-
-    /// The task of `cfg` around an existing model.
-    pub fn with_model(cfg: &Gpt2RunConfig, model: Gpt2) -> Result<Self, TrainError> {
+    /// The task of `cfg` around `model`, with the data of `cfg.data`.
+    pub fn new(cfg: &Gpt2RunConfig, model: Gpt2) -> Result<Self, TrainError> {
         let seq_len = seq_len(&cfg.model, &cfg.data)?;
         let (train, val) = open_splits(&cfg.data)?;
         let loader = TokenLoader::new(train, cfg.train.batch_size, seq_len, cfg.train.seed, true)?;
@@ -48,11 +44,6 @@ impl Gpt2Task {
             seq_len,
             eval_batches: cfg.train.eval_batches,
         })
-    }
-
-    /// The model.
-    pub fn model(&self) -> &Gpt2 {
-        &self.model
     }
 }
 
@@ -186,17 +177,17 @@ pub fn model_from_checkpoint(path: &Path) -> Result<(Gpt2, Gpt2RunConfig), Train
 
 /// Runs `train-gpt2` with `args`.
 pub fn main(args: &TrainArgs) -> Result<Option<RunSummary>, TrainError> {
-    if informational::<Gpt2Config>(args, None)? {
+    if list_configs(args) {
         return Ok(None);
     }
-    let cfg = resolve(&INFO, args, apply_flags)?;
-    if informational(args, Some(&cfg))? {
+    let cfg: Gpt2RunConfig = resolve(&INFO, args, apply_flags)?;
+    if print_config(args, &cfg)? {
         return Ok(None);
     }
     let model = match &args.init_from {
         Some(path) if !args.resume => init_from(&cfg.model, path)?,
         _ => Gpt2::new(&cfg.model, cfg.train.seed)?,
     };
-    let mut task = Gpt2Task::with_model(&cfg, model)?;
+    let mut task = Gpt2Task::new(&cfg, model)?;
     train(&INFO, &mut task, &cfg, args).map(Some)
 }

@@ -1,7 +1,9 @@
 //! `train-vit` and `train-mixer`: image classification with a ViT or an MLP-Mixer on any
 //! image set the data crate opens (default: the embedded UCI digits).
 
-use super::{DataConfig, RunConfig, TaskInfo, TrainArgs, informational, project_roles, read_weights, resolve, train};
+use super::{
+    DataConfig, RunConfig, TaskInfo, TrainArgs, list_configs, print_config, project_roles, read_weights, resolve, train,
+};
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
 use monarch_data::Split;
@@ -82,11 +84,9 @@ impl ImageModel for Mixer {
     }
     fn apply_flags(cfg: &mut MixerConfig, args: &TrainArgs) -> Result<(), TrainError> {
         args.apply_kinds(["--token-linear", "--channel-linear"], [&mut cfg.token_linear, &mut cfg.channel_linear])?;
-        if args.attention.is_some() {
+        if args.attention.is_some() || args.attention_params_given() {
             return Err(TrainError::Config("--attention does not apply to the MLP-Mixer (it has no attention)".into()));
         }
-        // Rejects attention parameters given without --attention.
-        args.apply_attention(&mut monarch_nn::AttentionImpl::default())?;
         Ok(cfg.validate()?)
     }
 }
@@ -127,13 +127,8 @@ pub struct ImageTask<M> {
 }
 
 impl<M: ImageModel> ImageTask<M> {
-    /// The task of `cfg` (model from `cfg.train.seed`, data from `cfg.data`).
-    pub fn new(name: &'static str, cfg: &RunConfig<M::Config>) -> Result<Self, TrainError> {
-        Self::with_model(name, cfg, M::build(&cfg.model, cfg.train.seed)?)
-    }
-
-    /// The task of `cfg` around an existing model.
-    pub fn with_model(name: &'static str, cfg: &RunConfig<M::Config>, model: M) -> Result<Self, TrainError> {
+    /// The task of `cfg` around `model`, with the data of `cfg.data`.
+    pub fn new(name: &'static str, cfg: &RunConfig<M::Config>, model: M) -> Result<Self, TrainError> {
         let (size, channels) = M::input(&cfg.model);
         let (train, val) = open_sets(&cfg.data, cfg.train.seed)?;
         for set in [&train, &val] {
@@ -173,11 +168,6 @@ impl<M: ImageModel> ImageTask<M> {
             state: ImageDataState::default(),
             eval_batches: cfg.train.eval_batches,
         })
-    }
-
-    /// The model.
-    pub fn model(&self) -> &M {
-        &self.model
     }
 
     fn next_batch(&mut self) -> Result<ImageBatch, TrainError> {
@@ -325,17 +315,17 @@ impl<M: ImageModel> Task for ImageTask<M> {
 
 /// Runs `train-vit` (`M = Vit`) or `train-mixer` (`M = Mixer`) with `args`.
 pub fn main<M: ImageModel>(info: &TaskInfo, args: &TrainArgs) -> Result<Option<RunSummary>, TrainError> {
-    if informational::<M::Config>(args, None)? {
+    if list_configs(args) {
         return Ok(None);
     }
     let cfg: RunConfig<M::Config> = resolve(info, args, |c, a| M::apply_flags(&mut c.model, a))?;
-    if informational(args, Some(&cfg))? {
+    if print_config(args, &cfg)? {
         return Ok(None);
     }
     let model = match &args.init_from {
         Some(path) if !args.resume => init_from::<M>(&cfg.model, path)?,
         _ => M::build(&cfg.model, cfg.train.seed)?,
     };
-    let mut task = ImageTask::with_model(info.name, &cfg, model)?;
+    let mut task = ImageTask::new(info.name, &cfg, model)?;
     train(info, &mut task, &cfg, args).map(Some)
 }

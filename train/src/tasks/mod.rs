@@ -168,21 +168,20 @@ fn apply_bookkeeping_flags(t: &mut TrainConfig, a: &TrainArgs) {
     }
 }
 
-/// Handles `--list-configs` and `--print-config`; true when the binary should exit.
-pub fn informational<M: Serialize>(args: &TrainArgs, cfg: Option<&RunConfig<M>>) -> Result<bool, TrainError> {
+/// Prints the built-in configurations when `--list-configs` asks; true when it did.
+pub fn list_configs(args: &TrainArgs) -> bool {
     if args.list_configs {
-        for name in configs::names() {
-            println!("{name}");
-        }
-        return Ok(true);
+        println!("{}", configs::names().join("\n"));
     }
-    if args.print_config
-        && let Some(cfg) = cfg
-    {
+    args.list_configs
+}
+
+/// Prints the resolved configuration as TOML when `--print-config` asks; true when it did.
+pub fn print_config<M: Serialize>(args: &TrainArgs, cfg: &RunConfig<M>) -> Result<bool, TrainError> {
+    if args.print_config {
         print!("{}", toml::to_string(cfg).map_err(|e| TrainError::Config(e.to_string()))?);
-        return Ok(true);
     }
-    Ok(false)
+    Ok(args.print_config)
 }
 
 /// Runs `task` under `cfg` with the output options of `args`.

@@ -236,7 +236,8 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             metrics.write(rec)?;
             last_eval = Some(e);
         }
-        if eval_now || step % cfg.log_every == 0 && step % (cfg.log_every * 10) == 0 {
+        // Refreshed during the run; the final plot is drawn once after the loop.
+        if step < stop && (eval_now || step % (cfg.log_every * 10) == 0) {
             plot::plot_losses(
                 &dir.join("loss.png"),
                 task.name(),
