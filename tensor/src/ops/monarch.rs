@@ -157,12 +157,23 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
     }
     let mut y = vec![T::ZERO; rows * z.out];
     for_rows(&mut y, z.out, |b, yr| {
+        // Output ss·l + ll is zt[b, ll, ss]: row chunks of l outputs share one ss.
         let zr = &zt[b * l * s..(b + 1) * l * s];
-        for (o, v) in yr.iter_mut().enumerate() {
-            *v = zr[(o % l) * s + o / l];
-        }
-        if let Some(bias) = bias {
-            yr.iter_mut().zip(bias).for_each(|(v, &c)| *v = *v + c);
+        match bias {
+            Some(bias) => {
+                for (ss, (ys, bs)) in yr.chunks_mut(l).zip(bias.chunks(l)).enumerate() {
+                    for (ll, (v, &c)) in ys.iter_mut().zip(bs).enumerate() {
+                        *v = zr[ll * s + ss] + c;
+                    }
+                }
+            }
+            None => {
+                for (ss, ys) in yr.chunks_mut(l).enumerate() {
+                    for (ll, v) in ys.iter_mut().enumerate() {
+                        *v = zr[ll * s + ss];
+                    }
+                }
+            }
         }
     });
     give_scratch(zt);
@@ -234,8 +245,10 @@ fn backward<T: GemmElem>(
     // output (ss ≥ out_count) are never read.
     let mut dzt = take_scratch::<T>(rows * l * s);
     for_rows(&mut dzt, l * s, |b, row| {
-        for (o, &g) in dy[b * z.out..(b + 1) * z.out].iter().enumerate() {
-            row[(o % l) * s + o / l] = g;
+        for (ss, gs) in dy[b * z.out..(b + 1) * z.out].chunks(l).enumerate() {
+            for (ll, &g) in gs.iter().enumerate() {
+                row[ll * s + ss] = g;
+            }
         }
     });
     let mut dw2 = want[2].then(|| vec![T::ZERO; l * s * r]);
@@ -287,8 +300,11 @@ fn backward<T: GemmElem>(
     let mut dout1 = take_scratch::<T>(if need_dout1 { rows * kq } else { 0 });
     if need_dout1 {
         for_rows(&mut dout1, kq, |b, row| {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = dyt[((j % l) * rows + b) * r + j / l];
+            // Entry rr·l + ll comes from dyt[ll, b, rr]: chunks of l share one rr.
+            for (rr, chunk) in row.chunks_mut(l).enumerate() {
+                for (ll, v) in chunk.iter_mut().enumerate() {
+                    *v = dyt[(ll * rows + b) * r + rr];
+                }
             }
         });
     }

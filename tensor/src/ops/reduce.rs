@@ -111,10 +111,30 @@ fn reduce_rows<T: Float>(x: &[T], len: usize, op: ReduceOp) -> Vec<Acc<T>> {
     }
 }
 
-/// Reduces the leading `rows` rows of contiguous `x` (rows × cols) into one row.
+/// Reduces the leading `rows` rows of contiguous `x` (rows × cols) into one row. Each
+/// task owns a slab of columns (at least 256, so that every row read is a long run) and
+/// walks all rows in order, so results do not depend on the thread count.
 fn reduce_cols<T: Float>(x: &[T], rows: usize, cols: usize, op: ReduceOp) -> Vec<Acc<T>> {
+    let slab = (cols / (4 * rayon::current_num_threads())).max(256).min(cols.max(1));
+    let parallel = x.len() >= PAR_MIN;
+    if op == ReduceOp::Sum {
+        // Plain accumulators (not `Acc`) so that the inner loop vectorises.
+        let mut out = vec![T::zero(); cols];
+        let task = |(s, o): (usize, &mut [T])| {
+            let c0 = s * slab;
+            let w = o.len();
+            for r in 0..rows {
+                o.iter_mut().zip(&x[r * cols + c0..r * cols + c0 + w]).for_each(|(a, &v)| *a += v);
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(slab).enumerate().for_each(task);
+        } else {
+            out.chunks_mut(slab).enumerate().for_each(task);
+        }
+        return out.into_iter().map(|value| Acc { value, index: 0 }).collect();
+    }
     let mut out = vec![op.init(); cols];
-    let slab = items_per_task(rows).max(64).min(cols.max(1));
     let task = |(s, o): (usize, &mut [Acc<T>])| {
         let c0 = s * slab;
         for r in 0..rows {
@@ -124,7 +144,7 @@ fn reduce_cols<T: Float>(x: &[T], rows: usize, cols: usize, op: ReduceOp) -> Vec
             }
         }
     };
-    if x.len() >= PAR_MIN {
+    if parallel {
         out.par_chunks_mut(slab).enumerate().for_each(task);
     } else {
         out.chunks_mut(slab).enumerate().for_each(task);
@@ -318,6 +338,21 @@ mod tests {
         let all = x.sum([0, 1, 2]).unwrap().to_scalar_f64().unwrap();
         let n = 3.0 * 70.0 * 200.0;
         assert_eq!(all, n * (n - 1.0) / 2.0);
+        // Column reductions over parallel slabs, the last one partial (1000 = 3·256 + 232).
+        let (rows, cols) = (40, 1000);
+        let v: Vec<f64> = (0..rows * cols).map(|i| ((i * 7919) % 1009) as f64).collect();
+        let x = Tensor::from_vec(v.clone(), [rows, cols]).unwrap();
+        let v = &v;
+        let col = |c: usize| (0..rows).map(move |r| v[r * cols + c]);
+        let sums: Vec<f64> = (0..cols).map(|c| col(c).sum()).collect();
+        let firsts_of_max: Vec<i64> = (0..cols)
+            .map(|c| {
+                let m = col(c).fold(f64::MIN, f64::max);
+                col(c).position(|e| e == m).unwrap() as i64
+            })
+            .collect();
+        assert_eq!(x.sum(0).unwrap().to_vec::<f64>().unwrap(), sums);
+        assert_eq!(x.argmax(0).unwrap().to_vec::<i64>().unwrap(), firsts_of_max);
     }
 
     #[test]
