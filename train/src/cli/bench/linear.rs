@@ -89,7 +89,8 @@ impl LinearArgs {
         let case = self.case(&kind)?;
         let dense = if self.vs_dense { Some(self.case(&LinearKind::Dense)?) } else { None };
         let cases: Vec<&Case> = std::iter::once(&case).chain(dense.as_ref()).collect();
-        let medians = interleaved_medians(&self.timing, &cases, self.pass)?;
+        let times = interleaved_times(&self.timing, &cases, self.pass)?;
+        let medians: Vec<f64> = times.iter().map(|ts| median(ts.clone())).collect();
         let (ms, flops) = (medians[0], case.flops(self.batch, self.pass));
         let mut j = serde_json::json!({
             "bench": "linear",
@@ -108,6 +109,10 @@ impl LinearArgs {
             j["dense_median_ms"] = medians[1].into();
             j["dense_flops"] = d.flops(self.batch, self.pass).into();
             j["speedup_vs_dense"] = (medians[1] / ms).into();
+            // Each round times the layer and then dense back to back, so the ratio within
+            // a round cancels slow drifts of a shared machine that the medians still see.
+            let paired = median(times[1].iter().zip(&times[0]).map(|(d, c)| d / c).collect());
+            j["speedup_paired_median"] = paired.into();
         }
         if self.timing.json {
             println!("{j}");
@@ -131,7 +136,8 @@ impl LinearArgs {
 
 /// Warms every case up, then times them in turn, run after run (so that machine noise
 /// hits all alike), and returns each case's median in ms.
-fn interleaved_medians(t: &Timing, cases: &[&Case], pass: Pass) -> Result<Vec<f64>, CliError> {
+/// Times every case `runs` times, round by round, after `warmup` untimed runs of each.
+fn interleaved_times(t: &Timing, cases: &[&Case], pass: Pass) -> Result<Vec<Vec<f64>>, CliError> {
     if t.runs == 0 {
         return Err("--runs must be at least 1".into());
     }
@@ -148,13 +154,13 @@ fn interleaved_medians(t: &Timing, cases: &[&Case], pass: Pass) -> Result<Vec<f6
             ts.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    Ok(times
-        .into_iter()
-        .map(|mut ts| {
-            ts.sort_by(f64::total_cmp);
-            ts[ts.len() / 2]
-        })
-        .collect())
+    Ok(times)
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[cfg(test)]
