@@ -94,7 +94,7 @@ pub enum Error {
         msg: String,
     },
     /// A device that this build or machine cannot use.
-    #[error("device {device:?} is not available: {msg}")]
+    #[error("device {device} is not available: {msg}")]
     DeviceUnavailable {
         /// The device asked for.
         device: Device,

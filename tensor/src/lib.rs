@@ -6,6 +6,7 @@
 //! [`Error`] that names the operation and the shapes involved.
 
 mod cpu;
+mod cuda;
 mod device;
 mod dtype;
 mod error;
@@ -17,6 +18,7 @@ mod shape;
 mod storage;
 mod tensor;
 
+pub use cuda::{CudaStorage, cuda_device};
 pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};

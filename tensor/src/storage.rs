@@ -1,5 +1,5 @@
-//! The buffers behind tensors. Storage is an enum over devices so that the CPU path
-//! carries no CUDA types; the CUDA backend adds its own variant.
+//! The buffers behind tensors: an enum over devices. CPU kernels match on the host
+//! variant only; CUDA tensors carry a `monarch_cuda` buffer (see `crate::cuda`).
 
 use crate::DType;
 use half::{bf16, f16};
@@ -78,6 +78,8 @@ impl CpuStorage {
 pub enum Storage {
     /// Host memory.
     Cpu(CpuStorage),
+    /// The memory of one CUDA GPU.
+    Cuda(crate::cuda::CudaStorage),
 }
 
 impl Storage {
@@ -85,6 +87,7 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Storage {
     pub fn device(&self) -> crate::Device {
         match self {
             Storage::Cpu(_) => crate::Device::Cpu,
+            Storage::Cuda(s) => crate::Device::Cuda(s.ordinal()),
         }
     }
 }

@@ -21,6 +21,21 @@ impl Tensor {
         Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape) }
     }
 
+    /// A tensor over `storage` with `layout`.
+    pub(crate) fn from_storage(storage: Storage, layout: Layout) -> Self {
+        Tensor { storage: Arc::new(storage), layout }
+    }
+
+    /// The buffer behind the tensor.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The buffer, mutably, when no other tensor shares it.
+    pub(crate) fn storage_mut(&mut self) -> Option<&mut Storage> {
+        Arc::get_mut(&mut self.storage)
+    }
+
     /// A view of the same storage under another layout.
     pub(crate) fn with_layout(&self, layout: Layout) -> Self {
         Tensor { storage: self.storage.clone(), layout }
@@ -145,10 +160,9 @@ impl Tensor {
     pub(crate) fn cpu(&self, op: &'static str) -> Result<&CpuStorage> {
         match &*self.storage {
             Storage::Cpu(s) => Ok(s),
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::DeviceUnavailable {
+            Storage::Cuda(_) => Err(Error::DeviceUnavailable {
                 device: self.device(),
-                msg: format!("{op} has no kernel for this device"),
+                msg: format!("{op} has no kernel for this device yet; move the tensor with to_device(Device::Cpu)"),
             }),
         }
     }
@@ -158,22 +172,25 @@ impl Tensor {
         T::slice(self.cpu(op)?).ok_or(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: T::DTYPE })
     }
 
-    /// The elements in row-major order; the dtype must be `T`.
+    /// The elements in row-major order (copied to the host); the dtype must be `T`.
     pub fn to_vec<T: WithDType>(&self) -> Result<Vec<T>> {
+        if self.device() != Device::Cpu {
+            return self.download()?.to_vec();
+        }
         let src = self.cpu_slice::<T>("to_vec")?;
         let mut out = vec![T::default(); self.elem_count()];
         copy_into(src, &self.layout, &mut out);
         Ok(out)
     }
 
-    /// The elements converted to f64, whatever the dtype.
+    /// The elements converted to f64, whatever the dtype (copied to the host).
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
-        self.to_dtype(DType::F64)?.to_vec()
+        self.to_device(Device::Cpu)?.to_dtype(DType::F64)?.to_vec()
     }
 
-    /// The elements converted to f32, whatever the dtype.
+    /// The elements converted to f32, whatever the dtype (copied to the host).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        self.to_dtype(DType::F32)?.to_vec()
+        self.to_device(Device::Cpu)?.to_dtype(DType::F32)?.to_vec()
     }
 
     /// The single element of a one-element tensor, as f64.
@@ -189,24 +206,35 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        if let Storage::Cuda(_) = &*self.storage {
+            return self.cuda_copy(dtype);
+        }
         let src = self.cpu("to_dtype")?;
         let l = &self.layout;
         let out = with_cpu_vec!(src, v => convert(v, l, dtype));
         Ok(Tensor::from_cpu(out, self.shape()))
     }
 
-    /// The tensor on `device` (a cheap clone when already there).
+    /// The tensor on `device` (a cheap clone when already there), contiguous. Moving to
+    /// a GPU opens it on first use; without a driver or device this is
+    /// [`Error::DeviceUnavailable`] saying why. f64 has no CUDA storage.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
-        if device == self.device() {
-            return Ok(self.clone());
+        match (self.device(), device) {
+            (from, to) if from == to => Ok(self.clone()),
+            (Device::Cpu, Device::Cuda(i)) => self.upload(i),
+            (Device::Cuda(_), Device::Cpu) => self.download(),
+            (Device::Cuda(_), Device::Cuda(i)) => self.download()?.upload(i),
+            (Device::Cpu, Device::Cpu) => unreachable!("equal devices returned above"),
         }
-        Err(Error::DeviceUnavailable { device, msg: "this build has no CUDA storage yet".into() })
     }
 
     /// A contiguous tensor with the same elements (a cheap clone when already contiguous).
     pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
+        }
+        if let Storage::Cuda(_) = &*self.storage {
+            return self.cuda_copy(self.dtype());
         }
         let src = self.cpu("contiguous")?;
         let n = self.elem_count();
@@ -224,6 +252,7 @@ impl Tensor {
         if self.dtype() != T::DTYPE {
             return Err(Error::DTypeMismatch { op: "as_mut_slice", lhs: self.dtype(), rhs: T::DTYPE });
         }
+        self.cpu("as_mut_slice")?;
         let whole = self.layout.contiguous_range() == Some(0..self.storage_len());
         if !whole || Arc::get_mut(&mut self.storage).is_none() {
             *self = Tensor::from_vec(self.to_vec::<T>()?, self.shape())?;
@@ -237,6 +266,7 @@ impl Tensor {
     fn storage_len(&self) -> usize {
         match &*self.storage {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
         }
     }
 }

@@ -106,6 +106,9 @@ impl Tensor {
     /// Elementwise `op(self, rhs)` with broadcasting (float dtypes).
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let (shape, la, lb) = self.broadcast_layouts(rhs, op.name())?;
+        if self.device() != crate::Device::Cpu || rhs.device() != crate::Device::Cpu {
+            return self.cuda_binary(rhs, op, &shape, &la, &lb);
+        }
         let (a, b) = (self.with_layout(la), rhs.with_layout(lb));
         Ok(float_map2!(&a, &b, op.name(), shape, |va, la, vb, lb| map2(va, la, vb, lb, |x, y| op.f(x, y))))
     }

@@ -175,6 +175,9 @@ impl Tensor {
                 return flat.matmul(&rhs2)?.reshape(out_dims);
             }
         }
+        if self.device() != crate::Device::Cpu || rhs.device() != crate::Device::Cpu {
+            return self.cuda_matmul(rhs, &batch, (m, n, k));
+        }
         let full = |t: &Tensor| -> Result<Layout> {
             let mut dims: Dims6 = batch.dims().into();
             dims.extend_from_slice(&t.dims()[t.rank() - 2..]);

@@ -79,8 +79,9 @@ impl MonarchShape {
 pub struct MonarchOut {
     /// The output, (.., out).
     pub y: Tensor,
-    /// The first factor's output in the second factor's block order, shape (l, rows, r):
-    /// `mid[ll, b, rr] = out1[b, rr·l+ll]`, in the compute dtype. What backward needs.
+    /// What backward needs: on the CPU the first factor's output in the second factor's
+    /// block order, shape (l, rows, r), `mid[ll, b, rr] = out1[b, rr·l+ll]`, in the
+    /// compute dtype; on a GPU `out1` itself, (rows, k·q).
     pub mid: Tensor,
 }
 
@@ -393,6 +394,14 @@ impl Tensor {
                 crate::bail!(op, "bias of shape {} does not match {out} outputs", b.shape());
             }
         }
+        if self.device() != crate::Device::Cpu {
+            let (y, mid) = self.cuda_monarch(w1, w2, z.sh, out)?;
+            let y = match bias {
+                Some(b) => y.add(b)?,
+                None => y,
+            };
+            return Ok(MonarchOut { y, mid });
+        }
         let mut out_dims = self.dims().to_vec();
         *out_dims.last_mut().expect("rank checked") = out;
         let (y, mid) = by_float!(self, op, T => {
@@ -424,8 +433,14 @@ impl Tensor {
         let out = *dy.dims().last().unwrap_or(&0);
         let z = x.monarch_sizes(w1, w2, out, op)?;
         let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
-        if !same_rows || mid.dims() != [z.sh.l, z.rows, z.sh.r] {
+        let on_gpu = x.device() != crate::Device::Cpu;
+        let mid_ok =
+            if on_gpu { mid.dims() == [z.rows, z.sh.k * z.sh.q] } else { mid.dims() == [z.sh.l, z.rows, z.sh.r] };
+        if !same_rows || !mid_ok {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
+        }
+        if on_gpu {
+            return Tensor::cuda_monarch_backward(x, w1, w2, mid, dy, z.sh, want);
         }
         let [dx, dw1, dw2] = by_float!(x, op, T => {
             let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(x, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);

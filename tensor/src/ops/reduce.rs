@@ -152,6 +152,11 @@ fn reduce_cols<T: Float>(x: &[T], rows: usize, cols: usize, op: ReduceOp) -> Vec
     out
 }
 
+/// `dims` without the reduced ones.
+fn squeezed_dims(dims: &[usize], reduced: &[usize]) -> Dims6 {
+    (0..dims.len()).filter(|d| !reduced.contains(d)).map(|d| dims[d]).collect()
+}
+
 fn finish<T: Float>(acc: Vec<Acc<T>>, op: ReduceOp) -> CpuStorage {
     match op {
         ReduceOp::ArgMax | ReduceOp::ArgMin => CpuStorage::I64(acc.iter().map(|a| a.index as i64).collect()),
@@ -188,6 +193,11 @@ impl Tensor {
             }
         };
         let kept_count = kept_shape.elem_count();
+        if x.device() != crate::Device::Cpu {
+            let out = x.cuda_reduce(columns, kept_count, count, op, kept_shape.clone())?;
+            let out = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { out } else { out.to_dtype(dtype)? };
+            return if keepdim { Ok(out) } else { out.reshape(squeezed_dims(self.dims(), &dims)) };
+        }
         let r = x.layout().contiguous_range().expect("made contiguous above");
         let out = match x.cpu(op.name())? {
             CpuStorage::F32(v) => finish(reduce_any(&v[r], columns, kept_count, count, op), op),
@@ -199,8 +209,7 @@ impl Tensor {
         if keepdim {
             return Ok(out);
         }
-        let squeezed: Dims6 = (0..rank).filter(|d| !dims.contains(d)).map(|d| self.dims()[d]).collect();
-        out.reshape(squeezed)
+        out.reshape(squeezed_dims(self.dims(), &dims))
     }
 
     /// Sum over `dims`, removing them.

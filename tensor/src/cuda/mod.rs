@@ -1,0 +1,148 @@
+//! Tensors in CUDA memory: the buffer behind [`Storage::Cuda`](crate::Storage::Cuda),
+//! the devices opened so far (one per ordinal, shared by every tensor on it), copies
+//! between host and device, and the ops with a CUDA kernel (`ops`). An op without a
+//! CUDA kernel returns [`Error::DeviceUnavailable`] naming itself; the CPU path never
+//! touches the CUDA libraries, which are loaded only when a tensor is first moved.
+
+mod ops;
+
+use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
+use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, View};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A tensor's buffer in the memory of one GPU.
+#[derive(Debug)]
+pub struct CudaStorage {
+    buf: DeviceBuffer,
+    dtype: DType,
+}
+
+impl CudaStorage {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The device's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.buf.device().ordinal()
+    }
+
+    /// The device buffer.
+    pub fn buffer(&self) -> &DeviceBuffer {
+        &self.buf
+    }
+}
+
+/// Device `ordinal`, opened on first use and shared afterwards. Without a driver or
+/// with no such device this is [`Error::DeviceUnavailable`] saying why.
+pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    static OPEN: OnceLock<Mutex<Vec<Option<Arc<CudaDevice>>>>> = OnceLock::new();
+    let mut open = OPEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(Some(d)) = open.get(ordinal) {
+        return Ok(d.clone());
+    }
+    let dev = CudaDevice::new(ordinal)
+        .map_err(|e| Error::DeviceUnavailable { device: Device::Cuda(ordinal), msg: e.to_string() })?;
+    if open.len() <= ordinal {
+        open.resize(ordinal + 1, None);
+    }
+    open[ordinal] = Some(dev.clone());
+    Ok(dev)
+}
+
+/// The device-buffer dtype of a tensor dtype (f64 has none: GPUs compute in f32/bf16).
+fn buffer_dtype(dtype: DType, op: &'static str) -> Result<monarch_cuda::DType> {
+    Ok(match dtype {
+        DType::U8 => monarch_cuda::DType::U8,
+        DType::I64 => monarch_cuda::DType::I64,
+        DType::BF16 => monarch_cuda::DType::BF16,
+        DType::F16 => monarch_cuda::DType::F16,
+        DType::F32 => monarch_cuda::DType::F32,
+        DType::F64 => return Err(Error::UnsupportedDType { op, dtype }),
+    })
+}
+
+/// Maps a CUDA failure inside `op` to a tensor error.
+fn cuda_err(op: &'static str) -> impl Fn(CudaError) -> Error {
+    move |e| Error::invalid(op, e.to_string())
+}
+
+impl Tensor {
+    /// A contiguous tensor owning a device buffer of `dtype`.
+    fn from_cuda(buf: DeviceBuffer, dtype: DType, shape: impl Into<crate::Shape>) -> Tensor {
+        Tensor::from_storage(Storage::Cuda(CudaStorage { buf, dtype }), Layout::contiguous(shape))
+    }
+
+    /// The device buffer, or an error naming `op` when the tensor is on the host.
+    fn cuda(&self, op: &'static str) -> Result<&CudaStorage> {
+        match self.storage() {
+            Storage::Cuda(s) => Ok(s),
+            Storage::Cpu(_) => Err(Error::invalid(op, "a host tensor was given where a CUDA tensor is needed")),
+        }
+    }
+
+    /// A view of the tensor's elements from its layout's offset to the end of the buffer.
+    fn cuda_view(&self, op: &'static str) -> Result<View<'_>> {
+        let s = self.cuda(op)?;
+        let off = self.layout().offset();
+        s.buf.slice(off, s.buf.len() - off).map_err(cuda_err(op))
+    }
+
+    /// Copies a host tensor to CUDA device `ordinal` (contiguous there).
+    pub(crate) fn upload(&self, ordinal: usize) -> Result<Tensor> {
+        let op = "to_device";
+        let dev = cuda_device(ordinal)?;
+        buffer_dtype(self.dtype(), op)?;
+        let host = self.contiguous()?;
+        let (off, n) = (host.layout().offset(), host.elem_count());
+        let buf = match host.cpu(op)? {
+            CpuStorage::U8(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::I64(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::BF16(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::F16(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::F32(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::F64(_) => return Err(Error::UnsupportedDType { op, dtype: DType::F64 }),
+        }
+        .map_err(cuda_err(op))?;
+        Ok(Tensor::from_cuda(buf, self.dtype(), self.shape()))
+    }
+
+    /// Copies a device tensor to host memory (contiguous there).
+    pub(crate) fn download(&self) -> Result<Tensor> {
+        let op = "to_device";
+        let t = self.contiguous()?;
+        let s = t.cuda(op)?;
+        let all = match s.dtype {
+            DType::U8 => CpuStorage::U8(s.buf.to_host().map_err(cuda_err(op))?),
+            DType::I64 => CpuStorage::I64(s.buf.to_host().map_err(cuda_err(op))?),
+            DType::BF16 => CpuStorage::BF16(s.buf.to_host().map_err(cuda_err(op))?),
+            DType::F16 => CpuStorage::F16(s.buf.to_host().map_err(cuda_err(op))?),
+            DType::F32 => CpuStorage::F32(s.buf.to_host().map_err(cuda_err(op))?),
+            DType::F64 => return Err(Error::UnsupportedDType { op, dtype: DType::F64 }),
+        };
+        let whole = Tensor::from_storage(Storage::Cpu(all), t.layout().clone());
+        whole.contiguous()
+    }
+}
+
+impl Device {
+    /// Waits until the work queued on this device has finished (nothing to wait for on
+    /// the CPU, whose ops return when done). Timers of GPU work call this.
+    pub fn synchronize(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => cuda_device(i)?.synchronize().map_err(cuda_err("synchronize")),
+        }
+    }
+}

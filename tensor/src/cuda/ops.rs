@@ -1,0 +1,264 @@
+//! The tensor ops that run on CUDA tensors, each a thin layer over one `monarch_cuda`
+//! op: operands are checked to share one device, non-dense layouts that a kernel cannot
+//! read are made contiguous on the device first, and results are new contiguous tensors.
+
+use super::{CudaStorage, cuda_err};
+use crate::ops::{BinaryOp, MonarchShape, ReduceOp};
+use crate::{DType, Error, Layout, Result, Shape, Storage, Tensor};
+use monarch_cuda::gemm::{self, GemmArgs, Precision};
+use monarch_cuda::ops::{binary as kb, copy as kc, monarch as km, reduce as kr};
+
+/// `Ok` when every tensor is on `a`'s device.
+pub(crate) fn same_device(op: &'static str, a: &Tensor, others: &[&Tensor]) -> Result<()> {
+    match others.iter().find(|t| t.device() != a.device()) {
+        None => Ok(()),
+        Some(t) => Err(Error::DeviceMismatch { op, lhs: a.device(), rhs: t.device() }),
+    }
+}
+
+/// A fresh, uninitialised device tensor on `like`'s device.
+fn alloc(like: &Tensor, dtype: DType, shape: impl Into<Shape>, op: &'static str) -> Result<Tensor> {
+    let shape = shape.into();
+    let dev = like.cuda(op)?.buf.device().clone();
+    let buf = dev.alloc(super::buffer_dtype(dtype, op)?, shape.elem_count()).map_err(cuda_err(op))?;
+    Ok(Tensor::from_cuda(buf, dtype, shape))
+}
+
+/// Write access to the whole buffer of a tensor just made by [`alloc`].
+fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch_cuda::ViewMut<'a>> {
+    match t.storage_mut() {
+        Some(Storage::Cuda(CudaStorage { buf, .. })) => Ok(buf.view_mut()),
+        _ => Err(Error::invalid(op, "output buffer is shared")),
+    }
+}
+
+impl Tensor {
+    /// `contiguous` on the device: one strided-copy kernel, converting to `dtype`
+    /// (only f32 ↔ bf16 conversions have a kernel).
+    pub(crate) fn cuda_copy(&self, dtype: DType) -> Result<Tensor> {
+        let op = if dtype == self.dtype() { "contiguous" } else { "to_dtype" };
+        let mut out = alloc(self, dtype, self.shape().clone(), op)?;
+        let src = self.cuda_view(op)?;
+        kc::copy_strided(src, self.dims(), self.layout().strides(), out_mut(&mut out, op)?).map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
+    /// `lhs op rhs` with broadcasting, both on one device (f32 or bf16).
+    pub(crate) fn cuda_binary(
+        &self,
+        rhs: &Tensor,
+        op: BinaryOp,
+        shape: &Shape,
+        la: &Layout,
+        lb: &Layout,
+    ) -> Result<Tensor> {
+        let name = op.name();
+        same_device(name, self, &[rhs])?;
+        let kop = match op {
+            BinaryOp::Add => kb::BinaryOp::Add,
+            BinaryOp::Sub => kb::BinaryOp::Sub,
+            BinaryOp::Mul => kb::BinaryOp::Mul,
+            BinaryOp::Div => kb::BinaryOp::Div,
+            BinaryOp::Max => kb::BinaryOp::Max,
+            BinaryOp::Min => kb::BinaryOp::Min,
+        };
+        let mut out = alloc(self, self.dtype(), shape.clone(), name)?;
+        let (a, b) = (self.with_layout(la.clone()), rhs.with_layout(lb.clone()));
+        let a = kb::Operand { view: a.cuda_view(name)?, strides: la.strides() };
+        let b = kb::Operand { view: b.cuda_view(name)?, strides: lb.strides() };
+        kb::binary(kop, a, b, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
+        Ok(out)
+    }
+
+    /// The batched matrix product through cuBLASLt (f32 in full f32 arithmetic, bf16
+    /// with f32 accumulation); `batch` is the broadcast batch shape.
+    pub(crate) fn cuda_matmul(&self, rhs: &Tensor, batch: &Shape, (m, n, kk): (usize, usize, usize)) -> Result<Tensor> {
+        let op = "matmul";
+        same_device(op, self, &[rhs])?;
+        let precision = match self.dtype() {
+            DType::F32 => Precision::F32,
+            DType::BF16 => Precision::Bf16,
+            dtype => return Err(Error::UnsupportedDType { op, dtype }),
+        };
+        let (a, b) = (GemmOperand::of(self, batch)?, GemmOperand::of(rhs, batch)?);
+        let mut dims = batch.dims().to_vec();
+        dims.extend([m, n]);
+        let mut out = alloc(self, self.dtype(), dims, op)?;
+        let g = GemmArgs {
+            trans_a: a.trans,
+            trans_b: b.trans,
+            batch: batch.elem_count(),
+            stride_a: a.stride,
+            stride_b: b.stride,
+            stride_c: m * n,
+            ..GemmArgs::new(m, n, kk, precision)
+        };
+        let (av, bv) = (a.t.cuda_view(op)?, b.t.cuda_view(op)?);
+        gemm::matmul(&g, av, bv, None, out_mut(&mut out, op)?).map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
+    /// A reduction of contiguous `self` laid out as `kept × count` (`columns == false`)
+    /// or `count × kept`, into a tensor of `shape`.
+    pub(crate) fn cuda_reduce(
+        &self,
+        columns: bool,
+        kept: usize,
+        count: usize,
+        op: ReduceOp,
+        shape: Shape,
+    ) -> Result<Tensor> {
+        let name = "reduce";
+        let kop = match op {
+            ReduceOp::Sum => kr::ReduceOp::Sum,
+            ReduceOp::Max => kr::ReduceOp::Max,
+            ReduceOp::Min => kr::ReduceOp::Min,
+            ReduceOp::ArgMax => kr::ReduceOp::ArgMax,
+            ReduceOp::ArgMin => kr::ReduceOp::ArgMin,
+        };
+        let dtype = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { DType::I64 } else { self.dtype() };
+        let mut out = alloc(self, dtype, shape, name)?;
+        let x = self.cuda_view(name)?;
+        let o = out_mut(&mut out, name)?;
+        let r = if columns { kr::reduce_cols(kop, x, count, kept, o) } else { kr::reduce_rows(kop, x, kept, count, o) };
+        r.map_err(cuda_err(name))?;
+        Ok(out)
+    }
+
+    /// The Monarch layer on the device: `(y, out1)` with `out1` the first factor's
+    /// output in natural order, (rows, k·q), which [`Tensor::cuda_monarch_backward`] reads.
+    pub(crate) fn cuda_monarch(
+        &self,
+        w1: &Tensor,
+        w2: &Tensor,
+        sh: MonarchShape,
+        out: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = "monarch_linear";
+        same_device(op, self, &[w1, w2])?;
+        let (x, w1, w2) = (self.contiguous()?, w1.contiguous()?, w2.contiguous()?);
+        let inp = *self.dims().last().unwrap_or(&0);
+        let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked by the caller") = out;
+        let mut y = alloc(&x, x.dtype(), out_dims, op)?;
+        let mut out1 = alloc(&x, x.dtype(), [d.batch, d.mid()], op)?;
+        let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
+        km::monarch_forward(d, xv, av, bv, out_mut(&mut out1, op)?, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
+        Ok((y, out1))
+    }
+
+    /// Gradients `[dx, dw1, dw2]` of [`Tensor::cuda_monarch`] (all three are computed
+    /// by the fused kernels; `want` drops the unwanted ones).
+    pub(crate) fn cuda_monarch_backward(
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        out1: &Tensor,
+        dy: &Tensor,
+        sh: MonarchShape,
+        want: [bool; 3],
+    ) -> Result<[Option<Tensor>; 3]> {
+        let op = "monarch_backward";
+        same_device(op, x, &[w1, w2, out1, dy])?;
+        let (xc, w1c, w2c, o1, g) =
+            (x.contiguous()?, w1.contiguous()?, w2.contiguous()?, out1.contiguous()?, dy.contiguous()?);
+        let inp = *x.dims().last().unwrap_or(&0);
+        let out = *dy.dims().last().unwrap_or(&0);
+        let d = dims(sh, x.elem_count() / inp.max(1), inp, out);
+        let mut dx = alloc(&xc, x.dtype(), x.shape().clone(), op)?;
+        let mut dw1 = alloc(&xc, x.dtype(), w1.shape().clone(), op)?;
+        let mut dw2 = alloc(&xc, x.dtype(), w2.shape().clone(), op)?;
+        let views = (xc.cuda_view(op)?, w1c.cuda_view(op)?, w2c.cuda_view(op)?, o1.cuda_view(op)?, g.cuda_view(op)?);
+        km::monarch_backward(
+            d,
+            views.0,
+            views.1,
+            views.2,
+            views.3,
+            views.4,
+            out_mut(&mut dx, op)?,
+            out_mut(&mut dw1, op)?,
+            out_mut(&mut dw2, op)?,
+            false,
+        )
+        .map_err(cuda_err(op))?;
+        let keep = |t: Tensor, w: bool| w.then_some(t);
+        Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2])])
+    }
+}
+
+/// The kernel's sizes of a Monarch call.
+fn dims(sh: MonarchShape, batch: usize, n_in: usize, m_out: usize) -> km::MonarchDims {
+    let MonarchShape { k, q, p, l, s, r } = sh;
+    km::MonarchDims { batch, n_in, m_out, k, q, p, l, s, r }
+}
+
+/// One operand of a batched GEMM: dense matrices, row-major or transposed, one batch stride.
+struct GemmOperand {
+    t: Tensor,
+    trans: bool,
+    stride: usize,
+}
+
+impl GemmOperand {
+    /// `t` broadcast over `batch` as cuBLAS reads it; copied on the device when its
+    /// matrices are not dense or its batch dimensions do not collapse to one stride.
+    fn of(t: &Tensor, batch: &Shape) -> Result<GemmOperand> {
+        let r = t.rank();
+        let (rows, cols) = (t.dims()[r - 2], t.dims()[r - 1]);
+        let mut dims = batch.dims().to_vec();
+        dims.extend([rows, cols]);
+        let full: Shape = dims.into();
+        let l = t.layout().broadcast_as(&full)?;
+        let b = full.rank() - 2;
+        let (rs, cs) = (l.strides()[b], l.strides()[b + 1]);
+        let trans = if cs == 1 && (rs == cols || rows == 1) {
+            Some(false)
+        } else if rs == 1 && (cs == rows || cols == 1) {
+            Some(true)
+        } else {
+            None
+        };
+        match (trans, one_stride(&full.dims()[..b], &l.strides()[..b])) {
+            (Some(trans), Some(stride)) => Ok(GemmOperand { t: t.with_layout(l), trans, stride }),
+            _ => {
+                let c = t.with_layout(l).contiguous()?;
+                Ok(GemmOperand { t: c, trans: false, stride: rows * cols })
+            }
+        }
+    }
+}
+
+/// The one stride that walks all batch dimensions in row-major order, if there is one
+/// (0 when the matrix is broadcast over the whole batch).
+fn one_stride(dims: &[usize], strides: &[usize]) -> Option<usize> {
+    let live: Vec<(usize, usize)> = dims.iter().zip(strides).filter(|(d, _)| **d > 1).map(|(&d, &s)| (d, s)).collect();
+    let Some(&(_, inner)) = live.last() else { return Some(0) };
+    if inner == 0 {
+        return live.iter().all(|&(_, s)| s == 0).then_some(0);
+    }
+    let mut expect = inner;
+    for &(d, s) in live.iter().rev() {
+        if s != expect {
+            return None;
+        }
+        expect *= d;
+    }
+    Some(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_stride;
+
+    #[test]
+    fn batch_strides_collapse_only_when_row_major_or_broadcast() {
+        assert_eq!(one_stride(&[], &[]), Some(0));
+        assert_eq!(one_stride(&[2, 3], &[36, 12]), Some(12));
+        assert_eq!(one_stride(&[2, 1, 3], &[36, 99, 12]), Some(12));
+        assert_eq!(one_stride(&[2, 3], &[0, 0]), Some(0));
+        assert_eq!(one_stride(&[2, 3], &[12, 36]), None);
+        assert_eq!(one_stride(&[2, 3], &[12, 0]), None);
+    }
+}
