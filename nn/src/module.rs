@@ -1,6 +1,7 @@
 //! The module trait: anything that owns named parameters.
 
 use monarch_autograd::Param;
+use monarch_tensor::{Device, Result};
 
 /// Parameters with their hierarchical names (`h.0.mlp.c_fc.weight`), in a stable order.
 pub type NamedParams = Vec<(String, Param)>;
@@ -28,4 +29,12 @@ pub fn prefixed(prefix: &str, params: NamedParams) -> NamedParams {
 /// Total number of parameter elements of a module.
 pub fn param_count(m: &dyn Module) -> usize {
     m.named_params().iter().map(|(_, p)| p.value().elem_count()).sum()
+}
+
+/// Moves every parameter of `m` to `device`, in place (shapes and dtypes unchanged).
+pub fn to_device(m: &(impl Module + ?Sized), device: Device) -> Result<()> {
+    for (_, p) in m.named_params() {
+        p.set(p.value().to_device(device)?)?;
+    }
+    Ok(())
 }

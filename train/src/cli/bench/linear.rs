@@ -6,7 +6,7 @@ use crate::cli::LinearFlags;
 use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
 use monarch_nn::{LinearKind, LinearLayer, SeedableRng, StdRng, param_count};
-use monarch_tensor::{DType, Tensor};
+use monarch_tensor::{DType, Device, Tensor};
 use std::time::Instant;
 
 /// Which passes to time.
@@ -41,6 +41,9 @@ pub struct LinearArgs {
     /// Also time the dense layer of the same shape, interleaved run by run, and report the ratio.
     #[arg(long)]
     vs_dense: bool,
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     #[command(flatten)]
     timing: Timing,
 }
@@ -50,6 +53,7 @@ struct Case {
     layer: Box<dyn LinearLayer>,
     x: Tensor,
     dy: Tensor,
+    device: Device,
 }
 
 impl Case {
@@ -64,7 +68,7 @@ impl Case {
                 y.backward_with(self.dy.clone(), &mut Gradients::new())?;
             }
         }
-        Ok(())
+        Ok(self.device.synchronize()?)
     }
 
     /// Floating-point operations of one run: 2 per multiply-add, three products per
@@ -78,9 +82,11 @@ impl Case {
 impl LinearArgs {
     fn case(&self, kind: &LinearKind) -> Result<Case, CliError> {
         let layer = kind.build(self.inp, self.out, true, &mut StdRng::seed_from_u64(0))?;
-        let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(DType::F32)?;
-        let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(DType::F32)?;
-        Ok(Case { layer, x, dy })
+        let d = self.device;
+        monarch_nn::to_device(&*layer, d)?;
+        let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(DType::F32)?.to_device(d)?;
+        let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(DType::F32)?.to_device(d)?;
+        Ok(Case { layer, x, dy, device: d })
     }
 
     /// Runs the benchmark and prints the result.
@@ -104,6 +110,7 @@ impl LinearArgs {
             "gflops": flops / ms / 1e6,
             "params": param_count(&*case.layer),
             "threads": rayon::current_num_threads(),
+            "device": self.device.to_string(),
         });
         if let Some(d) = &dense {
             j["dense_median_ms"] = medians[1].into();

@@ -2,7 +2,7 @@
 
 use super::{CliError, Timing};
 use clap::Args;
-use monarch_tensor::{DType, Tensor};
+use monarch_tensor::{DType, Device, Tensor};
 
 /// Arguments of `monarch bench matmul`.
 #[derive(Args, Debug)]
@@ -19,6 +19,9 @@ pub struct MatmulArgs {
     /// Element type (f32, f64, f16, bf16).
     #[arg(long, default_value = "f32")]
     dtype: DType,
+    /// Where to run: cpu, cuda or cuda:N (cuBLASLt on a GPU).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     #[command(flatten)]
     timing: Timing,
 }
@@ -27,18 +30,21 @@ impl MatmulArgs {
     /// Runs the benchmark and prints the result.
     pub fn run(self) -> Result<(), CliError> {
         let (m, n, k) = (self.m, self.n, self.k);
-        let a = Tensor::randn([m, k], 0.0, 1.0, 1)?.to_dtype(self.dtype)?;
-        let b = Tensor::randn([k, n], 0.0, 1.0, 2)?.to_dtype(self.dtype)?;
+        let a = Tensor::randn([m, k], 0.0, 1.0, 1)?.to_dtype(self.dtype)?.to_device(self.device)?;
+        let b = Tensor::randn([k, n], 0.0, 1.0, 2)?.to_dtype(self.dtype)?.to_device(self.device)?;
         let ms = self.timing.median_ms(|| {
             a.matmul(&b)?;
-            Ok(())
+            Ok(self.device.synchronize()?)
         })?;
         let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
         if self.timing.json {
-            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "median_ms": ms, "gflops": gflops});
+            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "device": self.device.to_string(), "median_ms": ms, "gflops": gflops});
             println!("{j}");
         } else {
-            println!("matmul {m}x{k} · {k}x{n} {}: median {ms:.3} ms, {gflops:.1} GFLOP/s", self.dtype);
+            println!(
+                "matmul {m}x{k} · {k}x{n} {} on {}: median {ms:.3} ms, {gflops:.1} GFLOP/s",
+                self.dtype, self.device
+            );
         }
         Ok(())
     }
