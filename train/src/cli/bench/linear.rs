@@ -44,6 +44,10 @@ pub struct LinearArgs {
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Element type of the parameters, input and gradient (f32, or bf16 for the GPU's
+    /// tensor cores; the CPU computes bf16 in f32).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
     #[command(flatten)]
     timing: Timing,
 }
@@ -82,10 +86,13 @@ impl Case {
 impl LinearArgs {
     fn case(&self, kind: &LinearKind) -> Result<Case, CliError> {
         let layer = kind.build(self.inp, self.out, true, &mut StdRng::seed_from_u64(0))?;
-        let d = self.device;
+        let (d, dt) = (self.device, self.dtype);
+        for (_, p) in layer.named_params() {
+            p.update(|v| v.to_dtype(dt).map(|c| *v = c))?;
+        }
         monarch_nn::to_device(&*layer, d)?;
-        let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(DType::F32)?.to_device(d)?;
-        let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(DType::F32)?.to_device(d)?;
+        let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(dt)?.to_device(d)?;
+        let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(dt)?.to_device(d)?;
         Ok(Case { layer, x, dy, device: d })
     }
 
@@ -111,6 +118,7 @@ impl LinearArgs {
             "params": param_count(&*case.layer),
             "threads": rayon::current_num_threads(),
             "device": self.device.to_string(),
+            "dtype": self.dtype.as_str(),
         });
         if let Some(d) = &dense {
             j["dense_median_ms"] = medians[1].into();
