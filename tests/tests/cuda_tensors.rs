@@ -4,7 +4,7 @@
 
 use monarch_autograd::{Gradients, Var};
 use monarch_nn::{LinearKind, SeedableRng, StdRng};
-use monarch_tensor::{DType, Device, Error, Tensor, cuda_device};
+use monarch_tensor::{AdamW, CrossEntropy, DType, Device, Error, Tensor, UnaryOp, cuda_device};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -132,4 +132,74 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
             }
         }
     }
+}
+
+#[test]
+fn elementwise_softmax_and_layer_norm_with_their_gradients_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let (x, dy) = (rnd(&[6, 50], 13), rnd(&[6, 50], 14));
+    let (gx, gdy) = (x.to_device(GPU).unwrap(), dy.to_device(GPU).unwrap());
+    for op in [UnaryOp::GeluTanh, UnaryOp::Exp, UnaryOp::Affine { mul: 0.5, add: -1.0 }] {
+        close(&gx.unary(op).unwrap(), &x.unary(op).unwrap(), 1e-5);
+        let saved = |t: &Tensor| if op.grad_from_output() { t.unary(op).unwrap() } else { t.clone() };
+        let want = Tensor::unary_backward(op, &saved(&x), &dy).unwrap();
+        close(&Tensor::unary_backward(op, &saved(&gx), &gdy).unwrap(), &want, 1e-5);
+    }
+    for (dim, log) in [(1, false), (0, true)] {
+        let sm = |t: &Tensor| if log { t.log_softmax(dim).unwrap() } else { t.softmax(dim).unwrap() };
+        let (y, gy) = (sm(&x), sm(&gx));
+        close(&gy, &y, 1e-5);
+        let want = Tensor::softmax_backward(&y, &dy, dim, log).unwrap();
+        close(&Tensor::softmax_backward(&gy, &gdy, dim, log).unwrap(), &want, 1e-5);
+    }
+    let (w, b) = (rnd(&[50], 15), rnd(&[50], 16));
+    let (gw, gb) = (w.to_device(GPU).unwrap(), b.to_device(GPU).unwrap());
+    let (c, g) = (x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap(), gx.layer_norm(Some(&gw), Some(&gb), 1e-5).unwrap());
+    close(&g.y, &c.y, 1e-4);
+    let want = Tensor::layer_norm_backward(&x, Some(&w), &c.mean, &c.rstd, &dy).unwrap();
+    let got = Tensor::layer_norm_backward(&gx, Some(&gw), &g.mean, &g.rstd, &gdy).unwrap();
+    for (a, e) in [(&got.0, &want.0), (&got.1, &want.1), (&got.2, &want.2)] {
+        close(a, e, 1e-4);
+    }
+}
+
+#[test]
+fn embedding_cross_entropy_and_adamw_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let table = rnd(&[11, 8], 17);
+    let ids = Tensor::from_vec(vec![3i64, 0, 10, 3, 7], 5).unwrap();
+    let gt = table.to_device(GPU).unwrap();
+    close(&gt.index_select(&ids, 0).unwrap(), &table.index_select(&ids, 0).unwrap(), 0.0);
+    let src = rnd(&[5, 8], 18);
+    let want = table.index_add(&ids, &src, 0).unwrap();
+    close(&gt.index_add(&ids.to_device(GPU).unwrap(), &src.to_device(GPU).unwrap(), 0).unwrap(), &want, 1e-6);
+    assert!(gt.index_select(&Tensor::from_vec(vec![11i64], 1).unwrap(), 0).is_err(), "index past the table");
+
+    let logits = rnd(&[9, 30], 19);
+    let targets = Tensor::from_vec(vec![1i64, 29, 0, -100, 5, 5, 12, 7, 3], 9).unwrap();
+    let o = CrossEntropy { ignore_index: Some(-100), label_smoothing: 0.1 };
+    let gl = logits.to_device(GPU).unwrap();
+    let ((loss, lse), (gloss, glse)) =
+        (logits.cross_entropy(&targets, o).unwrap(), gl.cross_entropy(&targets, o).unwrap());
+    close(&gloss, &loss, 1e-5);
+    let want = Tensor::cross_entropy_backward(&logits, &targets, &lse, 0.7, o).unwrap();
+    close(&Tensor::cross_entropy_backward(&gl, &targets, &glse, 0.7, o).unwrap(), &want, 1e-5);
+
+    let opt = AdamW { lr: 1e-2, ..AdamW::default() };
+    let (mut p, g) = (rnd(&[1000], 20), rnd(&[1000], 21));
+    let (mut m, mut v) = (Tensor::zeros([1000], DType::F32), Tensor::zeros([1000], DType::F32));
+    let mv = |t: &Tensor| t.to_device(GPU).unwrap();
+    let (mut gp, mut gm, mut gv, gg) = (mv(&p), mv(&m), mv(&v), mv(&g));
+    let shared = gp.clone(); // the update must not write through another handle
+    for step in 1..=3 {
+        opt.step(&mut p, &g, &mut m, &mut v, step).unwrap();
+        opt.step(&mut gp, &gg, &mut gm, &mut gv, step).unwrap();
+    }
+    close(&gp, &p, 1e-5);
+    close(&gv, &v, 1e-5);
+    close(&shared, &rnd(&[1000], 20), 0.0);
 }

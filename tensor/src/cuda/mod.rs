@@ -4,7 +4,10 @@
 //! CUDA kernel returns [`Error::DeviceUnavailable`] naming itself; the CPU path never
 //! touches the CUDA libraries, which are loaded only when a tensor is first moved.
 
+mod lookup;
 mod ops;
+mod optim;
+mod rows;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
 use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, View};
@@ -97,6 +100,12 @@ impl Tensor {
         let s = self.cuda(op)?;
         let off = self.layout().offset();
         s.buf.slice(off, s.buf.len() - off).map_err(cuda_err(op))
+    }
+
+    /// Exactly the `elem_count` elements of a contiguous tensor.
+    fn cuda_elems(&self, op: &'static str) -> Result<View<'_>> {
+        let s = self.cuda(op)?;
+        s.buf.slice(self.layout().offset(), self.elem_count()).map_err(cuda_err(op))
     }
 
     /// Copies a host tensor to CUDA device `ordinal` (contiguous there).

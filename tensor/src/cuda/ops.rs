@@ -17,7 +17,7 @@ pub(crate) fn same_device(op: &'static str, a: &Tensor, others: &[&Tensor]) -> R
 }
 
 /// A fresh, uninitialised device tensor on `like`'s device.
-fn alloc(like: &Tensor, dtype: DType, shape: impl Into<Shape>, op: &'static str) -> Result<Tensor> {
+pub(super) fn alloc(like: &Tensor, dtype: DType, shape: impl Into<Shape>, op: &'static str) -> Result<Tensor> {
     let shape = shape.into();
     let dev = like.cuda(op)?.buf.device().clone();
     let buf = dev.alloc(super::buffer_dtype(dtype, op)?, shape.elem_count()).map_err(cuda_err(op))?;
@@ -25,7 +25,7 @@ fn alloc(like: &Tensor, dtype: DType, shape: impl Into<Shape>, op: &'static str)
 }
 
 /// Write access to the whole buffer of a tensor just made by [`alloc`].
-fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch_cuda::ViewMut<'a>> {
+pub(super) fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch_cuda::ViewMut<'a>> {
     match t.storage_mut() {
         Some(Storage::Cuda(CudaStorage { buf, .. })) => Ok(buf.view_mut()),
         _ => Err(Error::invalid(op, "output buffer is shared")),
@@ -33,6 +33,16 @@ fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch_cuda::View
 }
 
 impl Tensor {
+    /// Write access to this tensor's whole buffer for an in-place update, after making
+    /// it a private contiguous copy if the buffer is shared or larger than the tensor.
+    pub(super) fn cuda_in_place(&mut self, op: &'static str) -> Result<monarch_cuda::ViewMut<'_>> {
+        let whole = self.layout().contiguous_range() == Some(0..self.cuda(op)?.len());
+        if !whole || self.storage_mut().is_none() {
+            *self = self.cuda_copy(self.dtype())?;
+        }
+        out_mut(self, op)
+    }
+
     /// `contiguous` on the device: one strided-copy kernel, converting to `dtype`
     /// (only f32 ↔ bf16 conversions have a kernel).
     pub(crate) fn cuda_copy(&self, dtype: DType) -> Result<Tensor> {

@@ -105,7 +105,11 @@ impl Tensor {
             crate::bail!("index_select", "indices must be 1-D, got shape {}", ids.shape());
         }
         let parts = split_at(self.shape(), d);
-        let ids = indices(ids, parts.1, "index_select")?;
+        let idx = indices(ids, parts.1, "index_select")?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_index_select(ids, parts)?.reshape(self.shape().with_dim(d, idx.len()));
+        }
+        let ids = idx;
         let x = self.contiguous()?;
         let start = x.layout().offset();
         let out = with_cpu_vec!(x.cpu("index_select")?, v => CpuStorage::from(select_rows(&v[start..], &ids, parts)));
@@ -122,7 +126,11 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
         let parts = split_at(self.shape(), d);
-        let ids = indices(ids, parts.1, op)?;
+        let idx = indices(ids, parts.1, op)?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_index_add(ids, src, parts);
+        }
+        let ids = idx;
         let src = compute_dtype(&src.contiguous()?, op)?;
         let s0 = src.layout().offset();
         Ok(float_map!(self, op, self.shape(), |v, l| {

@@ -92,6 +92,9 @@ impl Tensor {
     /// log-sum-exp (N) that [`cross_entropy_backward`](Self::cross_entropy_backward) needs.
     pub fn cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
         let t = self.ce_targets(targets, &o)?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_cross_entropy(targets, o);
+        }
         let c = self.dims()[1];
         let x = compute_dtype(self, "cross_entropy")?.contiguous()?;
         let s = x.layout().offset();
@@ -124,6 +127,9 @@ impl Tensor {
         }
         let c = logits.dims()[1];
         let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
+        if logits.device() != crate::Device::Cpu {
+            return logits.cuda_cross_entropy_backward(targets, lse, dloss, count, o);
+        }
         let lse = lse.to_vec_f64()?;
         let scale = dloss / count as f64;
         let x = compute_dtype(logits, op)?.contiguous()?;

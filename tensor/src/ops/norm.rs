@@ -132,6 +132,10 @@ impl Tensor {
         }
         self.ln_check(w, op)?;
         self.ln_check(b, op)?;
+        if self.device() != crate::Device::Cpu {
+            let (y, mean, rstd) = self.cuda_layer_norm(w, b, eps)?;
+            return Ok(LayerNormOut { y, mean, rstd });
+        }
         let c = self.dims()[self.rank() - 1];
         let stats_shape = crate::Shape::from(&self.dims()[..self.rank() - 1]);
         let x = data(self, op)?;
@@ -168,6 +172,9 @@ impl Tensor {
         let op = "layer_norm_backward";
         super::same_shape(x, dy, op)?;
         x.ln_check(w, op)?;
+        if x.device() != crate::Device::Cpu {
+            return Tensor::cuda_layer_norm_backward(x, w, mean, rstd, dy);
+        }
         let c = *x.dims().last().unwrap_or(&0);
         let (xd, gd) = (data(x, op)?, data(dy, op)?);
         let w = w.map(|w| data(w, op)).transpose()?;

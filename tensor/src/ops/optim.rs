@@ -41,6 +41,9 @@ impl AdamW {
     /// and `v`; `step` counts from 1 and sets the bias corrections.
     pub fn step(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, step: u64) -> Result<()> {
         check("adamw", param, &[grad, m, v])?;
+        if param.device() != crate::Device::Cpu {
+            return self.cuda_step(param, grad, m, v, step);
+        }
         let g = grad.to_vec_f32()?;
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let bc1 = 1.0 - self.beta1.powi(step as i32);

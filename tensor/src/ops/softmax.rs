@@ -76,6 +76,9 @@ impl Tensor {
         let op = if log { "log_softmax" } else { "softmax" };
         let (x, d) = self.rows_along(dim, op)?;
         let len = x.dims().last().copied().unwrap_or(1);
+        if x.device() != crate::Device::Cpu {
+            return x.cuda_softmax_rows(log)?.transpose(d, self.rank() - 1)?.contiguous();
+        }
         let y = float_map!(&x, op, x.shape(), |v, l| rows_map(&v[l.offset()..], len, |s, o| softmax_row(s, o, log)));
         y.transpose(d, self.rank() - 1)?.contiguous()
     }
@@ -97,6 +100,9 @@ impl Tensor {
         let (yr, d) = y.rows_along(dim, op)?;
         let (gr, _) = dy.rows_along(d, op)?;
         let len = yr.dims().last().copied().unwrap_or(1);
+        if yr.device() != crate::Device::Cpu {
+            return Tensor::cuda_softmax_backward_rows(&yr, &gr, log)?.transpose(d, y.rank() - 1)?.contiguous();
+        }
         let dx = float_map2!(&yr, &gr, op, yr.shape(), |vy, ly, vg, lg| {
             rows_map2(&vy[ly.offset()..], &vg[lg.offset()..], len, |y, g, o| softmax_backward_row(y, g, o, log))
         });

@@ -187,6 +187,9 @@ impl UnaryOp {
 impl Tensor {
     /// Applies an elementwise function (float dtypes).
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_unary(op);
+        }
         Ok(float_map!(self, op.name(), self.shape(), |v, l| map1(v, l, |x| op.f(x))))
     }
 
@@ -194,6 +197,9 @@ impl Tensor {
     /// (output or input, see [`UnaryOp::grad_from_output`]) and the output gradient.
     pub fn unary_backward(op: UnaryOp, saved: &Tensor, dy: &Tensor) -> Result<Tensor> {
         same_shape(saved, dy, op.name())?;
+        if dy.device() != crate::Device::Cpu {
+            return Tensor::cuda_unary_backward(op, saved, dy);
+        }
         Ok(float_map2!(saved, dy, op.name(), dy.shape(), |vs, ls, vd, ld| map2(vs, ls, vd, ld, |s, g| g * op.df(s))))
     }
 

@@ -1,0 +1,111 @@
+//! Embedding lookups and the cross-entropy loss on CUDA tensors. Indices and targets
+//! are bounds-checked on the host by the callers (which read them anyway), then used
+//! on the device, uploaded first when they are host tensors.
+
+use super::ops::{alloc, out_mut, same_device};
+use super::{cuda_device, cuda_err};
+use crate::ops::CrossEntropy;
+use crate::{DType, Device, Result, Tensor};
+use monarch_cuda::ops::{cross_entropy as kx, embedding as ke};
+
+impl Tensor {
+    /// `t` on this tensor's device, contiguous (an upload when `t` is on the host).
+    fn beside(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_device(self.device())?.contiguous()
+    }
+
+    /// [`Tensor::index_select`] on the device: `(outer, size, inner)` split at the dim.
+    pub(crate) fn cuda_index_select(
+        &self,
+        ids: &Tensor,
+        (outer, size, inner): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let op = "index_select";
+        let (x, ids) = (self.contiguous()?, self.beside(ids)?);
+        let n = ids.elem_count();
+        let mut out = alloc(&x, x.dtype(), [outer * n * inner], op)?;
+        let d = ke::IndexDims { outer, size, inner };
+        ke::index_select(x.cuda_view(op)?, ids.cuda_elems(op)?, d, out_mut(&mut out, op)?, None)
+            .map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
+    /// [`Tensor::index_add`] on the device, accumulating in f32 (the kernel's atomics).
+    pub(crate) fn cuda_index_add(
+        &self,
+        ids: &Tensor,
+        src: &Tensor,
+        (outer, size, inner): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let op = "index_add";
+        same_device(op, self, &[src])?;
+        let (ids, src) = (self.beside(ids)?, src.contiguous()?);
+        // A fresh f32 copy to accumulate into (the input itself is never changed).
+        let mut acc = self.cuda_copy(DType::F32)?;
+        let d = ke::IndexDims { outer, size, inner };
+        ke::index_add(out_mut(&mut acc, op)?, ids.cuda_elems(op)?, src.cuda_view(op)?, d, None)
+            .map_err(cuda_err(op))?;
+        acc.reshape(self.shape().clone())?.to_dtype(self.dtype())
+    }
+
+    /// Mean cross-entropy of (N, C) device logits against (N) targets already checked:
+    /// the f32 loss and the per-row log-sum-exp.
+    pub(crate) fn cuda_cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
+        let op = "cross_entropy";
+        let (x, t) = (self.contiguous()?, self.beside(targets)?);
+        let (n, c) = (x.dims()[0], x.dims()[1]);
+        let mut lse = alloc(&x, DType::F32, n, op)?;
+        let mut out = alloc(&x, DType::F32, 2, op)?;
+        kx::cross_entropy(
+            x.cuda_view(op)?,
+            t.cuda_elems(op)?,
+            n,
+            c,
+            options(o),
+            out_mut(&mut lse, op)?,
+            out_mut(&mut out, op)?,
+        )
+        .map_err(cuda_err(op))?;
+        Ok((out.narrow(0, 0, 1)?.reshape(())?, lse))
+    }
+
+    /// The logits' gradient of [`Tensor::cuda_cross_entropy`], scaled by `dloss`;
+    /// `count` is the number of rows not ignored.
+    pub(crate) fn cuda_cross_entropy_backward(
+        &self,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f64,
+        count: usize,
+        o: CrossEntropy,
+    ) -> Result<Tensor> {
+        let op = "cross_entropy_backward";
+        same_device(op, self, &[lse])?;
+        let (x, t, lse) = (self.contiguous()?, self.beside(targets)?, lse.to_dtype(DType::F32)?.contiguous()?);
+        let (n, c) = (x.dims()[0], x.dims()[1]);
+        let Device::Cuda(i) = self.device() else { unreachable!("called for device tensors only") };
+        // The kernel reads the count from the forward's (loss, count) pair on the device.
+        let pair = cuda_device(i)?.htod(&[0.0f32, count as f32]).map_err(cuda_err(op))?;
+        let pair = Tensor::from_cuda(pair, DType::F32, 2);
+        let mut dx = alloc(&x, x.dtype(), x.shape().clone(), op)?;
+        kx::cross_entropy_backward(
+            x.cuda_view(op)?,
+            t.cuda_elems(op)?,
+            lse.cuda_view(op)?,
+            pair.cuda_view(op)?,
+            None,
+            dloss as f32,
+            n,
+            c,
+            options(o),
+            out_mut(&mut dx, op)?,
+        )
+        .map_err(cuda_err(op))?;
+        Ok(dx)
+    }
+}
+
+/// The kernel's options.
+fn options(o: CrossEntropy) -> kx::CrossEntropy {
+    kx::CrossEntropy { ignore_index: o.ignore_index, label_smoothing: o.label_smoothing as f32 }
+}
