@@ -55,6 +55,14 @@ impl Tensor {
         Self::from_vec(data.to_vec(), shape)
     }
 
+    /// A zero-filled tensor on `device` (written there, not copied from the host).
+    pub fn zeros_on(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::zeros(shape, dtype)),
+            Device::Cuda(i) => Self::cuda_zeros(shape.into(), dtype, i),
+        }
+    }
+
     /// A 0-dimensional tensor holding `v`.
     pub fn scalar<T: WithDType>(v: T) -> Self {
         Self::from_cpu(T::into_storage(vec![v]), ())

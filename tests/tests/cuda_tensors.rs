@@ -203,3 +203,43 @@ fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     close(&gv, &v, 1e-5);
     close(&shared, &rnd(&[1000], 20), 0.0);
 }
+
+#[test]
+fn a_gpt2_step_on_the_gpu_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    use monarch_nn::Ctx;
+    use monarch_nn::models::{Gpt2, Gpt2Config};
+    for kind in [LinearKind::Dense, LinearKind::Monarch { nblocks: 4 }] {
+        let cfg = Gpt2Config {
+            vocab_size: 97,
+            block_size: 64,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 64,
+            dropout: 0.0,
+            attn_linear: kind.clone(),
+            mlp_linear: kind.clone(),
+            ..Gpt2Config::small()
+        };
+        let (cpu, dev) = (Gpt2::new(&cfg, 3).unwrap(), Gpt2::new(&cfg, 3).unwrap());
+        monarch_nn::to_device(&dev, GPU).unwrap();
+        let toks = |seed: u64| {
+            let v: Vec<i64> = (0..2 * 64).map(|i| ((i as u64 * 2654435761 + seed * 97) % 97) as i64).collect();
+            Tensor::from_vec(v, [2, 64]).unwrap()
+        };
+        let (x, y) = (toks(1), toks(2));
+        let step = |m: &Gpt2| {
+            let loss = m.loss(&x, &y, -1, &Ctx::eval()).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut all = vec![loss.value().clone()];
+            all.extend(monarch_nn::Module::named_params(m).iter().map(|(_, p)| grads.get(p).unwrap().clone()));
+            all
+        };
+        for (i, (g, c)) in step(&dev).iter().zip(step(&cpu)).enumerate() {
+            close(g, &c, 2e-3);
+            assert!(i == 0 || g.device() == GPU, "{kind:?} gradient {i} left the GPU");
+        }
+    }
+}

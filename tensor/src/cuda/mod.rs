@@ -4,6 +4,7 @@
 //! CUDA kernel returns [`Error::DeviceUnavailable`] naming itself; the CPU path never
 //! touches the CUDA libraries, which are loaded only when a tensor is first moved.
 
+mod attention;
 mod lookup;
 mod ops;
 mod optim;

@@ -53,6 +53,37 @@ impl Tensor {
         Ok(out)
     }
 
+    /// A zero-filled tensor on CUDA device `ordinal`.
+    pub(crate) fn cuda_zeros(shape: Shape, dtype: DType, ordinal: usize) -> Result<Tensor> {
+        let op = "zeros";
+        let dev = super::cuda_device(ordinal)?;
+        let buf = dev.zeros(super::buffer_dtype(dtype, op)?, shape.elem_count()).map_err(cuda_err(op))?;
+        Ok(Tensor::from_cuda(buf, dtype, shape))
+    }
+
+    /// [`Tensor::cat`] of device tensors along `d`: each part with `d` moved first is
+    /// copied into its own contiguous run of the output, which is then moved back.
+    pub(crate) fn cuda_cat(parts: &[&Tensor], d: usize, shape: &Shape) -> Result<Tensor> {
+        let op = "cat";
+        let first = parts[0];
+        same_device(op, first, parts)?;
+        let moved: Vec<Tensor> = parts.iter().map(|t| t.transpose(0, d)?.contiguous()).collect::<Result<_>>()?;
+        let mut front = shape.dims().to_vec();
+        front.swap(0, d);
+        let mut out = alloc(first, first.dtype(), front, op)?;
+        let mut at = 0;
+        for p in &moved {
+            let n = p.elem_count();
+            let dst = match out.storage_mut() {
+                Some(Storage::Cuda(CudaStorage { buf, .. })) => buf.slice_mut(at, n).map_err(cuda_err(op))?,
+                _ => return Err(Error::invalid(op, "output buffer is shared")),
+            };
+            kc::copy_strided(p.cuda_view(op)?, p.dims(), p.layout().strides(), dst).map_err(cuda_err(op))?;
+            at += n;
+        }
+        out.transpose(0, d)?.contiguous()
+    }
+
     /// `lhs op rhs` with broadcasting, both on one device (f32 or bf16).
     pub(crate) fn cuda_binary(
         &self,

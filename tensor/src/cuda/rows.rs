@@ -6,7 +6,7 @@ use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
 use crate::ops::UnaryOp;
 use crate::{DType, Result, Tensor};
-use monarch_cuda::ops::{layer_norm as kl, softmax as ks, unary as ku};
+use monarch_cuda::ops::{dropout as kd, layer_norm as kl, softmax as ks, unary as ku};
 
 /// The kernel's code for a unary function.
 fn kernel_op(op: UnaryOp) -> ku::UnaryOp {
@@ -51,6 +51,14 @@ impl Tensor {
         let (sv, gv) = (s.cuda_elems(name)?, g.cuda_elems(name)?);
         ku::unary_backward(kernel_op(op), sv, gv, out_mut(&mut dx, name)?).map_err(cuda_err(name))?;
         Ok(dx)
+    }
+
+    /// [`Tensor::dropout`] of a contiguous device tensor: the CPU's mask for the same seed.
+    pub(crate) fn cuda_dropout(&self, p: f64, seed: u64) -> Result<Tensor> {
+        let op = "dropout";
+        let mut y = alloc(self, self.dtype(), self.shape().clone(), op)?;
+        kd::dropout(self.cuda_elems(op)?, p as f32, seed, 0, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
+        Ok(y)
     }
 
     /// Softmax (or log-softmax) over the last dimension of contiguous rows.

@@ -28,6 +28,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         let x = self.contiguous()?;
+        if x.device() != crate::Device::Cpu {
+            return x.cuda_dropout(p, seed);
+        }
         Ok(float_map!(&x, "dropout", x.shape(), |v, l| kernel(&v[l.offset()..l.offset() + x.elem_count()], p, seed)))
     }
 }

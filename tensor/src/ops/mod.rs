@@ -2,7 +2,7 @@
 //! `impl Tensor` API; backward kernels that autograd needs (fused where a composite
 //! would make several passes) live beside their forward.
 
-mod attention;
+pub(crate) mod attention;
 mod binary;
 mod block_sparse;
 mod butterfly;

@@ -76,6 +76,9 @@ impl Tensor {
             total += t.dims()[d];
         }
         let shape = first.shape().with_dim(d, total);
+        if first.device() != crate::Device::Cpu {
+            return Tensor::cuda_cat(tensors, d, &shape);
+        }
         let outer: usize = first.dims()[..d].iter().product();
         let inner: usize = first.dims()[d + 1..].iter().product();
         let parts = tensors.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;

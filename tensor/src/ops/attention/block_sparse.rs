@@ -39,6 +39,9 @@ impl Tensor {
     ) -> Result<AttentionOut> {
         let op = "block_sparse_attention";
         let dims = Dims::check(self, k, v, opts, op)?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_attention(k, v, Some(mask), dims, opts, op);
+        }
         tiling::forward_tensors(op, [self, k, v], dims, plan(mask, dims, op)?, opts)
     }
 
@@ -54,6 +57,9 @@ impl Tensor {
     ) -> Result<AttentionGrads> {
         let op = "block_sparse_attention_backward";
         let dims = Dims::check(q, k, v, opts, op)?;
+        if q.device() != crate::Device::Cpu {
+            return Tensor::cuda_attention_backward(q, k, v, Some(mask), fwd, dout, dims, opts, op);
+        }
         tiling::backward_tensors(op, [q, k, v], fwd, dout, dims, plan(mask, dims, op)?, opts)
     }
 }

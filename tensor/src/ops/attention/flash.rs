@@ -17,6 +17,9 @@ impl Tensor {
     pub fn flash_attention(&self, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<AttentionOut> {
         let op = "flash_attention";
         let dims = Dims::check(self, k, v, opts, op)?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_attention(k, v, None, dims, opts, op);
+        }
         tiling::forward_tensors(op, [self, k, v], dims, PLAN, opts)
     }
 
@@ -32,6 +35,9 @@ impl Tensor {
     ) -> Result<AttentionGrads> {
         let op = "flash_attention_backward";
         let dims = Dims::check(q, k, v, opts, op)?;
+        if q.device() != crate::Device::Cpu {
+            return Tensor::cuda_attention_backward(q, k, v, None, fwd, dout, dims, opts, op);
+        }
         tiling::backward_tensors(op, [q, k, v], fwd, dout, dims, PLAN, opts)
     }
 }

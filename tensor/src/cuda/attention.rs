@@ -1,0 +1,110 @@
+//! Flash attention (dense, or block-sparse over 64×64 tiles) on CUDA tensors. The
+//! kernels take self-attention shapes (as many queries as keys), head_dim 32, 64 or 128
+//! and no dropout; anything else is a clear error naming what is not supported.
+
+use super::cuda_err;
+use super::ops::{alloc, out_mut, same_device};
+use crate::ops::attention::Dims;
+use crate::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, DType, Result, Tensor};
+use monarch_cuda::ops::flash_attention::{self as kf, ATTN_TILE, AttentionDims};
+
+/// The kernel's sizes, or why the call has no CUDA kernel.
+fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<AttentionDims> {
+    if d.nq != d.nk {
+        crate::bail!(op, "the CUDA kernels take as many queries as keys (got {} and {})", d.nq, d.nk);
+    }
+    if opts.dropout > 0.0 {
+        crate::bail!(op, "attention dropout has no CUDA kernel yet; use dropout 0 on the GPU");
+    }
+    if ![32, 64, 128].contains(&d.d) {
+        crate::bail!(op, "the CUDA kernels take head_dim 32, 64 or 128 (got {})", d.d);
+    }
+    Ok(AttentionDims { batch_heads: d.bh(), seq: d.nq, head_dim: d.d, causal: opts.causal })
+}
+
+/// A block mask as the kernels read it: u8 flags over 64×64 tiles, on `like`'s device.
+fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'static str) -> Result<Option<Tensor>> {
+    let Some(m) = mask else { return Ok(None) };
+    let t = ad.tiles();
+    if m.block != ATTN_TILE || m.rows != t || m.cols != t {
+        crate::bail!(
+            op,
+            "the CUDA kernels take masks of {ATTN_TILE}-blocks covering the sequence ({t}x{t}), got {}x{} blocks of {}",
+            m.rows,
+            m.cols,
+            m.block
+        );
+    }
+    Ok(Some(m.to_tensor().to_device(like.device())?))
+}
+
+impl Tensor {
+    /// [`Tensor::flash_attention`] (no mask) or [`Tensor::block_sparse_attention`] on the device.
+    pub(crate) fn cuda_attention(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&BlockMask>,
+        dims: Dims,
+        opts: &AttentionOpts,
+        op: &'static str,
+    ) -> Result<AttentionOut> {
+        same_device(op, self, &[k, v])?;
+        let ad = kernel_dims(dims, opts, op)?;
+        let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let m = tile_mask(mask, &ad, &q, op)?;
+        let mut out = alloc(&q, q.dtype(), dims.q_shape(), op)?;
+        let mut lse = alloc(&q, DType::F32, dims.row_shape(), op)?;
+        let mv = m.as_ref().map(|m| m.cuda_elems(op)).transpose()?;
+        kf::flash_attention_forward(
+            ad,
+            q.cuda_view(op)?,
+            k.cuda_view(op)?,
+            v.cuda_view(op)?,
+            mv,
+            out_mut(&mut out, op)?,
+            out_mut(&mut lse, op)?,
+        )
+        .map_err(cuda_err(op))?;
+        Ok(AttentionOut { out, lse })
+    }
+
+    /// The gradients of [`Tensor::cuda_attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cuda_attention_backward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&BlockMask>,
+        fwd: &AttentionOut,
+        dout: &Tensor,
+        dims: Dims,
+        opts: &AttentionOpts,
+        op: &'static str,
+    ) -> Result<AttentionGrads> {
+        same_device(op, q, &[k, v, &fwd.out, &fwd.lse, dout])?;
+        let ad = kernel_dims(dims, opts, op)?;
+        let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (o, lse, g) = (fwd.out.contiguous()?, fwd.lse.contiguous()?, dout.contiguous()?);
+        let m = tile_mask(mask, &ad, &qc, op)?;
+        let mut dq = alloc(&qc, qc.dtype(), dims.q_shape(), op)?;
+        let mut dk = alloc(&qc, qc.dtype(), dims.k_shape(), op)?;
+        let mut dv = alloc(&qc, qc.dtype(), dims.k_shape(), op)?;
+        let mv = m.as_ref().map(|m| m.cuda_elems(op)).transpose()?;
+        kf::flash_attention_backward(
+            ad,
+            qc.cuda_view(op)?,
+            kc.cuda_view(op)?,
+            vc.cuda_view(op)?,
+            mv,
+            o.cuda_view(op)?,
+            lse.cuda_view(op)?,
+            g.cuda_view(op)?,
+            out_mut(&mut dq, op)?,
+            out_mut(&mut dk, op)?,
+            out_mut(&mut dv, op)?,
+        )
+        .map_err(cuda_err(op))?;
+        Ok(AttentionGrads { dq, dk, dv })
+    }
+}
