@@ -1,7 +1,7 @@
 //! The gradients backward produces, keyed by leaf.
 
 use crate::{Param, Var, VarId};
-use monarch_tensor::{Result, Tensor};
+use monarch_tensor::{DType, Result, Tensor};
 use std::collections::HashMap;
 
 /// Something whose gradient can be looked up: a [`Param`], a leaf [`Var`] or a [`VarId`].
@@ -84,7 +84,9 @@ impl Gradients {
     pub fn global_norm(&self) -> Result<f64> {
         let mut sq = 0.0;
         for g in self.map.values() {
-            sq += g.to_dtype(monarch_tensor::DType::F64)?.sqr()?.sum_all()?.to_scalar_f64()?;
+            // f64 on the host; GPUs have no f64 storage, so f32 there.
+            let wide = if g.device() == monarch_tensor::Device::Cpu { DType::F64 } else { DType::F32 };
+            sq += g.to_dtype(wide)?.sqr()?.sum_all()?.to_scalar_f64()?;
         }
         Ok(sq.sqrt())
     }

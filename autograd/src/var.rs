@@ -146,7 +146,8 @@ impl Var {
                 format!("needs a single-element output, got shape {}; use backward_with", self.shape()),
             ));
         }
-        self.backward_with(Tensor::ones(self.shape(), self.dtype()), grads)
+        let seed = Tensor::ones(self.shape(), self.dtype()).to_device(self.value().device())?;
+        self.backward_with(seed, grads)
     }
 
     /// Backward from an explicit output gradient `seed` of this var's shape.

@@ -26,7 +26,7 @@ impl Var {
                     // The gradient goes to the operand that was selected (the left on ties).
                     let cmp = if op == BinaryOp::Max { CmpOp::Ge } else { CmpOp::Le };
                     let left = a.cmp(b, cmp)?;
-                    let zero = Tensor::zeros((), g.dtype());
+                    let zero = Tensor::zeros_on((), g.dtype(), g.device())?;
                     (need(na, || left.where_cond(g, &zero))?, need(nb, || left.where_cond(&zero, g))?)
                 }
                 _ => unreachable!("operands saved for every op but add and sub"),
@@ -67,7 +67,7 @@ impl Var {
         let (st, sf) = (on_true.shape().clone(), on_false.shape().clone());
         let mask = mask.clone();
         Var::record("where_cond", y, [on_true, on_false], move |g, [nt, nf]| {
-            let zero = Tensor::zeros((), g.dtype());
+            let zero = Tensor::zeros_on((), g.dtype(), g.device())?;
             Ok([
                 need(nt, || mask.where_cond(g, &zero)?.sum_to(&st))?,
                 need(nf, || mask.where_cond(&zero, g)?.sum_to(&sf))?,

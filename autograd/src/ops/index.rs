@@ -12,7 +12,7 @@ impl Var {
         let y = self.value().index_select(ids, d)?;
         let (ids, input) = (ids.clone(), self.shape().clone());
         Var::record("index_select", y, [self], move |g, [n]| {
-            Ok([need(n, || Tensor::zeros(&input, g.dtype()).index_add(&ids, g, d))?])
+            Ok([need(n, || Tensor::zeros_on(&input, g.dtype(), g.device())?.index_add(&ids, g, d))?])
         })
     }
 
@@ -22,7 +22,7 @@ impl Var {
         let y = self.value().gather(index, d)?;
         let (index, input) = (index.clone(), self.shape().clone());
         Var::record("gather", y, [self], move |g, [n]| {
-            Ok([need(n, || Tensor::zeros(&input, g.dtype()).scatter_add(&index, g, d))?])
+            Ok([need(n, || Tensor::zeros_on(&input, g.dtype(), g.device())?.scatter_add(&index, g, d))?])
         })
     }
 }

@@ -44,8 +44,8 @@ impl Var {
         Var::record("narrow", y, [self], move |g, [n]| {
             Ok([need(n, || {
                 let size = input.dims()[d];
-                let before = Tensor::zeros(input.with_dim(d, start), g.dtype());
-                let after = Tensor::zeros(input.with_dim(d, size - start - len), g.dtype());
+                let before = Tensor::zeros_on(input.with_dim(d, start), g.dtype(), g.device())?;
+                let after = Tensor::zeros_on(input.with_dim(d, size - start - len), g.dtype(), g.device())?;
                 Tensor::cat(&[&before, g, &after], d)
             })?])
         })
