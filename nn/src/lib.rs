@@ -25,7 +25,7 @@ pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::{Activation, Mlp};
-pub use module::{Module, NamedParams, param_count, prefixed, to_device};
+pub use module::{Module, NamedParams, param_count, params_to_device, prefixed, to_device};
 pub use rand::{SeedableRng, rngs::StdRng};
 pub use self_attention::{AttentionSpec, SelfAttention};
 pub use structured::{

@@ -33,7 +33,12 @@ pub fn param_count(m: &dyn Module) -> usize {
 
 /// Moves every parameter of `m` to `device`, in place (shapes and dtypes unchanged).
 pub fn to_device(m: &(impl Module + ?Sized), device: Device) -> Result<()> {
-    for (_, p) in m.named_params() {
+    params_to_device(&m.named_params(), device)
+}
+
+/// Moves each of `params` to `device`, in place.
+pub fn params_to_device(params: &NamedParams, device: Device) -> Result<()> {
+    for (_, p) in params {
         p.set(p.value().to_device(device)?)?;
     }
     Ok(())

@@ -76,7 +76,7 @@ fn to_bytes(t: &Tensor) -> Result<Bytes> {
         DType::F32 => Dtype::F32,
         DType::F64 => Dtype::F64,
     };
-    let c = t.contiguous()?;
+    let c = t.to_device(crate::Device::Cpu)?.contiguous()?;
     let mut data = Vec::with_capacity(c.elem_count() * c.dtype().size_in_bytes());
     let r = c.layout().contiguous_range().expect("contiguous");
     with_cpu_vec!(c.cpu("save_safetensors")?, v => v[r].iter().for_each(|x| x.write_le(&mut data)));

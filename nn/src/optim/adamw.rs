@@ -25,11 +25,15 @@ impl Optimizer for AdamW {
     fn step(&mut self, params: &NamedParams, grads: &Gradients) -> Result<()> {
         for (name, p) in params {
             let Some(g) = grads.get(p) else { continue };
-            let shape = p.value().shape().clone();
+            let (shape, device) = (p.value().shape().clone(), p.value().device());
             let (m, v, t) = self
                 .moments
                 .entry(p.id())
                 .or_insert_with(|| (Tensor::zeros(&shape, DType::F32), Tensor::zeros(&shape, DType::F32), 0));
+            // Fresh or restored moments live where the parameter does.
+            if m.device() != device {
+                (*m, *v) = (m.to_device(device)?, v.to_device(device)?);
+            }
             *t += 1;
             let hyper = if decays(name, &p.value()) {
                 self.hyper

@@ -112,6 +112,10 @@ pub struct TrainArgs {
     /// No progress bar or log lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Where to train: cpu, cuda or cuda:N (parameters, optimiser state and activations
+    /// live there; batches are read on the host and copied).
+    #[arg(long, default_value = "cpu")]
+    pub device: monarch_tensor::Device,
 }
 
 impl TrainArgs {

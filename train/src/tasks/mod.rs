@@ -198,6 +198,7 @@ pub fn train<M: Serialize>(
         config,
         quiet: args.quiet,
         stop_after: args.stop_after,
+        device: args.device,
     };
     trainer::run(task, &cfg.train, &opts)
 }

@@ -14,7 +14,8 @@ pub use metrics::MetricsLog;
 
 use monarch_autograd::{Gradients, Var};
 use monarch_nn::optim::{Optimizer, WarmupCosine};
-use monarch_nn::{Ctx, NamedParams, assign_params};
+use monarch_nn::{Ctx, NamedParams, assign_params, params_to_device};
+use monarch_tensor::Device;
 use progress::Progress;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this step (with a checkpoint) as if interrupted; `resume` continues.
     pub stop_after: Option<u64>,
+    /// Where the parameters and the optimiser state live while training.
+    pub device: Device,
 }
 
 /// What a finished run reports.
@@ -153,6 +156,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         task.restore_data_state(&ck.meta.data)?;
         step = ck.meta.step;
     }
+    params_to_device(&task.params(), opts.device)?;
     let mut metrics = MetricsLog::open(dir, opts.resume.then_some(step))?;
     if !opts.resume {
         let mut start = json!({"step": 0, "event": "start", "task": task.name(), "steps": cfg.steps});
@@ -177,7 +181,10 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         if densify_step == Some(step) && !densified {
             // Carry optimiser state over by name where a parameter survives (biases, norms, embeddings).
             let saved = opt.state(&task.params()).into_iter().collect();
+            // Densification builds the dense weights on the host.
+            params_to_device(&task.params(), Device::Cpu)?;
             let n = task.densify()?;
+            params_to_device(&task.params(), opts.device)?;
             densified = true;
             let mut fresh = cfg.optimizer()?;
             fresh.load_state(&task.params(), &saved)?;
@@ -304,7 +311,14 @@ mod tests {
     }
 
     fn opts(dir: &Path) -> RunOptions {
-        RunOptions { out_dir: dir.into(), resume: false, config: json!({}), quiet: true, stop_after: None }
+        RunOptions {
+            out_dir: dir.into(),
+            resume: false,
+            config: json!({}),
+            quiet: true,
+            stop_after: None,
+            device: Device::Cpu,
+        }
     }
 
     #[test]
