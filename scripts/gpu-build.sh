@@ -2,12 +2,12 @@
 # Builds everything a GPU check needs into gpu-bin/ (ignored by git), stripped so that it
 # travels to a device machine with no Rust toolchain: the `monarch` binary and the test
 # executables of monarch-cuda (kernels vs CPU, NVRTC compile) and of the tensor-on-GPU
-# tests. Then run `bash scripts/gpu-check.sh` there with gpu-bin carried.
+# tests, and `train-gpt2`. Then run `bash scripts/gpu-check.sh` there with gpu-bin carried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf gpu-bin && mkdir -p gpu-bin
-cargo build --release -p monarch-train --bin monarch
-cp target/release/monarch gpu-bin/
+cargo build --release -p monarch-train --bin monarch --bin train-gpt2
+cp target/release/monarch target/release/train-gpt2 gpu-bin/
 cargo test --release --no-run -p monarch-cuda -p monarch-tests --message-format=json 2>/dev/null |
   python3 -c '
 import json, shutil, sys

@@ -31,3 +31,25 @@ P=scripts/peers/torch_linear.py
   $M bench linear --device cuda --kind monarch --nblocks 4 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   python3 $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
 } 2>&1 | tee "$OUT/bench.jsonl"
+# Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
+# embedded corpus for 20 steps of 16×1024 tokens (no dropout: the attention kernels have none).
+sed 's/^dropout = 0.1/dropout = 0.0/; s/^grad_accum = 32/grad_accum = 1/; s/^eval_batches = 100/eval_batches = 4/' \
+  train/configs/gpt2-small.toml > /tmp/gpt2-small-gpu.toml
+{
+  gpu-bin/train-gpt2 --device cuda --max-steps 50 --out-dir /tmp/run-tiny --quiet
+  tail -2 /tmp/run-tiny/metrics.jsonl
+  gpu-bin/train-gpt2 --device cuda --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
+    --max-steps 20 --eval-every 0 --log-every 5 --checkpoint-every 0 --out-dir /tmp/run-small --quiet
+  tail -3 /tmp/run-small/metrics.jsonl
+} 2>&1 | tee "$OUT/train.log"
+# Model FLOP utilisation of the GPT-2 small run against the measured bf16 matmul rate.
+python3 - "$OUT/bench.jsonl" /tmp/run-small/metrics.jsonl <<'PY' 2>&1 | tee -a "$OUT/train.log"
+import json, sys
+bench = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+peak = max(b["gflops"] for b in bench if b.get("op") == "matmul" and b.get("dtype") == "bf16" and "peer" not in b)
+recs = [json.loads(l) for l in open(sys.argv[2])]
+flops = recs[0]["train_flops_per_token"]
+rate = [r["tokens_per_s"] for r in recs if "tokens_per_s" in r][-1]
+print(json.dumps({"tokens_per_s": rate, "train_flops_per_token": flops, "bf16_matmul_gflops": peak,
+                  "mfu_vs_measured_bf16": rate * flops / (peak * 1e9)}))
+PY
