@@ -191,7 +191,9 @@ impl<M: ImageModel> ImageTask<M> {
     }
 
     fn loss(&self, batch: &ImageBatch, ctx: &Ctx) -> Result<(Var, Var), TrainError> {
-        let logits = self.model.forward(&Var::constant(batch.images.clone()), ctx)?;
+        // Images are decoded on the host; they go where the parameters are.
+        let device = self.model.named_params().first().map_or(monarch_tensor::Device::Cpu, |(_, p)| p.value().device());
+        let logits = self.model.forward(&Var::constant(batch.images.to_device(device)?), ctx)?;
         let ce = CrossEntropy { ignore_index: None, label_smoothing: 0.0 };
         Ok((logits.cross_entropy(&batch.labels, ce)?, logits))
     }
