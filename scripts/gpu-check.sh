@@ -29,6 +29,7 @@ P=scripts/peers/torch_linear.py
     python3 $P linear --in $1 --out $2 --batch 16384 --nblocks 4 --dtype bf16
   done
   $M bench linear --device cuda --kind monarch --nblocks 4 --in 4096 --out 4096 --batch 2048 --vs-dense --json
+  $M bench linear --device cuda --kind blocksparse --butterfly-size 16 --n-factors 2 --block 32 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   python3 $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the

@@ -111,8 +111,23 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
     if !gpu() {
         return;
     }
-    for kind in [LinearKind::Dense, LinearKind::Monarch { nblocks: 4 }, LinearKind::Monarch { nblocks: 3 }] {
-        for (inp, out) in [(48, 48), (30, 50), (50, 22)] {
+    let sparse = LinearKind::BlockSparse { butterfly_size: 4, n_factors: 1, block: 16 };
+    let pixelfly = LinearKind::Pixelfly {
+        butterfly_size: 4,
+        n_factors: 2,
+        block: 16,
+        rank: monarch_nn::Rank::Fixed(3),
+        gate: monarch_nn::Gate::Learned,
+    };
+    let cases = [
+        (LinearKind::Dense, vec![(48, 48), (30, 50), (50, 22)]),
+        (LinearKind::Monarch { nblocks: 4 }, vec![(48, 48), (30, 50), (50, 22)]),
+        (LinearKind::Monarch { nblocks: 3 }, vec![(48, 48), (30, 50), (50, 22)]),
+        (sparse, vec![(64, 128), (128, 64)]),
+        (pixelfly, vec![(64, 128), (128, 64)]),
+    ];
+    for (kind, shapes) in cases {
+        for (inp, out) in shapes {
             let cpu = kind.build(inp, out, true, &mut StdRng::seed_from_u64(10)).unwrap();
             let dev = kind.build(inp, out, true, &mut StdRng::seed_from_u64(10)).unwrap();
             monarch_nn::to_device(&*dev, GPU).unwrap();

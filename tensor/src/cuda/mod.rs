@@ -5,6 +5,7 @@
 //! touches the CUDA libraries, which are loaded only when a tensor is first moved.
 
 mod attention;
+mod block_sparse;
 mod lookup;
 mod ops;
 mod optim;

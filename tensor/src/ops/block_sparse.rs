@@ -266,6 +266,13 @@ impl Tensor {
                 crate::bail!(op, "bias of shape {} does not match {} outputs", b.shape(), plan.out_features());
             }
         }
+        if self.device() != crate::Device::Cpu {
+            let y = self.cuda_block_sparse(values, plan, rows)?;
+            return match bias {
+                Some(b) => y.add(b),
+                None => Ok(y),
+            };
+        }
         let mut dims = self.dims().to_vec();
         *dims.last_mut().expect("rank checked") = plan.out_features();
         let (xd, wd) = (data(self, op)?, data(values, op)?);
@@ -298,6 +305,9 @@ impl Tensor {
         *dims.last_mut().expect("rank checked") = plan.out_features();
         if dy.dims() != dims {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
+        }
+        if x.device() != crate::Device::Cpu {
+            return Tensor::cuda_block_sparse_backward(x, values, plan, dy, rows, want);
         }
         let (xd, wd, gd) = (data(x, op)?, data(values, op)?, data(dy, op)?);
         let [dx, dw] = match xd.0.dtype() {
