@@ -31,6 +31,10 @@ P=scripts/peers/torch_linear.py
   $M bench linear --device cuda --kind monarch --nblocks 4 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   $M bench linear --device cuda --kind blocksparse --butterfly-size 16 --n-factors 2 --block 32 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   python3 $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
+  for seq in 1024 2048 4096 8192; do
+    $M bench attention --device cuda --impl flash --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 3 --runs 20 --json
+    python3 scripts/peers/torch_attention.py --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16
+  done
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
 # embedded corpus for 20 steps of 16×1024 tokens (no dropout: the attention kernels have none).

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
 use monarch_nn::{AttentionFlags, AttentionImpl, AttentionKernel};
 use monarch_tensor::ops::visited_fraction;
-use monarch_tensor::{AttentionOpts, DType, Tensor};
+use monarch_tensor::{AttentionOpts, DType, Device, Tensor};
 
 /// Which passes are timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -66,6 +66,9 @@ pub struct AttentionArgs {
     /// Also report the output's relative error against naive attention (Frobenius norm).
     #[arg(long)]
     error: bool,
+    /// Where to run: cpu, cuda or cuda:N (flash and block_sparse with 64-blocks on a GPU).
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     #[command(flatten)]
     timing: Timing,
 }
@@ -82,8 +85,9 @@ impl AttentionArgs {
         };
         let kernel = AttentionImpl::from_flags(&flags)?.kernel(self.seq, self.seq)?;
         let shape = [self.batch, self.heads, self.seq, self.head_dim];
-        let input =
-            |seed| -> Result<Tensor, CliError> { Ok(Tensor::randn(shape, 0.0, self.std, seed)?.to_dtype(self.dtype)?) };
+        let input = |seed| -> Result<Tensor, CliError> {
+            Ok(Tensor::randn(shape, 0.0, self.std, seed)?.to_dtype(self.dtype)?.to_device(self.device)?)
+        };
         let (q, k, v, dout) = (input(1)?, input(2)?, input(3)?, input(4)?);
         let opts = AttentionOpts { causal: self.causal, dropout: self.dropout, seed: 5 };
         let run = || -> Result<(), CliError> {
@@ -99,11 +103,13 @@ impl AttentionArgs {
                     out.backward_with(dout.clone(), &mut Gradients::new())?;
                 }
             }
-            Ok(())
+            Ok(self.device.synchronize()?)
         };
         let ms = self.timing.median_ms(run)?;
+        // Host memory growth; GPU memory is not counted here.
         let (done, peak) = alloc_stats::peak_growth(run);
         done?;
+        let peak = (self.device == Device::Cpu).then_some(peak);
         let (density, visited) = match &kernel {
             AttentionKernel::BlockSparse(m) => {
                 (Some(m.density()), Some(visited_fraction(self.seq, self.seq, Some(m), self.causal)))
@@ -118,14 +124,14 @@ impl AttentionArgs {
                 "batch": self.batch, "heads": self.heads, "seq": self.seq, "head_dim": self.head_dim,
                 "causal": self.causal, "dtype": self.dtype.as_str(), "std": self.std, "density": density, "visited_fraction": visited,
                 "block": self.block, "window": self.window, "features": self.features,
-                "median_ms": ms, "peak_bytes": peak, "rel_error": error,
+                "median_ms": ms, "peak_bytes": peak, "rel_error": error, "device": self.device.to_string(),
             });
             println!("{j}");
         } else {
             let extra = density.map(|d| format!(", density {d:.3}")).unwrap_or_default();
             let err = error.map(|e| format!(", relative error {e:.3e}")).unwrap_or_default();
             println!(
-                "attention {} {:?} b{} h{} n{} d{}{}{extra}: median {ms:.2} ms, peak {:.1} MiB{err}",
+                "attention {} {:?} b{} h{} n{} d{}{}{extra} on {}: median {ms:.2} ms, host peak {}{err}",
                 self.imp,
                 self.pass,
                 self.batch,
@@ -133,7 +139,8 @@ impl AttentionArgs {
                 self.seq,
                 self.head_dim,
                 if self.causal { " causal" } else { "" },
-                peak as f64 / (1 << 20) as f64,
+                self.device,
+                peak.map_or("not counted".into(), |p| format!("{:.1} MiB", p as f64 / (1 << 20) as f64)),
             );
         }
         Ok(())
