@@ -14,7 +14,7 @@ import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
     exe = m.get("executable")
-    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] in ("monarch_cuda", "gpu_kernels", "nvrtc_compile", "cuda_tensors"):
+    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] in ("monarch_cuda", "gpu_kernels", "nvrtc_compile", "cuda_tensors", "kernel_snapshots"):
         shutil.copy(exe, "gpu-bin/test-" + m["target"]["name"])
 '
 strip gpu-bin/*
