@@ -5,9 +5,13 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64; do
+# The toolkit's libraries, and those of the nvidia-* Python packages (NVRTC, cuBLAS).
+pylibs=$(python3 -c 'import nvidia, glob; print(" ".join(glob.glob(nvidia.__path__[0] + "/**/lib", recursive=True)))' 2>/dev/null)
+for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 $pylibs; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+  if [ -z "${MONARCH_NVRTC_LIB:-}" ] && ls "$d"/libnvrtc.so.* >/dev/null 2>&1; then export MONARCH_NVRTC_LIB="$d"; fi
 done
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH MONARCH_NVRTC_LIB=${MONARCH_NVRTC_LIB:-}" > "$OUT/env.txt"
 export MONARCH_CUDA_CACHE=/tmp/monarch-kernels PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 {
