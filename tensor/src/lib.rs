@@ -18,7 +18,7 @@ mod shape;
 mod storage;
 mod tensor;
 
-pub use cuda::{CudaStorage, cuda_device};
+pub use cuda::{CudaStorage, cuda_device, set_allow_tf32};
 pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};

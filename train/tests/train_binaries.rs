@@ -266,3 +266,17 @@ fn bad_input_is_a_clear_error() {
     let list = ok("train-gpt2", &["--list-configs"]);
     assert!(String::from_utf8(list.stdout).unwrap().contains("gpt2-small"));
 }
+
+#[test]
+fn a_gpu_run_trains_there_or_on_the_cpu_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let out = tmp.path().join("run");
+    let o = ok("train-gpt2", &["--config", &cfg, "--out-dir", out.to_str().unwrap(), "--quiet", "--device", "cuda"]);
+    let start = &records(&out)[0];
+    let warned = String::from_utf8_lossy(&o.stderr).contains("training on the CPU instead");
+    // Either a GPU was there and the run used it, or the run says it fell back.
+    assert_eq!(start["device"], if warned { "cpu" } else { "cuda:0" });
+    assert!(losses(&out).len() >= 4);
+    assert!(!run("train-gpt2", &["--config", &cfg, "--device", "tpu"]).status.success());
+}

@@ -66,6 +66,19 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     Ok(dev)
 }
 
+static ALLOW_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets f32 matrix products on a GPU use tensor cores with TF32 inputs (10-bit mantissa,
+/// f32 accumulation), as `torch.backends.cuda.matmul.allow_tf32` does; off by default,
+/// so that f32 means f32. The CPU is unaffected.
+pub fn set_allow_tf32(on: bool) {
+    ALLOW_TF32.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn tf32_allowed() -> bool {
+    ALLOW_TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The device-buffer dtype of a tensor dtype (f64 has none: GPUs compute in f32/bf16).
 fn buffer_dtype(dtype: DType, op: &'static str) -> Result<monarch_cuda::DType> {
     Ok(match dtype {

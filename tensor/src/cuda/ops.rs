@@ -117,6 +117,7 @@ impl Tensor {
         let op = "matmul";
         same_device(op, self, &[rhs])?;
         let precision = match self.dtype() {
+            DType::F32 if super::tf32_allowed() => Precision::Tf32,
             DType::F32 => Precision::F32,
             DType::BF16 => Precision::Bf16,
             dtype => return Err(Error::UnsupportedDType { op, dtype }),

@@ -116,6 +116,9 @@ pub struct TrainArgs {
     /// live there; batches are read on the host and copied).
     #[arg(long, default_value = "cpu")]
     pub device: monarch_tensor::Device,
+    /// f32 matrix products on the GPU with TF32 tensor cores (see `set_allow_tf32`).
+    #[arg(long)]
+    pub tf32: bool,
 }
 
 impl TrainArgs {

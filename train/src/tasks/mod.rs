@@ -12,7 +12,7 @@ pub use args::TrainArgs;
 use crate::trainer::{self, RunOptions, RunSummary, TrainConfig, TrainError, checkpoint};
 use monarch_nn::LinearKind;
 use monarch_nn::swap::{self, SwapLinears};
-use monarch_tensor::{Tensor, load_safetensors};
+use monarch_tensor::{Device, Tensor, load_safetensors};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -198,9 +198,25 @@ pub fn train<M: Serialize>(
         config,
         quiet: args.quiet,
         stop_after: args.stop_after,
-        device: args.device,
+        device: training_device(args.device),
     };
+    monarch_tensor::set_allow_tf32(args.tf32);
     trainer::run(task, &cfg.train, &opts)
+}
+
+/// The device asked for, or the CPU with a warning when it cannot be opened (no driver,
+/// no such GPU), so that a run asked for on a GPU still runs.
+fn training_device(asked: Device) -> Device {
+    match asked {
+        Device::Cuda(i) => match monarch_tensor::cuda_device(i) {
+            Ok(_) => asked,
+            Err(e) => {
+                eprintln!("warning: {e}; training on the CPU instead");
+                Device::Cpu
+            }
+        },
+        Device::Cpu => Device::Cpu,
+    }
 }
 
 /// Tensors of the dense checkpoint `--init-from` names (a monarch checkpoint's optimiser

@@ -159,7 +159,9 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     params_to_device(&task.params(), opts.device)?;
     let mut metrics = MetricsLog::open(dir, opts.resume.then_some(step))?;
     if !opts.resume {
-        let mut start = json!({"step": 0, "event": "start", "task": task.name(), "steps": cfg.steps});
+        let mut start = json!({
+            "step": 0, "event": "start", "task": task.name(), "steps": cfg.steps, "device": opts.device.to_string(),
+        });
         if let (Value::Object(rec), Value::Object(facts)) = (&mut start, task.describe()) {
             rec.extend(facts);
         }

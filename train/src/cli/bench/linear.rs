@@ -44,6 +44,9 @@ pub struct LinearArgs {
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// f32 products on the GPU with TF32 tensor cores.
+    #[arg(long)]
+    tf32: bool,
     /// Element type of the parameters, input and gradient (f32, or bf16 for the GPU's
     /// tensor cores; the CPU computes bf16 in f32).
     #[arg(long, default_value = "f32")]
@@ -99,6 +102,7 @@ impl LinearArgs {
     /// Runs the benchmark and prints the result.
     pub fn run(self) -> Result<(), CliError> {
         let kind = LinearKind::from_options(&self.kind, &self.layer.options())?;
+        monarch_tensor::set_allow_tf32(self.tf32);
         let case = self.case(&kind)?;
         let dense = if self.vs_dense { Some(self.case(&LinearKind::Dense)?) } else { None };
         let cases: Vec<&Case> = std::iter::once(&case).chain(dense.as_ref()).collect();
@@ -119,6 +123,7 @@ impl LinearArgs {
             "threads": rayon::current_num_threads(),
             "device": self.device.to_string(),
             "dtype": self.dtype.as_str(),
+            "tf32": self.tf32,
         });
         if let Some(d) = &dense {
             j["dense_median_ms"] = medians[1].into();

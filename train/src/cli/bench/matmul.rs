@@ -22,6 +22,9 @@ pub struct MatmulArgs {
     /// Where to run: cpu, cuda or cuda:N (cuBLASLt on a GPU).
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// f32 products on the GPU with TF32 tensor cores.
+    #[arg(long)]
+    tf32: bool,
     #[command(flatten)]
     timing: Timing,
 }
@@ -30,6 +33,7 @@ impl MatmulArgs {
     /// Runs the benchmark and prints the result.
     pub fn run(self) -> Result<(), CliError> {
         let (m, n, k) = (self.m, self.n, self.k);
+        monarch_tensor::set_allow_tf32(self.tf32);
         let a = Tensor::randn([m, k], 0.0, 1.0, 1)?.to_dtype(self.dtype)?.to_device(self.device)?;
         let b = Tensor::randn([k, n], 0.0, 1.0, 2)?.to_dtype(self.dtype)?.to_device(self.device)?;
         let ms = self.timing.median_ms(|| {
@@ -38,7 +42,7 @@ impl MatmulArgs {
         })?;
         let gflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e9;
         if self.timing.json {
-            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "device": self.device.to_string(), "median_ms": ms, "gflops": gflops});
+            let j = serde_json::json!({"op": "matmul", "m": m, "n": n, "k": k, "dtype": self.dtype.as_str(), "device": self.device.to_string(), "tf32": self.tf32, "median_ms": ms, "gflops": gflops});
             println!("{j}");
         } else {
             println!(
