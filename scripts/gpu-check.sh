@@ -49,7 +49,7 @@ sed 's/^dropout = 0.1/dropout = 0.0/; s/^grad_accum = 32/grad_accum = 1/; s/^eva
 {
   gpu-bin/train-gpt2 --device cuda --max-steps 50 --out-dir /tmp/run-tiny --quiet
   tail -2 /tmp/run-tiny/metrics.jsonl
-  gpu-bin/train-gpt2 --device cuda --tf32 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
+  gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
     --max-steps 20 --eval-every 0 --log-every 5 --checkpoint-every 0 --out-dir /tmp/run-small --quiet
   tail -3 /tmp/run-small/metrics.jsonl
 } 2>&1 | tee "$OUT/train.log"

@@ -17,6 +17,7 @@
 //! # Ok::<(), monarch_tensor::Error>(())
 //! ```
 
+mod autocast;
 mod grad_mode;
 mod gradcheck;
 mod grads;
@@ -25,6 +26,7 @@ mod param;
 mod tape;
 mod var;
 
+pub use autocast::{AutocastGuard, autocast};
 pub use grad_mode::{NoGradGuard, is_grad_enabled, no_grad};
 pub use gradcheck::{GradcheckOpts, gradcheck};
 pub use grads::Gradients;

@@ -280,3 +280,24 @@ fn a_gpu_run_trains_there_or_on_the_cpu_with_a_warning() {
     assert!(losses(&out).len() >= 4);
     assert!(!run("train-gpt2", &["--config", &cfg, "--device", "tpu"]).status.success());
 }
+
+#[test]
+fn bf16_mixed_precision_tracks_the_f32_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let run_with = |p: &str| {
+        let out = tmp.path().join(p);
+        ok(
+            "train-gpt2",
+            &["--config", &cfg, "--out-dir", out.to_str().unwrap(), "--quiet", "--precision", p, "--max-steps", "3"],
+        );
+        losses(&out)
+    };
+    let (full, mixed) = (run_with("f32"), run_with("bf16"));
+    assert_eq!(full.len(), mixed.len());
+    for ((_, a), (_, b)) in full.iter().zip(&mixed) {
+        // Same data and initialisation; only the products' rounding differs.
+        assert!((a - b).abs() < 0.05 * a.abs(), "f32 loss {a} vs bf16 {b}");
+    }
+    assert_ne!(full, mixed, "bf16 products must change the rounding");
+}

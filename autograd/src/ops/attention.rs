@@ -3,7 +3,7 @@
 //! The naive rule saves the probabilities; the others save only the output and the
 //! per-row log-sum-exp and recompute the rest.
 
-use crate::Var;
+use crate::{Var, autocast};
 use monarch_tensor::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, Result, Scatterbrain, Tensor};
 
 /// The input gradients of a rule, where needed.
@@ -27,6 +27,9 @@ impl Var {
     /// The reference attention of queries `self` (batch, heads, n_q, d) over keys `k` and
     /// values `v` (batch, heads, n_k, d); saves the n_q × n_k probabilities for backward.
     pub fn naive_attention(&self, k: &Var, v: &Var, opts: &AttentionOpts) -> Result<Var> {
+        if let Some(r) = autocast::cast([self, k, v], |[q, k, v]| q.naive_attention(&k, &v, opts)) {
+            return r;
+        }
         let fwd = self.value().naive_attention(k.value(), v.value(), opts)?;
         let (q, kt, vt, probs, opts) = (self.value().clone(), k.value().clone(), v.value().clone(), fwd.probs, *opts);
         Var::record("naive_attention", fwd.out, [self, k, v], move |g, needs| {
@@ -37,6 +40,9 @@ impl Var {
     /// Exact attention computed in tiles (FlashAttention); saves only the output and the
     /// per-row log-sum-exp, and backward recomputes the tiles.
     pub fn flash_attention(&self, k: &Var, v: &Var, opts: &AttentionOpts) -> Result<Var> {
+        if let Some(r) = autocast::cast([self, k, v], |[q, k, v]| q.flash_attention(&k, &v, opts)) {
+            return r;
+        }
         let fwd = self.value().flash_attention(k.value(), v.value(), opts)?;
         let opts = *opts;
         record_tiled("flash_attention", [self, k, v], fwd, move |q, k, v, fwd, g| {
@@ -47,6 +53,9 @@ impl Var {
     /// Attention restricted to the blocks set in `mask` (and the causal triangle when
     /// asked), computed like [`flash_attention`](Self::flash_attention) skipping unset blocks.
     pub fn block_sparse_attention(&self, k: &Var, v: &Var, mask: &BlockMask, opts: &AttentionOpts) -> Result<Var> {
+        if let Some(r) = autocast::cast([self, k, v], |[q, k, v]| q.block_sparse_attention(&k, &v, mask, opts)) {
+            return r;
+        }
         let fwd = self.value().block_sparse_attention(k.value(), v.value(), mask, opts)?;
         let (mask, opts) = (mask.clone(), *opts);
         record_tiled("block_sparse_attention", [self, k, v], fwd, move |q, k, v, fwd, g| {
@@ -57,6 +66,9 @@ impl Var {
     /// Scatterbrain attention: exact on a local band of blocks, random-feature low-rank
     /// elsewhere (see [`Scatterbrain`]).
     pub fn scatterbrain_attention(&self, k: &Var, v: &Var, cfg: &Scatterbrain, opts: &AttentionOpts) -> Result<Var> {
+        if let Some(r) = autocast::cast([self, k, v], |[q, k, v]| q.scatterbrain_attention(&k, &v, cfg, opts)) {
+            return r;
+        }
         let fwd = self.value().scatterbrain_attention(k.value(), v.value(), cfg, opts)?;
         let (cfg, opts) = (*cfg, *opts);
         record_tiled("scatterbrain_attention", [self, k, v], fwd, move |q, k, v, fwd, g| {

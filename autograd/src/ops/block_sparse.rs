@@ -1,6 +1,6 @@
 //! The block-sparse dense layer.
 
-use crate::Var;
+use crate::{Var, autocast};
 use monarch_tensor::{BlockSparsePlan, Result, Tensor};
 use std::sync::Arc;
 
@@ -9,6 +9,13 @@ impl Var {
     /// its stored `values` under `plan` (see [`Tensor::block_sparse_linear`]). Backward
     /// computes gradients for the stored blocks only, never the dense matrix.
     pub fn block_sparse_linear(&self, values: &Var, plan: &Arc<BlockSparsePlan>, bias: Option<&Var>) -> Result<Var> {
+        let low = match bias {
+            Some(b) => autocast::cast([self, values, b], |[x, v, b]| x.block_sparse_linear(&v, plan, Some(&b))),
+            None => autocast::cast([self, values], |[x, v]| x.block_sparse_linear(&v, plan, None)),
+        };
+        if let Some(r) = low {
+            return r;
+        }
         let y = self.value().block_sparse_linear(values.value(), plan, bias.map(|b| b.value()))?;
         let (x, v, plan) = (self.value().clone(), values.value().clone(), plan.clone());
         let out = plan.out_features();

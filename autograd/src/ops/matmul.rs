@@ -1,7 +1,7 @@
 //! Matrix products: batched `matmul` and the fused dense layer `linear`.
 
 use super::need;
-use crate::Var;
+use crate::{Var, autocast};
 use monarch_tensor::{Error, Result, Tensor};
 
 /// Views `(.., r, c)` as `(rows, c)` (copies if the rows do not merge).
@@ -13,6 +13,9 @@ fn rows(t: &Tensor) -> Result<Tensor> {
 impl Var {
     /// Matrix product over the last two dimensions with broadcast batch dimensions.
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        if let Some(r) = autocast::cast([self, rhs], |[a, b]| a.matmul(&b)) {
+            return r;
+        }
         let y = self.value().matmul(rhs.value())?;
         let (a, b) = (self.value().clone(), rhs.value().clone());
         Var::record("matmul", y, [self, rhs], move |g, [na, nb]| {
@@ -33,6 +36,13 @@ impl Var {
     /// (PyTorch layout) and an optional bias (out). Backward computes `dw` directly in
     /// (out, in) layout with one GEMM over all rows.
     pub fn linear(&self, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let low = match b {
+            Some(b) => autocast::cast([self, w, b], |[x, w, b]| x.linear(&w, Some(&b))),
+            None => autocast::cast([self, w], |[x, w]| x.linear(&w, None)),
+        };
+        if let Some(r) = low {
+            return r;
+        }
         let (out, inp) = w.value().shape().matrix_dims("linear")?;
         if w.value().rank() != 2 || self.dims().last() != Some(&inp) {
             return Err(Error::ShapeMismatch { op: "linear", lhs: self.shape().clone(), rhs: w.shape().clone() });

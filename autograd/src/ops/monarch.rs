@@ -1,6 +1,6 @@
 //! The Monarch product and the Monarch layer.
 
-use crate::Var;
+use crate::{Var, autocast};
 use monarch_tensor::{Result, Tensor};
 
 impl Var {
@@ -22,6 +22,13 @@ impl Var {
     /// outputs and an optional bias (see [`Tensor::monarch_linear`]). Backward is four
     /// batches of GEMMs from the saved (permuted) first-factor output.
     pub fn monarch_linear(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize) -> Result<Var> {
+        let low = match bias {
+            Some(b) => autocast::cast([self, w1, w2, b], |[x, w1, w2, b]| x.monarch_linear(&w1, &w2, Some(&b), out)),
+            None => autocast::cast([self, w1, w2], |[x, w1, w2]| x.monarch_linear(&w1, &w2, None, out)),
+        };
+        if let Some(r) = low {
+            return r;
+        }
         let res = self.value().monarch_linear(w1.value(), w2.value(), bias.map(|b| b.value()), out)?;
         let (x, a, b, mid) = (self.value().clone(), w1.value().clone(), w2.value().clone(), res.mid);
         let mut inputs = vec![self, w1, w2];

@@ -116,6 +116,9 @@ pub struct TrainArgs {
     /// live there; batches are read on the host and copied).
     #[arg(long, default_value = "cpu")]
     pub device: monarch_tensor::Device,
+    /// Arithmetic of the matrix products: f32, or bf16 mixed precision (f32 master weights).
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::trainer::Precision>,
     /// f32 matrix products on the GPU with TF32 tensor cores (see `set_allow_tf32`).
     #[arg(long)]
     pub tf32: bool,
@@ -142,6 +145,7 @@ impl TrainArgs {
         flag(self.layer != LinearFlags::default(), "a layer option (--nblocks, --rank, ...)");
         flag(self.attention.is_some() || self.attention_params_given(), "--attention");
         flag(self.densify_at.is_some(), "--densify-at");
+        flag(self.precision.is_some(), "--precision");
         flag(self.init_from.is_some(), "--init-from");
         flag(self.project_to.is_some(), "--project-to");
         v

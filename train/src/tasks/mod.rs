@@ -148,6 +148,9 @@ fn apply_train_flags(t: &mut TrainConfig, d: &mut DataConfig, a: &TrainArgs) {
     if a.densify_at.is_some() {
         t.densify_at = a.densify_at;
     }
+    if let Some(p) = a.precision {
+        t.precision = p;
+    }
 }
 
 fn apply_bookkeeping_flags(t: &mut TrainConfig, a: &TrainArgs) {

@@ -15,6 +15,27 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// The arithmetic of the matrix products while training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Matrix products in bf16 (autocast), everything else and the master weights in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The autocast dtype of this precision.
+    pub fn autocast(self) -> Option<monarch_tensor::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(monarch_tensor::DType::BF16),
+        }
+    }
+}
+
 /// Optimisation and bookkeeping settings shared by all tasks (`[train]` in TOML).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +81,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Fraction of the steps after which structured layers become dense (reverse sparsification).
     pub densify_at: Option<f64>,
+    /// Arithmetic of the matrix products (`f32`, or `bf16` mixed precision).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -85,6 +108,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             seed: 1337,
             densify_at: None,
+            precision: Precision::F32,
         }
     }
 }

@@ -9,10 +9,10 @@ mod metrics;
 pub mod plot;
 mod progress;
 
-pub use config::{OptimizerKind, TrainConfig};
+pub use config::{OptimizerKind, Precision, TrainConfig};
 pub use metrics::MetricsLog;
 
-use monarch_autograd::{Gradients, Var};
+use monarch_autograd::{Gradients, Var, autocast};
 use monarch_nn::optim::{Optimizer, WarmupCosine};
 use monarch_nn::{Ctx, NamedParams, assign_params, params_to_device};
 use monarch_tensor::Device;
@@ -203,6 +203,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             let ctx = Ctx::train(
                 cfg.seed ^ (step * cfg.grad_accum as u64 + micro as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
             );
+            let _precision = autocast(cfg.precision.autocast());
             let (loss, items) = task.train_batch(&ctx)?;
             let value = loss.value().to_scalar_f64()?;
             finite_or_stop(step, value, dir)?;
@@ -235,7 +236,10 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         let last = step == cfg.steps;
         let eval_now = last || (cfg.eval_every > 0 && step % cfg.eval_every == 0);
         if eval_now {
-            let e = task.evaluate(last)?;
+            let e = {
+                let _precision = autocast(cfg.precision.autocast());
+                task.evaluate(last)?
+            };
             let mut rec = json!({"step": step, "val_loss": e.loss, "full": last});
             for (k, v) in &e.metrics {
                 rec[*k] = json!(v);

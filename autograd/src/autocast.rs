@@ -1,0 +1,82 @@
+//! Mixed precision, per thread, as `torch.autocast` does it: inside [`autocast`], the
+//! matrix products of f32 vars (`matmul`, `linear`, the Monarch and block-sparse layers,
+//! attention) run in the given low-precision dtype: their operands are cast on the way
+//! in and their results back to f32, so norms, softmax, losses, residual sums, and the
+//! gradients reaching the f32 parameters (the master weights) all stay f32.
+
+use crate::Var;
+use monarch_tensor::{DType, Result};
+use std::cell::Cell;
+
+thread_local! {
+    static DTYPE: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Restores the previous autocast state when dropped.
+#[must_use = "autocast ends as soon as the guard is dropped"]
+pub struct AutocastGuard {
+    previous: Option<DType>,
+}
+
+/// Runs matrix products of f32 vars on this thread in `dtype` (bf16 for tensor cores)
+/// until the returned guard is dropped; `None` turns autocast off inside.
+pub fn autocast(dtype: Option<DType>) -> AutocastGuard {
+    AutocastGuard { previous: DTYPE.with(|c| c.replace(dtype)) }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        DTYPE.with(|c| c.set(self.previous));
+    }
+}
+
+/// The dtype the product of `vars` runs in under autocast: the autocast dtype when one is
+/// set and every var is f32, else `None` (the product runs as given).
+fn cast_dtype(vars: &[&Var]) -> Option<DType> {
+    let d = DTYPE.with(|c| c.get())?;
+    vars.iter().all(|v| v.dtype() == DType::F32).then_some(d)
+}
+
+/// Runs `f` on `vars` cast to the autocast dtype and casts its result back to f32, or
+/// returns `None` when autocast does not apply to them.
+pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> Result<Var>) -> Option<Result<Var>> {
+    let d = cast_dtype(&vars)?;
+    let run = || {
+        let low: Vec<Var> = vars.iter().map(|v| v.to_dtype(d)).collect::<Result<_>>()?;
+        let low: [Var; N] = low.try_into().unwrap_or_else(|_| unreachable!("one cast per var"));
+        f(low)?.to_dtype(DType::F32)
+    };
+    Some(run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monarch_tensor::Tensor;
+
+    #[test]
+    fn products_run_in_bf16_and_everything_else_stays_f32() {
+        let x = Var::leaf(Tensor::randn([4, 24], 0.0, 1.0, 1).unwrap());
+        let w = Var::leaf(Tensor::randn([8, 24], 0.0, 1.0, 2).unwrap());
+        let exact = x.linear(&w, None).unwrap();
+        let (low, grads) = {
+            let _g = autocast(Some(DType::BF16));
+            let y = x.linear(&w, None).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            (y, grads)
+        };
+        assert_eq!(low.dtype(), DType::F32);
+        let (a, b) = (low.value().to_vec::<f32>().unwrap(), exact.value().to_vec::<f32>().unwrap());
+        let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        // bf16 operands: differences of the order of 2^-8 of |y| ~ 5, but never exact.
+        assert!(diff > 0.0 && diff < 0.2, "max difference {diff}");
+        assert_eq!(grads.get(&w).unwrap().dtype(), DType::F32);
+        assert_eq!(grads.get(&x).unwrap().dims(), &[4, 24]);
+        // Off again once the guard is gone; f64 vars are never cast.
+        assert_eq!(x.linear(&w, None).unwrap().value().to_vec::<f32>().unwrap(), b);
+        let _g = autocast(Some(DType::BF16));
+        let x64 = Var::constant(x.value().to_dtype(DType::F64).unwrap());
+        let w64 = Var::constant(w.value().to_dtype(DType::F64).unwrap());
+        assert_eq!(x64.matmul(&w64.t().unwrap()).unwrap().dtype(), DType::F64);
+    }
+}
