@@ -123,6 +123,9 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
         (LinearKind::Dense, vec![(48, 48), (30, 50), (50, 22)]),
         (LinearKind::Monarch { nblocks: 4 }, vec![(48, 48), (30, 50), (50, 22)]),
         (LinearKind::Monarch { nblocks: 3 }, vec![(48, 48), (30, 50), (50, 22)]),
+        (LinearKind::BlockDiag { nblocks: 4 }, vec![(48, 48), (30, 50)]),
+        (LinearKind::LowRank { rank: monarch_nn::Rank::Fraction(0.25) }, vec![(48, 48), (30, 50)]),
+        (LinearKind::Butterfly, vec![(16, 16), (10, 37)]),
         (sparse, vec![(64, 128), (128, 64)]),
         (pixelfly, vec![(64, 128), (128, 64)]),
     ];

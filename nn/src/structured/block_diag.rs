@@ -62,7 +62,7 @@ impl BlockDiagLinear {
         let rows = lead.iter().product::<usize>();
         let mut x = x.reshape([rows, inp])?;
         if inp < nb * ib {
-            let pad = Var::constant(Tensor::zeros([rows, nb * ib - inp], x.dtype()));
+            let pad = Var::constant(Tensor::zeros_on([rows, nb * ib - inp], x.dtype(), x.value().device())?);
             x = Var::cat(&[&x, &pad], 1)?;
         }
         // (nb, rows, ib) · (nb, ib, ob): one GEMM per block over strided views.
