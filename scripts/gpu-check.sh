@@ -36,6 +36,10 @@ P=scripts/peers/torch_linear.py
   done
   $M bench linear --device cuda --kind monarch --nblocks 4 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   $M bench linear --device cuda --kind blocksparse --butterfly-size 16 --n-factors 2 --block 32 --in 4096 --out 4096 --batch 2048 --vs-dense --json
+  $M bench linear --device cuda --kind pixelfly --butterfly-size 16 --n-factors 2 --block 32 --rank 64 --in 4096 --out 4096 --batch 2048 --vs-dense --json
+  for k in blockdiag lowrank butterfly; do
+    $M bench linear --device cuda --kind $k --rank 0.125 --in 4096 --out 4096 --batch 2048 --vs-dense --runs 5 --json
+  done
   python3 $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
   for seq in 1024 2048 4096 8192; do
     $M bench attention --device cuda --impl flash --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 3 --runs 20 --json
