@@ -53,7 +53,8 @@ fn every_dtype_round_trips_and_views_download_as_views() {
         return;
     }
     let x = rnd(&[5, 7], 1);
-    for dt in [DType::U8, DType::I64, DType::BF16, DType::F16, DType::F32] {
+    assert!(x.to_dtype(DType::F16).unwrap().to_device(GPU).is_err(), "f16 has no kernels");
+    for dt in [DType::U8, DType::I64, DType::BF16, DType::F32] {
         let h = x.to_dtype(dt).unwrap();
         let back = h.to_device(GPU).unwrap().to_device(Device::Cpu).unwrap();
         assert_eq!(back.dtype(), dt);

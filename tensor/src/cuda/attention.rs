@@ -4,7 +4,7 @@
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
-use crate::ops::attention::Dims;
+use crate::ops::attention::{Dims, check_saved};
 use crate::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, DType, Result, Tensor};
 use monarch_cuda::ops::flash_attention::{self as kf, ATTN_TILE, AttentionDims};
 
@@ -26,6 +26,9 @@ fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<Attent
 fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'static str) -> Result<Option<Tensor>> {
     let Some(m) = mask else { return Ok(None) };
     let t = ad.tiles();
+    if m.set.len() != m.rows * m.cols {
+        crate::bail!(op, "a mask of {}x{} blocks needs {} flags, got {}", m.rows, m.cols, m.rows * m.cols, m.set.len());
+    }
     if m.block != ATTN_TILE || m.rows != t || m.cols != t {
         crate::bail!(
             op,
@@ -83,6 +86,7 @@ impl Tensor {
         op: &'static str,
     ) -> Result<AttentionGrads> {
         same_device(op, q, &[k, v, &fwd.out, &fwd.lse, dout])?;
+        check_saved(fwd, dout, dims, op)?;
         let ad = kernel_dims(dims, opts, op)?;
         let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
         let (o, lse, g) = (fwd.out.contiguous()?, fwd.lse.contiguous()?, dout.contiguous()?);

@@ -66,7 +66,9 @@ impl Tensor {
             out_mut(&mut out, op)?,
         )
         .map_err(cuda_err(op))?;
-        Ok((out.narrow(0, 0, 1)?.reshape(())?, lse))
+        // In the logits' dtype, as on the CPU.
+        let dt = self.dtype();
+        Ok((out.narrow(0, 0, 1)?.reshape(())?.to_dtype(dt)?, lse.to_dtype(dt)?))
     }
 
     /// The logits' gradient of [`Tensor::cuda_cross_entropy`], scaled by `dloss`;

@@ -79,15 +79,15 @@ fn tf32_allowed() -> bool {
     ALLOW_TF32.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The device-buffer dtype of a tensor dtype (f64 has none: GPUs compute in f32/bf16).
+/// The device-buffer dtype of a tensor dtype. f64 and f16 have none: the kernels compute
+/// in f32 and bf16 (convert on the host first).
 fn buffer_dtype(dtype: DType, op: &'static str) -> Result<monarch_cuda::DType> {
     Ok(match dtype {
         DType::U8 => monarch_cuda::DType::U8,
         DType::I64 => monarch_cuda::DType::I64,
         DType::BF16 => monarch_cuda::DType::BF16,
-        DType::F16 => monarch_cuda::DType::F16,
         DType::F32 => monarch_cuda::DType::F32,
-        DType::F64 => return Err(Error::UnsupportedDType { op, dtype }),
+        DType::F16 | DType::F64 => return Err(Error::UnsupportedDType { op, dtype }),
     })
 }
 
@@ -126,17 +126,18 @@ impl Tensor {
     /// Copies a host tensor to CUDA device `ordinal` (contiguous there).
     pub(crate) fn upload(&self, ordinal: usize) -> Result<Tensor> {
         let op = "to_device";
-        let dev = cuda_device(ordinal)?;
         buffer_dtype(self.dtype(), op)?;
+        let dev = cuda_device(ordinal)?;
         let host = self.contiguous()?;
         let (off, n) = (host.layout().offset(), host.elem_count());
         let buf = match host.cpu(op)? {
             CpuStorage::U8(v) => dev.htod(&v[off..off + n]),
             CpuStorage::I64(v) => dev.htod(&v[off..off + n]),
             CpuStorage::BF16(v) => dev.htod(&v[off..off + n]),
-            CpuStorage::F16(v) => dev.htod(&v[off..off + n]),
             CpuStorage::F32(v) => dev.htod(&v[off..off + n]),
-            CpuStorage::F64(_) => return Err(Error::UnsupportedDType { op, dtype: DType::F64 }),
+            s @ (CpuStorage::F16(_) | CpuStorage::F64(_)) => {
+                return Err(Error::UnsupportedDType { op, dtype: s.dtype() });
+            }
         }
         .map_err(cuda_err(op))?;
         Ok(Tensor::from_cuda(buf, self.dtype(), self.shape()))
@@ -151,9 +152,8 @@ impl Tensor {
             DType::U8 => CpuStorage::U8(s.buf.to_host().map_err(cuda_err(op))?),
             DType::I64 => CpuStorage::I64(s.buf.to_host().map_err(cuda_err(op))?),
             DType::BF16 => CpuStorage::BF16(s.buf.to_host().map_err(cuda_err(op))?),
-            DType::F16 => CpuStorage::F16(s.buf.to_host().map_err(cuda_err(op))?),
             DType::F32 => CpuStorage::F32(s.buf.to_host().map_err(cuda_err(op))?),
-            DType::F64 => return Err(Error::UnsupportedDType { op, dtype: DType::F64 }),
+            dtype @ (DType::F16 | DType::F64) => return Err(Error::UnsupportedDType { op, dtype }),
         };
         let whole = Tensor::from_storage(Storage::Cpu(all), t.layout().clone());
         whole.contiguous()

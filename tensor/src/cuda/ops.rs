@@ -4,7 +4,7 @@
 
 use super::{CudaStorage, cuda_err};
 use crate::ops::{BinaryOp, MonarchShape, ReduceOp};
-use crate::{DType, Error, Layout, Result, Shape, Storage, Tensor};
+use crate::{DType, Device, Error, Layout, Result, Shape, Storage, Tensor};
 use monarch_cuda::gemm::{self, GemmArgs, Precision};
 use monarch_cuda::ops::{binary as kb, copy as kc, monarch as km, reduce as kr};
 
@@ -122,9 +122,14 @@ impl Tensor {
             DType::BF16 => Precision::Bf16,
             dtype => return Err(Error::UnsupportedDType { op, dtype }),
         };
-        let (a, b) = (GemmOperand::of(self, batch)?, GemmOperand::of(rhs, batch)?);
         let mut dims = batch.dims().to_vec();
         dims.extend([m, n]);
+        if kk == 0 {
+            // An empty sum: zeros, as on the CPU (cuBLASLt takes no empty inner dimension).
+            let Device::Cuda(i) = self.device() else { unreachable!("called for device tensors only") };
+            return Tensor::cuda_zeros(dims.into(), self.dtype(), i);
+        }
+        let (a, b) = (GemmOperand::of(self, batch)?, GemmOperand::of(rhs, batch)?);
         let mut out = alloc(self, self.dtype(), dims, op)?;
         let g = GemmArgs {
             trans_a: a.trans,

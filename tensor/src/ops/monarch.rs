@@ -359,8 +359,8 @@ impl Tensor {
         same_dtype(self, w1, op)?;
         same_dtype(self, w2, op)?;
         let sh = MonarchShape::of(w1.shape(), w2.shape())?;
-        let Some(&inp) = self.dims().last() else {
-            crate::bail!(op, "the input must have a feature dimension, got a scalar");
+        let Some(&inp) = self.dims().last().filter(|&&i| i > 0) else {
+            crate::bail!(op, "the input must have a non-empty feature dimension, got shape {}", self.shape());
         };
         if inp > sh.n() {
             crate::bail!(op, "input of {inp} features is longer than the factors' {} (shape {})", sh.n(), self.shape());
@@ -536,5 +536,6 @@ mod tests {
         assert!(rnd(&[2, 12], 0).monarch_mul(&w1, &rnd(&[3, 3], 0)).is_err());
         assert!(rnd(&[2, 12], 0).monarch_linear(&w1, &w2, Some(&rnd(&[11], 0)), 12).is_err());
         assert!(Tensor::scalar(1.0f64).monarch_linear(&w1, &w2, None, 12).is_err());
+        assert!(rnd(&[5, 0], 0).monarch_linear(&w1, &w2, None, 12).is_err(), "no input features");
     }
 }

@@ -127,8 +127,8 @@ impl Tensor {
     /// with the optional weight and bias of the last dimension's size.
     pub fn layer_norm(&self, w: Option<&Tensor>, b: Option<&Tensor>, eps: f64) -> Result<LayerNormOut> {
         let op = "layer_norm";
-        if self.rank() == 0 {
-            crate::bail!(op, "needs at least one dimension");
+        if self.dims().last().is_none_or(|&c| c == 0) {
+            crate::bail!(op, "needs a non-empty last dimension, got shape {}", self.shape());
         }
         self.ln_check(w, op)?;
         self.ln_check(b, op)?;
@@ -219,5 +219,7 @@ mod tests {
         assert!((o.rstd.to_vec::<f64>().unwrap()[1] - 1.0).abs() < 1e-12);
         let bad = Tensor::zeros(3, crate::DType::F64);
         assert!(x.layer_norm(Some(&bad), None, 1e-5).is_err());
+        assert!(Tensor::zeros([5, 0], crate::DType::F64).layer_norm(None, None, 1e-5).is_err(), "no features");
+        assert!(Tensor::scalar(1.0f64).layer_norm(None, None, 1e-5).is_err());
     }
 }

@@ -262,5 +262,16 @@ pub(crate) fn check_dout(dout: &Tensor, dims: Dims, op: &'static str) -> Result<
     Ok(())
 }
 
+/// Checks the output gradient and a tiled forward's saved output and log-sum-exp
+/// against the inputs' sizes.
+pub(crate) fn check_saved(fwd: &AttentionOut, dout: &Tensor, dims: Dims, op: &'static str) -> Result<()> {
+    check_dout(dout, dims, op)?;
+    check_dout(&fwd.out, dims, op)?;
+    if fwd.lse.dims() != dims.row_shape() {
+        crate::bail!(op, "saved log-sum-exp of shape {} does not match the inputs", fwd.lse.shape());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@
 //! tiles accumulating dQ (each recomputes the scores and `dO·Vᵀ` of the tiles it visits).
 
 use super::rowops::{self, AttnFloat};
-use super::{AttentionGrads, AttentionOpts, AttentionOut, Dims, Heads, by_dtype, check_dout, compute_all, row_dots};
+use super::{AttentionGrads, AttentionOpts, AttentionOut, Dims, Heads, by_dtype, check_saved, compute_all, row_dots};
 use crate::ops::matmul::{Mat, gemm_into};
 use crate::{BlockMask, Result, Tensor};
 use gemm::Parallelism;
@@ -296,11 +296,7 @@ pub(crate) fn backward_tensors(
     plan: TilePlan,
     opts: &AttentionOpts,
 ) -> Result<AttentionGrads> {
-    check_dout(dout, dims, op)?;
-    check_dout(&fwd.out, dims, op)?;
-    if fwd.lse.dims() != dims.row_shape() {
-        crate::bail!(op, "saved log-sum-exp of shape {} does not match the inputs", fwd.lse.shape());
-    }
+    check_saved(fwd, dout, dims, op)?;
     let dtype = q.dtype();
     let ([q, k, v, out, dout], cdt) = compute_all([q, k, v, &fwd.out, dout], op)?;
     let lse = fwd.lse.to_dtype(cdt)?.contiguous()?;
