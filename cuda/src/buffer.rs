@@ -116,19 +116,7 @@ impl DeviceBuffer {
 
     /// The buffer's elements on the host (waits for queued work).
     pub fn to_host<T: Element>(&self) -> Result<Vec<T>> {
-        self.check_host::<T>(self.len, "to_host")?;
-        // SAFETY: `Element` types are plain data, for which all-zero bytes are a valid value.
-        let mut out: Vec<T> = vec![unsafe { std::mem::zeroed() }; self.len];
-        let bytes = as_bytes_mut(&mut out);
-        if !bytes.is_empty() {
-            // SAFETY: the source holds `bytes.len()` bytes; the copy finishes before `out` is read.
-            unsafe {
-                cudarc::driver::result::memcpy_dtoh_async(bytes, self.ptr, self.device.stream().cu_stream())
-                    .map_err(CudaError::driver("memcpy_dtoh"))?;
-            }
-        }
-        self.device.synchronize()?;
-        Ok(out)
+        self.view().to_host()
     }
 
     fn check_host<T: Element>(&self, len: usize, op: &'static str) -> Result<()> {
@@ -159,6 +147,27 @@ pub struct ViewMut<'a> {
 }
 
 impl View<'_> {
+    /// The viewed elements on the host (waits for queued work).
+    pub fn to_host<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(CudaError::DType { op: "to_host", expected: self.dtype(), got: T::DTYPE });
+        }
+        // SAFETY: `Element` types are plain data, for which all-zero bytes are a valid value.
+        let mut out: Vec<T> = vec![unsafe { std::mem::zeroed() }; self.len];
+        let bytes = as_bytes_mut(&mut out);
+        let dev = &self.buf.device;
+        if !bytes.is_empty() {
+            // SAFETY: the view lies inside the buffer (checked when it was made) and holds
+            // `bytes.len()` bytes; the copy finishes before `out` is read.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(bytes, self.ptr(), dev.stream().cu_stream())
+                    .map_err(CudaError::driver("memcpy_dtoh"))?;
+            }
+        }
+        dev.synchronize()?;
+        Ok(out)
+    }
+
     /// The element type.
     pub fn dtype(&self) -> DType {
         self.buf.dtype

@@ -143,20 +143,20 @@ impl Tensor {
         Ok(Tensor::from_cuda(buf, self.dtype(), self.shape()))
     }
 
-    /// Copies a device tensor to host memory (contiguous there).
+    /// Copies a device tensor to host memory (contiguous there): only its own elements,
+    /// not the rest of a buffer it is a view of.
     pub(crate) fn download(&self) -> Result<Tensor> {
         let op = "to_device";
         let t = self.contiguous()?;
-        let s = t.cuda(op)?;
-        let all = match s.dtype {
-            DType::U8 => CpuStorage::U8(s.buf.to_host().map_err(cuda_err(op))?),
-            DType::I64 => CpuStorage::I64(s.buf.to_host().map_err(cuda_err(op))?),
-            DType::BF16 => CpuStorage::BF16(s.buf.to_host().map_err(cuda_err(op))?),
-            DType::F32 => CpuStorage::F32(s.buf.to_host().map_err(cuda_err(op))?),
+        let v = t.cuda_elems(op)?;
+        let host = match t.dtype() {
+            DType::U8 => CpuStorage::U8(v.to_host().map_err(cuda_err(op))?),
+            DType::I64 => CpuStorage::I64(v.to_host().map_err(cuda_err(op))?),
+            DType::BF16 => CpuStorage::BF16(v.to_host().map_err(cuda_err(op))?),
+            DType::F32 => CpuStorage::F32(v.to_host().map_err(cuda_err(op))?),
             dtype @ (DType::F16 | DType::F64) => return Err(Error::UnsupportedDType { op, dtype }),
         };
-        let whole = Tensor::from_storage(Storage::Cpu(all), t.layout().clone());
-        whole.contiguous()
+        Ok(Tensor::from_cpu(host, t.shape().clone()))
     }
 }
 
