@@ -115,46 +115,31 @@ fn reduce_rows<T: Float>(x: &[T], len: usize, op: ReduceOp) -> Vec<Acc<T>> {
 /// task owns a slab of columns (at least 256, so that every row read is a long run) and
 /// walks all rows in order, so results do not depend on the thread count.
 fn reduce_cols<T: Float>(x: &[T], rows: usize, cols: usize, op: ReduceOp) -> Vec<Acc<T>> {
-    let slab = (cols / (4 * rayon::current_num_threads())).max(256).min(cols.max(1));
-    let parallel = x.len() >= PAR_MIN;
     if op == ReduceOp::Sum {
         // Plain accumulators (not `Acc`) so that the inner loop vectorises.
         let mut out = vec![T::zero(); cols];
-        let task = |(s, o): (usize, &mut [T])| {
-            let c0 = s * slab;
-            let w = o.len();
-            for r in 0..rows {
-                o.iter_mut().zip(&x[r * cols + c0..r * cols + c0 + w]).for_each(|(a, &v)| *a += v);
-            }
-        };
-        if parallel {
-            out.par_chunks_mut(slab).enumerate().for_each(task);
-        } else {
-            out.chunks_mut(slab).enumerate().for_each(task);
-        }
+        by_slabs(x, rows, &mut out, |o, _, src| o.iter_mut().zip(src).for_each(|(a, &v)| *a += v));
         return out.into_iter().map(|value| Acc { value, index: 0 }).collect();
     }
     let mut out = vec![op.init(); cols];
-    let task = |(s, o): (usize, &mut [Acc<T>])| {
-        let c0 = s * slab;
-        for r in 0..rows {
-            let src = &x[r * cols + c0..r * cols + c0 + o.len()];
-            for (a, &v) in o.iter_mut().zip(src) {
-                op.step(a, v, r);
-            }
-        }
+    by_slabs(x, rows, &mut out, |o, r, src| o.iter_mut().zip(src).for_each(|(a, &v)| op.step(a, v, r)));
+    out
+}
+
+/// Runs `step(accumulators, row, values)` over the `rows` rows of `x` (rows × out.len()),
+/// each task owning a slab of at least 256 columns of `out` and walking all rows in order.
+fn by_slabs<T: Float, A: Send>(x: &[T], rows: usize, out: &mut [A], step: impl Fn(&mut [A], usize, &[T]) + Sync) {
+    let cols = out.len();
+    let slab = (cols / (4 * rayon::current_num_threads())).max(256).min(cols.max(1));
+    let task = |(s, o): (usize, &mut [A])| {
+        let (c0, w) = (s * slab, o.len());
+        (0..rows).for_each(|r| step(o, r, &x[r * cols + c0..r * cols + c0 + w]));
     };
-    if parallel {
+    if x.len() >= PAR_MIN {
         out.par_chunks_mut(slab).enumerate().for_each(task);
     } else {
         out.chunks_mut(slab).enumerate().for_each(task);
     }
-    out
-}
-
-/// `dims` without the reduced ones.
-fn squeezed_dims(dims: &[usize], reduced: &[usize]) -> Dims6 {
-    (0..dims.len()).filter(|d| !reduced.contains(d)).map(|d| dims[d]).collect()
 }
 
 fn finish<T: Float>(acc: Vec<Acc<T>>, op: ReduceOp) -> CpuStorage {
@@ -193,23 +178,23 @@ impl Tensor {
             }
         };
         let kept_count = kept_shape.elem_count();
-        if x.device() != crate::Device::Cpu {
-            let out = x.cuda_reduce(columns, kept_count, count, op, kept_shape.clone())?;
-            let out = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { out } else { out.to_dtype(dtype)? };
-            return if keepdim { Ok(out) } else { out.reshape(squeezed_dims(self.dims(), &dims)) };
-        }
-        let r = x.layout().contiguous_range().expect("made contiguous above");
-        let out = match x.cpu(op.name())? {
-            CpuStorage::F32(v) => finish(reduce_any(&v[r], columns, kept_count, count, op), op),
-            CpuStorage::F64(v) => finish(reduce_any(&v[r], columns, kept_count, count, op), op),
-            s => return Err(Error::UnsupportedDType { op: op.name(), dtype: s.dtype() }),
+        let out = if x.device() != crate::Device::Cpu {
+            x.cuda_reduce(columns, kept_count, count, op, kept_shape.clone())?
+        } else {
+            let r = x.layout().contiguous_range().expect("made contiguous above");
+            let out = match x.cpu(op.name())? {
+                CpuStorage::F32(v) => finish(reduce_any(&v[r], columns, kept_count, count, op), op),
+                CpuStorage::F64(v) => finish(reduce_any(&v[r], columns, kept_count, count, op), op),
+                s => return Err(Error::UnsupportedDType { op: op.name(), dtype: s.dtype() }),
+            };
+            Tensor::from_cpu(out, kept_shape.clone())
         };
-        let out = Tensor::from_cpu(out, kept_shape.clone());
         let out = if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) { out } else { out.to_dtype(dtype)? };
         if keepdim {
             return Ok(out);
         }
-        out.reshape(squeezed_dims(self.dims(), &dims))
+        let squeezed: Dims6 = (0..rank).filter(|d| !dims.contains(d)).map(|d| self.dims()[d]).collect();
+        out.reshape(squeezed)
     }
 
     /// Sum over `dims`, removing them.
