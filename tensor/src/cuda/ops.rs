@@ -3,7 +3,7 @@
 //! read are made contiguous on the device first, and results are new contiguous tensors.
 
 use super::{CudaStorage, cuda_err};
-use crate::ops::{BinaryOp, MonarchShape, ReduceOp};
+use crate::ops::{BinaryOp, CmpOp, MonarchShape, ReduceOp};
 use crate::{DType, Device, Error, Layout, Result, Shape, Storage, Tensor};
 use monarch_cuda::gemm::{self, GemmArgs, Precision};
 use monarch_cuda::ops::{binary as kb, copy as kc, monarch as km, reduce as kr};
@@ -108,6 +108,48 @@ impl Tensor {
         let a = kb::Operand { view: a.cuda_view(name)?, strides: la.strides() };
         let b = kb::Operand { view: b.cuda_view(name)?, strides: lb.strides() };
         kb::binary(kop, a, b, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
+        Ok(out)
+    }
+
+    /// `lhs op rhs` as 0/1 bytes with broadcasting, both on one device (f32, bf16 or i64).
+    pub(crate) fn cuda_cmp(&self, rhs: &Tensor, op: CmpOp, shape: &Shape, la: &Layout, lb: &Layout) -> Result<Tensor> {
+        let name = "cmp";
+        same_device(name, self, &[rhs])?;
+        let kop = match op {
+            CmpOp::Eq => kb::CmpOp::Eq,
+            CmpOp::Ne => kb::CmpOp::Ne,
+            CmpOp::Lt => kb::CmpOp::Lt,
+            CmpOp::Le => kb::CmpOp::Le,
+            CmpOp::Gt => kb::CmpOp::Gt,
+            CmpOp::Ge => kb::CmpOp::Ge,
+        };
+        let mut out = alloc(self, DType::U8, shape.clone(), name)?;
+        let (a, b) = (self.with_layout(la.clone()), rhs.with_layout(lb.clone()));
+        let a = kb::Operand { view: a.cuda_view(name)?, strides: la.strides() };
+        let b = kb::Operand { view: b.cuda_view(name)?, strides: lb.strides() };
+        kb::cmp(kop, a, b, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
+        Ok(out)
+    }
+
+    /// `self (u8) ? on_true : on_false` with the three broadcast to `shape` through
+    /// `layouts` (mask, on_true, on_false), all on one device (values f32 or bf16).
+    pub(crate) fn cuda_where(
+        &self,
+        on_true: &Tensor,
+        on_false: &Tensor,
+        shape: &Shape,
+        layouts: [&Layout; 3],
+    ) -> Result<Tensor> {
+        let name = "where_cond";
+        same_device(name, self, &[on_true, on_false])?;
+        let mut out = alloc(self, on_true.dtype(), shape.clone(), name)?;
+        let [lm, lt, lf] = layouts;
+        let (m, t, f) =
+            (self.with_layout(lm.clone()), on_true.with_layout(lt.clone()), on_false.with_layout(lf.clone()));
+        let m = kb::Operand { view: m.cuda_view(name)?, strides: lm.strides() };
+        let t = kb::Operand { view: t.cuda_view(name)?, strides: lt.strides() };
+        let f = kb::Operand { view: f.cuda_view(name)?, strides: lf.strides() };
+        kb::where_cond(m, t, f, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
         Ok(out)
     }
 

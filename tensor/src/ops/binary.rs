@@ -142,6 +142,9 @@ impl Tensor {
     pub fn cmp(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
         same_dtype(self, rhs, "cmp")?;
         let (shape, la, lb) = self.broadcast_layouts(rhs, "cmp")?;
+        if self.device() != crate::Device::Cpu || rhs.device() != crate::Device::Cpu {
+            return self.cuda_cmp(rhs, op, &shape, &la, &lb);
+        }
         let out = with_cpu_pair!(self.cpu("cmp")?, rhs.cpu("cmp")?,
             (a, b) => map2(a, &la, b, &lb, |x, y| op.f(x, y)),
             unreachable!("dtypes checked above"));
@@ -174,7 +177,12 @@ impl Tensor {
 
     /// Compares with a scalar (converted to this dtype).
     pub fn cmp_scalar(&self, v: f64, op: CmpOp) -> Result<Tensor> {
-        self.cmp(&Tensor::full(v, (), self.dtype()), op)
+        self.cmp(&self.scalar_beside(v, self.dtype())?, op)
+    }
+
+    /// A 0-dimensional `dtype` tensor holding `v` on this tensor's device.
+    pub(crate) fn scalar_beside(&self, v: f64, dtype: DType) -> Result<Tensor> {
+        Tensor::full(v, (), dtype).to_device(self.device())
     }
 
     /// `self` (any dtype, nonzero meaning true) selects `on_true` or `on_false`
@@ -186,6 +194,9 @@ impl Tensor {
         let shape = shape.broadcast_with(on_false.shape(), "where_cond")?;
         let lm = mask.layout().broadcast_as(&shape)?;
         let (lt, lf) = (on_true.layout().broadcast_as(&shape)?, on_false.layout().broadcast_as(&shape)?);
+        if [&mask, on_true, on_false].iter().any(|t| t.device() != crate::Device::Cpu) {
+            return mask.cuda_where(on_true, on_false, &shape, [&lm, &lt, &lf]);
+        }
         let m = mask.cpu_slice::<u8>("where_cond")?;
         let out = with_cpu_pair!(on_true.cpu("where_cond")?, on_false.cpu("where_cond")?,
             (t, f) => CpuStorage::from(map3((m, &lm), (t, &lt), (f, &lf), |c, x, y| if c != 0 { x } else { y })),
@@ -199,7 +210,7 @@ impl Tensor {
         if &shape != self.shape() {
             return Err(Error::Broadcast { op: "masked_fill", lhs: self.shape().clone(), rhs: mask.shape().clone() });
         }
-        mask.where_cond(&Tensor::full(value, (), self.dtype()), self)
+        mask.where_cond(&self.scalar_beside(value, self.dtype())?, self)
     }
 }
 
