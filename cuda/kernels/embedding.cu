@@ -2,12 +2,17 @@
 // tensor, with i64 indices (tensor/src/ops/index.rs):
 //   index_select: out[o, i, :] = src[o, ids[i], :]          out is (outer, n, inner)
 //   index_add:    dst[o, ids[i], :] += src[o, i, :]         dst is f32 (outer, size, inner)
+// and their per-element forms, with one index per position p = (o, j, i) of an
+// (outer, n, inner) index tensor:
+//   gather:       out[p] = src[o, idx[p], i]
+//   scatter_add:  dst[o, idx[p], i] += src[p]               dst is f32 (outer, size, inner)
 // An embedding lookup is index_select with outer = 1; its backward is index_add into
 // an f32 gradient table. index_add uses f32 atomics, so repeated ids accumulate in an
 // unspecified order (results may differ in the last bits between runs).
 // Out-of-range ids are not read: their output rows are zero, their adds are dropped,
 // and each one increments `*bad` when `bad` is not null.
-// Block (X, Y): Y output rows per block, X threads along `inner`, grid-stride over rows.
+// Rows: block (X, Y), Y output rows per block, X threads along `inner`, grid-stride over
+// rows. Elements: 256 threads, grid-stride over the index's positions.
 
 template <typename T>
 __device__ void index_select_run(const T* __restrict__ src, const i64* __restrict__ ids, T* __restrict__ out,
@@ -39,6 +44,30 @@ __device__ void index_add_run(float* __restrict__ dst, const i64* __restrict__ i
     }
 }
 
+template <typename T>
+__device__ void gather_run(const T* __restrict__ src, const i64* __restrict__ idx, T* __restrict__ out,
+                           int* __restrict__ bad, i64 size, i64 n, i64 inner, i64 total) {
+    for (i64 p = blockIdx.x * (i64)blockDim.x + threadIdx.x; p < total; p += (i64)gridDim.x * blockDim.x) {
+        const i64 id = idx[p], o = p / (n * inner), i = p % inner;
+        const bool ok = id >= 0 && id < size;
+        if (!ok && bad) atomicAdd(bad, 1);
+        out[p] = ok ? src[(o * size + id) * inner + i] : from_f32<T>(0.0f);
+    }
+}
+
+template <typename T>
+__device__ void scatter_add_run(float* __restrict__ dst, const i64* __restrict__ idx, const T* __restrict__ src,
+                                int* __restrict__ bad, i64 size, i64 n, i64 inner, i64 total) {
+    for (i64 p = blockIdx.x * (i64)blockDim.x + threadIdx.x; p < total; p += (i64)gridDim.x * blockDim.x) {
+        const i64 id = idx[p], o = p / (n * inner), i = p % inner;
+        if (id < 0 || id >= size) {
+            if (bad) atomicAdd(bad, 1);
+            continue;
+        }
+        atomicAdd(dst + (o * size + id) * inner + i, to_f32(src[p]));
+    }
+}
+
 #define EMBEDDING_KERNELS(T, SUF)                                                                               \
     extern "C" __global__ void index_select_##SUF(const T* src, const i64* ids, T* out, int* bad, i64 outer,   \
                                                   i64 size, i64 n, i64 inner) {                                 \
@@ -47,6 +76,14 @@ __device__ void index_add_run(float* __restrict__ dst, const i64* __restrict__ i
     extern "C" __global__ void index_add_##SUF(float* dst, const i64* ids, const T* src, int* bad, i64 outer,  \
                                                i64 size, i64 n, i64 inner) {                                    \
         index_add_run<T>(dst, ids, src, bad, outer, size, n, inner);                                            \
+    }                                                                                                           \
+    extern "C" __global__ void gather_##SUF(const T* src, const i64* idx, T* out, int* bad, i64 size, i64 n,   \
+                                            i64 inner, i64 total) {                                             \
+        gather_run<T>(src, idx, out, bad, size, n, inner, total);                                               \
+    }                                                                                                           \
+    extern "C" __global__ void scatter_add_##SUF(float* dst, const i64* idx, const T* src, int* bad, i64 size, \
+                                                 i64 n, i64 inner, i64 total) {                                 \
+        scatter_add_run<T>(dst, idx, src, bad, size, n, inner, total);                                          \
     }
 
 EMBEDDING_KERNELS(float, f32)

@@ -48,6 +48,36 @@ impl Tensor {
         acc.reshape(self.shape().clone())?.to_dtype(self.dtype())
     }
 
+    /// [`Tensor::gather`] on the device: `(outer, size, inner)` split at the dim, the
+    /// result shaped like `index`.
+    pub(crate) fn cuda_gather(&self, index: &Tensor, (outer, size, inner): (usize, usize, usize)) -> Result<Tensor> {
+        let op = "gather";
+        let (x, idx) = (self.contiguous()?, self.beside(index)?);
+        let n = idx.elem_count() / (outer * inner).max(1);
+        let mut out = alloc(&x, x.dtype(), index.shape().clone(), op)?;
+        let d = ke::IndexDims { outer, size, inner };
+        ke::gather(x.cuda_view(op)?, idx.cuda_elems(op)?, d, n, out_mut(&mut out, op)?, None).map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
+    /// [`Tensor::scatter_add`] on the device, accumulating in f32 (the kernel's atomics).
+    pub(crate) fn cuda_scatter_add(
+        &self,
+        index: &Tensor,
+        src: &Tensor,
+        (outer, size, inner): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        let op = "scatter_add";
+        same_device(op, self, &[src])?;
+        let (idx, src) = (self.beside(index)?, src.contiguous()?);
+        let n = idx.elem_count() / (outer * inner).max(1);
+        let mut acc = self.cuda_copy(DType::F32)?;
+        let d = ke::IndexDims { outer, size, inner };
+        ke::scatter_add(out_mut(&mut acc, op)?, idx.cuda_elems(op)?, src.cuda_elems(op)?, d, n, None)
+            .map_err(cuda_err(op))?;
+        acc.reshape(self.shape().clone())?.to_dtype(self.dtype())
+    }
+
     /// Mean cross-entropy of (N, C) device logits against (N) targets already checked:
     /// the f32 loss and the per-row log-sum-exp.
     pub(crate) fn cuda_cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {

@@ -147,6 +147,9 @@ impl Tensor {
         check_along(self, index, d, "gather")?;
         let (outer, size, inner) = split_at(self.shape(), d);
         let ids = indices(index, size, "gather")?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_gather(index, (outer, size, inner));
+        }
         let n = index.dims()[d];
         let x = self.contiguous()?;
         let start = x.layout().offset();
@@ -170,8 +173,11 @@ impl Tensor {
         if index.shape() != src.shape() {
             return Err(Error::ShapeMismatch { op, lhs: index.shape().clone(), rhs: src.shape().clone() });
         }
-        let (_, size, inner) = split_at(self.shape(), d);
+        let (outer, size, inner) = split_at(self.shape(), d);
         let ids = indices(index, size, op)?;
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_scatter_add(index, src, (outer, size, inner));
+        }
         let n = index.dims()[d];
         let src = src.contiguous()?;
         let s0 = src.layout().offset();
@@ -193,13 +199,15 @@ impl Tensor {
     /// Zeroes the elements above diagonal `diagonal` of the last two dimensions.
     pub fn tril(&self, diagonal: i64) -> Result<Tensor> {
         let (r, c) = self.shape().matrix_dims("tril")?;
-        Tensor::tril_mask(r, c, diagonal).where_cond(self, &Tensor::zeros((), self.dtype()))
+        let mask = Tensor::tril_mask(r, c, diagonal).to_device(self.device())?;
+        mask.where_cond(self, &self.scalar_beside(0.0, self.dtype())?)
     }
 
     /// Zeroes the elements below diagonal `diagonal` of the last two dimensions.
     pub fn triu(&self, diagonal: i64) -> Result<Tensor> {
         let (r, c) = self.shape().matrix_dims("triu")?;
-        Tensor::tril_mask(r, c, diagonal - 1).where_cond(&Tensor::zeros((), self.dtype()), self)
+        let mask = Tensor::tril_mask(r, c, diagonal - 1).to_device(self.device())?;
+        mask.where_cond(&self.scalar_beside(0.0, self.dtype())?, self)
     }
 }
 
