@@ -36,6 +36,7 @@ sources! {
     LAYER_NORM => "layer_norm",
     EMBEDDING => "embedding",
     ADAMW => "adamw",
+    SGD => "sgd",
     DROPOUT => "dropout",
     MONARCH => "monarch",
     BLOCK_SPARSE => "block_sparse",

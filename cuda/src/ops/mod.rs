@@ -14,6 +14,7 @@ pub mod flash_attention;
 pub mod layer_norm;
 pub mod monarch;
 pub mod reduce;
+pub mod sgd;
 pub mod softmax;
 pub mod unary;
 

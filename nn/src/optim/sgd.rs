@@ -29,8 +29,13 @@ impl Optimizer for Sgd {
         for (_, p) in params {
             let Some(g) = grads.get(p) else { continue };
             let buf = if self.momentum > 0.0 {
-                let shape = p.value().shape().clone();
-                Some(self.velocity.entry(p.id()).or_insert_with(|| Tensor::zeros(&shape, DType::F32)))
+                let (shape, device) = (p.value().shape().clone(), p.value().device());
+                let v = self.velocity.entry(p.id()).or_insert_with(|| Tensor::zeros(&shape, DType::F32));
+                // A fresh or restored buffer is on the host; it follows the parameter.
+                if v.device() != device {
+                    *v = v.to_device(device)?;
+                }
+                Some(v)
             } else {
                 None
             };

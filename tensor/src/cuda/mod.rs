@@ -9,6 +9,7 @@ mod block_sparse;
 mod lookup;
 mod ops;
 mod optim;
+pub(crate) use optim::sgd_step;
 mod rows;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};

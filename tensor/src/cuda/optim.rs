@@ -1,10 +1,10 @@
-//! The fused AdamW update on CUDA tensors, in place.
+//! The fused optimiser updates (AdamW, SGD) on CUDA tensors, in place.
 
 use super::cuda_err;
 use super::ops::same_device;
 use crate::ops::AdamW;
 use crate::{DType, Result, Tensor};
-use monarch_cuda::ops::adamw as ka;
+use monarch_cuda::ops::{adamw as ka, sgd as ks};
 
 impl AdamW {
     /// [`AdamW::step`] on the device: f32 parameter and moments, gradient f32 or bf16.
@@ -30,4 +30,30 @@ impl AdamW {
         let (pv, mv, vv) = (param.cuda_in_place(op)?, m.cuda_in_place(op)?, v.cuda_in_place(op)?);
         k.step(pv, mv, vv, gv, step).map_err(cuda_err(op))
     }
+}
+
+/// [`sgd_step`](crate::ops::sgd_step) on the device: f32 parameter and velocity, gradient
+/// f32 or bf16.
+pub(crate) fn sgd_step(
+    param: &mut Tensor,
+    grad: &Tensor,
+    buf: Option<&mut Tensor>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> Result<()> {
+    let op = "sgd";
+    same_device(op, param, &[grad])?;
+    let g = grad.to_dtype(DType::F32)?.contiguous()?;
+    let k = ks::Sgd { lr, momentum, weight_decay };
+    let gv = g.cuda_elems(op)?;
+    match buf {
+        Some(b) => {
+            crate::ops::same_shape(param, b, op)?;
+            same_device(op, param, &[b])?;
+            k.step(param.cuda_in_place(op)?, Some(b.cuda_in_place(op)?), gv)
+        }
+        None => k.step(param.cuda_in_place(op)?, None, gv),
+    }
+    .map_err(cuda_err(op))
 }

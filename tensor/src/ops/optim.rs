@@ -79,6 +79,9 @@ pub fn sgd_step(
     weight_decay: f64,
 ) -> Result<()> {
     check("sgd", param, &[grad])?;
+    if param.device() != crate::Device::Cpu {
+        return crate::cuda::sgd_step(param, grad, buf, lr, momentum, weight_decay);
+    }
     let g = grad.to_vec_f32()?;
     let (lr, mu, wd) = (lr as f32, momentum as f32, weight_decay as f32);
     match buf {
