@@ -126,6 +126,39 @@ fn backward<T: AttnFloat>(
     (dq, dk, dv)
 }
 
+/// Keys visible to each query under `opts` as a (n_q, n_k) `U8` mask on `device`
+/// (`None` when every key is visible).
+fn visible(dims: Dims, opts: &AttentionOpts, device: crate::Device) -> Result<Option<Tensor>> {
+    if !opts.causal {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::tril_mask(dims.nq, dims.nk, dims.nk as i64 - dims.nq as i64).to_device(device)?))
+}
+
+/// The forward composed of tensor ops (matmul, where, softmax, dropout), for devices
+/// without the fused CPU loops: the output and the saved probabilities.
+fn composed_forward(q: &Tensor, k: &Tensor, v: &Tensor, dims: Dims, opts: &AttentionOpts) -> Result<(Tensor, Tensor)> {
+    let s = q.matmul(&k.transpose(2, 3)?)?.mul_scalar(dims.scale::<f64>())?;
+    let probs = match visible(dims, opts, q.device())? {
+        // Rows that see no key softmax to NaN; the second `where` makes them 0.
+        Some(vis) => {
+            let s = vis.where_cond(&s, &s.scalar_beside(f64::NEG_INFINITY, s.dtype())?)?;
+            vis.where_cond(&s.softmax(3)?, &s.scalar_beside(0.0, s.dtype())?)?
+        }
+        None => s.softmax(3)?,
+    };
+    let out = probs.dropout(opts.dropout, opts.seed)?.matmul(v)?;
+    Ok((out, probs))
+}
+
+/// The backward composed of tensor ops, from the probabilities [`composed_forward`] saved.
+fn composed_backward([q, k, v, probs, dout]: [&Tensor; 5], dims: Dims, opts: &AttentionOpts) -> Result<[Tensor; 3]> {
+    let dv = probs.dropout(opts.dropout, opts.seed)?.transpose(2, 3)?.matmul(dout)?;
+    let dp = dout.matmul(&v.transpose(2, 3)?)?.dropout(opts.dropout, opts.seed)?;
+    let ds = Tensor::softmax_backward(probs, &dp, 3, false)?.mul_scalar(dims.scale::<f64>())?;
+    Ok([ds.matmul(k)?, ds.transpose(2, 3)?.matmul(q)?, dv])
+}
+
 impl Tensor {
     /// The reference attention of queries `self` (batch, heads, n_q, d) over keys and
     /// values (batch, heads, n_k, d): materialises the scores and returns the output with
@@ -135,6 +168,10 @@ impl Tensor {
         let dims = Dims::check(self, k, v, opts, op)?;
         let dtype = self.dtype();
         let ([q, k, v], cdt) = compute_all([self, k, v], op)?;
+        if q.device() != crate::Device::Cpu {
+            let (out, probs) = composed_forward(&q, &k, &v, dims, opts)?;
+            return Ok(NaiveAttention { out: out.to_dtype(dtype)?, probs });
+        }
         let (out, probs) = by_dtype!(cdt, op, |T| {
             let (out, probs) = forward::<T>(Heads::new(&q, op)?, Heads::new(&k, op)?, Heads::new(&v, op)?, dims, opts);
             (
@@ -163,6 +200,10 @@ impl Tensor {
         }
         let dtype = q.dtype();
         let ([q, k, v, probs, dout], cdt) = compute_all([q, k, v, &probs.contiguous()?, dout], op)?;
+        if q.device() != crate::Device::Cpu {
+            let [dq, dk, dv] = composed_backward([&q, &k, &v, &probs, &dout], dims, opts)?;
+            return Ok(AttentionGrads { dq: dq.to_dtype(dtype)?, dk: dk.to_dtype(dtype)?, dv: dv.to_dtype(dtype)? });
+        }
         by_dtype!(cdt, op, |T| {
             let p = &probs.cpu_slice::<T>(op)?[probs.layout().offset()..];
             let (q, k, v, dout) =
@@ -175,5 +216,42 @@ impl Tensor {
                 dv: wrap(dv, dims.k_shape())?,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    fn close(a: &Tensor, b: &Tensor, what: &str) {
+        let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(a.len() == b.len() && worst < 1e-10, "{what}: worst difference {worst}");
+    }
+
+    /// The composition the GPU runs, computed on the CPU, equals the fused CPU loops:
+    /// causal with more queries than keys (rows that see nothing), with dropout.
+    #[test]
+    fn composed_ops_equal_the_fused_loops() {
+        let r = |shape: [usize; 4], seed| Tensor::randn(shape, 0.0, 1.0, seed).unwrap().to_dtype(DType::F64).unwrap();
+        let (q, k, v) = (r([2, 3, 7, 8], 1), r([2, 3, 5, 8], 2), r([2, 3, 5, 8], 3));
+        let dout = r([2, 3, 7, 8], 4);
+        for opts in [
+            AttentionOpts::default(),
+            AttentionOpts { causal: true, dropout: 0.3, seed: 9 },
+            AttentionOpts { causal: true, ..Default::default() },
+        ] {
+            let dims = Dims::check(&q, &k, &v, &opts, "test").unwrap();
+            let fused = q.naive_attention(&k, &v, &opts).unwrap();
+            let (out, probs) = composed_forward(&q, &k, &v, dims, &opts).unwrap();
+            close(&out, &fused.out, "out");
+            close(&probs, &fused.probs, "probs");
+            let g = Tensor::naive_attention_backward(&q, &k, &v, &fused.probs, &dout, &opts).unwrap();
+            let [dq, dk, dv] = composed_backward([&q, &k, &v, &probs, &dout], dims, &opts).unwrap();
+            close(&dq, &g.dq, "dq");
+            close(&dk, &g.dk, "dk");
+            close(&dv, &g.dv, "dv");
+        }
     }
 }
