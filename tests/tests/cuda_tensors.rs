@@ -4,7 +4,7 @@
 
 use monarch_autograd::{Gradients, Var};
 use monarch_nn::{LinearKind, SeedableRng, StdRng};
-use monarch_tensor::{AdamW, CrossEntropy, DType, Device, Error, Tensor, UnaryOp, cuda_device};
+use monarch_tensor::{AdamW, AttentionOpts, CmpOp, CrossEntropy, DType, Device, Error, Tensor, UnaryOp, cuda_device};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -221,6 +221,84 @@ fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     close(&gp, &p, 1e-5);
     close(&gv, &v, 1e-5);
     close(&shared, &rnd(&[1000], 20), 0.0);
+}
+
+#[test]
+fn comparisons_selection_gather_and_sgd_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let mv = |t: &Tensor| t.to_device(GPU).unwrap();
+    let (a, b) = (rnd(&[4, 30], 22), rnd(&[30], 23));
+    let (ga, gb) = (mv(&a), mv(&b));
+    for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+        let want = a.cmp(&b, op).unwrap();
+        let got = ga.cmp(&gb, op).unwrap();
+        assert_eq!((got.device(), got.dtype()), (GPU, DType::U8));
+        assert_eq!(got.to_vec::<u8>().unwrap(), want.to_vec::<u8>().unwrap(), "{op:?}");
+    }
+    assert_eq!(
+        ga.cmp_scalar(0.0, CmpOp::Gt).unwrap().to_vec::<u8>().unwrap(),
+        a.gt(&Tensor::scalar(0f32)).unwrap().to_vec::<u8>().unwrap()
+    );
+    let mask = a.gt(&b).unwrap();
+    close(&mv(&mask).where_cond(&ga, &gb).unwrap(), &mask.where_cond(&a, &b).unwrap(), 0.0);
+    close(&ga.masked_fill(&mv(&mask), -3.0).unwrap(), &a.masked_fill(&mask, -3.0).unwrap(), 0.0);
+    close(&ga.tril(1).unwrap(), &a.tril(1).unwrap(), 0.0);
+    close(&ga.t().unwrap().triu(0).unwrap(), &a.t().unwrap().triu(0).unwrap(), 0.0);
+    close(&ga.maximum(&gb).unwrap(), &a.maximum(&b).unwrap(), 0.0);
+
+    // gather / scatter_add along the middle dimension of (3, 5, 4), and their gradients.
+    let x = rnd(&[3, 5, 4], 24);
+    let idx: Vec<i64> = (0..3 * 2 * 4).map(|i| (i * 7 % 5) as i64).collect();
+    let idx = Tensor::from_vec(idx, [3, 2, 4]).unwrap();
+    close(&mv(&x).gather(&mv(&idx), 1).unwrap(), &x.gather(&idx, 1).unwrap(), 0.0);
+    let src = rnd(&[3, 2, 4], 25);
+    close(&mv(&x).scatter_add(&idx, &mv(&src), 1).unwrap(), &x.scatter_add(&idx, &src, 1).unwrap(), 1e-6);
+    assert!(mv(&x).gather(&Tensor::full(5.0, [3, 2, 4], DType::I64), 1).is_err(), "index past the dimension");
+
+    // SGD with and without momentum, three steps.
+    let (mut p, g) = (rnd(&[1000], 26), rnd(&[1000], 27));
+    let (mut gp, gg) = (mv(&p), mv(&g));
+    let mut buf = Tensor::zeros([1000], DType::F32);
+    let mut gbuf = mv(&buf);
+    for _ in 0..3 {
+        monarch_tensor::ops::sgd_step(&mut p, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
+        monarch_tensor::ops::sgd_step(&mut gp, &gg, Some(&mut gbuf), 0.1, 0.9, 0.01).unwrap();
+        monarch_tensor::ops::sgd_step(&mut p, &g, None, 0.05, 0.0, 0.0).unwrap();
+        monarch_tensor::ops::sgd_step(&mut gp, &gg, None, 0.05, 0.0, 0.0).unwrap();
+    }
+    close(&gp, &p, 1e-5);
+    close(&gbuf, &buf, 1e-5);
+}
+
+#[test]
+fn naive_attention_and_max_gradients_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let mv = |t: &Tensor| t.to_device(GPU).unwrap();
+    let (q, k, v, dout) =
+        (rnd(&[2, 3, 70, 32], 28), rnd(&[2, 3, 50, 32], 29), rnd(&[2, 3, 50, 32], 30), rnd(&[2, 3, 70, 32], 31));
+    for opts in [AttentionOpts::default(), AttentionOpts { causal: true, dropout: 0.2, seed: 5 }] {
+        let want = q.naive_attention(&k, &v, &opts).unwrap();
+        let got = mv(&q).naive_attention(&mv(&k), &mv(&v), &opts).unwrap();
+        close(&got.out, &want.out, 1e-5);
+        close(&got.probs, &want.probs, 1e-5);
+        let wg = Tensor::naive_attention_backward(&q, &k, &v, &want.probs, &dout, &opts).unwrap();
+        let gg = Tensor::naive_attention_backward(&mv(&q), &mv(&k), &mv(&v), &got.probs, &mv(&dout), &opts).unwrap();
+        close(&gg.dq, &wg.dq, 1e-4);
+        close(&gg.dk, &wg.dk, 1e-4);
+        close(&gg.dv, &wg.dv, 1e-4);
+    }
+    // The gradient of a max reduction goes through a comparison on the device.
+    let x = rnd(&[6, 40], 32);
+    let grad_of = |t: Tensor| {
+        let xv = Var::leaf(t);
+        let g = xv.max(1).unwrap().sum_all().unwrap().backward().unwrap();
+        g.get(&xv).unwrap().clone()
+    };
+    close(&grad_of(mv(&x)), &grad_of(x), 0.0);
 }
 
 #[test]
