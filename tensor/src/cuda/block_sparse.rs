@@ -1,13 +1,15 @@
 //! The block-sparse linear layer on CUDA tensors. The kernels read the stored blocks in
 //! CSR order, (nnz, block, block); a [`BlockSparsePlan`] keeps them as one row panel per
 //! block row (the CPU's layout, and the checkpoints'), so each call gathers the values
-//! into CSR order on the device (one row lookup) and scatters the gradient back.
+//! into CSR order on the device (one row lookup) and scatters the gradient back. The
+//! pattern and the row orders are uploaded once per plan and device ([`DevicePlans`]).
 
 use super::ops::{alloc, out_mut, same_device};
 use super::{cuda_device, cuda_err};
 use crate::ops::BlockSparsePlan;
 use crate::{Device, Result, Tensor};
 use monarch_cuda::ops::block_sparse::{self as kb, BlockSparseLayout};
+use std::sync::{Arc, Mutex};
 
 /// The CSR pattern of a plan's mask: `row_ptr` (block rows + 1) and `col_idx` (nnz).
 fn csr(plan: &BlockSparsePlan) -> (Vec<i32>, Vec<i32>) {
@@ -47,21 +49,60 @@ fn inverse(p: &[i64]) -> Vec<i64> {
     inv
 }
 
-/// What every call needs: the pattern on the device and the CSR row order.
-fn prepare(plan: &BlockSparsePlan, like: &Tensor, op: &'static str) -> Result<(BlockSparseLayout, Vec<i64>)> {
-    let Device::Cuda(i) = like.device() else { unreachable!("called for device tensors only") };
-    let (row_ptr, col_idx) = csr(plan);
-    let m = plan.mask();
-    let layout =
-        BlockSparseLayout::new(&cuda_device(i)?, plan.out_features(), plan.in_features(), m.block, &row_ptr, &col_idx)
-            .map_err(cuda_err(op))?;
-    Ok((layout, csr_rows(plan, &row_ptr)))
+/// A plan's pattern on one device, built at the first call there and kept with the plan:
+/// the kernels' layout, and the CSR row order (and its inverse) as device index vectors.
+#[derive(Debug)]
+pub(crate) struct DevicePlan {
+    layout: BlockSparseLayout,
+    order: Tensor,
+    inverse: Tensor,
 }
 
-/// `t` (any shape holding nnz·block² values) with its block-rows reordered by `rows`.
-fn permute_rows(t: &Tensor, rows: &[i64], block: usize) -> Result<Tensor> {
-    let ids = Tensor::from_vec(rows.to_vec(), rows.len())?;
-    t.reshape([rows.len(), block])?.index_select(&ids, 0)
+/// The [`DevicePlan`]s of one [`BlockSparsePlan`], one per device used so far. A clone
+/// starts empty (it is rebuilt on first use) and the cache takes no part in equality.
+#[derive(Debug, Default)]
+pub(crate) struct DevicePlans(Mutex<Vec<(usize, Arc<DevicePlan>)>>);
+
+impl Clone for DevicePlans {
+    fn clone(&self) -> Self {
+        DevicePlans::default()
+    }
+}
+
+impl PartialEq for DevicePlans {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for DevicePlans {}
+
+impl DevicePlans {
+    /// The pattern of `plan` on `like`'s device, uploaded once per device.
+    fn get(&self, plan: &BlockSparsePlan, like: &Tensor, op: &'static str) -> Result<Arc<DevicePlan>> {
+        let Device::Cuda(i) = like.device() else { unreachable!("called for device tensors only") };
+        let mut plans = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = plans.iter().find(|(o, _)| *o == i) {
+            return Ok(p.clone());
+        }
+        let (row_ptr, col_idx) = csr(plan);
+        let m = plan.mask();
+        let dev = cuda_device(i)?;
+        let layout = BlockSparseLayout::new(&dev, plan.out_features(), plan.in_features(), m.block, &row_ptr, &col_idx)
+            .map_err(cuda_err(op))?;
+        let order = csr_rows(plan, &row_ptr);
+        let ids = |v: Vec<i64>| Tensor::from_vec(v, order.len())?.upload(i);
+        let p = Arc::new(DevicePlan { layout, inverse: ids(inverse(&order))?, order: ids(order.clone())? });
+        plans.push((i, p.clone()));
+        Ok(p)
+    }
+}
+
+/// `t` (any shape holding nnz·block² values) with its block-rows reordered by the device
+/// index vector `rows` (in range by construction, so not read back to be checked).
+fn permute_rows(t: &Tensor, rows: &Tensor, block: usize) -> Result<Tensor> {
+    let n = rows.elem_count();
+    t.reshape([n, block])?.cuda_index_select(rows, (1, n, block))?.reshape([n, block])
 }
 
 impl Tensor {
@@ -69,14 +110,21 @@ impl Tensor {
     pub(crate) fn cuda_block_sparse(&self, values: &Tensor, plan: &BlockSparsePlan, rows: usize) -> Result<Tensor> {
         let op = "block_sparse_linear";
         same_device(op, self, &[values])?;
-        let (layout, order) = prepare(plan, self, op)?;
-        let blocks = permute_rows(values, &order, plan.mask().block)?;
+        let dp = plan.on_device().get(plan, self, op)?;
+        let blocks = permute_rows(values, &dp.order, plan.mask().block)?;
         let x = self.contiguous()?;
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("rank checked by the caller") = plan.out_features();
         let mut y = alloc(&x, x.dtype(), dims, op)?;
-        kb::block_sparse_forward(&layout, x.cuda_view(op)?, blocks.cuda_view(op)?, rows, out_mut(&mut y, op)?, false)
-            .map_err(cuda_err(op))?;
+        kb::block_sparse_forward(
+            &dp.layout,
+            x.cuda_view(op)?,
+            blocks.cuda_view(op)?,
+            rows,
+            out_mut(&mut y, op)?,
+            false,
+        )
+        .map_err(cuda_err(op))?;
         Ok(y)
     }
 
@@ -91,23 +139,37 @@ impl Tensor {
     ) -> Result<[Option<Tensor>; 2]> {
         let op = "block_sparse_backward";
         same_device(op, x, &[values, dy])?;
-        let (layout, order) = prepare(plan, x, op)?;
+        let dp = plan.on_device().get(plan, x, op)?;
         let b = plan.mask().block;
         let (xc, g) = (x.contiguous()?, dy.contiguous()?);
         let dx = if want[0] {
-            let blocks = permute_rows(values, &order, b)?;
+            let blocks = permute_rows(values, &dp.order, b)?;
             let mut dx = alloc(&xc, xc.dtype(), xc.shape().clone(), op)?;
-            kb::block_sparse_dx(&layout, g.cuda_view(op)?, blocks.cuda_view(op)?, rows, out_mut(&mut dx, op)?, false)
-                .map_err(cuda_err(op))?;
+            kb::block_sparse_dx(
+                &dp.layout,
+                g.cuda_view(op)?,
+                blocks.cuda_view(op)?,
+                rows,
+                out_mut(&mut dx, op)?,
+                false,
+            )
+            .map_err(cuda_err(op))?;
             Some(dx)
         } else {
             None
         };
         let dvalues = if want[1] {
-            let mut dblocks = alloc(&xc, xc.dtype(), [order.len(), b], op)?;
-            kb::block_sparse_dw(&layout, xc.cuda_view(op)?, g.cuda_view(op)?, rows, out_mut(&mut dblocks, op)?, false)
-                .map_err(cuda_err(op))?;
-            Some(permute_rows(&dblocks, &inverse(&order), b)?.reshape(values.shape().clone())?)
+            let mut dblocks = alloc(&xc, xc.dtype(), [dp.order.elem_count(), b], op)?;
+            kb::block_sparse_dw(
+                &dp.layout,
+                xc.cuda_view(op)?,
+                g.cuda_view(op)?,
+                rows,
+                out_mut(&mut dblocks, op)?,
+                false,
+            )
+            .map_err(cuda_err(op))?;
+            Some(permute_rows(&dblocks, &dp.inverse, b)?.reshape(values.shape().clone())?)
         } else {
             None
         };

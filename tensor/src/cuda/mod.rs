@@ -6,6 +6,7 @@
 
 mod attention;
 mod block_sparse;
+pub(crate) use block_sparse::DevicePlans;
 mod lookup;
 mod ops;
 mod optim;

@@ -48,6 +48,7 @@ pub struct BlockSparsePlan {
     /// Element offset of each block row's panel, plus the total at the end.
     panel: Vec<usize>,
     groups: Vec<Group>,
+    on_device: crate::cuda::DevicePlans,
 }
 
 impl BlockSparsePlan {
@@ -78,7 +79,12 @@ impl BlockSparsePlan {
             }
             groups.push(Group { row: r, rows: 1, offset, width: cs.len() * b, runs });
         }
-        BlockSparsePlan { mask, panel, groups }
+        BlockSparsePlan { mask, panel, groups, on_device: Default::default() }
+    }
+
+    /// The pattern's uploads to the devices it has run on.
+    pub(crate) fn on_device(&self) -> &crate::cuda::DevicePlans {
+        &self.on_device
     }
 
     /// The block layout.
