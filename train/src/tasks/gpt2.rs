@@ -79,6 +79,10 @@ impl Task for Gpt2Task {
         self.model.named_params()
     }
 
+    fn train_flops_per_item(&self) -> Option<f64> {
+        Some(self.model.train_flops_per_token(self.seq_len))
+    }
+
     fn describe(&self) -> Value {
         let c = &self.model.cfg;
         json!({

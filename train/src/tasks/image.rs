@@ -264,6 +264,10 @@ impl<M: ImageModel> Task for ImageTask<M> {
         self.model.named_params()
     }
 
+    fn train_flops_per_item(&self) -> Option<f64> {
+        Some(self.model.train_flops_per_image())
+    }
+
     fn describe(&self) -> Value {
         json!({
             "params": param_count(&self.model),

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 mod config;
 mod metrics;
+mod mfu;
 pub mod plot;
 mod progress;
 
@@ -75,6 +76,11 @@ pub trait Task {
     fn params(&self) -> NamedParams;
     /// Facts recorded at the start of a run: parameters, FLOPs per item, data sizes.
     fn describe(&self) -> Value;
+    /// Model FLOPs of one item's forward and backward, for the utilisation figure
+    /// (`None`: not counted, no figure).
+    fn train_flops_per_item(&self) -> Option<f64> {
+        None
+    }
     /// The loss of the next training micro-batch and how many items it covered.
     fn train_batch(&mut self, ctx: &Ctx) -> Result<(Var, usize), TrainError>;
     /// A validation pass (under `no_grad`): the configured number of batches, or with
@@ -158,9 +164,17 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     }
     params_to_device(&task.params(), opts.device)?;
     let mut metrics = MetricsLog::open(dir, opts.resume.then_some(step))?;
+    // The matrix-product rate the utilisation figure is against, in the run's dtype.
+    let matmul_dtype = cfg.precision.autocast().unwrap_or(monarch_tensor::DType::F32);
+    let flops_per_item = task.train_flops_per_item();
+    let matmul_rate = match flops_per_item {
+        Some(_) => Some(mfu::matmul_rate(opts.device, matmul_dtype)?),
+        None => None,
+    };
     if !opts.resume {
         let mut start = json!({
             "step": 0, "event": "start", "task": task.name(), "steps": cfg.steps, "device": opts.device.to_string(),
+            "matmul_gflops": matmul_rate.map(|r| r / 1e9), "matmul_dtype": matmul_dtype.as_str(),
         });
         if let (Value::Object(rec), Value::Object(facts)) = (&mut start, task.describe()) {
             rec.extend(facts);
@@ -226,11 +240,14 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             let rate = window_items as f64 / window_secs.max(1e-9);
             // The mean training loss of the steps since the last record.
             let mean = window_loss / window_steps as f64;
+            // Model FLOPs per second over the measured matrix-product rate.
+            let mfu = flops_per_item.zip(matmul_rate).map(|(f, peak)| rate * f / peak);
             metrics.write(json!({
                 "step": step, "loss": mean, "lr": lr, "grad_norm": grad_norm,
-                format!("{}_per_s", task.unit()): rate, "elapsed_s": start.elapsed().as_secs_f64(),
+                format!("{}_per_s", task.unit()): rate, "mfu": mfu, "elapsed_s": start.elapsed().as_secs_f64(),
             }))?;
-            progress.step(step, &format!("loss {mean:.4} lr {lr:.2e} {:.0} {}/s", rate, task.unit()));
+            let mfu_note = mfu.map(|m| format!(" MFU {:.1}%", 100.0 * m)).unwrap_or_default();
+            progress.step(step, &format!("loss {mean:.4} lr {lr:.2e} {:.0} {}/s{mfu_note}", rate, task.unit()));
             (window_items, window_secs, window_loss, window_steps) = (0, 0.0, 0.0, 0);
         }
         let last = step == cfg.steps;

@@ -1,0 +1,40 @@
+//! Model FLOP utilisation: the model FLOPs a run does per second over the rate of a
+//! square matrix product on the same device, in the dtype the run's matrix products
+//! use, measured when the run starts (so the figure is against what this machine
+//! reaches, not a datasheet).
+
+use super::TrainError;
+use monarch_tensor::{DType, Device, Tensor};
+use std::time::Instant;
+
+/// The median FLOP/s of an n×n×n product (n = 4096 on a GPU, 1024 on the CPU) in
+/// `dtype` on `device`, over five timed runs after one warm-up.
+pub(crate) fn matmul_rate(device: Device, dtype: DType) -> Result<f64, TrainError> {
+    let n = if device == Device::Cpu { 1024 } else { 4096 };
+    let operand = |seed| -> Result<Tensor, TrainError> {
+        Ok(Tensor::randn([n, n], 0.0, 1.0, seed)?.to_dtype(dtype)?.to_device(device)?)
+    };
+    let (a, b) = (operand(1)?, operand(2)?);
+    let mut secs = Vec::with_capacity(5);
+    for run in 0..6 {
+        let t = Instant::now();
+        a.matmul(&b)?;
+        device.synchronize()?;
+        if run > 0 {
+            secs.push(t.elapsed().as_secs_f64());
+        }
+    }
+    secs.sort_by(f64::total_cmp);
+    Ok(2.0 * (n as f64).powi(3) / secs[secs.len() / 2].max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_rate_is_positive_and_finite() {
+        let r = matmul_rate(Device::Cpu, DType::F32).unwrap();
+        assert!(r.is_finite() && r > 1e6, "{r}");
+    }
+}
