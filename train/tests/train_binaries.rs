@@ -135,6 +135,16 @@ fn each_binary_trains_logs_plots_and_checkpoints() {
         let metric = if name == "train-gpt2" { "perplexity" } else { "accuracy" };
         assert!(evals.iter().all(|e| e[metric].as_f64().unwrap().is_finite()), "{name}");
         assert!(recs.iter().any(|r| r.get("tokens_per_s").or(r.get("images_per_s")).is_some()));
+        // Utilisation = items/s · FLOPs per item / the matmul rate of the start record.
+        let unit = if name == "train-gpt2" { "token" } else { "image" };
+        let flops = recs[0][format!("train_flops_per_{unit}")].as_f64().unwrap();
+        let peak = recs[0]["matmul_gflops"].as_f64().unwrap() * 1e9;
+        assert!(peak > 0.0 && recs[0]["matmul_dtype"] == "f32", "{name}");
+        for r in recs.iter().filter(|r| r.get("loss").is_some()) {
+            let rate = r[format!("{unit}s_per_s")].as_f64().unwrap();
+            let mfu = r["mfu"].as_f64().unwrap();
+            assert!(mfu > 0.0 && (mfu - rate * flops / peak).abs() <= 1e-9 * mfu, "{name}: {r}");
+        }
         assert_eq!(&std::fs::read(out.join("loss.png")).unwrap()[1..4], b"PNG");
         assert!(!checkpoints(&out).is_empty(), "{name}");
     }
