@@ -5,6 +5,7 @@
 //! counts are of bytes in use, not of bytes the cache keeps.
 
 use crate::block_cache::{class_of, give, take};
+use monarch_tensor::Device;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -125,6 +126,15 @@ pub fn peak_growth<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let base = reset_peak();
     let r = f();
     (r, peak_bytes().saturating_sub(base))
+}
+
+/// The peak growth of `device`'s memory while `f` runs (its caching allocator's counters,
+/// as [`peak_growth`] is for the heap), with `f`'s result; 0 on the CPU.
+pub fn device_peak_growth<R>(device: Device, f: impl FnOnce() -> R) -> monarch_tensor::Result<(R, usize)> {
+    let base = device.memory_stats()?.map_or(0, |s| s.current);
+    device.reset_peak_memory()?;
+    let r = f();
+    Ok((r, device.memory_stats()?.map_or(0, |s| s.peak.saturating_sub(base))))
 }
 
 #[cfg(test)]

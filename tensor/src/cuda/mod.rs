@@ -14,7 +14,7 @@ pub(crate) use optim::sgd_step;
 mod rows;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
-use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, View};
+use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, MemoryStats, View};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A tensor's buffer in the memory of one GPU.
@@ -163,6 +163,24 @@ impl Tensor {
 }
 
 impl Device {
+    /// The device's memory counters: bytes its tensors hold now, the peak since the last
+    /// [`reset_peak_memory`](Self::reset_peak_memory) and the bytes kept for reuse
+    /// (the caching allocator's). `None` on the CPU (the host heap is not counted here).
+    pub fn memory_stats(self) -> Result<Option<MemoryStats>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(i) => Ok(Some(cuda_device(i)?.memory_stats())),
+        }
+    }
+
+    /// Restarts the device's peak counter from its current use (nothing on the CPU).
+    pub fn reset_peak_memory(self) -> Result<()> {
+        if let Device::Cuda(i) = self {
+            cuda_device(i)?.reset_peak_memory();
+        }
+        Ok(())
+    }
+
     /// Waits until the work queued on this device has finished (nothing to wait for on
     /// the CPU, whose ops return when done). Timers of GPU work call this.
     pub fn synchronize(self) -> Result<()> {

@@ -1,5 +1,6 @@
-//! `monarch bench attention`: time and peak heap of one attention implementation,
-//! forward or forward + backward, on random (batch, heads, seq, head_dim) inputs.
+//! `monarch bench attention`: time and peak memory (the heap on the CPU, the device's on
+//! a GPU) of one attention implementation, forward or forward + backward, on random
+//! (batch, heads, seq, head_dim) inputs.
 
 use super::{CliError, Timing};
 use crate::alloc_stats;
@@ -106,10 +107,13 @@ impl AttentionArgs {
             Ok(self.device.synchronize()?)
         };
         let ms = self.timing.median_ms(run)?;
-        // Host memory growth; GPU memory is not counted here.
-        let (done, peak) = alloc_stats::peak_growth(run);
+        // The memory the pass adds: the heap's on the CPU, the device allocator's on a GPU.
+        let (done, peak) = match self.device {
+            Device::Cpu => alloc_stats::peak_growth(run),
+            gpu => alloc_stats::device_peak_growth(gpu, run)?,
+        };
         done?;
-        let peak = (self.device == Device::Cpu).then_some(peak);
+        let peak_of = if self.device == Device::Cpu { "host" } else { "device" };
         let (density, visited) = match &kernel {
             AttentionKernel::BlockSparse(m) => {
                 (Some(m.density()), Some(visited_fraction(self.seq, self.seq, Some(m), self.causal)))
@@ -124,14 +128,14 @@ impl AttentionArgs {
                 "batch": self.batch, "heads": self.heads, "seq": self.seq, "head_dim": self.head_dim,
                 "causal": self.causal, "dtype": self.dtype.as_str(), "std": self.std, "density": density, "visited_fraction": visited,
                 "block": self.block, "window": self.window, "features": self.features,
-                "median_ms": ms, "peak_bytes": peak, "rel_error": error, "device": self.device.to_string(),
+                "median_ms": ms, "peak_bytes": peak, "peak_of": peak_of, "rel_error": error, "device": self.device.to_string(),
             });
             println!("{j}");
         } else {
             let extra = density.map(|d| format!(", density {d:.3}")).unwrap_or_default();
             let err = error.map(|e| format!(", relative error {e:.3e}")).unwrap_or_default();
             println!(
-                "attention {} {:?} b{} h{} n{} d{}{}{extra} on {}: median {ms:.2} ms, host peak {}{err}",
+                "attention {} {:?} b{} h{} n{} d{}{}{extra} on {}: median {ms:.2} ms, {peak_of} peak {:.1} MiB{err}",
                 self.imp,
                 self.pass,
                 self.batch,
@@ -140,7 +144,7 @@ impl AttentionArgs {
                 self.head_dim,
                 if self.causal { " causal" } else { "" },
                 self.device,
-                peak.map_or("not counted".into(), |p| format!("{:.1} MiB", p as f64 / (1 << 20) as f64)),
+                peak as f64 / (1 << 20) as f64,
             );
         }
         Ok(())

@@ -23,7 +23,7 @@ enum BenchOp {
     Matmul(matmul::MatmulArgs),
     /// A dense or structured linear layer, forward or forward+backward.
     Linear(linear::LinearArgs),
-    /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak heap.
+    /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak memory.
     Attention(attention::AttentionArgs),
     /// Token loader batches/s and tokens/s from a memory-mapped shard.
     Tokens(data::TokensArgs),
