@@ -242,10 +242,15 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             let mean = window_loss / window_steps as f64;
             // Model FLOPs per second over the measured matrix-product rate.
             let mfu = flops_per_item.zip(matmul_rate).map(|(f, peak)| rate * f / peak);
-            metrics.write(json!({
+            let mut rec = json!({
                 "step": step, "loss": mean, "lr": lr, "grad_norm": grad_norm,
                 format!("{}_per_s", task.unit()): rate, "mfu": mfu, "elapsed_s": start.elapsed().as_secs_f64(),
-            }))?;
+            });
+            // On a GPU, the most memory its tensors have held so far in the run.
+            if let Some(m) = opts.device.memory_stats()? {
+                rec["device_peak_bytes"] = json!(m.peak);
+            }
+            metrics.write(rec)?;
             let mfu_note = mfu.map(|m| format!(" MFU {:.1}%", 100.0 * m)).unwrap_or_default();
             progress.step(step, &format!("loss {mean:.4} lr {lr:.2e} {:.0} {}/s{mfu_note}", rate, task.unit()));
             (window_items, window_secs, window_loss, window_steps) = (0, 0.0, 0.0, 0);
