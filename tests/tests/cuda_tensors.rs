@@ -105,6 +105,21 @@ fn matmul_of_views_and_batches_matches_the_cpu() {
     close(&gx.matmul(&gb).unwrap(), &x.matmul(&b).unwrap(), 1e-5);
     let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
     close(&bf(&ga).matmul(&bf(&gb)).unwrap(), &a.matmul(&b).unwrap(), 3e-2);
+    // The bias epilogue: a dense layer's x·wᵀ + b, single and batched (merged rows or not).
+    let (w, bias) = (rnd(&[17, 20], 10), rnd(&[17], 11));
+    let (gw, gbias) = (w.to_device(GPU).unwrap(), bias.to_device(GPU).unwrap());
+    let want = a.matmul(&w.t().unwrap()).unwrap().add(&bias).unwrap();
+    close(&ga.matmul_bias(&gw.t().unwrap(), &gbias).unwrap(), &want, 1e-5);
+    close(&bf(&ga).matmul_bias(&bf(&gw).t().unwrap(), &bf(&gbias)).unwrap(), &want, 3e-2);
+    let want = x.matmul(&w.t().unwrap()).unwrap().add(&bias).unwrap();
+    close(&gx.matmul_bias(&gw.t().unwrap(), &gbias).unwrap(), &want, 1e-5);
+    let xt = x.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+    let gxt = gx.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap();
+    close(
+        &gxt.matmul_bias(&gw.t().unwrap(), &gbias).unwrap(),
+        &xt.matmul(&w.t().unwrap()).unwrap().add(&bias).unwrap(),
+        1e-5,
+    );
 }
 
 #[test]

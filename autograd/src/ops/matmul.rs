@@ -52,10 +52,11 @@ impl Var {
         {
             return Err(Error::ShapeMismatch { op: "linear", lhs: w.shape().clone(), rhs: b.shape().clone() });
         }
-        let mut y = self.value().matmul(&w.value().t()?)?;
-        if let Some(b) = b {
-            y = y.add(b.value())?;
-        }
+        let wt = w.value().t()?;
+        let y = match b {
+            Some(b) => self.value().matmul_bias(&wt, b.value())?,
+            None => self.value().matmul(&wt)?,
+        };
         let (x, wv) = (self.value().clone(), w.value().clone());
         let mut inputs = vec![self, w];
         inputs.extend(b);

@@ -5,7 +5,7 @@
 use super::{CudaStorage, cuda_err};
 use crate::ops::{BinaryOp, CmpOp, MonarchShape, ReduceOp};
 use crate::{DType, Device, Error, Layout, Result, Shape, Storage, Tensor};
-use monarch_cuda::gemm::{self, GemmArgs, Precision};
+use monarch_cuda::gemm::{self, Epilogue, GemmArgs, Precision};
 use monarch_cuda::ops::{binary as kb, copy as kc, monarch as km, reduce as kr};
 
 /// `Ok` when every tensor is on `a`'s device.
@@ -154,10 +154,20 @@ impl Tensor {
     }
 
     /// The batched matrix product through cuBLASLt (f32 in full f32 arithmetic, bf16
-    /// with f32 accumulation); `batch` is the broadcast batch shape.
-    pub(crate) fn cuda_matmul(&self, rhs: &Tensor, batch: &Shape, (m, n, kk): (usize, usize, usize)) -> Result<Tensor> {
+    /// with f32 accumulation); `batch` is the broadcast batch shape. A `bias` (n) is added
+    /// to every row by the GEMM's epilogue.
+    pub(crate) fn cuda_matmul(
+        &self,
+        rhs: &Tensor,
+        batch: &Shape,
+        (m, n, kk): (usize, usize, usize),
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let op = "matmul";
         same_device(op, self, &[rhs])?;
+        if let Some(b) = bias {
+            same_device(op, self, &[b])?;
+        }
         let precision = match self.dtype() {
             DType::F32 if super::tf32_allowed() => Precision::Tf32,
             DType::F32 => Precision::F32,
@@ -169,7 +179,16 @@ impl Tensor {
         if kk == 0 {
             // An empty sum: zeros, as on the CPU (cuBLASLt takes no empty inner dimension).
             let Device::Cuda(i) = self.device() else { unreachable!("called for device tensors only") };
-            return Tensor::cuda_zeros(dims.into(), self.dtype(), i);
+            let zeros = Tensor::cuda_zeros(dims.into(), self.dtype(), i)?;
+            return match bias {
+                Some(b) => zeros.add(b),
+                None => Ok(zeros),
+            };
+        }
+        if let (Some(b), true) = (bias, batch.elem_count() > 1) {
+            // The epilogue is used for single products only (its bias batch stride is left
+            // at the library's default); a batch adds the bias afterwards.
+            return self.cuda_matmul(rhs, batch, (m, n, kk), None)?.add(b);
         }
         let (a, b) = (GemmOperand::of(self, batch)?, GemmOperand::of(rhs, batch)?);
         let mut out = alloc(self, self.dtype(), dims, op)?;
@@ -180,10 +199,13 @@ impl Tensor {
             stride_a: a.stride,
             stride_b: b.stride,
             stride_c: m * n,
+            epilogue: if bias.is_some() { Epilogue::Bias } else { Epilogue::None },
             ..GemmArgs::new(m, n, kk, precision)
         };
         let (av, bv) = (a.t.cuda_view(op)?, b.t.cuda_view(op)?);
-        gemm::matmul(&g, av, bv, None, out_mut(&mut out, op)?).map_err(cuda_err(op))?;
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
+        let bias_view = bias.as_ref().map(|b| b.cuda_elems(op)).transpose()?;
+        gemm::matmul(&g, av, bv, bias_view, out_mut(&mut out, op)?).map_err(cuda_err(op))?;
         Ok(out)
     }
 

@@ -150,6 +150,26 @@ impl Tensor {
     /// broadcasting leading batch dimensions. Transposed views are read through their
     /// strides without a copy.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_with(rhs, None)
+    }
+
+    /// `self · rhs + bias`, the bias (n) added to every row: on a GPU one GEMM whose
+    /// epilogue adds the bias (no second pass over the output); on the CPU the product,
+    /// then the sum. The forward of a dense layer with `rhs = wᵀ`.
+    pub fn matmul_bias(&self, rhs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let op = "matmul_bias";
+        same_dtype(self, bias, op)?;
+        if bias.rank() != 1 || rhs.dims().last() != bias.dims().first() {
+            return Err(Error::ShapeMismatch { op, lhs: rhs.shape().clone(), rhs: bias.shape().clone() });
+        }
+        if self.device() == crate::Device::Cpu {
+            return self.matmul(rhs)?.add(bias);
+        }
+        self.matmul_with(rhs, Some(bias))
+    }
+
+    /// [`matmul`](Self::matmul), adding `bias` (checked by the caller) in the GEMM on a GPU.
+    fn matmul_with(&self, rhs: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let op = "matmul";
         same_dtype(self, rhs, op)?;
         let ((m, k), (k2, n)) = (self.shape().matrix_dims(op)?, rhs.shape().matrix_dims(op)?);
@@ -172,11 +192,14 @@ impl Tensor {
                     self.layout().offset(),
                 ));
                 let rhs2 = rhs.reshape_to_matrix()?;
-                return flat.matmul(&rhs2)?.reshape(out_dims);
+                return flat.matmul_with(&rhs2, bias)?.reshape(out_dims);
             }
         }
         if self.device() != crate::Device::Cpu || rhs.device() != crate::Device::Cpu {
-            return self.cuda_matmul(rhs, &batch, (m, n, k));
+            return self.cuda_matmul(rhs, &batch, (m, n, k), bias);
+        }
+        if let Some(b) = bias {
+            return self.matmul(rhs)?.add(b);
         }
         let full = |t: &Tensor| -> Result<Layout> {
             let mut dims: Dims6 = batch.dims().into();
@@ -297,5 +320,19 @@ mod tests {
         }
         let z = rand(&[3, 0], 7).matmul(&rand(&[0, 2], 8)).unwrap();
         assert_eq!(z.to_vec::<f64>().unwrap(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn matmul_bias_adds_one_value_per_column_and_checks_its_shape() {
+        let (a, b) = (rand(&[3, 4], 1), rand(&[4, 2], 2));
+        let bias = Tensor::from_vec(vec![10.0f64, -20.0], 2).unwrap();
+        let got = a.matmul_bias(&b, &bias).unwrap().to_vec::<f64>().unwrap();
+        let want = naive(&a.to_vec().unwrap(), &b.to_vec().unwrap(), 3, 4, 2);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - (w + [10.0, -20.0][i % 2])).abs() < 1e-12);
+        }
+        assert!(a.matmul_bias(&b, &Tensor::from_vec(vec![1.0f64; 3], 3).unwrap()).is_err());
+        assert!(a.matmul_bias(&b, &Tensor::from_vec(vec![1.0f64; 4], [2, 2]).unwrap()).is_err());
+        assert!(a.matmul_bias(&b, &bias.to_dtype(DType::F32).unwrap()).is_err());
     }
 }
