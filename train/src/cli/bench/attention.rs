@@ -2,7 +2,7 @@
 //! a GPU) of one attention implementation, forward or forward + backward, on random
 //! (batch, heads, seq, head_dim) inputs.
 
-use super::{CliError, Timing};
+use super::{CliError, Placement, Timing};
 use crate::alloc_stats;
 use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
@@ -67,9 +67,9 @@ pub struct AttentionArgs {
     /// Also report the output's relative error against naive attention (Frobenius norm).
     #[arg(long)]
     error: bool,
-    /// Where to run: cpu, cuda or cuda:N (flash and block_sparse with 64-blocks on a GPU).
-    #[arg(long, default_value = "cpu")]
-    device: Device,
+    /// Where to run (naive, flash and block_sparse with 64-blocks have GPU paths).
+    #[command(flatten)]
+    on: Placement,
     #[command(flatten)]
     timing: Timing,
 }
@@ -85,9 +85,10 @@ impl AttentionArgs {
             features: self.features,
         };
         let kernel = AttentionImpl::from_flags(&flags)?.kernel(self.seq, self.seq)?;
+        let device = self.on.apply();
         let shape = [self.batch, self.heads, self.seq, self.head_dim];
         let input = |seed| -> Result<Tensor, CliError> {
-            Ok(Tensor::randn(shape, 0.0, self.std, seed)?.to_dtype(self.dtype)?.to_device(self.device)?)
+            Ok(Tensor::randn(shape, 0.0, self.std, seed)?.to_dtype(self.dtype)?.to_device(device)?)
         };
         let (q, k, v, dout) = (input(1)?, input(2)?, input(3)?, input(4)?);
         let opts = AttentionOpts { causal: self.causal, dropout: self.dropout, seed: 5 };
@@ -104,16 +105,16 @@ impl AttentionArgs {
                     out.backward_with(dout.clone(), &mut Gradients::new())?;
                 }
             }
-            Ok(self.device.synchronize()?)
+            Ok(device.synchronize()?)
         };
         let ms = self.timing.median_ms(run)?;
         // The memory the pass adds: the heap's on the CPU, the device allocator's on a GPU.
-        let (done, peak) = match self.device {
+        let (done, peak) = match device {
             Device::Cpu => alloc_stats::peak_growth(run),
             gpu => alloc_stats::device_peak_growth(gpu, run)?,
         };
         done?;
-        let peak_of = if self.device == Device::Cpu { "host" } else { "device" };
+        let peak_of = if device == Device::Cpu { "host" } else { "device" };
         let (density, visited) = match &kernel {
             AttentionKernel::BlockSparse(m) => {
                 (Some(m.density()), Some(visited_fraction(self.seq, self.seq, Some(m), self.causal)))
@@ -128,7 +129,7 @@ impl AttentionArgs {
                 "batch": self.batch, "heads": self.heads, "seq": self.seq, "head_dim": self.head_dim,
                 "causal": self.causal, "dtype": self.dtype.as_str(), "std": self.std, "density": density, "visited_fraction": visited,
                 "block": self.block, "window": self.window, "features": self.features,
-                "median_ms": ms, "peak_bytes": peak, "peak_of": peak_of, "rel_error": error, "device": self.device.to_string(),
+                "median_ms": ms, "peak_bytes": peak, "peak_of": peak_of, "rel_error": error, "device": device.to_string(), "tf32": self.on.tf32,
             });
             println!("{j}");
         } else {
@@ -143,7 +144,7 @@ impl AttentionArgs {
                 self.seq,
                 self.head_dim,
                 if self.causal { " causal" } else { "" },
-                self.device,
+                device,
                 peak as f64 / (1 << 20) as f64,
             );
         }

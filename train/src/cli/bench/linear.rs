@@ -1,7 +1,7 @@
 //! `monarch bench linear`: a linear layer of any kind, forward or forward+backward,
 //! optionally side by side with the dense layer of the same shape.
 
-use super::{CliError, Timing};
+use super::{CliError, Placement, Timing};
 use crate::cli::LinearFlags;
 use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
@@ -41,12 +41,8 @@ pub struct LinearArgs {
     /// Also time the dense layer of the same shape, interleaved run by run, and report the ratio.
     #[arg(long)]
     vs_dense: bool,
-    /// Where to run: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: Device,
-    /// f32 products on the GPU with TF32 tensor cores.
-    #[arg(long)]
-    tf32: bool,
+    #[command(flatten)]
+    on: Placement,
     /// Element type of the parameters, input and gradient (f32, or bf16 for the GPU's
     /// tensor cores; the CPU computes bf16 in f32).
     #[arg(long, default_value = "f32")]
@@ -89,7 +85,7 @@ impl Case {
 impl LinearArgs {
     fn case(&self, kind: &LinearKind) -> Result<Case, CliError> {
         let layer = kind.build(self.inp, self.out, true, &mut StdRng::seed_from_u64(0))?;
-        let (d, dt) = (self.device, self.dtype);
+        let (d, dt) = (self.on.device, self.dtype);
         for (_, p) in layer.named_params() {
             p.update(|v| v.to_dtype(dt).map(|c| *v = c))?;
         }
@@ -102,7 +98,7 @@ impl LinearArgs {
     /// Runs the benchmark and prints the result.
     pub fn run(self) -> Result<(), CliError> {
         let kind = LinearKind::from_options(&self.kind, &self.layer.options())?;
-        monarch_tensor::set_allow_tf32(self.tf32);
+        self.on.apply();
         let case = self.case(&kind)?;
         let dense = if self.vs_dense { Some(self.case(&LinearKind::Dense)?) } else { None };
         let cases: Vec<&Case> = std::iter::once(&case).chain(dense.as_ref()).collect();
@@ -121,9 +117,9 @@ impl LinearArgs {
             "gflops": flops / ms / 1e6,
             "params": param_count(&*case.layer),
             "threads": rayon::current_num_threads(),
-            "device": self.device.to_string(),
+            "device": self.on.device.to_string(),
             "dtype": self.dtype.as_str(),
-            "tf32": self.tf32,
+            "tf32": self.on.tf32,
         });
         if let Some(d) = &dense {
             j["dense_median_ms"] = medians[1].into();

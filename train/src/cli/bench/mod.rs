@@ -8,6 +8,7 @@ mod matmul;
 
 use super::CliError;
 use clap::{Args, Subcommand};
+use monarch_tensor::Device;
 use std::time::Instant;
 
 /// Arguments of `monarch bench`.
@@ -45,6 +46,25 @@ pub struct Timing {
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a benchmark runs, shared by the ops that have GPU kernels.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Placement {
+    /// Where to run: cpu, cuda or cuda:N (cuBLASLt for dense products on a GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// f32 products on the GPU with TF32 tensor cores.
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+impl Placement {
+    /// Applies the TF32 choice (process-wide) and returns the device.
+    pub fn apply(self) -> Device {
+        monarch_tensor::set_allow_tf32(self.tf32);
+        self.device
+    }
 }
 
 impl Timing {
