@@ -5,6 +5,7 @@
 //! none) the same case runs in f32 and bf16 and must match the CPU within the dtype's
 //! tolerance, relative to the output's mean magnitude: 2e-5 for f32, 2e-2 for bf16.
 
+use monarch_tensor::ops::sgd_step;
 use monarch_tensor::{
     AdamW, AttentionOpts, BlockMask, BlockSparsePlan, CrossEntropy, DType, Device, FlatButterfly, Tensor, UnaryOp,
     cuda_device,
@@ -36,6 +37,18 @@ fn binary(d: Device, t: DType) -> Vec<Tensor> {
         a.add(&b).unwrap(),
         a.mul(&c).unwrap(),
         a.sub(&c).unwrap().div(&b.unary(UnaryOp::Abs).unwrap().add_scalar(1.0).unwrap()).unwrap(),
+    ]
+}
+
+/// Comparisons and selection (binary.cu's cmp and where), on comparisons whose outcome
+/// no rounding can flip: `a > a/2` is `a > 0` in every dtype.
+fn select(d: Device, t: DType) -> Vec<Tensor> {
+    let (a, b) = (input(&[3, 4, 8], 35, d, t), input(&[8], 36, d, t));
+    let positive = a.gt(&a.mul_scalar(0.5).unwrap()).unwrap();
+    vec![
+        positive.to_dtype(DType::F64).unwrap(),
+        positive.where_cond(&a, &b).unwrap(),
+        b.masked_fill(&b.lt(&b.mul_scalar(2.0).unwrap()).unwrap(), -1.5).unwrap(),
     ]
 }
 
@@ -77,6 +90,15 @@ fn embedding(d: Device, t: DType) -> Vec<Tensor> {
     let ids = Tensor::from_vec(vec![4i64, 0, 12, 4, 9, 4], 6).unwrap();
     let src = input(&[6, 16], 16, d, t);
     vec![table.index_select(&ids, 0).unwrap(), table.index_add(&ids, &src, 0).unwrap()]
+}
+
+/// The per-element forms of embedding.cu: gather and scatter-add along a middle dimension.
+fn gather(d: Device, t: DType) -> Vec<Tensor> {
+    let x = input(&[3, 5, 4], 37, d, t);
+    let idx: Vec<i64> = (0..3 * 6 * 4).map(|i| (i * 7 % 5) as i64).collect();
+    let idx = Tensor::from_vec(idx, [3, 6, 4]).unwrap();
+    let src = input(&[3, 6, 4], 38, d, t);
+    vec![x.gather(&idx, 1).unwrap(), x.scatter_add(&idx, &src, 1).unwrap()]
 }
 
 fn matmul(d: Device, t: DType) -> Vec<Tensor> {
@@ -131,21 +153,36 @@ fn adamw(d: Device, _: DType) -> Vec<Tensor> {
     vec![p, m, v]
 }
 
-const CASES: [(&str, Case); 14] = [
+fn sgd(d: Device, _: DType) -> Vec<Tensor> {
+    // The update is defined on f32 parameters and velocity.
+    let (mut p, g) = (input(&[700], 39, d, DType::F32), input(&[700], 40, d, DType::F32));
+    let mut buf = Tensor::zeros_on([700], DType::F32, d).unwrap();
+    for _ in 0..3 {
+        sgd_step(&mut p, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
+    }
+    let mut plain = input(&[700], 41, d, DType::F32);
+    sgd_step(&mut plain, &g, None, 0.1, 0.0, 0.01).unwrap();
+    vec![p, buf, plain]
+}
+
+const CASES: [(&str, Case); 17] = [
     ("copy", copy),
     ("binary", binary),
+    ("select", select),
     ("unary", unary),
     ("reduce", reduce),
     ("softmax", softmax),
     ("layer_norm", layer_norm),
     ("cross_entropy", cross_entropy),
     ("embedding", embedding),
+    ("gather", gather),
     ("matmul", matmul),
     ("monarch", monarch),
     ("block_sparse", block_sparse),
     ("flash_attention", flash_attention),
     ("dropout", dropout),
     ("adamw", adamw),
+    ("sgd", sgd),
 ];
 
 /// Shape, mean magnitude, and the sum and first values in units of that magnitude rounded
