@@ -113,6 +113,12 @@ fn widen<const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> i64) -> CpuStorage {
 /// Loads every tensor of a safetensors file onto the CPU. Integer types other than
 /// `U8` and `I64` are widened to `I64`; `BOOL` becomes `U8`.
 pub fn load_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+    load_safetensors_where(path, |_| true)
+}
+
+/// Loads the tensors whose names `keep` accepts (the others are never read from disk),
+/// as [`load_safetensors`] does.
+pub fn load_safetensors_where(path: impl AsRef<Path>, keep: impl Fn(&str) -> bool) -> Result<SafetensorsFile> {
     let path = path.as_ref();
     let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
@@ -122,6 +128,9 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
     let (_, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
+        if !keep(&name) {
+            continue;
+        }
         let b = view.data();
         let storage = match view.dtype() {
             Dtype::U8 | Dtype::BOOL => CpuStorage::U8(b.to_vec()),
@@ -164,6 +173,9 @@ mod tests {
         assert_eq!(f.get("at").unwrap().to_vec::<f32>().unwrap(), at.to_vec::<f32>().unwrap());
         assert_eq!(f.get("ids").unwrap().to_vec::<i64>().unwrap(), vec![1, -7]);
         assert_eq!(f.get("h").unwrap().dtype(), DType::BF16);
+        let some = load_safetensors_where(&path, |n| n.starts_with('a')).unwrap();
+        let names: Vec<&str> = some.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!((names, some.metadata["step"].as_str()), (vec!["a", "at"], "12"));
         assert!(dir.path().read_dir().unwrap().count() == 1, "no temporary file left behind");
     }
 

@@ -168,7 +168,7 @@ pub fn init_from(cfg: &Gpt2Config, path: &Path) -> Result<Gpt2, TrainError> {
 /// The model a run's checkpoint describes (densified if the run had been), with the
 /// checkpoint's weights.
 pub fn model_from_checkpoint(path: &Path) -> Result<(Gpt2, Gpt2RunConfig), TrainError> {
-    let ck = crate::trainer::checkpoint::load(path)?;
+    let ck = crate::trainer::checkpoint::load_weights(path)?;
     let cfg: Gpt2RunConfig = serde_json::from_value(ck.meta.config.clone())
         .map_err(|e| TrainError::Config(format!("{}: not a GPT-2 run's checkpoint: {e}", path.display())))?;
     let mut model = Gpt2::new(&cfg.model, 0)?;

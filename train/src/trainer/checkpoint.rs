@@ -4,7 +4,7 @@
 
 use super::TrainError;
 use monarch_nn::NamedParams;
-use monarch_tensor::{SafetensorsFile, Tensor, load_safetensors, save_safetensors};
+use monarch_tensor::{SafetensorsFile, Tensor, load_safetensors_where, save_safetensors};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -88,7 +88,18 @@ pub struct Checkpoint {
 
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
-    let SafetensorsFile { tensors, metadata } = load_safetensors(path)?;
+    read(path, true)
+}
+
+/// Reads a checkpoint's header and weights only: the optimiser state (twice the weights
+/// for AdamW) is not read from disk. What inference needs.
+pub fn load_weights(path: &Path) -> Result<Checkpoint, TrainError> {
+    read(path, false)
+}
+
+fn read(path: &Path, with_optimizer: bool) -> Result<Checkpoint, TrainError> {
+    let wanted = |name: &str| with_optimizer || !name.starts_with(OPTIMIZER_PREFIX);
+    let SafetensorsFile { tensors, metadata } = load_safetensors_where(path, wanted)?;
     let raw = metadata
         .get(META_KEY)
         .ok_or_else(|| TrainError::Other(format!("{}: not a monarch checkpoint (no header)", path.display())))?;
@@ -129,6 +140,8 @@ mod tests {
         assert_eq!(ck.meta.step, 30);
         assert_eq!(ck.meta.data["pos"], 30);
         assert_eq!(ck.optimizer["w.exp_avg"].to_vec::<f32>().unwrap(), vec![0.5, 0.25]);
+        let only = load_weights(&latest(dir.path()).unwrap().unwrap()).unwrap();
+        assert!(only.optimizer.is_empty() && only.weights.contains_key("w") && only.meta == ck.meta);
         params[0].1.set(Tensor::zeros(2, monarch_tensor::DType::F32)).unwrap();
         monarch_nn::assign_params(&params, ck.weights, false, "checkpoint", "test").unwrap();
         assert_eq!(params[0].1.value().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
