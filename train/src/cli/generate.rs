@@ -2,13 +2,14 @@
 
 use super::CliError;
 use crate::tasks::gpt2::model_from_checkpoint;
+use crate::tasks::usable_device;
 use crate::trainer::checkpoint;
 use clap::Args;
 use monarch_autograd::no_grad;
 use monarch_data::{END_OF_TEXT, Gpt2Tokenizer};
 use monarch_nn::models::Gpt2;
-use monarch_nn::{Ctx, SeedableRng, StdRng};
-use monarch_tensor::Tensor;
+use monarch_nn::{Ctx, Module, SeedableRng, StdRng, params_to_device};
+use monarch_tensor::{Device, Tensor};
 use rand::Rng;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,9 @@ pub struct GenerateArgs {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 impl GenerateArgs {
@@ -46,6 +50,7 @@ impl GenerateArgs {
         }
         let path = resolve_checkpoint(&self.checkpoint)?;
         let (model, _) = model_from_checkpoint(&path)?;
+        params_to_device(&model.named_params(), usable_device(self.device, "generating"))?;
         let tok = Gpt2Tokenizer::new();
         let prompt = if self.prompt.is_empty() { vec![END_OF_TEXT] } else { tok.encode(&self.prompt) };
         let mut rng = StdRng::seed_from_u64(self.seed);

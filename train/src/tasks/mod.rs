@@ -12,7 +12,7 @@ pub use args::TrainArgs;
 use crate::trainer::{self, RunOptions, RunSummary, TrainConfig, TrainError, checkpoint};
 use monarch_nn::LinearKind;
 use monarch_nn::swap::{self, SwapLinears};
-use monarch_tensor::{Device, Tensor, load_safetensors};
+use monarch_tensor::{Device, Tensor, load_safetensors_where};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -201,20 +201,21 @@ pub fn train<M: Serialize>(
         config,
         quiet: args.quiet,
         stop_after: args.stop_after,
-        device: training_device(args.device),
+        device: usable_device(args.device, "training"),
     };
     monarch_tensor::set_allow_tf32(args.tf32);
     trainer::run(task, &cfg.train, &opts)
 }
 
 /// The device asked for, or the CPU with a warning when it cannot be opened (no driver,
-/// no such GPU), so that a run asked for on a GPU still runs.
-fn training_device(asked: Device) -> Device {
+/// no such GPU), so that work asked for on a GPU still runs; `doing` names the work in
+/// the warning ("training").
+pub(crate) fn usable_device(asked: Device, doing: &str) -> Device {
     match asked {
         Device::Cuda(i) => match monarch_tensor::cuda_device(i) {
             Ok(_) => asked,
             Err(e) => {
-                eprintln!("warning: {e}; training on the CPU instead");
+                eprintln!("warning: {e}; {doing} on the CPU instead");
                 Device::Cpu
             }
         },
@@ -225,8 +226,9 @@ fn training_device(asked: Device) -> Device {
 /// Tensors of the dense checkpoint `--init-from` names (a monarch checkpoint's optimiser
 /// state left out).
 pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
-    let file = load_safetensors(path).map_err(|e| TrainError::Config(format!("--init-from: {e}")))?;
-    Ok(file.tensors.into_iter().filter(|(n, _)| !n.starts_with(checkpoint::OPTIMIZER_PREFIX)).collect())
+    let weights = |n: &str| !n.starts_with(checkpoint::OPTIMIZER_PREFIX);
+    let file = load_safetensors_where(path, weights).map_err(|e| TrainError::Config(format!("--init-from: {e}")))?;
+    Ok(file.tensors.into_iter().collect())
 }
 
 /// Projects the layers of each role (a name fragment such as `.mlp.`) onto its kind,
