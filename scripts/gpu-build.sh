@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds everything a GPU check needs into gpu-bin/ (ignored by git), stripped so that it
+# Builds everything a GPU check needs into gpu-bin/ (ignored by git), stripped and gzipped so that it
 # travels to a device machine with no Rust toolchain: the `monarch` binary and the test
 # executables of monarch-cuda (kernels vs CPU, NVRTC compile) and of the tensor-on-GPU
 # tests, and `train-gpt2`. Then run `bash scripts/gpu-check.sh` there with gpu-bin carried.
@@ -18,4 +18,7 @@ for line in sys.stdin:
         shutil.copy(exe, "gpu-bin/test-" + m["target"]["name"])
 '
 strip gpu-bin/*
+# Compressed to about a third (the device call carries 64 MiB with the working tree);
+# gpu-check.sh unpacks them.
+gzip -6 gpu-bin/*
 ls -la gpu-bin

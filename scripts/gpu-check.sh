@@ -5,6 +5,8 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
+# gpu-build.sh gzips the binaries; unpack them once.
+for f in gpu-bin/*.gz; do [ -e "$f" ] && gunzip -f "$f" && chmod +x "${f%.gz}"; done
 # The toolkit's libraries, and those of the nvidia-* Python packages (NVRTC, cuBLAS).
 pylibs=$(python3 -c 'import nvidia, glob; print(" ".join(glob.glob(nvidia.__path__[0] + "/**/lib", recursive=True)))' 2>/dev/null)
 for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 $pylibs; do
