@@ -17,8 +17,10 @@
 //
 // Tiles: 64x64 outputs per block of 4 warps (2x2), K in steps of 32 through shared
 // memory, bf16 on tensor cores (mma.m16n8k16), f32 on the same layout with FMAs.
-// Grid: (ceil(N/64), ceil(M/64), groups * k_splits). With k_splits > 1 each split writes
-// f32 partials to `partial` [split][g][M][N] and `grouped_gemm_splits` sums them.
+// Grid: (ceil(M/64), ceil(N/64), groups * k_splits): row tiles on x, whose limit is
+// 2^31 - 1 (M is the batch in four of the six products), column tiles on y. With
+// k_splits > 1 each split writes f32 partials to `partial` [split][g][M][N] and
+// `grouped_gemm_splits` sums them.
 
 struct GemmOperand {
     const void* p;
@@ -63,7 +65,7 @@ template <typename T> __device__ void grouped_gemm_run(const GroupedGemm& P) {
     __shared__ T a_s[GG_BM * Tile::LDS];
     __shared__ T b_s[GG_BN * Tile::LDS];
     const int g = blockIdx.z / P.k_splits, split = blockIdx.z % P.k_splits;
-    const int m0 = blockIdx.y * GG_BM, n0 = blockIdx.x * GG_BN;
+    const int m0 = blockIdx.x * GG_BM, n0 = blockIdx.y * GG_BN;
     const int chunk = ((P.K + P.k_splits - 1) / P.k_splits + GG_BK - 1) / GG_BK * GG_BK;
     const int kb = split * chunk, ke = min(P.K, kb + chunk);
     const GemmOperand& A = P.a;

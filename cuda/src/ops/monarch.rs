@@ -104,6 +104,12 @@ fn grouped_gemm(
         return Ok(());
     }
     c.flag = accumulate as i32;
+    // The kernel indexes in i32 (tile-local) and i64 (global); sizes past i32 and more
+    // than 65535 groups·splits (grid z) are refused rather than wrapped.
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    if !(fits(m) && fits(n) && fits(k) && fits(m.div_ceil(64))) {
+        crate::error::bail!("monarch", "GEMM of {m}x{n}x{k} is too large for the grouped kernel");
+    }
     let tiles = m.div_ceil(64) * n.div_ceil(64) * groups;
     // Split K when the output tiles alone cannot fill the device (weight gradients).
     let target = dev.sm_count() as usize * 2;
@@ -121,9 +127,14 @@ fn grouped_gemm(
         pad: 0,
         partial: partial.as_ref().map_or(0, |p| p.device_ptr()),
     };
+    if groups * splits > 65535 || n.div_ceil(64) > 65535 {
+        crate::error::bail!("monarch", "{groups} groups x {splits} splits or {n} columns exceed the launch grid");
+    }
     let f = dev.function(kernels::MONARCH, &format!("grouped_gemm_{suffix}"))?;
+    // Row tiles on x (up to 2^31 - 1: the batch is the rows of four of the six products),
+    // column tiles on y.
     let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(64) as u32, m.div_ceil(64) as u32, (groups * splits) as u32),
+        grid_dim: (m.div_ceil(64) as u32, n.div_ceil(64) as u32, (groups * splits) as u32),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
