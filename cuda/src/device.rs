@@ -59,19 +59,23 @@ impl std::fmt::Debug for CudaDevice {
 
 impl CudaDevice {
     /// Opens device `ordinal`. Returns [`CudaError::NoDriver`] when no driver is
-    /// installed and [`CudaError::NoDevice`] when the ordinal does not exist, so callers
-    /// can fall back to the CPU with a clear message.
+    /// installed, [`CudaError::NoDevice`] when the ordinal does not exist and
+    /// [`CudaError::OldDevice`] before sm_80, so callers can fall back to the CPU with a
+    /// clear message.
     pub fn new(ordinal: usize) -> Result<Arc<Self>> {
         let count = device_count()?;
         if ordinal >= count {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("context"))?;
+        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute_capability"))?;
+        if major < 8 {
+            return Err(CudaError::OldDevice { ordinal, arch: format!("sm_{major}{minor}") });
+        }
         // One stream per device orders all work, so cross-stream event tracking is not needed.
         // SAFETY: no buffer of this context is used on another stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(CudaError::driver("stream"))?;
-        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute_capability"))?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(CudaError::driver("attribute"))? as u32;

@@ -18,6 +18,14 @@ pub enum CudaError {
         /// How many devices the driver reports.
         count: usize,
     },
+    /// The device predates the bf16 tensor cores every kernel module uses.
+    #[error("CUDA device {ordinal} is {arch}; the kernels need sm_80 (Ampere) or newer")]
+    OldDevice {
+        /// The device's ordinal.
+        ordinal: usize,
+        /// Its architecture, e.g. `sm_75`.
+        arch: String,
+    },
     /// NVRTC could not be found: set `MONARCH_NVRTC_LIB` to the library file or its folder
     /// (for example `pip install nvidia-cuda-nvrtc-cu12` and point at `site-packages/nvidia/cuda_nvrtc/lib`).
     #[error("NVRTC not found (searched {searched}); set MONARCH_NVRTC_LIB to libnvrtc.so.* or its folder")]
