@@ -10,7 +10,7 @@ use crate::{Result, View, ViewMut, kernels};
 /// index. The backward is the same call on the output gradient. `offset` is the index
 /// of `x[0]` in the whole tensor when it is processed in parts (0 otherwise).
 /// Kernel `dropout_{f32,bf16}(x, y, n, p, scale, seed, offset)`, 256 threads, grid-stride.
-pub fn dropout(x: View<'_>, p: f32, seed: u64, offset: u64, y: ViewMut<'_>) -> Result<()> {
+pub fn dropout(x: View<'_>, p: f64, seed: u64, offset: u64, y: ViewMut<'_>) -> Result<()> {
     let c = Check { op: "dropout" };
     if !(0.0..1.0).contains(&p) {
         crate::error::bail!(c.op, "probability must lie in [0, 1), got {p}");
@@ -23,12 +23,13 @@ pub fn dropout(x: View<'_>, p: f32, seed: u64, offset: u64, y: ViewMut<'_>) -> R
         return Ok(());
     }
     let f = dev.function(kernels::DROPOUT, &format!("dropout_{}", x.dtype().kernel_suffix(c.op)?))?;
-    let scale = (1.0 / (1.0 - p as f64)) as f32;
+    // As the CPU: the mask compares with p in f32, the scale is 1/(1-p) in f64, rounded.
+    let scale = (1.0 / (1.0 - p)) as f32;
     let args = [
         Arg::U64(x.ptr()),
         Arg::U64(y.ptr()),
         Arg::len(n),
-        Arg::F32(p),
+        Arg::F32(p as f32),
         Arg::F32(scale),
         Arg::U64(seed),
         Arg::U64(offset),

@@ -57,7 +57,7 @@ impl Tensor {
     pub(crate) fn cuda_dropout(&self, p: f64, seed: u64) -> Result<Tensor> {
         let op = "dropout";
         let mut y = alloc(self, self.dtype(), self.shape().clone(), op)?;
-        kd::dropout(self.cuda_elems(op)?, p as f32, seed, 0, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
+        kd::dropout(self.cuda_elems(op)?, p, seed, 0, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
         Ok(y)
     }
 
