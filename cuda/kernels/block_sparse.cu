@@ -9,8 +9,8 @@
 //   dx       dx[b, bc*bs+v] (+)= sum_{(br, idx) in col bc} sum_u dy[b, br*bs+u] blocks[idx][u][v]
 //   dW       dblocks[idx][u][v] (+)= sum_b dy[b, br*bs+u] x[b, bc*bs+v]  (stored blocks only)
 // `accumulate` != 0 adds to the output instead of overwriting it.
-// Launches: forward grid (out/bs, ceil(batch/64)), dx grid (in/bs, ceil(batch/64)), both
-// 128 threads; dW grid (nnz), 128 threads (64 for bs = 16). bf16 on tensor cores.
+// Launches: forward grid (ceil(batch/64), out/bs), dx grid (ceil(batch/64), in/bs), both
+// 128 threads (batch tiles on x, whose limit is 2^31 - 1); dW grid (nnz), 128 threads (64 for bs = 16). bf16 on tensor cores.
 
 template <int BS> struct BsCfg;  // output tile (BM x BS), K step, warp grid
 template <> struct BsCfg<16> { static constexpr int BK = 16, WM = 4, WN = 1; };
@@ -28,7 +28,7 @@ __device__ void bs_rows_run(const T* __restrict__ in, i64 ld_in, const T* __rest
     typedef TileMma<T, BS_BM, BS, C::BK, C::WM, C::WN> Tile;
     __shared__ T a_s[BS_BM * Tile::LDS];
     __shared__ T b_s[BS * Tile::LDS];
-    const int blk = blockIdx.x, b0 = blockIdx.y * BS_BM;
+    const int blk = blockIdx.y, b0 = blockIdx.x * BS_BM;
     Tile tile;
     tile.zero();
     for (int e = ptr[blk]; e < ptr[blk + 1]; e++) {

@@ -53,6 +53,14 @@ pub fn csr_to_csc(row_ptr: &[i32], col_idx: &[i32], cols: usize) -> (Vec<i32>, V
     (col_ptr, row_idx, blk_idx, row_of)
 }
 
+/// The batch as the kernels' i32, refused past its range rather than wrapped.
+fn batch_arg(batch: usize) -> Result<i32> {
+    match i32::try_from(batch) {
+        Ok(b) => Ok(b),
+        Err(_) => crate::error::bail!("block_sparse", "batch {batch} exceeds the kernels' i32 rows"),
+    }
+}
+
 impl BlockSparseLayout {
     /// Uploads a CSR block pattern after checking it: `row_ptr` (out/bs + 1) non-decreasing
     /// from 0 to nnz, `col_idx` (nnz) in 0..in/bs, sizes divisible by `block` ∈ {16, 32, 64}.
@@ -69,6 +77,9 @@ impl BlockSparseLayout {
             crate::error::bail!(op, "block {block} must be 16, 32 or 64 and divide {out_features}x{in_features}");
         }
         let (rows, cols) = (out_features / block, in_features / block);
+        if rows.max(cols) > 65535 {
+            crate::error::bail!(op, "{rows}x{cols} blocks exceed the launch grid's 65535 block rows/columns");
+        }
         let nnz = col_idx.len();
         let monotone = row_ptr.windows(2).all(|w| w[0] <= w[1]);
         if row_ptr.len() != rows + 1 || row_ptr[0] != 0 || row_ptr[rows] as usize != nnz || !monotone {
@@ -100,7 +111,7 @@ impl BlockSparseLayout {
 
 /// `y (batch, out) (+)= x (batch, in) · Wᵀ` with W given by `blocks` (nnz, bs, bs) in
 /// CSR order. Kernel `block_sparse_fwd_{f32,bf16}_{bs}(x, ldx, blocks, row_ptr, col_idx,
-/// y, ldy, batch, accumulate)`, grid (out/bs, ceil(batch/64)), 128 threads.
+/// y, ldy, batch, accumulate)`, grid (ceil(batch/64), out/bs), 128 threads.
 pub fn block_sparse_forward(
     l: &BlockSparseLayout,
     x: View<'_>,
@@ -122,7 +133,7 @@ pub fn block_sparse_forward(
     let f =
         dev.function(kernels::BLOCK_SPARSE, &format!("block_sparse_fwd_{}_{}", dt.kernel_suffix(c.op)?, l.block))?;
     let cfg = LaunchConfig {
-        grid_dim: ((l.out_features / l.block) as u32, batch.div_ceil(64) as u32, 1),
+        grid_dim: (batch.div_ceil(64) as u32, (l.out_features / l.block) as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -134,7 +145,7 @@ pub fn block_sparse_forward(
         Arg::U64(l.col_idx.device_ptr()),
         Arg::U64(y.ptr()),
         Arg::len(l.out_features),
-        Arg::I32(batch as i32),
+        Arg::I32(batch_arg(batch)?),
         Arg::I32(accumulate as i32),
     ];
     dev.launch(&f, cfg, &args)
@@ -142,7 +153,7 @@ pub fn block_sparse_forward(
 
 /// `dx (batch, in) (+)= dy (batch, out) · W` through the CSC index. Kernel
 /// `block_sparse_dx_{f32,bf16}_{bs}(dy, ldy, blocks, col_ptr, row_idx, blk_idx, dx, ldx,
-/// batch, accumulate)`, grid (in/bs, ceil(batch/64)), 128 threads.
+/// batch, accumulate)`, grid (ceil(batch/64), in/bs), 128 threads.
 pub fn block_sparse_dx(
     l: &BlockSparseLayout,
     dy: View<'_>,
@@ -163,7 +174,7 @@ pub fn block_sparse_dx(
     }
     let f = dev.function(kernels::BLOCK_SPARSE, &format!("block_sparse_dx_{}_{}", dt.kernel_suffix(c.op)?, l.block))?;
     let cfg = LaunchConfig {
-        grid_dim: ((l.in_features / l.block) as u32, batch.div_ceil(64) as u32, 1),
+        grid_dim: (batch.div_ceil(64) as u32, (l.in_features / l.block) as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -176,7 +187,7 @@ pub fn block_sparse_dx(
         Arg::U64(l.blk_idx.device_ptr()),
         Arg::U64(dx.ptr()),
         Arg::len(l.in_features),
-        Arg::I32(batch as i32),
+        Arg::I32(batch_arg(batch)?),
         Arg::I32(accumulate as i32),
     ];
     dev.launch(&f, cfg, &args)
@@ -214,7 +225,7 @@ pub fn block_sparse_dw(
         Arg::U64(l.row_of.device_ptr()),
         Arg::U64(l.col_idx.device_ptr()),
         Arg::U64(dblocks.ptr()),
-        Arg::I32(batch as i32),
+        Arg::I32(batch_arg(batch)?),
         Arg::I32(accumulate as i32),
     ];
     dev.launch(&f, cfg, &args)
