@@ -1,5 +1,6 @@
-// Fused AdamW step on f32 master weights, exactly the CPU update of
-// tensor/src/ops/optim.rs (the host computes the step's constants the same way):
+// Fused AdamW step on f32 master weights, the CPU update of
+// tensor/src/ops/optim.rs (the host computes the step's constants the same way; NVRTC
+// contracts multiply-adds into FMAs, so results may differ from the CPU in the last bits):
 //   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
 //   p = p*decay - step_size * m / (sqrt(v)/bc2_sqrt + eps)
 // with step_size = lr/(1-b1^t), bc2_sqrt = sqrt(1-b2^t), decay = 1 - lr*wd.

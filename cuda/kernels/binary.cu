@@ -11,6 +11,7 @@ struct Broadcast6 {
     i64 shape[6];
     i64 stride[3][6];
     int ndim;
+    int pad_;
 };
 
 /// Offsets of the `i`-th output element in each of the first `N` inputs.

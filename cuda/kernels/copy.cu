@@ -5,6 +5,7 @@ struct Strided6 {
     i64 shape[6];
     i64 stride[6];
     int ndim;
+    int pad_;
 };
 
 /// The element offset of the `i`-th element (row-major over `g.shape`) in a strided view.
@@ -22,6 +23,7 @@ __device__ __forceinline__ i64 strided_offset(const Strided6& g, i64 i) {
 }
 
 template <typename S, typename D> __device__ __forceinline__ D convert(S v) { return from_f32<D>(to_f32(v)); }
+template <> __device__ __forceinline__ bf16 convert<bf16, bf16>(bf16 v) { return v; }  // bits, NaNs included
 template <> __device__ __forceinline__ i64 convert<i64, i64>(i64 v) { return v; }
 template <> __device__ __forceinline__ int convert<int, int>(int v) { return v; }
 template <> __device__ __forceinline__ unsigned char convert<unsigned char, unsigned char>(unsigned char v) { return v; }

@@ -1,4 +1,5 @@
-// SGD step on f32 weights, exactly the CPU update of tensor/src/ops/optim.rs (`sgd_step`):
+// SGD step on f32 weights, the CPU update of tensor/src/ops/optim.rs (`sgd_step`; multiply-
+// adds contract into FMAs, so the last bits may differ):
 //   with a momentum buffer b:  b = mu*b + g + wd*p;  p -= lr*b      (PyTorch's convention)
 //   without (b null):          p -= lr*(g + wd*p)
 // The gradient may be f32 or bf16; p and b are f32.

@@ -55,11 +55,13 @@ struct Broadcast6 {
     shape: [i64; MAX_DIMS],
     stride: [[i64; MAX_DIMS]; 3],
     ndim: i32,
+    /// Explicit, zeroed: the struct is copied into kernel arguments as whole words.
+    pad: i32,
 }
 
 /// The geometry of an op over `shape` and whether every operand is dense row-major.
 fn geometry(op: &'static str, shape: &[usize], ins: &[&Operand<'_>]) -> Result<(Broadcast6, usize, bool)> {
-    let mut g = Broadcast6 { shape: [1; MAX_DIMS], stride: [[0; MAX_DIMS]; 3], ndim: shape.len() as i32 };
+    let mut g = Broadcast6 { shape: [1; MAX_DIMS], stride: [[0; MAX_DIMS]; 3], ndim: shape.len() as i32, pad: 0 };
     let mut row_major = vec![0usize; shape.len()];
     let mut acc = 1;
     for d in (0..shape.len()).rev() {

@@ -12,6 +12,8 @@ pub(crate) struct Strided6 {
     shape: [i64; MAX_DIMS],
     stride: [i64; MAX_DIMS],
     ndim: i32,
+    /// Explicit, zeroed: the struct is copied into kernel arguments as whole words.
+    pad: i32,
 }
 
 /// Checks a shape and strides of up to 6 dims and returns the element count and the
@@ -51,7 +53,7 @@ pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: View
     if n == 0 {
         return Ok(());
     }
-    let mut g = Strided6 { shape: [1; MAX_DIMS], stride: [0; MAX_DIMS], ndim: shape.len() as i32 };
+    let mut g = Strided6 { shape: [1; MAX_DIMS], stride: [0; MAX_DIMS], ndim: shape.len() as i32, pad: 0 };
     for (d, (&s, &st)) in shape.iter().zip(strides).enumerate() {
         g.shape[d] = s as i64;
         g.stride[d] = st as i64;
