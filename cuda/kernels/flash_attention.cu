@@ -41,14 +41,16 @@ struct FlashParams {
 extern __shared__ __align__(16) unsigned char fa_smem[];
 
 __device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
-    return !P.mask || P.mask[(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
+    return !P.mask || P.mask[(i64)(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
 }
 
 template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P) {
     constexpr int LD = D + FA_PAD, LDT = FA_BC + FA_PAD;
     T* k_s = reinterpret_cast<T*>(fa_smem);  // FA_BC x LD (first holds the Q tile)
     T* vt_s = k_s + FA_BC * LD;               // D x LDT: V transposed
-    const int bh = blockIdx.y, q0 = blockIdx.x * FA_BR, warp = threadIdx.x >> 5;
+    // Heads past 65535 continue on grid z (the whole block returns: no barrier is skipped).
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = blockIdx.x * FA_BR, warp = threadIdx.x >> 5;
+    if (bh >= P.bh) return;
     const i64 base = (i64)bh * P.seq * D;
     const T* q = reinterpret_cast<const T*>(P.q) + base;
     const T* k = reinterpret_cast<const T*>(P.k) + base;
@@ -181,7 +183,8 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     T* ds_s = v_s + FA_BC * LD;               // FA_BC x LDT: dS transposed (key, query)
     float* lse_s = reinterpret_cast<float*>(ds_s + FA_BC * LDT);
     float* delta_s = lse_s + FA_BR;
-    const int bh = blockIdx.y, j0 = blockIdx.x * FA_BC, warp = threadIdx.x >> 5, seq = P.seq;
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * FA_BC, warp = threadIdx.x >> 5, seq = P.seq;
+    if (bh >= P.bh) return;
     const i64 base = (i64)bh * seq * D;
     const T* q = reinterpret_cast<const T*>(P.q) + base;
     const T* k = reinterpret_cast<const T*>(P.k) + base;

@@ -45,6 +45,8 @@ pub struct CudaDevice {
     pool: Arc<CachingAllocator<DriverAlloc>>,
     arch: String,
     sm_count: u32,
+    /// The most dynamic shared memory a block may opt in to (bytes).
+    max_shared_optin: usize,
     cache: KernelCache,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
@@ -79,6 +81,9 @@ impl CudaDevice {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(CudaError::driver("attribute"))? as u32;
+        let max_shared_optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(CudaError::driver("attribute"))? as usize;
         Ok(Arc::new(CudaDevice {
             ordinal,
             pool: CachingAllocator::new(DriverAlloc { stream: stream.clone() }),
@@ -86,6 +91,7 @@ impl CudaDevice {
             stream,
             arch: format!("sm_{major}{minor}"),
             sm_count,
+            max_shared_optin,
             cache: KernelCache::from_env(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -193,6 +199,15 @@ impl CudaDevice {
 
     /// Launches `f` with `cfg` and `args` in the kernel's parameter order.
     pub(crate) fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        if cfg.shared_mem_bytes as usize > self.max_shared_optin {
+            crate::error::bail!(
+                "launch",
+                "the kernel needs {} bytes of shared memory per block; {} allows {}",
+                cfg.shared_mem_bytes,
+                self.arch,
+                self.max_shared_optin
+            );
+        }
         if cfg.shared_mem_bytes > 48 * 1024 {
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -28,8 +28,17 @@ impl AttentionDims {
         self.seq.div_ceil(ATTN_TILE)
     }
     fn check(&self) -> Result<()> {
-        if ![32, 64, 128].contains(&self.head_dim) || self.seq > i32::MAX as usize / ATTN_TILE {
+        if ![32, 64, 128].contains(&self.head_dim) {
             crate::error::bail!("flash_attention", "head_dim must be 32, 64 or 128 (got {})", self.head_dim);
+        }
+        if self.tiles() > 65535 || i32::try_from(self.batch_heads).is_err() {
+            crate::error::bail!(
+                "flash_attention",
+                "seq {} (at most {} on a GPU) or batch·heads {} out of range",
+                self.seq,
+                65535 * ATTN_TILE,
+                self.batch_heads
+            );
         }
         Ok(())
     }
@@ -84,9 +93,12 @@ fn bwd_smem(d: usize, elem: usize) -> u32 {
     ((4 * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * ATTN_TILE * 4) as u32
 }
 
+/// Grid (tiles, batch·heads): tiles of one head run side by side (its K and V stay in L2);
+/// heads past 65535 (grid y's limit) continue on z.
 fn tiles_cfg(d: &AttentionDims, smem: u32) -> LaunchConfig {
+    let y = d.batch_heads.clamp(1, 65535);
     LaunchConfig {
-        grid_dim: (d.tiles() as u32, d.batch_heads as u32, 1),
+        grid_dim: (d.tiles() as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
         block_dim: (128, 1, 1),
         shared_mem_bytes: smem,
     }

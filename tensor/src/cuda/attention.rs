@@ -23,22 +23,28 @@ fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<Attent
 }
 
 /// A block mask as the kernels read it: u8 flags over 64×64 tiles, on `like`'s device.
+/// Blocks of a multiple of 64 are split into tiles (a tile never straddles two blocks),
+/// so the result is exactly the mask's.
 fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'static str) -> Result<Option<Tensor>> {
     let Some(m) = mask else { return Ok(None) };
     let t = ad.tiles();
     if m.set.len() != m.rows * m.cols {
         crate::bail!(op, "a mask of {}x{} blocks needs {} flags, got {}", m.rows, m.cols, m.rows * m.cols, m.set.len());
     }
-    if m.block != ATTN_TILE || m.rows != t || m.cols != t {
+    let covering = ad.seq.div_ceil(m.block.max(1));
+    if m.block % ATTN_TILE != 0 || m.rows != covering || m.cols != covering {
         crate::bail!(
             op,
-            "the CUDA kernels take masks of {ATTN_TILE}-blocks covering the sequence ({t}x{t}), got {}x{} blocks of {}",
+            "the CUDA kernels take masks of blocks of a multiple of {ATTN_TILE} covering the sequence, got {}x{} blocks of {} for {} tokens",
             m.rows,
             m.cols,
-            m.block
+            m.block,
+            ad.seq
         );
     }
-    Ok(Some(m.to_tensor().to_device(like.device())?))
+    let per = m.block / ATTN_TILE;
+    let tiles: Vec<bool> = (0..t * t).map(|i| m.get(i / t / per, i % t / per)).collect();
+    Ok(Some(BlockMask::new(t, t, ATTN_TILE, tiles)?.to_tensor().to_device(like.device())?))
 }
 
 impl Tensor {
@@ -110,5 +116,32 @@ impl Tensor {
         )
         .map_err(cuda_err(op))?;
         Ok(AttentionGrads { dq, dk, dv })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_of_larger_blocks_split_into_the_kernels_tiles() {
+        // 300 tokens: 3 blocks of 128 (the last ragged) become 5 tiles of 64.
+        let m = BlockMask::new(3, 3, 128, vec![true, false, false, true, true, false, false, false, true]).unwrap();
+        let ad = AttentionDims { batch_heads: 1, seq: 300, head_dim: 64, causal: false };
+        let like = Tensor::zeros(1, DType::F32);
+        let got = tile_mask(Some(&m), &ad, &like, "test").unwrap().unwrap().to_vec::<u8>().unwrap();
+        #[rustfmt::skip]
+        let want = [
+            1, 1, 0, 0, 0,
+            1, 1, 0, 0, 0,
+            1, 1, 1, 1, 0,
+            1, 1, 1, 1, 0,
+            0, 0, 0, 0, 1,
+        ];
+        assert_eq!(got, want);
+        let small = BlockMask::new(10, 10, 32, vec![true; 100]).unwrap();
+        assert!(tile_mask(Some(&small), &ad, &like, "test").is_err(), "32-blocks straddle tiles");
+        let short = BlockMask::new(2, 2, 128, vec![true; 4]).unwrap();
+        assert!(tile_mask(Some(&short), &ad, &like, "test").is_err(), "the mask must cover the sequence");
     }
 }
