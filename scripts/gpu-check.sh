@@ -31,6 +31,9 @@ P=scripts/peers/torch_linear.py
     $M bench matmul --device cuda --m 8192 --n 8192 --k 8192 --dtype $dt --warmup 3 --runs 20 --json
     python3 $P matmul --m 8192 --n 8192 --k 8192 --dtype $dt
   done
+  # The Monarch MLP block of the issue (768→3072→768, 16K tokens, bf16), then its two layers.
+  $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
+  python3 $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
   for shape in "768 3072" "3072 768"; do
     set -- $shape
     $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in $1 --out $2 --batch 16384 --vs-dense --warmup 3 --runs 20 --json

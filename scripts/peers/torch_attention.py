@@ -16,12 +16,14 @@ p.add_argument("--causal", action="store_true")
 p.add_argument("--dtype", choices=["f32", "bf16"], default="bf16")
 p.add_argument("--warmup", type=int, default=3)
 p.add_argument("--runs", type=int, default=20)
+p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of this script")
 a = p.parse_args()
+sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 dt = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
 torch.manual_seed(0)
 shape = (a.batch, a.heads, a.seq, a.head_dim)
-q, k, v = (torch.randn(shape, device="cuda", dtype=dt, requires_grad=True) for _ in range(3))
-dout = torch.randn(shape, device="cuda", dtype=dt)
+q, k, v = (torch.randn(shape, device=a.device, dtype=dt, requires_grad=True) for _ in range(3))
+dout = torch.randn(shape, device=a.device, dtype=dt)
 
 
 def run():
@@ -30,14 +32,14 @@ def run():
 
 for _ in range(a.warmup):
     run()
-torch.cuda.synchronize()
+sync()
 times = []
 for _ in range(a.runs):
     t = time.perf_counter()
     run()
-    torch.cuda.synchronize()
+    sync()
     times.append((time.perf_counter() - t) * 1e3)
 print(json.dumps({"op": "attention", "peer": f"torch {torch.__version__}", "impl": "sdpa", "pass": "fwdbwd",
                   "batch": a.batch, "heads": a.heads, "seq": a.seq, "head_dim": a.head_dim, "causal": a.causal,
                   "dtype": a.dtype, "median_ms": sorted(times)[len(times) // 2],
-                  "device": torch.cuda.get_device_name()}))
+                  "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device}))

@@ -1,5 +1,6 @@
-//! `monarch bench linear`: a linear layer of any kind, forward or forward+backward,
-//! optionally side by side with the dense layer of the same shape.
+//! `monarch bench linear`: a linear layer of any kind (or, with `--hidden`, the MLP block
+//! of two such layers around a GELU), forward or forward+backward, optionally side by
+//! side with the dense layer(s) of the same shape.
 
 use super::{CliError, Placement, Timing};
 use crate::cli::LinearFlags;
@@ -30,6 +31,10 @@ pub struct LinearArgs {
     /// Output features.
     #[arg(long, default_value_t = 4096)]
     out: usize,
+    /// Time the MLP block in → hidden → out instead of one layer: two layers of the kind
+    /// with a tanh-GELU between (a transformer's MLP with `--in 768 --hidden 3072 --out 768`).
+    #[arg(long)]
+    hidden: Option<usize>,
     /// Rows of the input.
     #[arg(long, default_value_t = 2048)]
     batch: usize,
@@ -51,23 +56,35 @@ pub struct LinearArgs {
     timing: Timing,
 }
 
-/// One timed layer: a closure running the chosen passes once.
+/// One timed layer, or the layers of an MLP block (GELU between consecutive ones), with
+/// its input and output gradient.
 struct Case {
-    layer: Box<dyn LinearLayer>,
+    layers: Vec<Box<dyn LinearLayer>>,
     x: Tensor,
     dy: Tensor,
     device: Device,
 }
 
 impl Case {
+    fn forward(&self, x: Var) -> Result<Var, CliError> {
+        let mut y = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                y = y.gelu_tanh()?;
+            }
+            y = layer.forward(&y)?;
+        }
+        Ok(y)
+    }
+
     fn run(&self, pass: Pass) -> Result<(), CliError> {
         match pass {
             Pass::Fwd => {
                 let _guard = no_grad();
-                self.layer.forward(&Var::constant(self.x.clone()))?;
+                self.forward(Var::constant(self.x.clone()))?;
             }
             Pass::Fwdbwd => {
-                let y = self.layer.forward(&Var::leaf(self.x.clone()))?;
+                let y = self.forward(Var::leaf(self.x.clone()))?;
                 y.backward_with(self.dy.clone(), &mut Gradients::new())?;
             }
         }
@@ -77,22 +94,32 @@ impl Case {
     /// Floating-point operations of one run: 2 per multiply-add, three products per
     /// layer for forward+backward (output, input gradient, weight gradient).
     fn flops(&self, batch: usize, pass: Pass) -> f64 {
-        let fwd = 2.0 * (self.layer.macs_per_row() * batch) as f64;
+        let macs: usize = self.layers.iter().map(|l| l.macs_per_row()).sum();
+        let fwd = 2.0 * (macs * batch) as f64;
         if pass == Pass::Fwd { fwd } else { 3.0 * fwd }
     }
 }
 
 impl LinearArgs {
     fn case(&self, kind: &LinearKind) -> Result<Case, CliError> {
-        let layer = kind.build(self.inp, self.out, true, &mut StdRng::seed_from_u64(0))?;
+        let widths = match self.hidden {
+            Some(h) => vec![self.inp, h, self.out],
+            None => vec![self.inp, self.out],
+        };
         let (d, dt) = (self.on.device, self.dtype);
-        for (_, p) in layer.named_params() {
-            p.update(|v| v.to_dtype(dt).map(|c| *v = c))?;
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut layers = Vec::new();
+        for w in widths.windows(2) {
+            let layer = kind.build(w[0], w[1], true, &mut rng)?;
+            for (_, p) in layer.named_params() {
+                p.update(|v| v.to_dtype(dt).map(|c| *v = c))?;
+            }
+            monarch_nn::to_device(&*layer, d)?;
+            layers.push(layer);
         }
-        monarch_nn::to_device(&*layer, d)?;
         let x = Tensor::randn([self.batch, self.inp], 0.0, 1.0, 1)?.to_dtype(dt)?.to_device(d)?;
         let dy = Tensor::randn([self.batch, self.out], 0.0, 1.0, 2)?.to_dtype(dt)?.to_device(d)?;
-        Ok(Case { layer, x, dy, device: d })
+        Ok(Case { layers, x, dy, device: d })
     }
 
     /// Runs the benchmark and prints the result.
@@ -110,12 +137,13 @@ impl LinearArgs {
             "kind": kind,
             "in": self.inp,
             "out": self.out,
+            "hidden": self.hidden,
             "batch": self.batch,
             "pass": format!("{:?}", self.pass).to_lowercase(),
             "median_ms": ms,
             "flops": flops,
             "gflops": flops / ms / 1e6,
-            "params": param_count(&*case.layer),
+            "params": case.layers.iter().map(|l| param_count(&**l)).sum::<usize>(),
             "threads": rayon::current_num_threads(),
             "device": self.on.device.to_string(),
             "dtype": self.dtype.as_str(),
@@ -135,11 +163,13 @@ impl LinearArgs {
         } else {
             let vs =
                 dense.map(|_| format!(", dense {:.3} ms ({:.2}x)", medians[1], medians[1] / ms)).unwrap_or_default();
+            let shape = match self.hidden {
+                Some(h) => format!("MLP {}→{h}→{}", self.inp, self.out),
+                None => format!("{}x{}", self.out, self.inp),
+            };
             println!(
-                "linear {} {}x{} batch {} {:?}: median {ms:.3} ms, {:.1} GFLOP/s, {} params{vs}",
+                "linear {} {shape} batch {} {:?}: median {ms:.3} ms, {:.1} GFLOP/s, {} params{vs}",
                 self.kind,
-                self.out,
-                self.inp,
                 self.batch,
                 self.pass,
                 flops / ms / 1e6,
@@ -150,9 +180,8 @@ impl LinearArgs {
     }
 }
 
-/// Warms every case up, then times them in turn, run after run (so that machine noise
-/// hits all alike), and returns each case's median in ms.
-/// Times every case `runs` times, round by round, after `warmup` untimed runs of each.
+/// Times every case `runs` times, round by round (so that machine noise hits all alike),
+/// after `warmup` untimed runs of each; returns each case's times in ms.
 fn interleaved_times(t: &Timing, cases: &[&Case], pass: Pass) -> Result<Vec<Vec<f64>>, CliError> {
     if t.runs == 0 {
         return Err("--runs must be at least 1".into());
@@ -186,6 +215,22 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
         crate::cli::Cli::try_parse_from(["monarch", "bench", "linear"].iter().chain(args))
+    }
+
+    #[test]
+    fn the_mlp_block_runs_both_layers_and_counts_their_flops() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let layers = vec![
+            LinearKind::Dense.build(8, 16, true, &mut rng).unwrap(),
+            LinearKind::Dense.build(16, 4, true, &mut rng).unwrap(),
+        ];
+        let x = Tensor::randn([2, 8], 0.0, 1.0, 1).unwrap();
+        let case = Case { layers, x, dy: Tensor::ones([2, 4], DType::F32), device: Device::Cpu };
+        assert_eq!(case.flops(2, Pass::Fwdbwd), 3.0 * 2.0 * 2.0 * (8 * 16 + 16 * 4) as f64);
+        assert_eq!(case.forward(Var::constant(case.x.clone())).unwrap().dims(), [2, 4]);
+        case.run(Pass::Fwdbwd).unwrap();
+        let cli = parse(&["--kind", "monarch", "--in", "8", "--hidden", "16", "--out", "4", "--batch", "2"]);
+        cli.unwrap().run().unwrap();
     }
 
     #[test]
