@@ -86,6 +86,14 @@ fn broadcasting_arithmetic_and_reductions_match_the_cpu() {
     close(&gx.sum(1).unwrap(), &x.sum(1).unwrap(), 1e-5);
     close(&gx.max(1).unwrap(), &x.max(1).unwrap(), 0.0);
     assert_eq!(gx.argmax(0).unwrap().to_vec::<i64>().unwrap(), x.argmax(0).unwrap().to_vec::<i64>().unwrap());
+    // Full reductions of long rows fold into column partials first (with and without a tail).
+    for n in [1 << 17, (1 << 17) + 333] {
+        let x = rnd(&[n], 12);
+        let gx = x.to_device(GPU).unwrap();
+        close(&gx.sum_all().unwrap(), &x.sum_all().unwrap(), 1e-4);
+        close(&gx.max(0).unwrap(), &x.max(0).unwrap(), 0.0);
+        close(&gx.reshape([1, n]).unwrap().sum(1).unwrap(), &x.reshape([1, n]).unwrap().sum(1).unwrap(), 1e-4);
+    }
 }
 
 #[test]

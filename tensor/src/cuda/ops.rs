@@ -220,6 +220,23 @@ impl Tensor {
         shape: Shape,
     ) -> Result<Tensor> {
         let name = "reduce";
+        // One long f32 row (a full reduction, e.g. a gradient's norm): the row kernel
+        // would read it with a single block. Fold it first into FOLD column partials with
+        // the column kernel, which spreads the rows over the device; the tail past the
+        // last whole fold joins the partials for the final row reduction.
+        const FOLD: usize = 1024;
+        let folds = !columns && kept == 1 && count >= 64 * FOLD && self.dtype() == DType::F32;
+        if folds && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) {
+            let flat = self.reshape([count])?;
+            let full = count / FOLD * FOLD;
+            let head = flat.narrow(0, 0, full)?.reshape([full / FOLD, FOLD])?;
+            let partial = head.cuda_reduce(true, FOLD, full / FOLD, op, Shape::from([FOLD]))?;
+            let rest = match count - full {
+                0 => partial,
+                tail => Tensor::cat(&[&partial, &flat.narrow(0, full, tail)?], 0)?,
+            };
+            return rest.cuda_reduce(false, 1, rest.elem_count(), op, shape);
+        }
         let kop = match op {
             ReduceOp::Sum => kr::ReduceOp::Sum,
             ReduceOp::Max => kr::ReduceOp::Max,
