@@ -23,7 +23,11 @@ template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
     unsigned short r;
+#ifdef MONARCH_EMULATE
+    r = emu::cvt_rn_bf16_f32(x);
+#else
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+#endif
     bf16 b;
     b.bits = r;
     return b;
@@ -32,7 +36,11 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
 /// Packs two floats as bf16x2 (the first in the low half), rounding to nearest even.
 __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     unsigned r;
+#ifdef MONARCH_EMULATE
+    r = emu::cvt_rn_bf16x2_f32(hi, lo);
+#else
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#endif
     return r;
 }
 
@@ -143,11 +151,15 @@ template <> __device__ __forceinline__ void load_b<float>(FragB<float>& b, const
 
 /// d += a * b for one warp.
 __device__ __forceinline__ void mma(Acc& d, const FragA<bf16>& a, const FragB<bf16>& b) {
+#ifdef MONARCH_EMULATE
+    emu::mma_m16n8k16_bf16(d.c, a.r, b.r);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(d.c[0]), "+f"(d.c[1]), "+f"(d.c[2]), "+f"(d.c[3])
         : "r"(a.r[0]), "r"(a.r[1]), "r"(a.r[2]), "r"(a.r[3]), "r"(b.r[0]), "r"(b.r[1]));
+#endif
 }
 
 /// The f32 emulation is not inlined: it is long, and inlining it at every call site of

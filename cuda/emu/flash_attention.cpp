@@ -1,0 +1,160 @@
+// Runs cuda/kernels/flash_attention.cu (forward, and the backward's delta, main and
+// dq_finish kernels) in the CPU emulator, launched as cuda/src/ops/flash_attention.rs
+// launches them, against an f64 attention computed here from the definition:
+//   S = q kᵀ / sqrt(D) over the visible keys (causal: j <= i; block mask: the 64x64 tile
+//   (i/64, j/64) set), P = softmax(S), o = P v, lse = log sum exp S (-inf, o = 0 and no
+//   gradient on rows with no visible key); dv = Pᵀ dO, dS = P (dO vᵀ - rowsum(dO o)),
+//   dq = dS k / sqrt(D), dk = dSᵀ q / sqrt(D).
+// Prints one line per case; exits 1 on any mismatch.
+
+#include "shim.h"
+#include "common.cuh"
+#include "flash_attention.cu"
+#include "check.h"
+
+/// The kernels' dynamic shared memory (the largest launch: bwd_smem(128, 4)).
+alignas(16) thread_local unsigned char fa_smem[(4 * 64 * (128 + 8) + 64 * (64 + 8)) * 4 + 2 * 64 * 4];
+
+using emu::Compare;
+using emu::Data;
+
+/// Kernels of one (dtype, head_dim).
+struct FlashKernels {
+    void (*fwd)(FlashParams);
+    void (*bwd)(FlashParams);
+    void (*delta)(FlashParams);
+    void (*finish)(FlashParams, int);
+};
+
+/// One case: shapes, masks, and the grid-y limit of the launch (65535 on every GPU; a
+/// smaller one sends heads to grid z as more than 65535 heads would).
+struct Case {
+    int bh, seq;
+    bool causal, block_mask;
+    unsigned y_limit = 65535;
+    unsigned sm_count = 132;
+};
+
+/// `tiles_cfg` of the launcher: grid (tiles, clamp(bh, 1, limit), ceil(bh / y)), 128 threads.
+static void tiles_launch(const Case& c, size_t smem, void (*k)(FlashParams), const FlashParams& p) {
+    if (smem > sizeof fa_smem) emu::die("dynamic shared memory larger than the emulated array");
+    const unsigned tiles = (c.seq + 63) / 64, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
+    emu::launch({tiles, y, (c.bh + y - 1) / y}, {128, 1, 1}, [&] { k(p); });
+}
+
+template <typename T, int D> static int run(const Case& c, FlashKernels k, double tol) {
+    emu::Rng rng(c.bh * 1000 + c.seq * 10 + D + c.causal * 7 + c.block_mask * 3);
+    const size_t n = (size_t)c.bh * c.seq * D, rows = (size_t)c.bh * c.seq;
+    const int tiles = (c.seq + 63) / 64;
+    Data<T> q(n, rng, 1.5f), kk(n, rng, 1.5f), v(n, rng), dout(n, rng);
+    // Block mask: a fixed pattern with the diagonal kept, and on masked cases one query
+    // tile with nothing visible (its rows get o = 0, lse = -inf).
+    std::vector<unsigned char> mask(tiles * tiles);
+    for (int a = 0; a < tiles; a++)
+        for (int b = 0; b < tiles; b++) mask[a * tiles + b] = (a * 7 + b * 3) % 3 != 0 || a == b;
+    if (tiles > 1)
+        for (int b = 0; b < tiles; b++) mask[1 * tiles + b] = 0;
+    auto visible = [&](int i, int j) {
+        return (!c.causal || j <= i) && (!c.block_mask || mask[(i / 64) * tiles + j / 64]);
+    };
+
+    std::vector<T> o = emu::poisoned<T>(n), dq = emu::poisoned<T>(n), dk = emu::poisoned<T>(n),
+                   dv = emu::poisoned<T>(n);
+    std::vector<float> lse = emu::poisoned<float>(rows), delta = emu::poisoned<float>(rows), dq_accum(n, 0.0f);
+    FlashParams p{};
+    p.q = q.dev.data();
+    p.k = kk.dev.data();
+    p.v = v.dev.data();
+    p.o = o.data();
+    p.lse = lse.data();
+    p.dout = dout.dev.data();
+    p.dq = dq.data();
+    p.dk = dk.data();
+    p.dv = dv.data();
+    p.dq_accum = dq_accum.data();
+    p.delta = delta.data();
+    p.mask = c.block_mask ? mask.data() : nullptr;
+    p.bh = c.bh;
+    p.seq = c.seq;
+    p.scale = 1.0f / sqrtf((float)D);
+    p.causal = c.causal;
+    p.n_k_tiles = tiles;
+    const size_t e = sizeof(T);
+    const emu::Device dev{c.sm_count};
+    tiles_launch(c, (64 * (D + 8) + D * (64 + 8)) * e, k.fwd, p);
+    emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.delta(p); });
+    tiles_launch(c, (4 * 64 * (D + 8) + 64 * (64 + 8)) * e + 2 * 64 * 4, k.bwd, p);
+    emu::launch({dev.grid_for(n, 256), 1, 1}, {256, 1, 1}, [&] { k.finish(p, D); });
+
+    // The f64 reference.
+    const double sc = 1.0 / sqrt((double)D);
+    std::vector<double> ro(n, 0), rl(rows), rdq(n, 0), rdk(n, 0), rdv(n, 0);
+    std::vector<double> pm((size_t)c.seq * c.seq);
+    for (int h = 0; h < c.bh; h++) {
+        const size_t b = (size_t)h * c.seq * D;
+        for (int i = 0; i < c.seq; i++) {
+            double m = -INFINITY;
+            std::vector<double> s(c.seq);
+            for (int j = 0; j < c.seq; j++) {
+                double a = 0;
+                for (int d = 0; d < D; d++) a += q.ref[b + i * D + d] * kk.ref[b + j * D + d];
+                s[j] = a * sc;
+                if (visible(i, j)) m = std::max(m, s[j]);
+            }
+            double l = 0;
+            for (int j = 0; j < c.seq; j++)
+                if (visible(i, j)) l += exp(s[j] - m);
+            rl[h * c.seq + i] = l > 0 ? m + log(l) : -INFINITY;
+            for (int j = 0; j < c.seq; j++)
+                pm[(size_t)i * c.seq + j] = l > 0 && visible(i, j) ? exp(s[j] - rl[h * c.seq + i]) : 0.0;
+            for (int j = 0; j < c.seq; j++)
+                for (int d = 0; d < D; d++) ro[b + i * D + d] += pm[(size_t)i * c.seq + j] * v.ref[b + j * D + d];
+        }
+        for (int i = 0; i < c.seq; i++) {
+            double di = 0;
+            for (int d = 0; d < D; d++) di += dout.ref[b + i * D + d] * ro[b + i * D + d];
+            for (int j = 0; j < c.seq; j++) {
+                const double pij = pm[(size_t)i * c.seq + j];
+                if (pij == 0) continue;
+                double dp = 0;
+                for (int d = 0; d < D; d++) dp += dout.ref[b + i * D + d] * v.ref[b + j * D + d];
+                const double ds = pij * (dp - di);
+                for (int d = 0; d < D; d++) {
+                    rdq[b + i * D + d] += sc * ds * kk.ref[b + j * D + d];
+                    rdk[b + j * D + d] += sc * ds * q.ref[b + i * D + d];
+                    rdv[b + j * D + d] += pij * dout.ref[b + i * D + d];
+                }
+            }
+        }
+    }
+    Compare co("o", tol), cl("lse", tol), cq("dq", tol), ck("dk", tol), cv("dv", tol);
+    co.all(o, ro);
+    cl.all(lse, rl);
+    cq.all(dq, rdq);
+    ck.all(dk, rdk);
+    cv.all(dv, rdv);
+    std::string label = emu::fmt("flash %-4s D=%-3d bh=%d seq=%-3d causal=%d mask=%d", emu::Elem<T>::name, D, c.bh,
+                                 c.seq, c.causal, c.block_mask);
+    if (c.y_limit != 65535) label += emu::fmt(" grid-y-limit=%u", c.y_limit);
+    return emu::report(label, {&co, &cl, &cq, &ck, &cv});
+}
+
+#define KERNELS(SUF, D)                                                                 \
+    FlashKernels{flash_fwd_##SUF##_d##D, flash_bwd_##SUF##_d##D, flash_bwd_delta_##SUF##_d##D, \
+                 flash_bwd_dq_finish_##SUF}
+
+int main() {
+    int fails = 0;
+    const double f32 = 2e-5, bf = 2e-2;
+    fails += run<float, 32>({2, 100, true, false}, KERNELS(f32, 32), f32);
+    fails += run<float, 32>({1, 130, false, true}, KERNELS(f32, 32), f32);
+    fails += run<float, 64>({1, 130, true, true}, KERNELS(f32, 64), f32);
+    fails += run<float, 128>({1, 70, false, false, 65535, 1}, KERNELS(f32, 128), f32);
+    fails += run<bf16, 32>({5, 100, true, true, 2}, KERNELS(bf16, 32), bf);
+    fails += run<bf16, 64>({1, 130, false, true}, KERNELS(bf16, 64), bf);
+    fails += run<bf16, 64>({2, 100, true, false}, KERNELS(bf16, 64), bf);
+    fails += run<float, 128>({1, 130, true, true}, KERNELS(f32, 128), f32);
+    fails += run<bf16, 32>({3, 64, false, false}, KERNELS(bf16, 32), bf);
+    fails += run<bf16, 128>({1, 130, true, true}, KERNELS(bf16, 128), bf);
+    return fails ? 1 : 0;
+}

@@ -1,0 +1,224 @@
+// Runs cuda/kernels/monarch.cu (grouped_gemm and grouped_gemm_splits) in the CPU
+// emulator, launched as cuda/src/ops/monarch.rs launches them (grid (ceil(M/64),
+// ceil(N/64), groups·splits), 128 threads, splits from the SM count, the splits kernel
+// over cfg_1d(grid_for(groups·M·N, 256), 256)), against f64 references computed here:
+// - random descriptors: C(g, m, n) (+)= sum_k A(g, m, k) B(g, n, k), operands read as 0
+//   where their column (offset without the batch-row term) reaches col_lim, outputs past
+//   col_lim left as they were;
+// - the six descriptors monarch_forward / monarch_backward build, against the Monarch
+//   products of the kernel's header comment written out with explicit indices.
+// Prints one line per case; exits 1 on any mismatch.
+
+#include "shim.h"
+#include "common.cuh"
+#include "monarch.cu"
+#include "check.h"
+
+using emu::Compare;
+using emu::Data;
+
+constexpr i64 NO_LIMIT = INT64_MAX;
+
+/// The kernels of one dtype.
+struct GemmKernels {
+    void (*gemm)(GroupedGemm);
+    void (*splits)(GroupedGemm);
+};
+
+static GemmOperand op(const void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim) {
+    return GemmOperand{p, sg, sx, sy, col_lim, row_dim, 0};
+}
+static GemmOutput out(void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim) {
+    return GemmOutput{p, sg, sx, sy, col_lim, row_dim, 0};
+}
+
+/// `grouped_gemm` of the launcher; returns the number of K splits it chose.
+static int grouped_gemm(const emu::Device& dev, GemmKernels k, GemmOperand a, GemmOperand b, GemmOutput c,
+                        bool accumulate, int m, int n, int kk, int groups) {
+    if ((long)m * n * groups == 0) return 0;
+    c.accumulate = accumulate;
+    const long tiles = (long)((m + 63) / 64) * ((n + 63) / 64) * groups, target = dev.sm_count * 2L;
+    const long splits = tiles >= target ? 1 : std::max(1L, std::min((target + tiles - 1) / tiles, (kk + 255) / 256L));
+    std::vector<float> partial = emu::poisoned<float>(splits > 1 ? splits * groups * m * n : 0);
+    GroupedGemm g{a, b, c, m, n, kk, groups, (int)splits, 0, splits > 1 ? partial.data() : nullptr};
+    emu::launch({(unsigned)((m + 63) / 64), (unsigned)((n + 63) / 64), (unsigned)(groups * splits)}, {128, 1, 1},
+                [&] { k.gemm(g); });
+    if (splits > 1)
+        emu::launch({dev.grid_for((size_t)groups * m * n, 256), 1, 1}, {256, 1, 1}, [&] { k.splits(g); });
+    return (int)splits;
+}
+
+/// One operand or output of a random case: a dense (groups, rows, cols) array in a
+/// random order of the three axes, row length padded; `col_lim` and `row_dim` random.
+struct Layout {
+    i64 sg, sx, sy, size;
+    int row_dim;
+    i64 col_lim;
+    static Layout make(emu::Rng& rng, i64 groups, i64 dx, i64 dy) {
+        i64 dims[3] = {groups, dx, dy}, strides[3];
+        int order[3] = {0, 1, 2};
+        for (int i = 2; i > 0; i--) std::swap(order[i], order[(int)((rng.uniform() + 1) * 0.5f * (i + 1)) % (i + 1)]);
+        i64 s = 1;
+        for (int i = 2; i >= 0; i--) {  // order[2] is the innermost axis
+            strides[order[i]] = s;
+            s *= dims[order[i]] + (i == 2 ? (i64)((rng.uniform() + 1) * 3) : 0);
+        }
+        Layout l{strides[0], strides[1], strides[2], s, (int)((rng.uniform() + 1) * 1.5f) % 3, NO_LIMIT};
+        if (rng.uniform() > -0.3f) {  // mostly: a limit that cuts into the columns
+            const i64 max_col = column_of(groups - 1, dx - 1, dy - 1, l.sg, l.sx, l.sy, l.row_dim) + 1;
+            l.col_lim = std::max<i64>(1, (i64)(max_col * (0.6 + 0.35 * rng.uniform())));
+        }
+        return l;
+    }
+    i64 at(i64 g, i64 x, i64 y) const { return g * sg + x * sx + y * sy; }
+    bool live(i64 g, i64 x, i64 y) const { return column_of(g, x, y, sg, sx, sy, row_dim) < col_lim; }
+};
+
+template <typename T>
+static int random_case(int m, int n, int kk, int groups, bool accumulate, unsigned sm, GemmKernels k, double tol,
+                       uint64_t seed) {
+    emu::Rng rng(seed);
+    const Layout la = Layout::make(rng, groups, m, kk), lb = Layout::make(rng, groups, n, kk),
+                 lc = Layout::make(rng, groups, m, n);
+    Data<T> a(la.size, rng), b(lb.size, rng), c(lc.size, rng);
+    std::vector<double> want = c.ref;
+    for (int g = 0; g < groups; g++)
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                if (!lc.live(g, i, j)) continue;
+                double s = 0;
+                for (int t = 0; t < kk; t++)
+                    if (la.live(g, i, t) && lb.live(g, j, t)) s += a.ref[la.at(g, i, t)] * b.ref[lb.at(g, j, t)];
+                want[lc.at(g, i, j)] = (accumulate ? want[lc.at(g, i, j)] : 0.0) + s;
+            }
+    const int splits = grouped_gemm(
+        {sm}, k, op(a.dev.data(), la.sg, la.sx, la.sy, la.col_lim, la.row_dim),
+        op(b.dev.data(), lb.sg, lb.sx, lb.sy, lb.col_lim, lb.row_dim),
+        out(c.dev.data(), lc.sg, lc.sx, lc.sy, lc.col_lim, lc.row_dim), accumulate, m, n, kk, groups);
+    Compare cc("c", tol);
+    cc.all(c.dev, want);
+    return emu::report(emu::fmt("gemm %-4s M=%d N=%d K=%d groups=%d acc=%d row_dims=%d%d%d splits=%d",
+                                emu::Elem<T>::name, m, n, kk, groups, accumulate, la.row_dim, lb.row_dim, lc.row_dim,
+                                splits),
+                       {&cc});
+}
+
+/// The Monarch sizes (MonarchDims).
+struct Dims {
+    int batch, n_in, m_out, k, q, p, l, s, r;
+};
+
+/// monarch_forward then monarch_backward with the launcher's six descriptors.
+template <typename T>
+static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, double tol, uint64_t seed) {
+    if (d.l * d.r != d.k * d.q || d.n_in > d.k * d.p || d.m_out > d.l * d.s) emu::die("inconsistent Monarch sizes");
+    emu::Rng rng(seed);
+    const int kq = d.k * d.q, nin = d.n_in, mout = d.m_out, B = d.batch;
+    const emu::Device dev{sm};
+    Data<T> x((size_t)B * nin, rng), w1((size_t)d.k * d.q * d.p, rng), w2((size_t)d.l * d.s * d.r, rng),
+        dout((size_t)B * mout, rng), dx((size_t)B * nin, rng), dw1(w1.dev.size(), rng), dw2(w2.dev.size(), rng);
+    std::vector<T> out1 = emu::poisoned<T>((size_t)B * kq), y = emu::poisoned<T>((size_t)B * mout),
+                   dout1 = emu::poisoned<T>((size_t)B * kq);
+    if (!accumulate) {  // the outputs start as garbage
+        dx.dev = emu::poisoned<T>(dx.dev.size());
+        dw1.dev = emu::poisoned<T>(dw1.dev.size());
+        dw2.dev = emu::poisoned<T>(dw2.dev.size());
+    }
+    // monarch_forward
+    grouped_gemm(dev, kern, op(x.dev.data(), d.p, nin, 1, nin, 1), op(w1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
+                 out(out1.data(), d.q, kq, 1, NO_LIMIT, 1), false, B, d.q, d.p, d.k);
+    grouped_gemm(dev, kern, op(out1.data(), 1, kq, d.l, NO_LIMIT, 1), op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0),
+                 out(y.data(), 1, mout, d.l, mout, 1), false, B, d.s, d.r, d.l);
+    // monarch_backward
+    grouped_gemm(dev, kern, op(dout.dev.data(), 1, mout, d.l, mout, 1),
+                 op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0), out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
+                 B, d.r, d.s, d.l);
+    grouped_gemm(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
+                 op(w1.dev.data(), d.q * d.p, 1, d.p, NO_LIMIT, 0), out(dx.dev.data(), d.p, nin, 1, nin, 1), accumulate,
+                 B, d.p, d.q, d.k);
+    const int s1 = grouped_gemm(dev, kern, op(dout1.data(), d.q, 1, kq, NO_LIMIT, 2),
+                                op(x.dev.data(), d.p, 1, nin, nin, 2),
+                                out(dw1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0), accumulate, d.q, d.p, B, d.k);
+    const int s2 = grouped_gemm(dev, kern, op(dout.dev.data(), 1, d.l, mout, mout, 2),
+                                op(out1.data(), 1, d.l, kq, NO_LIMIT, 2),
+                                out(dw2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), accumulate, d.s, d.r, B, d.l);
+
+    // References from the definitions (x zero-padded to k·p, dout to l·s).
+    auto X = [&](int b, int c) { return c < nin ? x.ref[(size_t)b * nin + c] : 0.0; };
+    auto DO = [&](int b, int c) { return c < mout ? dout.ref[(size_t)b * mout + c] : 0.0; };
+    auto W1 = [&](int kk, int qq, int pp) { return w1.ref[((size_t)kk * d.q + qq) * d.p + pp]; };
+    auto W2 = [&](int ll, int ss, int rr) { return w2.ref[((size_t)ll * d.s + ss) * d.r + rr]; };
+    std::vector<double> r_out1((size_t)B * kq), r_y((size_t)B * mout), r_dout1((size_t)B * kq);
+    std::vector<double> r_dx = accumulate ? dx.ref : std::vector<double>(dx.ref.size(), 0.0);
+    std::vector<double> r_dw1 = accumulate ? dw1.ref : std::vector<double>(dw1.ref.size(), 0.0);
+    std::vector<double> r_dw2 = accumulate ? dw2.ref : std::vector<double>(dw2.ref.size(), 0.0);
+    // The backward's out1 input is the forward's stored (rounded) out1.
+    auto O1 = [&](int b, int c) { return emu::Elem<T>::load(out1[(size_t)b * kq + c]); };
+    for (int b = 0; b < B; b++) {
+        for (int kk = 0; kk < d.k; kk++)
+            for (int qq = 0; qq < d.q; qq++) {
+                double s = 0;
+                for (int pp = 0; pp < d.p; pp++) s += W1(kk, qq, pp) * X(b, kk * d.p + pp);
+                r_out1[(size_t)b * kq + kk * d.q + qq] = s;
+            }
+        for (int ll = 0; ll < d.l; ll++)
+            for (int ss = 0; ss < d.s; ss++) {
+                if (ss * d.l + ll >= mout) continue;
+                double s = 0;
+                for (int rr = 0; rr < d.r; rr++) s += W2(ll, ss, rr) * O1(b, rr * d.l + ll);
+                r_y[(size_t)b * mout + ss * d.l + ll] = s;
+            }
+        for (int ll = 0; ll < d.l; ll++)
+            for (int rr = 0; rr < d.r; rr++) {
+                double s = 0;
+                for (int ss = 0; ss < d.s; ss++) s += DO(b, ss * d.l + ll) * W2(ll, ss, rr);
+                r_dout1[(size_t)b * kq + rr * d.l + ll] = s;
+            }
+        for (int kk = 0; kk < d.k; kk++)
+            for (int pp = 0; pp < d.p; pp++) {
+                if (kk * d.p + pp >= nin) continue;
+                double s = 0;
+                for (int qq = 0; qq < d.q; qq++) s += r_dout1[(size_t)b * kq + kk * d.q + qq] * W1(kk, qq, pp);
+                r_dx[(size_t)b * nin + kk * d.p + pp] += s;
+            }
+        for (int kk = 0; kk < d.k; kk++)
+            for (int qq = 0; qq < d.q; qq++)
+                for (int pp = 0; pp < d.p; pp++)
+                    r_dw1[((size_t)kk * d.q + qq) * d.p + pp] +=
+                        r_dout1[(size_t)b * kq + kk * d.q + qq] * X(b, kk * d.p + pp);
+        for (int ll = 0; ll < d.l; ll++)
+            for (int ss = 0; ss < d.s; ss++)
+                for (int rr = 0; rr < d.r; rr++)
+                    r_dw2[((size_t)ll * d.s + ss) * d.r + rr] += DO(b, ss * d.l + ll) * O1(b, rr * d.l + ll);
+    }
+    Compare c1("out1", tol), cy("out", tol), cd1("dout1", tol), cx("dx", tol), cw1("dw1", tol), cw2("dw2", tol);
+    c1.all(out1, r_out1);
+    cy.all(y, r_y);
+    cd1.all(dout1, r_dout1);
+    cx.all(dx.dev, r_dx);
+    cw1.all(dw1.dev, r_dw1);
+    cw2.all(dw2.dev, r_dw2);
+    return emu::report(emu::fmt("monarch %-4s batch=%d n_in=%d m_out=%d k,q,p=%d,%d,%d l,s,r=%d,%d,%d acc=%d "
+                                "dw-splits=%d,%d",
+                                emu::Elem<T>::name, B, nin, mout, d.k, d.q, d.p, d.l, d.s, d.r, accumulate, s1, s2),
+                       {&c1, &cy, &cd1, &cx, &cw1, &cw2});
+}
+
+int main() {
+    int fails = 0;
+    const GemmKernels f32{grouped_gemm_f32, grouped_gemm_splits_f32}, bf{grouped_gemm_bf16, grouped_gemm_splits_bf16};
+    const double tf = 2e-5, tb = 2e-2;
+    // Random descriptors: ragged sizes, one to several tiles, split and unsplit K.
+    fails += random_case<float>(70, 45, 40, 3, false, 132, f32, tf, 1);
+    fails += random_case<float>(100, 130, 33, 1, true, 132, f32, tf, 2);
+    fails += random_case<float>(20, 30, 600, 2, true, 132, f32, tf, 3);
+    fails += random_case<bf16>(70, 45, 40, 3, true, 132, bf, tb, 4);
+    fails += random_case<bf16>(65, 64, 97, 2, false, 132, bf, tb, 5);
+    fails += random_case<bf16>(33, 17, 520, 1, false, 2, bf, tb, 6);
+    // Monarch forward + backward: padded input (n_in < k·p), truncated output (m_out < l·s).
+    fails += monarch_case<float>({70, 50, 55, 4, 12, 16, 6, 10, 8}, false, 132, f32, tf, 7);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 12, 16, 6, 10, 8}, true, 132, bf, tb, 8);
+    fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 9);
+    fails += monarch_case<bf16>({300, 60, 62, 4, 8, 16, 4, 16, 8}, false, 132, bf, tb, 10);
+    return fails ? 1 : 0;
+}
