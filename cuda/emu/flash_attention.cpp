@@ -4,7 +4,9 @@
 //   S = q kᵀ / sqrt(D) over the visible keys (causal: j <= i; block mask: the 64x64 tile
 //   (i/64, j/64) set), P = softmax(S), o = P v, lse = log sum exp S (-inf, o = 0 and no
 //   gradient on rows with no visible key); dv = Pᵀ dO, dS = P (dO vᵀ - rowsum(dO o)),
-//   dq = dS k / sqrt(D), dk = dSᵀ q / sqrt(D).
+//   dq = dS k / sqrt(D), dk = dSᵀ q / sqrt(D). With attention dropout, Z_ij = 0 where
+//   counter_uniform(seed, (bh·seq + i)·seq + j) < p, else 1/(1-p): o = (P∘Z) v,
+//   dv = (P∘Z)ᵀ dO, dS = P (Z∘(dO vᵀ) - rowsum(dO o)).
 // Prints one line per case; exits 1 on any mismatch.
 
 #include "shim.h"
@@ -33,6 +35,8 @@ struct Case {
     bool causal, block_mask;
     unsigned y_limit = 65535;
     unsigned sm_count = 132;
+    double dropout = 0.0;
+    unsigned long long seed = 0;
 };
 
 /// `tiles_cfg` of the launcher: grid (tiles, clamp(bh, 1, limit), ceil(bh / y)), 128 threads.
@@ -79,6 +83,9 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     p.scale = 1.0f / sqrtf((float)D);
     p.causal = c.causal;
     p.n_k_tiles = tiles;
+    p.p_drop = (float)c.dropout;
+    p.drop_scale = (float)(1.0 / (1.0 - c.dropout));
+    p.seed = c.seed;
     const size_t e = sizeof(T);
     const emu::Device dev{c.sm_count};
     tiles_launch(c, (64 * (D + 8) + D * (64 + 8)) * e, k.fwd, p);
@@ -88,6 +95,11 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
 
     // The f64 reference.
     const double sc = 1.0 / sqrt((double)D);
+    auto keep = [&](int h, int i, int j) {
+        if (c.dropout <= 0) return 1.0;
+        const unsigned long long index = ((unsigned long long)h * c.seq + i) * c.seq + j;
+        return counter_uniform(c.seed, index) < (float)c.dropout ? 0.0 : 1.0 / (1.0 - c.dropout);
+    };
     std::vector<double> ro(n, 0), rl(rows), rdq(n, 0), rdk(n, 0), rdv(n, 0);
     std::vector<double> pm((size_t)c.seq * c.seq);
     for (int h = 0; h < c.bh; h++) {
@@ -108,7 +120,8 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
             for (int j = 0; j < c.seq; j++)
                 pm[(size_t)i * c.seq + j] = l > 0 && visible(i, j) ? exp(s[j] - rl[h * c.seq + i]) : 0.0;
             for (int j = 0; j < c.seq; j++)
-                for (int d = 0; d < D; d++) ro[b + i * D + d] += pm[(size_t)i * c.seq + j] * v.ref[b + j * D + d];
+                for (int d = 0; d < D; d++)
+                    ro[b + i * D + d] += pm[(size_t)i * c.seq + j] * keep(h, i, j) * v.ref[b + j * D + d];
         }
         for (int i = 0; i < c.seq; i++) {
             double di = 0;
@@ -118,11 +131,12 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
                 if (pij == 0) continue;
                 double dp = 0;
                 for (int d = 0; d < D; d++) dp += dout.ref[b + i * D + d] * v.ref[b + j * D + d];
-                const double ds = pij * (dp - di);
+                const double z = keep(h, i, j);
+                const double ds = pij * (dp * z - di);
                 for (int d = 0; d < D; d++) {
                     rdq[b + i * D + d] += sc * ds * kk.ref[b + j * D + d];
                     rdk[b + j * D + d] += sc * ds * q.ref[b + i * D + d];
-                    rdv[b + j * D + d] += pij * dout.ref[b + i * D + d];
+                    rdv[b + j * D + d] += pij * z * dout.ref[b + i * D + d];
                 }
             }
         }
@@ -136,6 +150,7 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     std::string label = emu::fmt("flash %-4s D=%-3d bh=%d seq=%-3d causal=%d mask=%d", emu::Elem<T>::name, D, c.bh,
                                  c.seq, c.causal, c.block_mask);
     if (c.y_limit != 65535) label += emu::fmt(" grid-y-limit=%u", c.y_limit);
+    if (c.dropout > 0) label += emu::fmt(" dropout=%.2f", c.dropout);
     return emu::report(label, {&co, &cl, &cq, &ck, &cv});
 }
 
@@ -156,5 +171,8 @@ int main() {
     fails += run<float, 128>({1, 130, true, true}, KERNELS(f32, 128), f32);
     fails += run<bf16, 32>({3, 64, false, false}, KERNELS(bf16, 32), bf);
     fails += run<bf16, 128>({1, 130, true, true}, KERNELS(bf16, 128), bf);
+    // Attention dropout: the CPU's counter mask, kept probabilities scaled.
+    fails += run<float, 64>({2, 100, true, false, 65535, 132, 0.3, 7}, KERNELS(f32, 64), f32);
+    fails += run<bf16, 32>({3, 130, false, true, 2, 132, 0.1, 11}, KERNELS(bf16, 32), bf);
     return fails ? 1 : 0;
 }

@@ -55,6 +55,19 @@ template <typename T, int N> struct __align__(sizeof(T) * N) Pack {
 /// Whether every pointer given is aligned to `bytes`.
 __device__ __forceinline__ bool aligned(const void* p, int bytes) { return ((u64)p % bytes) == 0; }
 
+// ---------------------------------------------------------------- random numbers
+
+/// A uniform number in [0, 1) from (seed, index): SplitMix64 of the combined counter, the
+/// same bits as `counter_uniform` in tensor/src/ops/dropout.rs, so every dropout mask
+/// (dropout.cu, attention dropout in flash_attention.cu) is the CPU's.
+__device__ __forceinline__ float counter_uniform(u64 seed, u64 index) {
+    u64 z = seed ^ (index * 0x9E3779B97F4A7C15ULL + 0xD1B54A32D192ED03ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
 // ---------------------------------------------------------------- reductions
 
 __device__ __forceinline__ float warp_sum(float v) {

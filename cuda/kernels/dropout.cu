@@ -3,14 +3,7 @@
 // otherwise scaled by `scale` = 1/(1-p). The same bits as the CPU, so both devices draw
 // the same mask; the backward is the same call on the output gradient.
 
-/// A uniform number in [0, 1) from (seed, index): SplitMix64 of the combined counter.
-__device__ __forceinline__ float counter_uniform(u64 seed, u64 index) {
-    u64 z = seed ^ (index * 0x9E3779B97F4A7C15ULL + 0xD1B54A32D192ED03ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
+// (`counter_uniform` is in common.cuh: attention dropout draws from it too.)
 
 template <typename T>
 __device__ void dropout_run(const T* __restrict__ x, T* __restrict__ y, i64 n, float p, float scale, u64 seed,

@@ -4,8 +4,12 @@
 // (n_q_tiles x n_k_tiles), tile 64 x 64, 1 = visit. Only O and the per-row log-sum-exp
 // (f32) are saved; the backward recomputes the score tiles. No N x N buffer exists.
 // Rows with no visible key (fully masked) give O = 0 and lse = -inf, and no gradient.
+// Attention dropout (p_drop > 0): probability (bh, i, j) is dropped iff
+// counter_uniform(seed, (bh*seq + i)*seq + j) < p_drop, the CPU's mask, and kept ones are
+// scaled by drop_scale = 1/(1-p): P∘Z multiplies V in the forward (the normaliser sums the
+// undropped P), and the backward uses dV = (P∘Z)ᵀdO, dS = P∘(dP∘Z − delta), the CPU's rule.
 //
-// Forward:  grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 query rows),
+// Forward:  grid (ceil(seq/64), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16 query rows),
 //           dynamic shared memory fa_fwd_smem(D, sizeof(T)).
 // Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
 //           (2) flash_bwd: grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 keys),
@@ -36,9 +40,19 @@ struct FlashParams {
     int causal;
     int n_k_tiles;              // row length of `mask`
     int pad_;
+    float p_drop;               // attention dropout probability (0: none)
+    float drop_scale;           // 1 / (1 - p_drop)
+    u64 seed;                   // of the dropout mask
 };
 
 extern __shared__ __align__(16) unsigned char fa_smem[];
+
+/// The dropout factor of probability (bh, i, j): 0 when dropped, else 1/(1-p); 1 without dropout.
+__device__ __forceinline__ float fa_keep(const FlashParams& P, int bh, int i, int j) {
+    if (P.p_drop <= 0.0f) return 1.0f;
+    const u64 index = ((u64)bh * P.seq + i) * P.seq + j;
+    return counter_uniform(P.seed, index) < P.p_drop ? 0.0f : P.drop_scale;
+}
 
 __device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
     return !P.mask || P.mask[(i64)(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
@@ -118,8 +132,8 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
             for (int e = 0; e < 4; e++) {
                 const int h = e >> 1;
                 const float p = mnew[h] == NEG_INF ? 0.0f : expf(s[nt].c[e] - mnew[h]);
-                s[nt].c[e] = p;
                 rs[h] += p;
+                s[nt].c[e] = p * fa_keep(P, bh, row0 + acc_row(e), j0 + nt * 8 + acc_col(e));
             }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -234,7 +248,7 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
                 mma(dpt[nt], va, bo);
             }
         }
-        // P^T = exp(S^T * scale - lse); dS^T = P^T * (dP^T - delta)
+        // P^T = exp(S^T * scale - lse); dS^T = P^T * (dP^T * Z^T - delta); dV uses (P∘Z)^T
 #pragma unroll
         for (int nt = 0; nt < FA_BR / 8; nt++)
 #pragma unroll
@@ -243,8 +257,9 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
                 const float L = lse_s[il];
                 const bool ok = j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
                 const float p = ok ? expf(st[nt].c[e] * P.scale - L) : 0.0f;
-                st[nt].c[e] = p;
-                dpt[nt].c[e] = p * (dpt[nt].c[e] - delta_s[il]);
+                const float z = ok ? fa_keep(P, bh, i, j) : 0.0f;
+                st[nt].c[e] = p * z;
+                dpt[nt].c[e] = p * (dpt[nt].c[e] * z - delta_s[il]);
             }
         // dV += P^T dO, dK += dS^T Q  (B(n=d, k=i) = X_s[i*LD + d])
 #pragma unroll

@@ -4,7 +4,8 @@
 //   log_softmax: dx = dy - exp(y) * sum(dy)
 // Block (X, Y) handles Y rows with X threads each (X a power of two >= 32); rows are
 // read three times (max, sum, write), the later reads from cache. A row that is all
-// -inf gives NaN-free output: its max is taken as 0, as on the CPU.
+// -inf has its max taken as 0 (so no -inf - -inf in the exponents); its sum is 0, so it
+// still gives NaN (softmax 0 * (1/0), log-softmax -inf - log 0), as on the CPU.
 
 template <typename T>
 __device__ void softmax_fwd_run(const T* __restrict__ x, T* __restrict__ y, i64 rows, i64 cols, int log) {

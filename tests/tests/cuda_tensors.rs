@@ -314,6 +314,18 @@ fn naive_attention_and_max_gradients_match_the_cpu() {
         close(&gg.dk, &wg.dk, 1e-4);
         close(&gg.dv, &wg.dv, 1e-4);
     }
+    // Flash attention with dropout draws the CPU's mask (self-attention shapes).
+    let (q, k, v, dout) =
+        (rnd(&[2, 3, 100, 64], 33), rnd(&[2, 3, 100, 64], 34), rnd(&[2, 3, 100, 64], 35), rnd(&[2, 3, 100, 64], 36));
+    let opts = AttentionOpts { causal: true, dropout: 0.25, seed: 8 };
+    let want = q.flash_attention(&k, &v, &opts).unwrap();
+    let got = mv(&q).flash_attention(&mv(&k), &mv(&v), &opts).unwrap();
+    close(&got.out, &want.out, 1e-5);
+    let wg = Tensor::flash_attention_backward(&q, &k, &v, &want, &dout, &opts).unwrap();
+    let gg = Tensor::flash_attention_backward(&mv(&q), &mv(&k), &mv(&v), &got, &mv(&dout), &opts).unwrap();
+    close(&gg.dq, &wg.dq, 1e-4);
+    close(&gg.dk, &wg.dk, 1e-4);
+    close(&gg.dv, &wg.dv, 1e-4);
     // The gradient of a max reduction goes through a comparison on the device.
     let x = rnd(&[6, 40], 32);
     let grad_of = |t: Tensor| {

@@ -20,6 +20,12 @@ pub struct AttentionDims {
     pub head_dim: usize,
     /// Causal masking: key j is visible to query i only when j ≤ i.
     pub causal: bool,
+    /// Probability of dropping an attention probability, in [0, 1): probability
+    /// (bh, i, j) is dropped iff `counter_uniform(seed, (bh·seq + i)·seq + j) < p` (as
+    /// f32), the CPU's mask; kept ones are scaled by 1/(1 − p).
+    pub dropout: f64,
+    /// Seed of the dropout mask.
+    pub seed: u64,
 }
 
 impl AttentionDims {
@@ -28,6 +34,9 @@ impl AttentionDims {
         self.seq.div_ceil(ATTN_TILE)
     }
     fn check(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            crate::error::bail!("flash_attention", "dropout must lie in [0, 1), got {}", self.dropout);
+        }
         if ![32, 64, 128].contains(&self.head_dim) {
             crate::error::bail!("flash_attention", "head_dim must be 32, 64 or 128 (got {})", self.head_dim);
         }
@@ -69,6 +78,9 @@ struct FlashParams {
     causal: i32,
     n_k_tiles: i32,
     pad: i32,
+    p_drop: f32,
+    drop_scale: f32,
+    seed: u64,
 }
 
 fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
@@ -79,6 +91,9 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
         scale: 1.0 / (d.head_dim as f32).sqrt(),
         causal: d.causal as i32,
         n_k_tiles: d.tiles() as i32,
+        p_drop: d.dropout as f32,
+        drop_scale: (1.0 / (1.0 - d.dropout)) as f32,
+        seed: d.seed,
         ..FlashParams::default()
     }
 }
@@ -202,7 +217,8 @@ mod tests {
 
     #[test]
     fn params_match_the_kernel_struct_and_smem_fits_hopper_and_ampere() {
-        assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4);
+        // 12 pointers, 6 four-byte fields, the two dropout floats and the seed.
+        assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4 + 2 * 4 + 8);
         for d in [32, 64, 128] {
             for elem in [2, 4] {
                 assert!(fwd_smem(d, elem) <= 163 * 1024 && bwd_smem(d, elem) <= 163 * 1024, "d {d} elem {elem}");

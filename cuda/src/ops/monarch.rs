@@ -88,7 +88,7 @@ fn op(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Op
 }
 
 /// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` (see `kernels/monarch.cu`). Grid
-/// (ceil(N/64), ceil(M/64), groups·splits), 128 threads; with splits > 1 an f32 partial
+/// (ceil(M/64), ceil(N/64), groups·splits), 128 threads; with splits > 1 an f32 partial
 /// buffer and `grouped_gemm_splits_*` (256 threads, grid-stride) finish it.
 #[allow(clippy::too_many_arguments)]
 fn grouped_gemm(

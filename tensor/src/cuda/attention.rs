@@ -1,6 +1,7 @@
 //! Flash attention (dense, or block-sparse over 64×64 tiles) on CUDA tensors. The
-//! kernels take self-attention shapes (as many queries as keys), head_dim 32, 64 or 128
-//! and no dropout; anything else is a clear error naming what is not supported.
+//! kernels take self-attention shapes (as many queries as keys) and head_dim 32, 64 or
+//! 128, with attention dropout drawing the CPU's mask; anything else is a clear error
+//! naming what is not supported.
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
@@ -13,13 +14,17 @@ fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<Attent
     if d.nq != d.nk {
         crate::bail!(op, "the CUDA kernels take as many queries as keys (got {} and {})", d.nq, d.nk);
     }
-    if opts.dropout > 0.0 {
-        crate::bail!(op, "attention dropout has no CUDA kernel yet; use dropout 0 on the GPU");
-    }
     if ![32, 64, 128].contains(&d.d) {
         crate::bail!(op, "the CUDA kernels take head_dim 32, 64 or 128 (got {})", d.d);
     }
-    Ok(AttentionDims { batch_heads: d.bh(), seq: d.nq, head_dim: d.d, causal: opts.causal })
+    Ok(AttentionDims {
+        batch_heads: d.bh(),
+        seq: d.nq,
+        head_dim: d.d,
+        causal: opts.causal,
+        dropout: opts.dropout,
+        seed: opts.seed,
+    })
 }
 
 /// A block mask as the kernels read it: u8 flags over 64×64 tiles, on `like`'s device.
@@ -127,7 +132,7 @@ mod tests {
     fn masks_of_larger_blocks_split_into_the_kernels_tiles() {
         // 300 tokens: 3 blocks of 128 (the last ragged) become 5 tiles of 64.
         let m = BlockMask::new(3, 3, 128, vec![true, false, false, true, true, false, false, false, true]).unwrap();
-        let ad = AttentionDims { batch_heads: 1, seq: 300, head_dim: 64, causal: false };
+        let ad = AttentionDims { batch_heads: 1, seq: 300, head_dim: 64, causal: false, dropout: 0.0, seed: 0 };
         let like = Tensor::zeros(1, DType::F32);
         let got = tile_mask(Some(&m), &ad, &like, "test").unwrap().unwrap().to_vec::<u8>().unwrap();
         #[rustfmt::skip]
