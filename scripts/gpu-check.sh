@@ -15,29 +15,33 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 $pylibs; do
 done
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH MONARCH_NVRTC_LIB=${MONARCH_NVRTC_LIB:-}" > "$OUT/env.txt"
 export MONARCH_CUDA_CACHE=/tmp/monarch-kernels PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
+# Without a GPU the training binaries would fall back to the CPU and spend the call: stop.
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt" ||
+  { echo "no GPU visible (nvidia-smi failed): nothing to check" | tee "$OUT/error.txt"; exit 1; }
 {
   for t in gpu-bin/test-*; do
     echo "== $t"
     # The snapshot files are found by the build machine's path: only the GPU half runs here.
     filter=""; [ "$t" = gpu-bin/test-kernel_snapshots ] && filter=gpu_
-    "$t" --test-threads 1 --nocapture $filter 2>&1
+    # A hung kernel must not take the whole device call: each part has a time limit.
+    timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
 } | tee "$OUT/tests.log" | grep -E "^==|test result|SKIPPED|panicked|FAILED"
-M=gpu-bin/monarch
+M="timeout 120 gpu-bin/monarch"
 P=scripts/peers/torch_linear.py
+PY="timeout 120 python3"
 {
   for dt in f32 bf16; do
     $M bench matmul --device cuda --m 8192 --n 8192 --k 8192 --dtype $dt --warmup 3 --runs 20 --json
-    python3 $P matmul --m 8192 --n 8192 --k 8192 --dtype $dt
+    $PY $P matmul --m 8192 --n 8192 --k 8192 --dtype $dt
   done
   # The Monarch MLP block of the issue (768→3072→768, 16K tokens, bf16), then its two layers.
   $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
-  python3 $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
+  $PY $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
   for shape in "768 3072" "3072 768"; do
     set -- $shape
     $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in $1 --out $2 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
-    python3 $P linear --in $1 --out $2 --batch 16384 --nblocks 4 --dtype bf16
+    $PY $P linear --in $1 --out $2 --batch 16384 --nblocks 4 --dtype bf16
   done
   $M bench linear --device cuda --kind monarch --nblocks 4 --in 4096 --out 4096 --batch 2048 --vs-dense --json
   $M bench linear --device cuda --kind blocksparse --butterfly-size 16 --n-factors 2 --block 32 --in 4096 --out 4096 --batch 2048 --vs-dense --json
@@ -45,10 +49,10 @@ P=scripts/peers/torch_linear.py
   for k in blockdiag lowrank butterfly; do
     $M bench linear --device cuda --kind $k --rank 0.125 --in 4096 --out 4096 --batch 2048 --vs-dense --runs 5 --json
   done
-  python3 $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
+  $PY $P linear --in 4096 --out 4096 --batch 2048 --nblocks 4 --dtype f32
   for seq in 1024 2048 4096 8192; do
     $M bench attention --device cuda --impl flash --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 3 --runs 20 --json
-    python3 scripts/peers/torch_attention.py --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16
+    $PY scripts/peers/torch_attention.py --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16
   done
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
@@ -56,9 +60,9 @@ P=scripts/peers/torch_linear.py
 sed 's/^grad_accum = 32/grad_accum = 1/; s/^eval_batches = 100/eval_batches = 4/' \
   train/configs/gpt2-small.toml > /tmp/gpt2-small-gpu.toml
 {
-  gpu-bin/train-gpt2 --device cuda --max-steps 50 --out-dir /tmp/run-tiny --quiet
+  timeout 240 gpu-bin/train-gpt2 --device cuda --max-steps 50 --out-dir /tmp/run-tiny --quiet
   tail -2 /tmp/run-tiny/metrics.jsonl
-  gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
+  timeout 300 gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
     --max-steps 20 --eval-every 0 --log-every 5 --checkpoint-every 0 --out-dir /tmp/run-small --quiet
   tail -3 /tmp/run-small/metrics.jsonl
 } 2>&1 | tee "$OUT/train.log"
