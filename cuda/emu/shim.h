@@ -17,14 +17,15 @@
 // - Warp operations (`__shfl_sync`, `__shfl_xor_sync` and the tensor-core `mma`): each
 //   lane deposits its registers in a double-buffered warp slot and waits at a barrier of
 //   its 32 lanes (lane = linear thread index % 32); the lanes must be converged (same
-//   count of warp operations, full mask) or the run aborts.
+//   count of warp operations, full mask) or the run aborts. Shuffles move 32- or 64-bit
+//   values (CUDA's overloads for int/float and long long/double).
 // - `__shared__` is `thread_local`: static storage (one copy, as all fibers share one OS
 //   thread) that is alone in the program's TLS segment, which `launch` fills with 0xff
 //   bytes (NaN as f32 and as bf16) before each block. (A linker section would not do:
 //   GCC ignores section attributes on the statics of templates.) A driver defines a
 //   source's `extern __shared__` array as `alignas(16) thread_local unsigned char name[bytes]`;
 //   the program must hold no other thread_local.
-// - `atomicAdd` on float: a plain read-modify-write (one OS thread runs everything).
+// - `atomicAdd` on float and int: a plain read-modify-write (one OS thread runs everything).
 // - The three inline-asm bodies of common.cuh call, under `#ifdef MONARCH_EMULATE`:
 //   `cvt_rn_bf16_f32` (cvt.rn.bf16.f32), `cvt_rn_bf16x2_f32` (cvt.rn.bf16x2.f32 with the
 //   PTX operand order d, a, b: a to the upper half) and `mma_m16n8k16_bf16`
@@ -98,6 +99,11 @@ inline std::common_type_t<A, B> min(A a, B b) {
 }
 inline float atomicAdd(float* p, float v) {
     const float old = *p;
+    *p = old + v;
+    return old;
+}
+inline int atomicAdd(int* p, int v) {
+    const int old = *p;
     *p = old + v;
     return old;
 }
@@ -406,13 +412,13 @@ inline void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b) {
 // ---------------------------------------------------------------- warp shuffles
 
 template <typename T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
-    static_assert(sizeof(T) == 4, "32-bit shuffles only");
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "32- and 64-bit shuffles only");
     if (mask != 0xffffffffu || width != 32) emu::die("only full-warp shuffles are emulated");
-    uint32_t w;
-    memcpy(&w, &v, 4);
-    uint32_t(*lanes)[6] = emu::warp_exchange(&w, 1);
+    uint32_t w[2];
+    memcpy(w, &v, sizeof(T));
+    uint32_t(*lanes)[6] = emu::warp_exchange(w, sizeof(T) / 4);
     T r;
-    memcpy(&r, &lanes[src & 31][0], 4);
+    memcpy(&r, &lanes[src & 31][0], sizeof(T));
     return r;
 }
 

@@ -82,3 +82,43 @@ fn layer_norm_forward_and_backward() {
 fn cross_entropy_forward_and_backward() {
     emulate("cross_entropy");
 }
+
+#[test]
+fn reduce_rows_and_columns() {
+    emulate("reduce");
+}
+
+#[test]
+fn embedding_index_select_add_gather_scatter() {
+    emulate("embedding");
+}
+
+#[test]
+fn binary_cmp_where_with_broadcasting() {
+    emulate("binary");
+}
+
+#[test]
+fn unary_forward_and_backward() {
+    emulate("unary");
+}
+
+#[test]
+fn strided_copies_and_casts() {
+    emulate("copy");
+}
+
+#[test]
+fn dropout_matches_the_cpu_mask() {
+    emulate("dropout");
+}
+
+#[test]
+fn adamw_steps() {
+    emulate("adamw");
+}
+
+#[test]
+fn sgd_steps() {
+    emulate("sgd");
+}

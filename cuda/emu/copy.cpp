@@ -1,0 +1,126 @@
+// Runs cuda/kernels/copy.cu (copy_{f32,bf16,i64,i32,u8}, cast_f32_bf16, cast_bf16_f32,
+// fill_f32) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
+// (Strided6 from shape and element strides; cfg_1d(grid_for(n, 256), 256)), against
+// references from the definition: dst[i] = src[offset(i)] in row-major order over the
+// shape, converted f32 -> bf16 by round-to-nearest-even (ties, NaN and infinities
+// included) or widened exactly. Views: contiguous, transposed, narrowed (offset start,
+// skipped columns), a broadcast (stride 0) dimension, 6 dimensions, and a 1-SM device
+// (grid-stride). Copies must be bit-exact. Prints one line per case; exits 1 on any
+// mismatch.
+
+#include "shim.h"
+#include "common.cuh"
+#include "copy.cu"
+#include "check.h"
+
+using emu::Compare;
+
+struct View {
+    const char* name;
+    std::vector<long> shape, strides;
+    long start;  // element offset of the view in its buffer
+    size_t count() const {
+        size_t n = 1;
+        for (long s : shape) n *= s;
+        return n;
+    }
+    size_t span() const {
+        size_t s = start + 1;
+        for (size_t d = 0; d < shape.size(); d++) s += (shape[d] - 1) * strides[d];
+        return s;
+    }
+    size_t offset(size_t i) const {
+        size_t off = start;
+        for (int d = (int)shape.size() - 1; d >= 0; d--) off += (i % shape[d]) * strides[d], i /= shape[d];
+        return off;
+    }
+    Strided6 geometry() const {
+        Strided6 g;
+        memset(&g, 0, sizeof g);
+        for (int d = 0; d < 6; d++) g.shape[d] = 1;
+        g.ndim = (int)shape.size();
+        for (size_t d = 0; d < shape.size(); d++) g.shape[d] = shape[d], g.stride[d] = strides[d];
+        return g;
+    }
+};
+
+/// Round to nearest even of the f32 bits, independent of the shim's cvt.
+static uint16_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (std::isnan(f)) return 0x7fff;
+    const uint32_t lower = u & 0xffff, upper = u >> 16;
+    if (lower > 0x8000 || (lower == 0x8000 && (upper & 1))) return (uint16_t)(upper + 1);
+    return (uint16_t)upper;
+}
+
+/// Copies view `v` of a buffer of S to contiguous D with `kern`; `want(s)` is the bits of
+/// the converted element.
+template <typename S, typename D, typename Want>
+static int run(const char* name, void (*kern)(const S*, Strided6, D*, i64), const View& v, unsigned sm,
+               const std::vector<S>& buf, Want want) {
+    const size_t n = v.count();
+    std::vector<D> dst = emu::poisoned<D>(n + 1);  // one more element: must stay untouched
+    const unsigned grid = emu::Device{sm}.grid_for(n, 256);
+    emu::launch({grid, 1, 1}, {256, 1, 1}, [&] { kern(buf.data() + v.start, v.geometry(), dst.data(), n); });
+    Compare c("mismatches", 0);
+    long wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        const D w = want(buf[v.offset(i)]);
+        wrong += memcmp(&dst[i], &w, sizeof(D)) != 0;
+    }
+    std::vector<D> poison = emu::poisoned<D>(1);
+    wrong += memcmp(&dst[n], &poison[0], sizeof(D)) != 0;
+    c.add((double)wrong, 0);
+    return emu::report(emu::fmt("copy %-13s %-10s n=%zu grid=%u", name, v.name, n, grid), {&c});
+}
+
+int main() {
+    int fails = 0;
+    emu::Rng rng(1);
+    // Views of a (buffer of) 37 x 50 matrix, and a 6-d one.
+    const std::vector<View> views = {
+        {"contiguous", {37, 50}, {50, 1}, 0},
+        {"transposed", {50, 37}, {1, 50}, 0},
+        {"narrowed", {20, 33}, {50, 1}, 3 * 50 + 7},
+        {"broadcast", {5, 37, 50}, {0, 50, 1}, 0},
+        {"6-d", {2, 3, 1, 5, 2, 3}, {1, 2, 900, 6, 30, 60}, 0},  // a permuted 2x3x5x2x3 block
+    };
+    size_t len = 0;
+    for (const View& v : views) len = std::max(len, v.span());
+    std::vector<float> f(len);
+    std::vector<bf16> b(len);
+    std::vector<i64> l(len);
+    std::vector<int> w(len);
+    std::vector<unsigned char> u(len);
+    for (size_t i = 0; i < len; i++) {
+        f[i] = rng.uniform() * 100.0f;
+        if (i % 11 == 3) f[i] = __uint_as_float(0x3f808000u + (i % 2) * 0x10000u);  // bf16 ties, both parities
+        if (i % 97 == 5) f[i] = i % 2 ? INFINITY : NAN;
+        b[i].bits = (uint16_t)(rng.s >> 20);  // any bits, NaNs included
+        l[i] = (i64)(rng.s ^ (rng.s << 7));
+        w[i] = (int)(rng.s >> 13);
+        u[i] = (unsigned char)(rng.s >> 50);
+        rng.uniform();
+    }
+    const auto same = [](auto v) { return v; };
+    for (const View& v : views) {
+        fails += run("copy_f32", copy_f32, v, 132, f, same);
+        fails += run("copy_bf16", copy_bf16, v, 132, b, same);
+        fails += run("copy_i64", copy_i64, v, 132, l, same);
+        fails += run("copy_i32", copy_i32, v, 132, w, same);
+        fails += run("copy_u8", copy_u8, v, 132, u, same);
+        fails += run("cast_f32_bf16", cast_f32_bf16, v, 132, f, [](float x) { bf16 r; r.bits = bf16_bits(x); return r; });
+        fails += run("cast_bf16_f32", cast_bf16_f32, v, 132, b, [](bf16 x) { return __uint_as_float((uint32_t)x.bits << 16); });
+    }
+    fails += run("copy_f32", copy_f32, views[3], 1, f, same);  // 1 SM: 16 blocks grid-stride over 9250
+    fails += run("cast_f32_bf16", cast_f32_bf16, views[1], 1, f, [](float x) { bf16 r; r.bits = bf16_bits(x); return r; });
+    // fill_f32 over 5000 elements on a 1-SM device.
+    std::vector<float> fill = emu::poisoned<float>(5001);
+    emu::launch({emu::Device{1}.grid_for(5000, 256), 1, 1}, {256, 1, 1}, [&] { fill_f32(fill.data(), -2.5f, 5000); });
+    Compare cf("value", 0);
+    for (size_t i = 0; i < 5000; i++) cf.add(fill[i], -2.5);
+    if (!std::isnan(fill[5000])) cf.bad++;
+    fails += emu::report("fill_f32 n=5000 grid=16", {&cf});
+    return fails ? 1 : 0;
+}
