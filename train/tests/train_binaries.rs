@@ -163,6 +163,14 @@ fn each_binary_trains_logs_plots_and_checkpoints() {
     );
     let text = String::from_utf8(sampled.stdout).unwrap();
     assert!(text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(), "{text:?}");
+    // On a GPU, or on the CPU with a warning where there is none.
+    let run = tmp.path().join("train-gpt2");
+    let args = ["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", "ROMEO:", "--device", "cuda"];
+    let on_gpu = ok("monarch", &[&args[..], &["--max-new-tokens", "4"]].concat());
+    assert!(String::from_utf8(on_gpu.stdout).unwrap().starts_with("ROMEO:"));
+    if monarch_tensor::cuda_device(0).is_err() {
+        assert!(String::from_utf8(on_gpu.stderr).unwrap().contains("generating on the CPU instead"));
+    }
 }
 
 #[test]
