@@ -326,6 +326,17 @@ fn naive_attention_and_max_gradients_match_the_cpu() {
     close(&gg.dq, &wg.dq, 1e-4);
     close(&gg.dk, &wg.dk, 1e-4);
     close(&gg.dv, &wg.dv, 1e-4);
+    // Scatterbrain has no CUDA kernel: it runs through the host, results back on the device.
+    let sb = monarch_tensor::Scatterbrain { features: 16, block: 32, window: 1, seed: 3 };
+    let opts = AttentionOpts { causal: true, ..Default::default() };
+    let q = rnd(&[1, 2, 96, 32], 37);
+    let want = q.scatterbrain_attention(&q, &q, &sb, &opts).unwrap();
+    let got = mv(&q).scatterbrain_attention(&mv(&q), &mv(&q), &sb, &opts).unwrap();
+    assert_eq!(got.out.device(), GPU);
+    close(&got.out, &want.out, 0.0);
+    let wg = Tensor::scatterbrain_attention_backward(&q, &q, &q, &sb, &want, &q, &opts).unwrap();
+    let gg = Tensor::scatterbrain_attention_backward(&mv(&q), &mv(&q), &mv(&q), &sb, &got, &mv(&q), &opts).unwrap();
+    close(&gg.dq, &wg.dq, 0.0);
     // The gradient of a max reduction goes through a comparison on the device.
     let x = rnd(&[6, 40], 32);
     let grad_of = |t: Tensor| {

@@ -1,8 +1,9 @@
 //! Tensors in CUDA memory: the buffer behind [`Storage::Cuda`](crate::Storage::Cuda),
 //! the devices opened so far (one per ordinal, shared by every tensor on it), copies
-//! between host and device, and the ops with a CUDA kernel (`ops`). An op without a
-//! CUDA kernel returns [`Error::DeviceUnavailable`] naming itself; the CPU path never
-//! touches the CUDA libraries, which are loaded only when a tensor is first moved.
+//! between host and device, and the ops with a CUDA kernel (`ops`). The two without one
+//! (Scatterbrain attention and the fused butterfly product) run [`through_host`], saying
+//! so once; the CPU path never touches the CUDA libraries, which are loaded only when a
+//! tensor is first moved.
 
 mod attention;
 mod block_sparse;
@@ -160,6 +161,32 @@ impl Tensor {
         };
         Ok(Tensor::from_cpu(host, t.shape().clone()))
     }
+}
+
+/// The device of `ts` when they are on a GPU (all on one: else a device mismatch),
+/// `None` when all are on the host. For the ops without a CUDA kernel, which then run
+/// [`through_host`].
+pub(crate) fn off_host(op: &'static str, ts: &[&Tensor]) -> Result<Option<Device>> {
+    let Some(first) = ts.first() else { return Ok(None) };
+    ops::same_device(op, first, &ts[1..])?;
+    Ok((first.device() != Device::Cpu).then(|| first.device()))
+}
+
+/// Copies `ts` to the host for an op that has no CUDA kernel (Scatterbrain attention,
+/// the fused butterfly), saying once per op on stderr that it runs on the CPU; the
+/// caller moves the results back.
+pub(crate) fn through_host<const N: usize>(op: &'static str, ts: [&Tensor; N]) -> Result<[Tensor; N]> {
+    static WARNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.contains(&op) {
+        warned.push(op);
+        eprintln!("warning: {op} has no CUDA kernel; it runs on the CPU (inputs and results are copied)");
+    }
+    let mut out: [Tensor; N] = std::array::from_fn(|i| ts[i].clone());
+    for t in out.iter_mut() {
+        *t = t.to_device(Device::Cpu)?;
+    }
+    Ok(out)
 }
 
 impl Device {

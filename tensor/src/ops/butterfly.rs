@@ -154,6 +154,10 @@ impl Tensor {
     pub fn butterfly_mul(&self, twiddle: &Tensor, out: usize) -> Result<Tensor> {
         let op = "butterfly_mul";
         let z = self.butterfly_sizes(twiddle, out, op)?;
+        if let Some(dev) = crate::cuda::off_host(op, &[self, twiddle])? {
+            let [x, t] = crate::cuda::through_host(op, [self, twiddle])?;
+            return x.butterfly_mul(&t, out)?.to_device(dev);
+        }
         let (x, t) = (compute_dtype(self, op)?.contiguous()?, compute_dtype(twiddle, op)?.contiguous()?);
         let y = match (x.cpu(op)?, t.cpu(op)?) {
             (CpuStorage::F32(_), _) => CpuStorage::from(forward::<f32>(sl(&x, op)?, sl(&t, op)?, z)),
@@ -173,6 +177,11 @@ impl Tensor {
         *dims.last_mut().expect("rank checked") = out;
         if dy.dims() != dims {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
+        }
+        if let Some(dev) = crate::cuda::off_host(op, &[x, twiddle, dy])? {
+            let [x, t, g] = crate::cuda::through_host(op, [x, twiddle, dy])?;
+            let (dx, dt) = Tensor::butterfly_backward(&x, &t, &g)?;
+            return Ok((dx.to_device(dev)?, dt.to_device(dev)?));
         }
         let c = |t: &Tensor| compute_dtype(t, op)?.contiguous();
         let (xc, tc, gc) = (c(x)?, c(twiddle)?, c(dy)?);

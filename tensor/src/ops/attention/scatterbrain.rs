@@ -356,6 +356,11 @@ impl Tensor {
         let op = "scatterbrain_attention";
         let dims = Dims::check(self, k, v, opts, op)?;
         cfg.check(dims, opts, op)?;
+        if let Some(dev) = crate::cuda::off_host(op, &[self, k, v])? {
+            let [q, k, v] = crate::cuda::through_host(op, [self, k, v])?;
+            let r = q.scatterbrain_attention(&k, &v, cfg, opts)?;
+            return Ok(AttentionOut { out: r.out.to_device(dev)?, lse: r.lse.to_device(dev)? });
+        }
         let mask = cfg.local_mask(dims.nq, dims.nk)?;
         let plan = TilePlan { tile: cfg.block, mask: Some(&mask) };
         let dtype = self.dtype();
@@ -392,6 +397,11 @@ impl Tensor {
         check_dout(&fwd.out, dims, op)?;
         if fwd.lse.dims() != dims.row_shape() {
             crate::bail!(op, "saved log-sum-exp of shape {} does not match the inputs", fwd.lse.shape());
+        }
+        if let Some(dev) = crate::cuda::off_host(op, &[q, k, v, &fwd.out, &fwd.lse, dout])? {
+            let [q, k, v, out, lse, dout] = crate::cuda::through_host(op, [q, k, v, &fwd.out, &fwd.lse, dout])?;
+            let g = Tensor::scatterbrain_attention_backward(&q, &k, &v, cfg, &AttentionOut { out, lse }, &dout, opts)?;
+            return Ok(AttentionGrads { dq: g.dq.to_device(dev)?, dk: g.dk.to_device(dev)?, dv: g.dv.to_device(dev)? });
         }
         let mask = cfg.local_mask(dims.nq, dims.nk)?;
         let plan = TilePlan { tile: cfg.block, mask: Some(&mask) };
