@@ -87,19 +87,22 @@ fn op(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Op
     Operand { p, sg: sg as i64, sx: sx as i64, sy: sy as i64, col_lim, row_dim, flag: 0 }
 }
 
-/// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` (see `kernels/monarch.cu`). Grid
-/// (ceil(M/64), ceil(N/64), groups·splits), 128 threads; with splits > 1 an f32 partial
-/// buffer and `grouped_gemm_splits_*` (256 threads, grid-stride) finish it.
-#[allow(clippy::too_many_arguments)]
-fn grouped_gemm(
-    dev: &Arc<CudaDevice>,
-    suffix: &str,
+/// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` of a Monarch pass: its operand
+/// and output descriptors, whether it adds to C, and (M, N, K, groups).
+#[derive(Clone, Copy, Debug)]
+struct Gemm {
     a: Operand,
     b: Operand,
-    mut c: Operand,
+    c: Operand,
     accumulate: bool,
-    (m, n, k, groups): (usize, usize, usize, usize),
-) -> Result<()> {
+    dims: (usize, usize, usize, usize),
+}
+
+/// Launches one [`Gemm`] (see `kernels/monarch.cu`). Grid (ceil(M/64), ceil(N/64),
+/// groups·splits), 128 threads; with splits > 1 an f32 partial buffer and
+/// `grouped_gemm_splits_*` (256 threads, grid-stride) finish it.
+fn grouped_gemm(dev: &Arc<CudaDevice>, suffix: &str, gemm: &Gemm) -> Result<()> {
+    let Gemm { a, b, mut c, accumulate, dims: (m, n, k, groups) } = *gemm;
     if m * n * groups == 0 {
         return Ok(());
     }
@@ -168,27 +171,33 @@ pub fn monarch_forward(
     let dev = x.device().clone();
     c.same_device(&dev, [w1.device(), w2.device(), out1.device(), out.device()])?;
     let sfx = dt.kernel_suffix(c.op)?;
+    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), out.ptr()]) {
+        grouped_gemm(&dev, sfx, &g)?;
+    }
+    Ok(())
+}
+
+/// The forward's two products over buffers at `[x, w1, w2, out1, out]`.
+fn forward_gemms(d: &MonarchDims, [x, w1, w2, out1, out]: [u64; 5]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
-    // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] w1[kk,qq,pp]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(x.ptr(), d.p, nin, 1, nin as i64, 1),
-        op(w1.ptr(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
-        op(out1.ptr(), d.q, kq, 1, NO_LIMIT, 1),
-        false,
-        (d.batch, d.q, d.p, d.k),
-    )?;
-    // out[b, ss·l+ll] = Σ_rr out1[b, rr·l+ll] w2[ll,ss,rr]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(out1.ptr(), 1, kq, d.l, NO_LIMIT, 1),
-        op(w2.ptr(), d.s * d.r, d.r, 1, NO_LIMIT, 0),
-        op(out.ptr(), 1, mout, d.l, mout as i64, 1),
-        false,
-        (d.batch, d.s, d.r, d.l),
-    )
+    [
+        // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] w1[kk,qq,pp]
+        Gemm {
+            a: op(x, d.p, nin, 1, nin as i64, 1),
+            b: op(w1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
+            c: op(out1, d.q, kq, 1, NO_LIMIT, 1),
+            accumulate: false,
+            dims: (d.batch, d.q, d.p, d.k),
+        },
+        // out[b, ss·l+ll] = Σ_rr out1[b, rr·l+ll] w2[ll,ss,rr]
+        Gemm {
+            a: op(out1, 1, kq, d.l, NO_LIMIT, 1),
+            b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
+            c: op(out, 1, mout, d.l, mout as i64, 1),
+            accumulate: false,
+            dims: (d.batch, d.s, d.r, d.l),
+        },
+    ]
 }
 
 /// Backward from `dout` (batch, m_out) and the saved `out1`: writes `dx` (batch, n_in)
@@ -224,48 +233,54 @@ pub fn monarch_backward(
         [w1.device(), w2.device(), out1.device(), dout.device(), dx.device(), dw1.device(), dw2.device()],
     )?;
     let sfx = dt.kernel_suffix(c.op)?;
+    let dout1 = dev.alloc(dt, d.batch * d.mid())?;
+    let bufs =
+        [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout.ptr(), dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
+    for g in backward_gemms(&d, bufs, accumulate) {
+        grouped_gemm(&dev, sfx, &g)?;
+    }
+    Ok(())
+}
+
+/// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
+/// dw2]` (`dout1`, batch × k·q, is scratch), adding to dx, dw1, dw2 when `accumulate`.
+fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4] {
+    let [x, w1, w2, out1, dout, dout1, dx, dw1, dw2] = bufs;
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
-    let dout1 = dev.alloc(dt, b * kq)?;
-    // dout1[b, rr·l+ll] = Σ_ss dout[b, ss·l+ll] w2[ll,ss,rr]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(dout.ptr(), 1, mout, d.l, mout as i64, 1),
-        op(w2.ptr(), d.s * d.r, 1, d.r, NO_LIMIT, 0),
-        op(dout1.device_ptr(), 1, kq, d.l, NO_LIMIT, 1),
-        false,
-        (b, d.r, d.s, d.l),
-    )?;
-    // dx[b, kk·p+pp] = Σ_qq dout1[b, kk·q+qq] w1[kk,qq,pp]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(dout1.device_ptr(), d.q, kq, 1, NO_LIMIT, 1),
-        op(w1.ptr(), d.q * d.p, 1, d.p, NO_LIMIT, 0),
-        op(dx.ptr(), d.p, nin, 1, nin as i64, 1),
-        accumulate,
-        (b, d.p, d.q, d.k),
-    )?;
-    // dw1[kk,qq,pp] = Σ_b dout1[b, kk·q+qq] x[b, kk·p+pp]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(dout1.device_ptr(), d.q, 1, kq, NO_LIMIT, 2),
-        op(x.ptr(), d.p, 1, nin, nin as i64, 2),
-        op(dw1.ptr(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
-        accumulate,
-        (d.q, d.p, b, d.k),
-    )?;
-    // dw2[ll,ss,rr] = Σ_b dout[b, ss·l+ll] out1[b, rr·l+ll]
-    grouped_gemm(
-        &dev,
-        sfx,
-        op(dout.ptr(), 1, d.l, mout, mout as i64, 2),
-        op(out1.ptr(), 1, d.l, kq, NO_LIMIT, 2),
-        op(dw2.ptr(), d.s * d.r, d.r, 1, NO_LIMIT, 0),
-        accumulate,
-        (d.s, d.r, b, d.l),
-    )
+    [
+        // dout1[b, rr·l+ll] = Σ_ss dout[b, ss·l+ll] w2[ll,ss,rr]
+        Gemm {
+            a: op(dout, 1, mout, d.l, mout as i64, 1),
+            b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
+            c: op(dout1, 1, kq, d.l, NO_LIMIT, 1),
+            accumulate: false,
+            dims: (b, d.r, d.s, d.l),
+        },
+        // dx[b, kk·p+pp] = Σ_qq dout1[b, kk·q+qq] w1[kk,qq,pp]
+        Gemm {
+            a: op(dout1, d.q, kq, 1, NO_LIMIT, 1),
+            b: op(w1, d.q * d.p, 1, d.p, NO_LIMIT, 0),
+            c: op(dx, d.p, nin, 1, nin as i64, 1),
+            accumulate,
+            dims: (b, d.p, d.q, d.k),
+        },
+        // dw1[kk,qq,pp] = Σ_b dout1[b, kk·q+qq] x[b, kk·p+pp]
+        Gemm {
+            a: op(dout1, d.q, 1, kq, NO_LIMIT, 2),
+            b: op(x, d.p, 1, nin, nin as i64, 2),
+            c: op(dw1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
+            accumulate,
+            dims: (d.q, d.p, b, d.k),
+        },
+        // dw2[ll,ss,rr] = Σ_b dout[b, ss·l+ll] out1[b, rr·l+ll]
+        Gemm {
+            a: op(dout, 1, d.l, mout, mout as i64, 2),
+            b: op(out1, 1, d.l, kq, NO_LIMIT, 2),
+            c: op(dw2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
+            accumulate,
+            dims: (d.s, d.r, b, d.l),
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -276,6 +291,122 @@ mod tests {
     fn descriptors_match_the_kernel_structs() {
         assert_eq!(std::mem::size_of::<Operand>(), 48);
         assert_eq!(std::mem::size_of::<GroupedGemm>(), 3 * 48 + 24 + 8);
+    }
+
+    /// Runs a [`Gemm`] on host buffers (its pointers are indices into `bufs`) with the
+    /// kernel's semantics: operand (g, x, y) at `g·sg + x·sx + y·sy`, read as 0 and not
+    /// written where its column (the offset without the batch-row term) reaches `col_lim`.
+    fn interpret(g: &Gemm, bufs: &mut [Vec<f64>]) {
+        let column = |o: &Operand, gi: usize, x: usize, y: usize| {
+            let (gi, x, y) = (gi as i64, x as i64, y as i64);
+            gi * o.sg + if o.row_dim == 1 { 0 } else { x * o.sx } + if o.row_dim == 2 { 0 } else { y * o.sy }
+        };
+        let at = |o: &Operand, gi: usize, x: usize, y: usize| {
+            (gi as i64 * o.sg + x as i64 * o.sx + y as i64 * o.sy) as usize
+        };
+        let read = |bufs: &[Vec<f64>], o: &Operand, gi, x, y| {
+            if column(o, gi, x, y) >= o.col_lim { 0.0 } else { bufs[o.p as usize][at(o, gi, x, y)] }
+        };
+        let (m, n, k, groups) = g.dims;
+        for gi in 0..groups {
+            for mi in 0..m {
+                for ni in 0..n {
+                    let v: f64 = (0..k).map(|ki| read(bufs, &g.a, gi, mi, ki) * read(bufs, &g.b, gi, ni, ki)).sum();
+                    if column(&g.c, gi, mi, ni) < g.c.col_lim {
+                        let i = at(&g.c, gi, mi, ni);
+                        let dst = &mut bufs[g.c.p as usize][i];
+                        *dst = if g.accumulate { *dst + v } else { v };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The descriptors compute the Monarch product and its gradients as defined (padded
+    /// input, truncated output, l ≠ k, q not a multiple of l), against loops written from
+    /// the definition: out1[b, kk·q+qq] = Σ w1[kk,qq,pp] x̃[b, kk·p+pp], out[b, ss·l+ll] =
+    /// Σ w2[ll,ss,rr] out1[b, rr·l+ll], and their transposes for the backward.
+    #[test]
+    fn descriptors_compute_the_monarch_product_and_its_gradients() {
+        let d = MonarchDims { batch: 3, n_in: 10, m_out: 13, k: 4, q: 3, p: 3, l: 2, s: 7, r: 6 };
+        d.check().unwrap();
+        let mut seed = 7u64;
+        let mut rnd = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+                })
+                .collect()
+        };
+        let (kq, b) = (d.mid(), d.batch);
+        let (x, w1, w2, dout) = (rnd(b * d.n_in), rnd(d.k * d.q * d.p), rnd(d.l * d.s * d.r), rnd(b * d.m_out));
+        // The reference, from the definition.
+        let xp = |bi: usize, c: usize| if c < d.n_in { x[bi * d.n_in + c] } else { 0.0 };
+        let mut out1 = vec![0.0; b * kq];
+        let mut out = vec![0.0; b * d.m_out];
+        for bi in 0..b {
+            for (kk, qq) in (0..d.k).flat_map(|kk| (0..d.q).map(move |qq| (kk, qq))) {
+                out1[bi * kq + kk * d.q + qq] =
+                    (0..d.p).map(|pp| w1[(kk * d.q + qq) * d.p + pp] * xp(bi, kk * d.p + pp)).sum();
+            }
+            for (ll, ss) in (0..d.l).flat_map(|ll| (0..d.s).map(move |ss| (ll, ss))) {
+                let j = ss * d.l + ll;
+                if j < d.m_out {
+                    out[bi * d.m_out + j] =
+                        (0..d.r).map(|rr| w2[(ll * d.s + ss) * d.r + rr] * out1[bi * kq + rr * d.l + ll]).sum();
+                }
+            }
+        }
+        // The gradients of Σ dout·out, by the chain rule on the same loops.
+        let doutp = |bi: usize, j: usize| if j < d.m_out { dout[bi * d.m_out + j] } else { 0.0 };
+        let (mut dout1, mut dx, mut dw1, mut dw2) =
+            (vec![0.0; b * kq], vec![0.0; b * d.n_in], vec![0.0; w1.len()], vec![0.0; w2.len()]);
+        for bi in 0..b {
+            for (ll, ss, rr) in
+                (0..d.l).flat_map(|ll| (0..d.s).flat_map(move |ss| (0..d.r).map(move |rr| (ll, ss, rr))))
+            {
+                let g = doutp(bi, ss * d.l + ll);
+                dout1[bi * kq + rr * d.l + ll] += g * w2[(ll * d.s + ss) * d.r + rr];
+                dw2[(ll * d.s + ss) * d.r + rr] += g * out1[bi * kq + rr * d.l + ll];
+            }
+            for (kk, qq, pp) in
+                (0..d.k).flat_map(|kk| (0..d.q).flat_map(move |qq| (0..d.p).map(move |pp| (kk, qq, pp))))
+            {
+                let g = dout1[bi * kq + kk * d.q + qq];
+                if kk * d.p + pp < d.n_in {
+                    dx[bi * d.n_in + kk * d.p + pp] += g * w1[(kk * d.q + qq) * d.p + pp];
+                }
+                dw1[(kk * d.q + qq) * d.p + pp] += g * xp(bi, kk * d.p + pp);
+            }
+        }
+        // The descriptors, over buffers 0..9 in the launchers' order, outputs poisoned.
+        let nan = |n: usize| vec![f64::NAN; n];
+        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(b * d.m_out)];
+        for g in forward_gemms(&d, [0, 1, 2, 3, 4]) {
+            interpret(&g, &mut bufs);
+        }
+        let close = |got: &[f64], want: &[f64], what: &str| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (a, w)) in got.iter().zip(want).enumerate() {
+                assert!((a - w).abs() < 1e-12, "{what}[{i}]: {a} vs {w}");
+            }
+        };
+        close(&bufs[3], &out1, "out1");
+        close(&bufs[4], &out, "out");
+        bufs.truncate(4);
+        bufs.extend([dout, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len())]);
+        for g in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], false) {
+            interpret(&g, &mut bufs);
+        }
+        close(&bufs[6], &dx, "dx");
+        close(&bufs[7], &dw1, "dw1");
+        close(&bufs[8], &dw2, "dw2");
+        // accumulate adds to what the gradients held.
+        for g in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], true) {
+            interpret(&g, &mut bufs);
+        }
+        close(&bufs[7], &dw1.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dw1 accumulated");
     }
 
     #[test]
