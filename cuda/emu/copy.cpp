@@ -1,5 +1,5 @@
 // Runs cuda/kernels/copy.cu (copy_{f32,bf16,i64,i32,u8}, cast_f32_bf16, cast_bf16_f32,
-// fill_f32) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
+// cast_u8_{f32,bf16}, fill_f32) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
 // (Strided6 from shape and element strides; cfg_1d(grid_for(n, 256), 256)), against
 // references from the definition: dst[i] = src[offset(i)] in row-major order over the
 // shape, converted f32 -> bf16 by round-to-nearest-even (ties, NaN and infinities
@@ -112,6 +112,9 @@ int main() {
         fails += run("copy_u8", copy_u8, v, 132, u, same);
         fails += run("cast_f32_bf16", cast_f32_bf16, v, 132, f, [](float x) { bf16 r; r.bits = bf16_bits(x); return r; });
         fails += run("cast_bf16_f32", cast_bf16_f32, v, 132, b, [](bf16 x) { return __uint_as_float((uint32_t)x.bits << 16); });
+        // Masks to floats: every byte value is exact in f32 and in bf16 (8 significant bits).
+        fails += run("cast_u8_f32", cast_u8_f32, v, 132, u, [](unsigned char x) { return (float)x; });
+        fails += run("cast_u8_bf16", cast_u8_bf16, v, 132, u, [](unsigned char x) { bf16 r; r.bits = bf16_bits((float)x); return r; });
     }
     fails += run("copy_f32", copy_f32, views[3], 1, f, same);  // 1 SM: 16 blocks grid-stride over 9250
     fails += run("cast_f32_bf16", cast_f32_bf16, views[1], 1, f, [](float x) { bf16 r; r.bits = bf16_bits(x); return r; });

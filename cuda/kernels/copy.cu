@@ -27,6 +27,9 @@ template <> __device__ __forceinline__ bf16 convert<bf16, bf16>(bf16 v) { return
 template <> __device__ __forceinline__ i64 convert<i64, i64>(i64 v) { return v; }
 template <> __device__ __forceinline__ int convert<int, int>(int v) { return v; }
 template <> __device__ __forceinline__ unsigned char convert<unsigned char, unsigned char>(unsigned char v) { return v; }
+// Masks (0/1 bytes from comparisons) to floats, exactly.
+template <> __device__ __forceinline__ float convert<unsigned char, float>(unsigned char v) { return (float)v; }
+template <> __device__ __forceinline__ bf16 convert<unsigned char, bf16>(unsigned char v) { return from_f32<bf16>((float)v); }
 
 template <typename S, typename D>
 __device__ __forceinline__ void copy_run(const S* __restrict__ src, Strided6 g, D* __restrict__ dst, i64 n) {
@@ -45,6 +48,8 @@ COPY_KERNEL(int, int, copy_i32)
 COPY_KERNEL(unsigned char, unsigned char, copy_u8)
 COPY_KERNEL(float, bf16, cast_f32_bf16)
 COPY_KERNEL(bf16, float, cast_bf16_f32)
+COPY_KERNEL(unsigned char, float, cast_u8_f32)
+COPY_KERNEL(unsigned char, bf16, cast_u8_bf16)
 
 /// Fills `n` elements with the bit pattern of one value.
 #define FILL_KERNEL(T, NAME)                                                                 \

@@ -29,9 +29,10 @@ pub(crate) fn extent(op: &'static str, shape: &[usize], strides: &[usize]) -> Re
 
 /// `dst[i] = src[offset(i)]` for the `i`-th element in row-major order over `shape`,
 /// read through `strides` (elements, from the view's start; 0 repeats a dimension).
-/// With dtypes f32→bf16 or bf16→f32 the values are converted (round to nearest even);
-/// otherwise both views share a dtype among f32, bf16, i64, i32, u8.
-/// Kernel `copy_{f32,bf16,i64,i32,u8}` / `cast_{f32_bf16,bf16_f32}(src, Strided6, dst, n)`,
+/// With dtypes f32→bf16 or bf16→f32 the values are converted (round to nearest even), u8
+/// (masks) converts exactly to f32 or bf16; otherwise both views share a dtype among f32,
+/// bf16, i64, i32, u8.
+/// Kernel `copy_{f32,bf16,i64,i32,u8}` / `cast_{f32_bf16,bf16_f32,u8_f32,u8_bf16}(src, Strided6, dst, n)`,
 /// 256 threads, grid-stride.
 pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: ViewMut<'_>) -> Result<()> {
     let c = Check { op: "copy_strided" };
@@ -48,6 +49,8 @@ pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: View
         (DType::U8, DType::U8) => "copy_u8",
         (DType::F32, DType::BF16) => "cast_f32_bf16",
         (DType::BF16, DType::F32) => "cast_bf16_f32",
+        (DType::U8, DType::F32) => "cast_u8_f32",
+        (DType::U8, DType::BF16) => "cast_u8_bf16",
         (got, expected) => return Err(CudaError::DType { op: "copy_strided", expected, got }),
     };
     if n == 0 {

@@ -44,7 +44,7 @@ impl Tensor {
     }
 
     /// `contiguous` on the device: one strided-copy kernel, converting to `dtype`
-    /// (only f32 ↔ bf16 conversions have a kernel).
+    /// (f32 ↔ bf16 and u8 masks → f32 or bf16 have a kernel).
     pub(crate) fn cuda_copy(&self, dtype: DType) -> Result<Tensor> {
         let op = if dtype == self.dtype() { "contiguous" } else { "to_dtype" };
         let mut out = alloc(self, dtype, self.shape().clone(), op)?;
