@@ -179,9 +179,9 @@ impl Tensor {
             return self.cuda_scatter_add(index, src, (outer, size, inner));
         }
         let n = index.dims()[d];
-        let src = src.contiguous()?;
+        // The offset of the converted copy (a bf16 view's own offset is not the f32 copy's).
+        let src = compute_dtype(&src.contiguous()?, op)?;
         let s0 = src.layout().offset();
-        let src = compute_dtype(&src, op)?;
         Ok(float_map!(self, op, self.shape(), |v, l| {
             let mut out = crate::cpu::map::map1(v, l, |x| x);
             scatter_rows(&mut out, src.cpu_slice(op)?, s0, &ids, n, size, inner);
@@ -260,5 +260,14 @@ mod tests {
         let x = iota(&[3, 3]).add_scalar(1.0).unwrap();
         assert_eq!(x.tril(0).unwrap().to_vec::<f32>().unwrap(), vec![1., 0., 0., 4., 5., 0., 7., 8., 9.]);
         assert_eq!(x.triu(1).unwrap().to_vec::<f32>().unwrap(), vec![0., 2., 3., 0., 0., 6., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn scatter_add_of_a_bf16_view_reads_the_view() {
+        let big = Tensor::from_vec((0..12).map(|v| v as f32).collect(), [4, 3]).unwrap().to_dtype(DType::BF16).unwrap();
+        let src = big.narrow(0, 2, 2).unwrap(); // rows [6, 7, 8], [9, 10, 11], offset 6
+        let idx = Tensor::from_vec(vec![0i64, 1, 0, 1, 0, 1], [2, 3]).unwrap();
+        let got = Tensor::zeros([2, 3], DType::BF16).scatter_add(&idx, &src, 0).unwrap();
+        assert_eq!(got.to_vec_f64().unwrap(), vec![6.0, 10.0, 8.0, 9.0, 7.0, 11.0]);
     }
 }
