@@ -171,6 +171,8 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         Some(_) => Some(mfu::matmul_rate(opts.device, matmul_dtype)?),
         None => None,
     };
+    // The probe's operands are freed; the run's peak memory starts after them.
+    opts.device.reset_peak_memory()?;
     if !opts.resume {
         let mut start = json!({
             "step": 0, "event": "start", "task": task.name(), "steps": cfg.steps, "device": opts.device.to_string(),
@@ -180,6 +182,12 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             rec.extend(facts);
         }
         metrics.write(start)?;
+    } else {
+        // A resumed run's utilisation is against the rate measured now, on this machine.
+        metrics.write(json!({
+            "step": step, "event": "resume", "device": opts.device.to_string(),
+            "matmul_gflops": matmul_rate.map(|r| r / 1e9), "matmul_dtype": matmul_dtype.as_str(),
+        }))?;
     }
     let stop = opts.stop_after.unwrap_or(cfg.steps).min(cfg.steps);
     let progress = Progress::new(step, cfg.steps, opts.quiet);
