@@ -1,4 +1,4 @@
-// Runs cuda/kernels/binary.cu (binary arithmetic, cmp for f32/bf16/i64, where) in the
+// Runs cuda/kernels/binary.cu (binary arithmetic, cmp for f32/bf16/i64, where incl. i64/u8) in the
 // CPU emulator, launched as cuda/src/ops/binary.rs launches them (Broadcast6 and `dense`
 // built as its `geometry`; cfg_1d(grid_for(n, 256), 256)), against f64 references from
 // the definitions (the CPU's BinaryOp / CmpOp): add, sub, mul, div, max (a unless b > a),
@@ -180,5 +180,10 @@ int main() {
     fails += run_where<float>(s3, row3, tr3, scalar3, f32, 92);
     fails += run_where<bf16>(s3, d3, d3, d3, bf, 93);
     fails += run_where<bf16>(big, bbig, dbig, Operand{{0, 0, 1}}, bf, 94);
+    // where on integer values (targets, masks): selection only, bit-exact.
+    const BinaryKernels<i64> i64k{nullptr, cmp_i64, where_i64};
+    const BinaryKernels<unsigned char> u8k{nullptr, nullptr, where_u8};
+    fails += run_where<i64>(s3, row3, tr3, scalar3, i64k, 95);
+    fails += run_where<unsigned char>(s3, d3, d3, d3, u8k, 96);
     return fails ? 1 : 0;
 }

@@ -28,6 +28,16 @@ template <> struct Elem<float> {
     static double load(float x) { return x; }
     static constexpr const char* name = "f32";
 };
+template <> struct Elem<i64> {  // integers held exactly (|x| < 2^53 in the reference)
+    static i64 store(float x) { return (i64)std::llround((double)x * 1e9); }
+    static double load(i64 v) { return (double)v; }
+    static constexpr const char* name = "i64";
+};
+template <> struct Elem<unsigned char> {
+    static unsigned char store(float x) { return (unsigned char)((int)std::lround((double)x * 100.0) & 0xff); }
+    static double load(unsigned char v) { return v; }
+    static constexpr const char* name = "u8";
+};
 template <> struct Elem<bf16> {
     static bf16 store(float x) {
         bf16 b;

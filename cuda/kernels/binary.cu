@@ -109,6 +109,16 @@ __device__ void where_run(const unsigned char* __restrict__ cond, const T* __res
 BINARY_KERNELS(float, f32)
 BINARY_KERNELS(bf16, bf16)
 
+// `where` selects without arithmetic, so it also takes i64 and u8 values (targets, masks).
+extern "C" __global__ void where_i64(const unsigned char* cond, const i64* a, const i64* b, i64* out, Broadcast6 g,
+                                     i64 n, int dense) {
+    where_run<i64>(cond, a, b, out, g, n, dense);
+}
+extern "C" __global__ void where_u8(const unsigned char* cond, const unsigned char* a, const unsigned char* b,
+                                    unsigned char* out, Broadcast6 g, i64 n, int dense) {
+    where_run<unsigned char>(cond, a, b, out, g, n, dense);
+}
+
 extern "C" __global__ void cmp_i64(const i64* a, const i64* b, unsigned char* out, Broadcast6 g, i64 n, int op,
                                    int dense) {
     cmp_run<i64>(a, b, out, g, n, op, dense);

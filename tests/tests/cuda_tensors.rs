@@ -270,6 +270,11 @@ fn comparisons_selection_gather_and_sgd_match_the_cpu() {
     close(&ga.tril(1).unwrap(), &a.tril(1).unwrap(), 0.0);
     close(&ga.t().unwrap().triu(0).unwrap(), &a.t().unwrap().triu(0).unwrap(), 0.0);
     close(&ga.maximum(&gb).unwrap(), &a.maximum(&b).unwrap(), 0.0);
+    // where on integer values: padding targets masked out.
+    let targets = Tensor::from_vec((0..30i64).collect::<Vec<_>>(), 30).unwrap();
+    let pad = targets.gt(&Tensor::scalar(20i64)).unwrap();
+    let want = targets.masked_fill(&pad, -100.0).unwrap().to_vec::<i64>().unwrap();
+    assert_eq!(mv(&targets).masked_fill(&mv(&pad), -100.0).unwrap().to_vec::<i64>().unwrap(), want);
 
     // gather / scatter_add along the middle dimension of (3, 5, 4), and their gradients.
     let x = rnd(&[3, 5, 4], 24);

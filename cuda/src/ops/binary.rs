@@ -141,8 +141,8 @@ pub fn cmp(op: CmpOp, a: Operand<'_>, b: Operand<'_>, shape: &[usize], out: View
     dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
 }
 
-/// `out[i] = cond[·] != 0 ? a[·] : b[·]` over `shape`; `cond` u8, `a`, `b`, `out` f32 or bf16.
-/// Kernel `where_{f32,bf16}(cond, a, b, out, Broadcast6, n, dense)`.
+/// `out[i] = cond[·] != 0 ? a[·] : b[·]` over `shape`; `cond` u8, `a`, `b`, `out` f32, bf16,
+/// i64 or u8. Kernel `where_{f32,bf16,i64,u8}(cond, a, b, out, Broadcast6, n, dense)`.
 pub fn where_cond(cond: Operand<'_>, a: Operand<'_>, b: Operand<'_>, shape: &[usize], out: ViewMut<'_>) -> Result<()> {
     let c = Check { op: "where" };
     if cond.view.dtype() != DType::U8 {
@@ -157,7 +157,12 @@ pub fn where_cond(cond: Operand<'_>, a: Operand<'_>, b: Operand<'_>, shape: &[us
     if n == 0 {
         return Ok(());
     }
-    let f = dev.function(kernels::BINARY, &format!("where_{}", dt.kernel_suffix("where")?))?;
+    let suffix = match dt {
+        DType::I64 => "i64",
+        DType::U8 => "u8",
+        _ => dt.kernel_suffix("where")?,
+    };
+    let f = dev.function(kernels::BINARY, &format!("where_{suffix}"))?;
     let args = [
         Arg::U64(cond.view.ptr()),
         Arg::U64(a.view.ptr()),

@@ -132,7 +132,7 @@ impl Tensor {
     }
 
     /// `self (u8) ? on_true : on_false` with the three broadcast to `shape` through
-    /// `layouts` (mask, on_true, on_false), all on one device (values f32 or bf16).
+    /// `layouts` (mask, on_true, on_false), all on one device (values f32, bf16, i64 or u8).
     pub(crate) fn cuda_where(
         &self,
         on_true: &Tensor,
