@@ -40,11 +40,20 @@ impl Tensor {
         let op = "index_add";
         same_device(op, self, &[src])?;
         let (ids, src) = (self.beside(ids)?, src.contiguous()?);
-        // A fresh f32 copy to accumulate into (the input itself is never changed).
-        let mut acc = self.cuda_copy(DType::F32)?;
         let d = ke::IndexDims { outer, size, inner };
-        ke::index_add(out_mut(&mut acc, op)?, ids.cuda_elems(op)?, src.cuda_view(op)?, d, None)
-            .map_err(cuda_err(op))?;
+        let (iv, sv) = (ids.cuda_elems(op)?, src.cuda_view(op)?);
+        self.accumulated(op, |acc| ke::index_add(acc, iv, sv, d, None))
+    }
+
+    /// A fresh f32 copy of this tensor (the input itself is never changed) that `add`
+    /// accumulates into with the kernels' atomics, returned in this tensor's dtype.
+    fn accumulated(
+        &self,
+        op: &'static str,
+        add: impl FnOnce(monarch_cuda::ViewMut<'_>) -> monarch_cuda::Result<()>,
+    ) -> Result<Tensor> {
+        let mut acc = self.cuda_copy(DType::F32)?;
+        add(out_mut(&mut acc, op)?).map_err(cuda_err(op))?;
         acc.reshape(self.shape().clone())?.to_dtype(self.dtype())
     }
 
@@ -71,11 +80,9 @@ impl Tensor {
         same_device(op, self, &[src])?;
         let (idx, src) = (self.beside(index)?, src.contiguous()?);
         let n = idx.elem_count() / (outer * inner).max(1);
-        let mut acc = self.cuda_copy(DType::F32)?;
         let d = ke::IndexDims { outer, size, inner };
-        ke::scatter_add(out_mut(&mut acc, op)?, idx.cuda_elems(op)?, src.cuda_elems(op)?, d, n, None)
-            .map_err(cuda_err(op))?;
-        acc.reshape(self.shape().clone())?.to_dtype(self.dtype())
+        let (iv, sv) = (idx.cuda_elems(op)?, src.cuda_elems(op)?);
+        self.accumulated(op, |acc| ke::scatter_add(acc, iv, sv, d, n, None))
     }
 
     /// Mean cross-entropy of (N, C) device logits against (N) targets already checked:

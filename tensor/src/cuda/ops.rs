@@ -32,6 +32,14 @@ pub(super) fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch
     }
 }
 
+/// `t`'s buffer read through layout `l` (a broadcast or strided view of it: its offset
+/// and element strides) as a broadcasting kernel's operand.
+fn operand<'a>(t: &'a Tensor, l: &'a Layout, op: &'static str) -> Result<kb::Operand<'a>> {
+    let s = t.cuda(op)?;
+    let view = s.buf.slice(l.offset(), s.buf.len() - l.offset()).map_err(cuda_err(op))?;
+    Ok(kb::Operand { view, strides: l.strides() })
+}
+
 impl Tensor {
     /// Write access to this tensor's whole buffer for an in-place update, after making
     /// it a private contiguous copy if the buffer is shared or larger than the tensor.
@@ -104,9 +112,7 @@ impl Tensor {
             BinaryOp::Min => kb::BinaryOp::Min,
         };
         let mut out = alloc(self, self.dtype(), shape.clone(), name)?;
-        let (a, b) = (self.with_layout(la.clone()), rhs.with_layout(lb.clone()));
-        let a = kb::Operand { view: a.cuda_view(name)?, strides: la.strides() };
-        let b = kb::Operand { view: b.cuda_view(name)?, strides: lb.strides() };
+        let (a, b) = (operand(self, la, name)?, operand(rhs, lb, name)?);
         kb::binary(kop, a, b, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
         Ok(out)
     }
@@ -124,9 +130,7 @@ impl Tensor {
             CmpOp::Ge => kb::CmpOp::Ge,
         };
         let mut out = alloc(self, DType::U8, shape.clone(), name)?;
-        let (a, b) = (self.with_layout(la.clone()), rhs.with_layout(lb.clone()));
-        let a = kb::Operand { view: a.cuda_view(name)?, strides: la.strides() };
-        let b = kb::Operand { view: b.cuda_view(name)?, strides: lb.strides() };
+        let (a, b) = (operand(self, la, name)?, operand(rhs, lb, name)?);
         kb::cmp(kop, a, b, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
         Ok(out)
     }
@@ -144,11 +148,7 @@ impl Tensor {
         same_device(name, self, &[on_true, on_false])?;
         let mut out = alloc(self, on_true.dtype(), shape.clone(), name)?;
         let [lm, lt, lf] = layouts;
-        let (m, t, f) =
-            (self.with_layout(lm.clone()), on_true.with_layout(lt.clone()), on_false.with_layout(lf.clone()));
-        let m = kb::Operand { view: m.cuda_view(name)?, strides: lm.strides() };
-        let t = kb::Operand { view: t.cuda_view(name)?, strides: lt.strides() };
-        let f = kb::Operand { view: f.cuda_view(name)?, strides: lf.strides() };
+        let (m, t, f) = (operand(self, lm, name)?, operand(on_true, lt, name)?, operand(on_false, lf, name)?);
         kb::where_cond(m, t, f, shape.dims(), out_mut(&mut out, name)?).map_err(cuda_err(name))?;
         Ok(out)
     }
@@ -225,8 +225,8 @@ impl Tensor {
         // the column kernel, which spreads the rows over the device; the tail past the
         // last whole fold joins the partials for the final row reduction.
         const FOLD: usize = 1024;
-        let folds = !columns && kept == 1 && count >= 64 * FOLD && self.dtype() == DType::F32;
-        if folds && matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) {
+        let foldable = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) && self.dtype() == DType::F32;
+        if foldable && !columns && kept == 1 && count >= 64 * FOLD {
             let flat = self.reshape([count])?;
             let full = count / FOLD * FOLD;
             let head = flat.narrow(0, 0, full)?.reshape([full / FOLD, FOLD])?;

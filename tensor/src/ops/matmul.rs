@@ -162,9 +162,6 @@ impl Tensor {
         if bias.rank() != 1 || rhs.dims().last() != bias.dims().first() {
             return Err(Error::ShapeMismatch { op, lhs: rhs.shape().clone(), rhs: bias.shape().clone() });
         }
-        if self.device() == crate::Device::Cpu {
-            return self.matmul(rhs)?.add(bias);
-        }
         self.matmul_with(rhs, Some(bias))
     }
 

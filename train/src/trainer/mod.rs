@@ -167,10 +167,7 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     // The matrix-product rate the utilisation figure is against, in the run's dtype.
     let matmul_dtype = cfg.precision.autocast().unwrap_or(monarch_tensor::DType::F32);
     let flops_per_item = task.train_flops_per_item();
-    let matmul_rate = match flops_per_item {
-        Some(_) => Some(mfu::matmul_rate(opts.device, matmul_dtype)?),
-        None => None,
-    };
+    let matmul_rate = flops_per_item.map(|_| mfu::matmul_rate(opts.device, matmul_dtype)).transpose()?;
     // The probe's operands are freed; the run's peak memory starts after them.
     opts.device.reset_peak_memory()?;
     if !opts.resume {
