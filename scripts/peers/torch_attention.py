@@ -3,9 +3,11 @@
 torch.nn.functional.scaled_dot_product_attention on (batch, heads, seq, head_dim) N(0, 1)
 inputs, forward + backward from a fixed output gradient, timed with a synchronize after
 each run (median of --runs after --warmup). Prints one JSON line."""
-import argparse, json, time
+import argparse, json
 
 import torch
+
+import timing
 
 p = argparse.ArgumentParser()
 p.add_argument("--seq", type=int, default=4096)
@@ -14,11 +16,8 @@ p.add_argument("--head-dim", type=int, default=64)
 p.add_argument("--batch", type=int, default=1)
 p.add_argument("--causal", action="store_true")
 p.add_argument("--dtype", choices=["f32", "bf16"], default="bf16")
-p.add_argument("--warmup", type=int, default=3)
-p.add_argument("--runs", type=int, default=20)
-p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of this script")
+timing.add_flags(p)
 a = p.parse_args()
-sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 dt = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
 torch.manual_seed(0)
 shape = (a.batch, a.heads, a.seq, a.head_dim)
@@ -30,16 +29,7 @@ def run():
     torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=a.causal).backward(dout)
 
 
-for _ in range(a.warmup):
-    run()
-sync()
-times = []
-for _ in range(a.runs):
-    t = time.perf_counter()
-    run()
-    sync()
-    times.append((time.perf_counter() - t) * 1e3)
+(ms,) = timing.median_ms(a, [run])
 print(json.dumps({"op": "attention", "peer": f"torch {torch.__version__}", "impl": "sdpa", "pass": "fwdbwd",
                   "batch": a.batch, "heads": a.heads, "seq": a.seq, "head_dim": a.head_dim, "causal": a.causal,
-                  "dtype": a.dtype, "median_ms": sorted(times)[len(times) // 2],
-                  "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device}))
+                  "dtype": a.dtype, "median_ms": ms, "device": timing.device_name(a.device)}))

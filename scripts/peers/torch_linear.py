@@ -10,9 +10,11 @@
 The Monarch layer is the reference code's batched-matmul form (two torch.bmm with the
 permutations as reshapes/transposes), differentiated by autograd; dense is
 torch.nn.functional.linear. Prints one JSON line."""
-import argparse, json, time
+import argparse, json
 
 import torch
+
+import timing
 
 p = argparse.ArgumentParser()
 p.add_argument("what", choices=["matmul", "linear"])
@@ -25,37 +27,19 @@ p.add_argument("--batch", type=int, default=2048)
 p.add_argument("--hidden", type=int, default=None, help="time the MLP block in -> hidden -> out")
 p.add_argument("--nblocks", type=int, default=4)
 p.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
-p.add_argument("--warmup", type=int, default=3)
-p.add_argument("--runs", type=int, default=20)
-p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke test of this script")
+timing.add_flags(p)
 a = p.parse_args()
-sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 dt = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
 dev = a.device
 torch.manual_seed(0)
 
 
-def median_ms(fns):
-    for _ in range(a.warmup):
-        for f in fns:
-            f()
-    sync()
-    times = [[] for _ in fns]
-    for _ in range(a.runs):
-        for f, ts in zip(fns, times):
-            t = time.perf_counter()
-            f()
-            sync()
-            ts.append((time.perf_counter() - t) * 1e3)
-    return [sorted(ts)[len(ts) // 2] for ts in times]
-
-
-name = torch.cuda.get_device_name() if dev.startswith("cuda") else dev
+name = timing.device_name(dev)
 info = {"peer": f"torch {torch.__version__}", "device": name, "dtype": a.dtype}
 if a.what == "matmul":
     x = torch.randn(a.m, a.k, device=dev, dtype=dt)
     y = torch.randn(a.k, a.n, device=dev, dtype=dt)
-    (ms,) = median_ms([lambda: x @ y])
+    (ms,) = timing.median_ms(a, [lambda: x @ y])
     print(json.dumps({"op": "matmul", "m": a.m, "n": a.n, "k": a.k, "median_ms": ms,
                       "gflops": 2 * a.m * a.n * a.k / ms / 1e6, **info}))
 else:
@@ -105,7 +89,7 @@ else:
     def dense():
         dense_fwd(x).backward(dy)
 
-    ms, dense_ms = median_ms([monarch, dense])
+    ms, dense_ms = timing.median_ms(a, [monarch, dense])
     print(json.dumps({"bench": "linear", "in": a.inp, "out": a.out, "hidden": a.hidden, "batch": b, "nblocks": nb,
                       "pass": "fwdbwd", "median_ms": ms, "dense_median_ms": dense_ms,
                       "speedup_vs_dense": dense_ms / ms, **info}))
