@@ -1,10 +1,12 @@
 // Runs cuda/kernels/monarch.cu (grouped_gemm and grouped_gemm_splits) in the CPU
-// emulator, launched as cuda/src/ops/monarch.rs launches them (grid (ceil(M/64),
-// ceil(N/64), groups·splits), 128 threads, splits from the SM count, the splits kernel
-// over cfg_1d(grid_for(groups·M·N, 256), 256)), against f64 references computed here:
+// emulator, launched as cuda/src/ops/monarch.rs launches them (a one-dimensional grid of
+// tiles·groups·splits blocks of 128 threads, tiles of 128x64 for bf16 and 64x64 for f32,
+// splits from the SM count, the splits kernel over cfg_1d(grid_for(groups·M·N, 256),
+// 256)), against f64 references computed here:
 // - random descriptors: C(g, m, n) (+)= sum_k A(g, m, k) B(g, n, k), operands read as 0
 //   where their column (offset without the batch-row term) reaches col_lim, outputs past
-//   col_lim left as they were;
+//   col_lim left as they were; strides chosen so that each operand load path (16-byte
+//   chunks along k, along the first index, element by element) is taken;
 // - the six descriptors monarch_forward / monarch_backward build, against the Monarch
 //   products of the kernel's header comment written out with explicit indices.
 // Prints one line per case; exits 1 on any mismatch.
@@ -33,35 +35,41 @@ static GemmOutput out(void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim)
 }
 
 /// `grouped_gemm` of the launcher; returns the number of K splits it chose.
+template <typename T>
 static int grouped_gemm(const emu::Device& dev, GemmKernels k, GemmOperand a, GemmOperand b, GemmOutput c,
                         bool accumulate, int m, int n, int kk, int groups) {
     if ((long)m * n * groups == 0) return 0;
     c.accumulate = accumulate;
-    const long tiles = (long)((m + 63) / 64) * ((n + 63) / 64) * groups, target = dev.sm_count * 2L;
+    const long bm = std::is_same_v<T, bf16> ? 128 : 64, bn = 64;
+    const long tiles = (m + bm - 1) / bm * ((n + bn - 1) / bn) * groups, target = dev.sm_count * 2L;
     const long splits = tiles >= target ? 1 : std::max(1L, std::min((target + tiles - 1) / tiles, (kk + 255) / 256L));
     std::vector<float> partial = emu::poisoned<float>(splits > 1 ? splits * groups * m * n : 0);
     GroupedGemm g{a, b, c, m, n, kk, groups, (int)splits, 0, splits > 1 ? partial.data() : nullptr};
-    emu::launch({(unsigned)((m + 63) / 64), (unsigned)((n + 63) / 64), (unsigned)(groups * splits)}, {128, 1, 1},
-                [&] { k.gemm(g); });
+    emu::launch({(unsigned)(tiles * splits), 1, 1}, {128, 1, 1}, [&] { k.gemm(g); });
     if (splits > 1)
         emu::launch({dev.grid_for((size_t)groups * m * n, 256), 1, 1}, {256, 1, 1}, [&] { k.splits(g); });
     return (int)splits;
 }
 
 /// One operand or output of a random case: a dense (groups, rows, cols) array in a
-/// random order of the three axes, row length padded; `col_lim` and `row_dim` random.
+/// random order of the three axes (axis `inner` innermost if it is 0..2), row length
+/// padded (to a multiple of `vec` if it is not 0, as the chunked loads need);
+/// `col_lim` and `row_dim` random.
 struct Layout {
     i64 sg, sx, sy, size;
     int row_dim;
     i64 col_lim;
-    static Layout make(emu::Rng& rng, i64 groups, i64 dx, i64 dy) {
+    static Layout make(emu::Rng& rng, i64 groups, i64 dx, i64 dy, int inner = -1, int vec = 0) {
         i64 dims[3] = {groups, dx, dy}, strides[3];
         int order[3] = {0, 1, 2};
         for (int i = 2; i > 0; i--) std::swap(order[i], order[(int)((rng.uniform() + 1) * 0.5f * (i + 1)) % (i + 1)]);
+        if (inner >= 0) std::swap(order[2], *std::find(order, order + 3, inner));
         i64 s = 1;
         for (int i = 2; i >= 0; i--) {  // order[2] is the innermost axis
             strides[order[i]] = s;
-            s *= dims[order[i]] + (i == 2 ? (i64)((rng.uniform() + 1) * 3) : 0);
+            i64 len = dims[order[i]] + (i == 2 ? (i64)((rng.uniform() + 1) * 3) : 0);
+            if (i == 2 && vec) len = (len + vec - 1) / vec * vec;
+            s *= len;
         }
         Layout l{strides[0], strides[1], strides[2], s, (int)((rng.uniform() + 1) * 1.5f) % 3, NO_LIMIT};
         if (rng.uniform() > -0.3f) {  // mostly: a limit that cuts into the columns
@@ -74,12 +82,52 @@ struct Layout {
     bool live(i64 g, i64 x, i64 y) const { return column_of(g, x, y, sg, sx, sy, row_dim) < col_lim; }
 };
 
+/// A random case; `a_inner`, `b_inner`: the operands' innermost axes (0 group, 1 first
+/// index, 2 k; -1 random), padded for 16-byte chunks when not -1.
+template <typename T>
+static int layout_case(Layout la, Layout lb, Layout lc, int m, int n, int kk, int groups, bool accumulate,
+                       unsigned sm, GemmKernels k, double tol, emu::Rng& rng);
+
 template <typename T>
 static int random_case(int m, int n, int kk, int groups, bool accumulate, unsigned sm, GemmKernels k, double tol,
-                       uint64_t seed) {
+                       uint64_t seed, int a_inner = -1, int b_inner = -1) {
     emu::Rng rng(seed);
-    const Layout la = Layout::make(rng, groups, m, kk), lb = Layout::make(rng, groups, n, kk),
+    constexpr int V = 16 / sizeof(T);
+    const Layout la = Layout::make(rng, groups, m, kk, a_inner, a_inner >= 0 ? V : 0),
+                 lb = Layout::make(rng, groups, n, kk, b_inner, b_inner >= 0 ? V : 0),
                  lc = Layout::make(rng, groups, m, n);
+    return layout_case<T>(la, lb, lc, m, n, kk, groups, accumulate, sm, k, tol, rng);
+}
+
+/// Column limits that cut into one 16-byte chunk, for both row dimensions of both chunked
+/// paths: a limit 3 past a chunk's first column reads 3 of its elements where the column
+/// grows along the chunk, and all of them where it is constant (the chunk runs along the
+/// batch row). `x_inner`: chunks along the first index instead of k.
+template <typename T>
+static int chunk_edge_case(bool x_inner, unsigned sm, GemmKernels k, double tol, uint64_t seed) {
+    emu::Rng rng(seed);
+    constexpr int V = 16 / sizeof(T);
+    const int groups = 2, m = 40, n = 48, kk = 70, kp = (kk + V - 1) / V * V;
+    Layout la, lb;
+    if (!x_inner) {  // A: k innermost, x the row (column g·sg + k); B: k innermost and the row (column g·sg + n·sx)
+        la = {(i64)m * kp, kp, 1, (i64)groups * m * kp, 1, 0};
+        la.col_lim = la.sg + 4 * V + 3;
+        lb = {(i64)n * kp, kp, 1, (i64)groups * n * kp, 2, 0};
+        lb.col_lim = lb.sg + 5 * lb.sx + 3;
+    } else {  // A: x innermost, k the row (column g·sg + x); B: x innermost and the row (column g·sg + k·sy)
+        la = {(i64)kk * m, 1, m, (i64)groups * kk * m, 2, 0};
+        la.col_lim = la.sg + 2 * V + 3;
+        lb = {(i64)kk * n, 1, n, (i64)groups * kk * n, 1, 0};
+        lb.col_lim = lb.sg + 10 * lb.sy + 3;
+    }
+    const Layout lc = Layout::make(rng, groups, m, n);
+    return layout_case<T>(la, lb, lc, m, n, kk, groups, false, sm, k, tol, rng);
+}
+
+template <typename T>
+static int layout_case(Layout la, Layout lb, Layout lc, int m, int n, int kk, int groups, bool accumulate,
+                       unsigned sm, GemmKernels k, double tol, emu::Rng& rng) {
+    constexpr int V = 16 / sizeof(T);
     Data<T> a(la.size, rng), b(lb.size, rng), c(lc.size, rng);
     std::vector<double> want = c.ref;
     for (int g = 0; g < groups; g++)
@@ -91,15 +139,20 @@ static int random_case(int m, int n, int kk, int groups, bool accumulate, unsign
                     if (la.live(g, i, t) && lb.live(g, j, t)) s += a.ref[la.at(g, i, t)] * b.ref[lb.at(g, j, t)];
                 want[lc.at(g, i, j)] = (accumulate ? want[lc.at(g, i, j)] : 0.0) + s;
             }
-    const int splits = grouped_gemm(
+    const int splits = grouped_gemm<T>(
         {sm}, k, op(a.dev.data(), la.sg, la.sx, la.sy, la.col_lim, la.row_dim),
         op(b.dev.data(), lb.sg, lb.sx, lb.sy, lb.col_lim, lb.row_dim),
         out(c.dev.data(), lc.sg, lc.sx, lc.sy, lc.col_lim, lc.row_dim), accumulate, m, n, kk, groups);
     Compare cc("c", tol);
     cc.all(c.dev, want);
-    return emu::report(emu::fmt("gemm %-4s M=%d N=%d K=%d groups=%d acc=%d row_dims=%d%d%d splits=%d",
+    const char* modes = "kxe";  // the load path each operand takes (load_mode)
+    const auto mode = [&](const Layout& l) {
+        if (l.sg % V) return modes[2];
+        return l.sy == 1 && l.sx % V == 0 ? modes[0] : l.sx == 1 && l.sy % V == 0 ? modes[1] : modes[2];
+    };
+    return emu::report(emu::fmt("gemm %-4s M=%d N=%d K=%d groups=%d acc=%d row_dims=%d%d%d loads=%c%c splits=%d",
                                 emu::Elem<T>::name, m, n, kk, groups, accumulate, la.row_dim, lb.row_dim, lc.row_dim,
-                                splits),
+                                mode(la), mode(lb), splits),
                        {&cc});
 }
 
@@ -125,21 +178,21 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
         dw2.dev = emu::poisoned<T>(dw2.dev.size());
     }
     // monarch_forward
-    grouped_gemm(dev, kern, op(x.dev.data(), d.p, nin, 1, nin, 1), op(w1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
+    grouped_gemm<T>(dev, kern, op(x.dev.data(), d.p, nin, 1, nin, 1), op(w1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
                  out(out1.data(), d.q, kq, 1, NO_LIMIT, 1), false, B, d.q, d.p, d.k);
-    grouped_gemm(dev, kern, op(out1.data(), 1, kq, d.l, NO_LIMIT, 1), op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0),
+    grouped_gemm<T>(dev, kern, op(out1.data(), 1, kq, d.l, NO_LIMIT, 1), op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0),
                  out(y.data(), 1, mout, d.l, mout, 1), false, B, d.s, d.r, d.l);
     // monarch_backward
-    grouped_gemm(dev, kern, op(dout.dev.data(), 1, mout, d.l, mout, 1),
+    grouped_gemm<T>(dev, kern, op(dout.dev.data(), 1, mout, d.l, mout, 1),
                  op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0), out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
                  B, d.r, d.s, d.l);
-    grouped_gemm(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
+    grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
                  op(w1.dev.data(), d.q * d.p, 1, d.p, NO_LIMIT, 0), out(dx.dev.data(), d.p, nin, 1, nin, 1), accumulate,
                  B, d.p, d.q, d.k);
-    const int s1 = grouped_gemm(dev, kern, op(dout1.data(), d.q, 1, kq, NO_LIMIT, 2),
+    const int s1 = grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, 1, kq, NO_LIMIT, 2),
                                 op(x.dev.data(), d.p, 1, nin, nin, 2),
                                 out(dw1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0), accumulate, d.q, d.p, B, d.k);
-    const int s2 = grouped_gemm(dev, kern, op(dout.dev.data(), 1, d.l, mout, mout, 2),
+    const int s2 = grouped_gemm<T>(dev, kern, op(dout.dev.data(), 1, d.l, mout, mout, 2),
                                 op(out1.data(), 1, d.l, kq, NO_LIMIT, 2),
                                 out(dw2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), accumulate, d.s, d.r, B, d.l);
 
@@ -215,10 +268,27 @@ int main() {
     fails += random_case<bf16>(70, 45, 40, 3, true, 132, bf, tb, 4);
     fails += random_case<bf16>(65, 64, 97, 2, false, 132, bf, tb, 5);
     fails += random_case<bf16>(33, 17, 520, 1, false, 2, bf, tb, 6);
+    // Each chunked load path for A and B (innermost k = 2 or first index = 1), ragged
+    // edges, column limits cutting chunks, K long enough to cycle the pipeline stages.
+    fails += random_case<bf16>(150, 70, 200, 2, false, 132, bf, tb, 11, 2, 2);
+    fails += random_case<bf16>(150, 70, 200, 2, true, 132, bf, tb, 12, 1, 1);
+    fails += random_case<bf16>(131, 77, 161, 3, false, 132, bf, tb, 13, 2, 1);
+    fails += random_case<bf16>(129, 65, 300, 1, true, 4, bf, tb, 14, 1, 2);
+    fails += random_case<float>(90, 70, 120, 2, false, 132, f32, tf, 15, 2, 2);
+    fails += random_case<float>(90, 70, 120, 2, true, 132, f32, tf, 16, 1, 1);
+    fails += random_case<float>(65, 129, 75, 3, false, 4, f32, tf, 17, 2, 1);
+    fails += random_case<float>(70, 66, 90, 2, true, 132, f32, tf, 18, 1, 2);
+    fails += chunk_edge_case<bf16>(false, 132, bf, tb, 19);
+    fails += chunk_edge_case<bf16>(true, 132, bf, tb, 20);
+    fails += chunk_edge_case<float>(false, 132, f32, tf, 21);
+    fails += chunk_edge_case<float>(true, 132, f32, tf, 22);
     // Monarch forward + backward: padded input (n_in < k·p), truncated output (m_out < l·s).
     fails += monarch_case<float>({70, 50, 55, 4, 12, 16, 6, 10, 8}, false, 132, f32, tf, 7);
     fails += monarch_case<bf16>({70, 50, 55, 4, 12, 16, 6, 10, 8}, true, 132, bf, tb, 8);
     fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 9);
     fails += monarch_case<bf16>({300, 60, 62, 4, 8, 16, 4, 16, 8}, false, 132, bf, tb, 10);
+    // Sizes of 16-byte multiples (the chunked loads wherever a stride is 1), l = k = 4 as
+    // the MLP block's layers, the expanding layer's shapes scaled down.
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 23);
     return fails ? 1 : 0;
 }

@@ -25,6 +25,11 @@
 //   GCC ignores section attributes on the statics of templates.) A driver defines a
 //   source's `extern __shared__` array as `alignas(16) thread_local unsigned char name[bytes]`;
 //   the program must hold no other thread_local.
+// - `cp.async` (16-byte copies global -> shared with zero fill): queued per thread and
+//   carried out only at the `cp.async.wait_group` that covers them, the latest a GPU may;
+//   `ldmatrix` (x4, plain and .trans): the last lane of the warp to arrive reads all 32
+//   rows at once, as the warp-synchronous instruction does. Both check that their shared
+//   addresses lie in the `__shared__` arrays and are aligned.
 // - `atomicAdd` on float and int: a plain read-modify-write (one OS thread runs everything).
 // - The three inline-asm bodies of common.cuh call, under `#ifdef MONARCH_EMULATE`:
 //   `cvt_rn_bf16_f32` (cvt.rn.bf16.f32), `cvt_rn_bf16x2_f32` (cvt.rn.bf16x2.f32 with the
@@ -151,6 +156,14 @@ monarch_emu_switch:
 
 enum State { READY, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
 
+/// One `cp.async`: `bytes` to shared `dst`, the first `src_bytes` from global `src`, the
+/// rest zeros.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;
+};
+
 struct Fiber {
     void* sp = nullptr;  // saved stack pointer while switched out
 #ifdef MONARCH_EMU_USE_UCONTEXT
@@ -160,6 +173,8 @@ struct Fiber {
     dim3 tid;
     State state = DONE;
     unsigned warp_ops = 0;  // warp operations done (selects the slot's half)
+    std::vector<AsyncCopy> open;                // cp.async issued since the last commit
+    std::vector<std::vector<AsyncCopy>> groups;  // committed, not yet waited for
 };
 
 /// One warp's exchange slot: 6 words per lane (an mma's A and B registers), two halves.
@@ -231,6 +246,8 @@ inline void prepare(Fiber& f) {
 #endif
     f.state = READY;
     f.warp_ops = 0;
+    f.open.clear();
+    f.groups.clear();
 }
 
 inline void resume(unsigned i) {
@@ -288,8 +305,9 @@ inline void block_barrier() {
 }
 
 /// Deposits `words` of this lane in its warp's slot, waits for the 32 lanes and returns
-/// the slot half holding every lane's deposit.
-inline uint32_t (*warp_exchange(const uint32_t* words, int count))[6] {
+/// the slot half holding every lane's deposit. The last lane to arrive calls
+/// `complete(half)` first (if given), so a warp-wide instruction can act at one instant.
+inline uint32_t (*warp_exchange(const uint32_t* words, int count, void (*complete)(uint32_t (*)[6]) = nullptr))[6] {
     Scheduler& s = sched();
     Fiber& f = s.fibers[s.cur];
     const unsigned linear = f.tid.x + blockDim.x * (f.tid.y + blockDim.y * f.tid.z);
@@ -304,6 +322,7 @@ inline uint32_t (*warp_exchange(const uint32_t* words, int count))[6] {
             if (slot.ops[l] != slot.ops[0]) die("warp operation with lanes not converged");
             s.fibers[warp * 32 + l].state = READY;
         }
+        if (complete) complete(slot.w[half]);
     }
     switch_to_main();
     return slot.w[half];
@@ -405,6 +424,72 @@ inline void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b) {
         }
         d[i] = acc;
     }
+}
+
+/// Whether `[p, p + bytes)` lies in the `__shared__` arrays.
+inline bool in_shared(const void* p, size_t bytes) {
+    const SharedMemory m = shared_memory();
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    return c >= m.p && c + bytes <= m.p + m.bytes;
+}
+
+/// cp.async.cg.shared.global [dst], [src], bytes, src_bytes: queued on the thread and
+/// carried out only when a `cp.async.wait_group` covers its group (the latest a GPU may
+/// complete it), so a read before the wait sees the poisoned or stale shared memory.
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+    if (!in_shared(dst, bytes)) die("cp.async destination outside shared memory");
+    if ((uintptr_t)dst % bytes || (uintptr_t)src % bytes) die("cp.async address not aligned to its size");
+    if (src_bytes < 0 || src_bytes > bytes) die("cp.async source size out of range");
+    sched().fibers[sched().cur].open.push_back({dst, src, bytes, src_bytes});
+}
+
+/// cp.async.commit_group: the copies issued since the last commit become one group.
+inline void cp_async_commit() {
+    Fiber& f = sched().fibers[sched().cur];
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+
+/// cp.async.wait_group n: completes all but the `n` most recent committed groups.
+inline void cp_async_wait(int n) {
+    Fiber& f = sched().fibers[sched().cur];
+    while ((int)f.groups.size() > n) {
+        for (const AsyncCopy& c : f.groups.front()) {
+            memcpy(c.dst, c.src, c.src_bytes);
+            memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+        }
+        f.groups.erase(f.groups.begin());
+    }
+}
+
+/// ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16: lane i gives the address of row
+/// i % 8 of matrix i / 8 (eight 16-bit elements, 16-byte aligned). Without .trans, lane t
+/// receives in register j the elements (row t / 4, cols 2(t % 4), 2(t % 4) + 1) of matrix
+/// j; with .trans, (rows 2(t % 4), 2(t % 4) + 1, col t / 4); the lower column or row in
+/// the low half (PTX ISA, "Warp-level matrix load instruction: ldmatrix").
+template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const void* row) {
+    uint32_t w[2];
+    memcpy(w, &row, sizeof row);
+    uint32_t(*lanes)[6] = warp_exchange(w, 2, [](uint32_t(*half)[6]) {
+        const unsigned char* rows[32];
+        for (int i = 0; i < 32; i++) {
+            memcpy(&rows[i], half[i], sizeof rows[i]);
+            if (!in_shared(rows[i], 16) || (uintptr_t)rows[i] % 16) die("ldmatrix row not 16-byte aligned in shared memory");
+        }
+        uint32_t out[32][4];
+        auto elem = [&](int matrix, int row, int col) {
+            uint16_t v;
+            memcpy(&v, rows[matrix * 8 + row] + 2 * col, 2);
+            return (uint32_t)v;
+        };
+        for (int t = 0; t < 32; t++)
+            for (int j = 0; j < 4; j++)
+                out[t][j] = TRANS ? elem(j, 2 * (t % 4), t / 4) | elem(j, 2 * (t % 4) + 1, t / 4) << 16
+                                  : elem(j, t / 4, 2 * (t % 4)) | elem(j, t / 4, 2 * (t % 4) + 1) << 16;
+        for (int t = 0; t < 32; t++) memcpy(half[t], out[t], sizeof out[t]);
+    });
+    const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
+    for (int j = 0; j < 4; j++) r[j] = lanes[lane][j];
 }
 
 }  // namespace emu

@@ -26,8 +26,8 @@ __device__ void bs_rows_run(const T* __restrict__ in, i64 ld_in, const T* __rest
                             T* __restrict__ out, i64 ld_out, int batch, int accumulate) {
     typedef BsCfg<BS> C;
     typedef TileMma<T, BS_BM, BS, C::BK, C::WM, C::WN> Tile;
-    __shared__ T a_s[BS_BM * Tile::LDS];
-    __shared__ T b_s[BS * Tile::LDS];
+    __shared__ __align__(16) T a_s[BS_BM * Tile::LDS];
+    __shared__ __align__(16) T b_s[BS * Tile::LDS];
     const int blk = blockIdx.y, b0 = blockIdx.x * BS_BM;
     Tile tile;
     tile.zero();
@@ -63,8 +63,8 @@ __device__ void bs_dw_run(const T* __restrict__ x, i64 ldx, const T* __restrict_
                           int batch, int accumulate) {
     constexpr int WM = BS == 16 ? 1 : 2, WN = 2, BK = 32;
     typedef TileMma<T, BS, BS, BK, WM, WN> Tile;
-    __shared__ T a_s[BS * Tile::LDS];
-    __shared__ T b_s[BS * Tile::LDS];
+    __shared__ __align__(16) T a_s[BS * Tile::LDS];
+    __shared__ __align__(16) T b_s[BS * Tile::LDS];
     const int idx = blockIdx.x, br = row_of[idx], bc = col_idx[idx];
     Tile tile;
     tile.zero();

@@ -98,6 +98,63 @@ template <bool IS_MAX> __device__ __forceinline__ float row_reduce(float v, floa
     return IS_MAX ? warp_max(v) : warp_sum(v);
 }
 
+// ---------------------------------------------------------------- asynchronous copies, ldmatrix
+
+/// The shared-state-space address of a generic pointer to shared memory.
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+/// Starts copying 16 bytes global `src` -> shared `dst` (both 16-byte aligned): the first
+/// `src_bytes` (0..16) from `src`, the rest zeros. Lands after a `cp_async_wait` that
+/// covers its group (and a barrier, for the other threads of the block).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+#ifdef MONARCH_EMULATE
+    emu::cp_async(dst, src, 16, src_bytes);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(dst)), "l"(src), "r"(src_bytes));
+#endif
+}
+
+/// Closes the group of the copies started since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef MONARCH_EMULATE
+    emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+
+/// Waits until at most `N` committed groups of this thread are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef MONARCH_EMULATE
+    emu::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
+
+/// `ldmatrix.x4` (`.trans` if TRANS): four 8x8 bf16 matrices from shared memory, lane i
+/// giving the (16-byte aligned) address of row i % 8 of matrix i / 8. Register j of lane
+/// t gets row t / 4, columns 2(t % 4) and 2(t % 4) + 1 of matrix j, or with TRANS its
+/// rows 2(t % 4), 2(t % 4) + 1 of column t / 4: exactly an mma operand register.
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* row) {
+#ifdef MONARCH_EMULATE
+    emu::ldmatrix_x4<TRANS>(r, row);
+#else
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(shared_address(row)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(shared_address(row)));
+#endif
+}
+
 // ---------------------------------------------------------------- tensor-core tiles
 //
 // One warp computes D(16x8) += A(16x16) * B(16x8) with `mma.m16n8k16` (bf16 in, f32
@@ -216,6 +273,43 @@ template <> __device__ __forceinline__ void acc_to_a<float>(FragA<float>& a, con
     }
 }
 
+/// The A fragment of the 16x16 tile at (m0, k0) of a shared tile stored `[m][k]` with
+/// row length `ld` or, if `trans`, `[k][m]`. bf16 through `ldmatrix` (rows 16-byte
+/// aligned: `ld` and the offsets multiples of 8).
+__device__ __forceinline__ void frag_a(FragA<bf16>& a, const bf16* s, int ld, bool trans, int m0, int k0) {
+    const int i = threadIdx.x & 31;
+    if (trans) ldmatrix_x4<true>(a.r, s + (k0 + (i & 7) + 8 * (i >> 4)) * ld + m0 + 8 * ((i >> 3) & 1));
+    else ldmatrix_x4<false>(a.r, s + (m0 + (i & 7) + 8 * ((i >> 3) & 1)) * ld + k0 + 8 * (i >> 4));
+}
+__device__ __forceinline__ void frag_a(FragA<float>& a, const float* s, int ld, bool trans, int m0, int k0) {
+    if (trans) load_a(a, s + k0 * ld + m0, 1, ld);
+    else load_a(a, s + m0 * ld + k0, ld, 1);
+}
+
+/// The B fragments of the 16(k)x8 tiles at (n0, k0) and (n0 + 8, k0) of a shared tile
+/// stored `[n][k]` with row length `ld` or, if `trans`, `[k][n]` (bf16: one `ldmatrix`).
+__device__ __forceinline__ void frag_b2(FragB<bf16>& b0, FragB<bf16>& b1, const bf16* s, int ld, bool trans, int n0,
+                                        int k0) {
+    const int i = threadIdx.x & 31;
+    unsigned r[4];
+    if (trans) ldmatrix_x4<true>(r, s + (k0 + (i & 7) + 8 * ((i >> 3) & 1)) * ld + n0 + 8 * (i >> 4));
+    else ldmatrix_x4<false>(r, s + (n0 + (i & 7) + 8 * (i >> 4)) * ld + k0 + 8 * ((i >> 3) & 1));
+    b0.r[0] = r[0];
+    b0.r[1] = r[1];
+    b1.r[0] = r[2];
+    b1.r[1] = r[3];
+}
+__device__ __forceinline__ void frag_b2(FragB<float>& b0, FragB<float>& b1, const float* s, int ld, bool trans,
+                                        int n0, int k0) {
+    if (trans) {
+        load_b(b0, s + k0 * ld + n0, 1, ld);
+        load_b(b1, s + k0 * ld + n0 + 8, 1, ld);
+    } else {
+        load_b(b0, s + n0 * ld + k0, ld, 1);
+        load_b(b1, s + (n0 + 8) * ld + k0, ld, 1);
+    }
+}
+
 /// Block-level tile GEMM on shared memory: `BM x BN` outputs from `A_s[BM][BK+pad]` and
 /// `B_s[BN][BK+pad]` (both k-contiguous), with `WM x WN` warps each owning a
 /// `(BM/WM) x (BN/WN)` sub-tile of `MI x NI` accumulators.
@@ -235,23 +329,32 @@ template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
             for (int j = 0; j < NI; j++) acc_zero(acc[i][j]);
     }
 
-    /// Accumulates the product of the shared tiles over their BK columns.
-    __device__ __forceinline__ void step(const T* a_s, const T* b_s) {
+    /// Accumulates the product of the shared tiles over their BK columns: A stored
+    /// `[m][k]` with row length `lda`, or `[k][m]` if `a_trans`; B `[n][k]` or `[k][n]`.
+    __device__ __forceinline__ void step(const T* a_s, int lda, bool a_trans, const T* b_s, int ldb, bool b_trans) {
         const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             FragA<T> a[MI];
             FragB<T> b[NI];
 #pragma unroll
-            for (int i = 0; i < MI; i++) load_a(a[i], a_s + (wm * MI * 16 + i * 16) * LDS + kk, LDS, 1);
+            for (int i = 0; i < MI; i++) frag_a(a[i], a_s, lda, a_trans, wm * MI * 16 + i * 16, kk);
 #pragma unroll
-            for (int j = 0; j < NI; j++) load_b(b[j], b_s + (wn * NI * 8 + j * 8) * LDS + kk, LDS, 1);
+            for (int j = 0; j + 1 < NI; j += 2) frag_b2(b[j], b[j + 1], b_s, ldb, b_trans, wn * NI * 8 + j * 8, kk);
+            if (NI % 2) {
+                const int n0 = wn * NI * 8 + (NI - 1) * 8;
+                if (b_trans) load_b(b[NI - 1], b_s + kk * ldb + n0, 1, ldb);
+                else load_b(b[NI - 1], b_s + n0 * ldb + kk, ldb, 1);
+            }
 #pragma unroll
             for (int i = 0; i < MI; i++)
 #pragma unroll
                 for (int j = 0; j < NI; j++) mma(acc[i][j], a[i], b[j]);
         }
     }
+
+    /// `step` on tiles stored `A_s[BM][LDS]`, `B_s[BN][LDS]` (k-contiguous).
+    __device__ __forceinline__ void step(const T* a_s, const T* b_s) { step(a_s, LDS, false, b_s, LDS, false); }
 
     /// Calls `f(row, col, value)` for every accumulator, with tile-local coordinates.
     template <typename F> __device__ __forceinline__ void for_each(F f) const {

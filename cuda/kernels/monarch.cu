@@ -15,12 +15,17 @@
 // without the batch-row term) reaches `col_lim` read as 0 and are not written: this is
 // the zero padding of inputs and the truncation of outputs of non-divisible sizes.
 //
-// Tiles: 64x64 outputs per block of 4 warps (2x2), K in steps of 32 through shared
-// memory, bf16 on tensor cores (mma.m16n8k16), f32 on the same layout with FMAs.
-// Grid: (ceil(M/64), ceil(N/64), groups * k_splits): row tiles on x, whose limit is
-// 2^31 - 1 (M is the batch in four of the six products), column tiles on y. With
-// k_splits > 1 each split writes f32 partials to `partial` [split][g][M][N] and
-// `grouped_gemm_splits` sums them.
+// Tiles (GemmConfig): bf16 128x64 outputs per block of 4 warps (2x2, 64x32 each), K in
+// steps of 32 through a 3-stage cp.async pipeline, fragments by ldmatrix, products on
+// tensor cores (mma.m16n8k16); f32 64x64, K steps of 16, 2 stages, the same layout with
+// FMAs. Each operand's tile is loaded by the widest path its descriptor allows, decided
+// per launch: 16-byte cp.async chunks along k (stored [x][k]) or along its first index
+// (stored [k][x], read with ldmatrix.trans) where that stride is 1 and the others and the
+// base are 16-byte multiples, else element by element along the smaller stride (the
+// permuted operands, stride l). The grid is one-dimensional, (group, split) fastest,
+// then column tiles, then row tiles, so the l groups that interleave within one row run
+// side by side and share its cache lines. With k_splits > 1 each split writes f32
+// partials to `partial` [split][g][M][N] and `grouped_gemm_splits` sums them.
 
 struct GemmOperand {
     const void* p;
@@ -56,38 +61,106 @@ __device__ __forceinline__ void gemm_store(const GemmOutput& c, i64 g, i64 m, i6
     *p = from_f32<T>(c.accumulate ? to_f32(*p) + v : v);
 }
 
-#define GG_BM 64
-#define GG_BN 64
-#define GG_BK 32
+/// Tile shape and pipeline depth per dtype (the launcher's `gemm_tile` must agree).
+template <typename T> struct GemmConfig;
+template <> struct GemmConfig<bf16> { static constexpr int BM = 128, BN = 64, BK = 32, STAGES = 3; };
+template <> struct GemmConfig<float> { static constexpr int BM = 64, BN = 64, BK = 16, STAGES = 2; };
+
+/// How an operand's tile travels to shared memory.
+enum LoadMode { LOAD_K, LOAD_X, LOAD_ELEMENTS };
+
+/// The widest load `o` allows: 16-byte chunks along k or along its first index x.
+template <typename T> __device__ __forceinline__ LoadMode load_mode(const GemmOperand& o) {
+    constexpr int V = 16 / sizeof(T);
+    if (!aligned(o.p, 16) || o.sg % V != 0) return LOAD_ELEMENTS;
+    if (o.sy == 1 && o.sx % V == 0) return LOAD_K;
+    if (o.sx == 1 && o.sy % V == 0) return LOAD_X;
+    return LOAD_ELEMENTS;
+}
+
+/// How many of the `V` elements from (x, k) along the unit-stride index (k if `along_k`,
+/// else x) are live: in range and with their column below `col_lim`. A prefix, as the
+/// column grows by one per element unless the unit-stride index is the batch row.
+__device__ __forceinline__ int live_prefix(const GemmOperand& o, int V, i64 g, int x, int k, int xe, int ke,
+                                           bool along_k) {
+    if (x >= xe || k >= ke) return 0;
+    int n = min(V, along_k ? ke - k : xe - x);
+    const i64 col = column_of(g, x, k, o.sg, o.sx, o.sy, o.row_dim);
+    if (o.row_dim == (along_k ? 2 : 1)) return col < o.col_lim ? n : 0;
+    const i64 room = o.col_lim - col;
+    return room <= 0 ? 0 : (int)(room < n ? room : n);
+}
+
+/// Starts loading the `BX x BK` tile of operand `o` (group g, first index from x0 below
+/// xe, k from k0 below ke) into `s`: `[x][BK + 8]`, or `[k][BX + 8]` for LOAD_X. Chunked
+/// modes are asynchronous (the caller commits and waits); LOAD_ELEMENTS stores directly.
+template <typename T, int BX, int BK, int THREADS>
+__device__ __forceinline__ void load_operand(T* s, LoadMode mode, const GemmOperand& o, int g, int x0, int xe, int k0,
+                                             int ke) {
+    constexpr int V = 16 / sizeof(T), LDK = BK + 8, LDX = BX + 8;
+    const T* base = reinterpret_cast<const T*>(o.p) + g * o.sg;
+    if (mode == LOAD_K) {
+#pragma unroll
+        for (int c = threadIdx.x; c < BX * BK / V; c += THREADS) {
+            const int x = c / (BK / V), k = c % (BK / V) * V;
+            const int n = live_prefix(o, V, g, x0 + x, k0 + k, xe, ke, true);
+            cp_async16(s + x * LDK + k, n ? base + (i64)(x0 + x) * o.sx + (k0 + k) : base, n * (int)sizeof(T));
+        }
+    } else if (mode == LOAD_X) {
+#pragma unroll
+        for (int c = threadIdx.x; c < BX * BK / V; c += THREADS) {
+            const int k = c / (BX / V), x = c % (BX / V) * V;
+            const int n = live_prefix(o, V, g, x0 + x, k0 + k, xe, ke, false);
+            cp_async16(s + k * LDX + x, n ? base + (x0 + x) + (i64)(k0 + k) * o.sy : base, n * (int)sizeof(T));
+        }
+    } else {
+        const bool k_inner = (o.sy < 0 ? -o.sy : o.sy) <= (o.sx < 0 ? -o.sx : o.sx);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < BX * BK; i += THREADS) {
+            const int x = k_inner ? i / BK : i % BX, k = k_inner ? i % BK : i / BX;
+            const int gx = x0 + x, gk = k0 + k;
+            const bool ok = gx < xe && gk < ke && column_of(g, gx, gk, o.sg, o.sx, o.sy, o.row_dim) < o.col_lim;
+            s[x * LDK + k] = ok ? base[(i64)gx * o.sx + (i64)gk * o.sy] : from_f32<T>(0.0f);
+        }
+    }
+}
 
 template <typename T> __device__ void grouped_gemm_run(const GroupedGemm& P) {
-    typedef TileMma<T, GG_BM, GG_BN, GG_BK, 2, 2> Tile;
-    __shared__ T a_s[GG_BM * Tile::LDS];
-    __shared__ T b_s[GG_BN * Tile::LDS];
-    const int g = blockIdx.z / P.k_splits, split = blockIdx.z % P.k_splits;
-    const int m0 = blockIdx.x * GG_BM, n0 = blockIdx.y * GG_BN;
-    const int chunk = ((P.K + P.k_splits - 1) / P.k_splits + GG_BK - 1) / GG_BK * GG_BK;
+    typedef GemmConfig<T> C;
+    constexpr int BM = C::BM, BN = C::BN, BK = C::BK, S = C::STAGES;
+    typedef TileMma<T, BM, BN, BK, 2, 2> Tile;
+    // Per stage: A as [BM][BK+8] or [BK][BM+8], B as [BN][BK+8] or [BK][BN+8].
+    constexpr int A_SIZE = BM * (BK + 8) > BK * (BM + 8) ? BM * (BK + 8) : BK * (BM + 8);
+    constexpr int B_SIZE = BN * (BK + 8) > BK * (BN + 8) ? BN * (BK + 8) : BK * (BN + 8);
+    __shared__ __align__(16) T smem[S * (A_SIZE + B_SIZE)];
+    const int gs = P.groups * P.k_splits, n_tiles = (P.N + BN - 1) / BN;
+    const int gz = blockIdx.x % gs, tile_id = blockIdx.x / gs;
+    const int g = gz / P.k_splits, split = gz % P.k_splits;
+    const int m0 = tile_id / n_tiles * BM, n0 = tile_id % n_tiles * BN;
+    const int chunk = ((P.K + P.k_splits - 1) / P.k_splits + BK - 1) / BK * BK;
     const int kb = split * chunk, ke = min(P.K, kb + chunk);
-    const GemmOperand& A = P.a;
-    const GemmOperand& B = P.b;
-    const T* a_base = reinterpret_cast<const T*>(A.p) + g * A.sg;
-    const T* b_base = reinterpret_cast<const T*>(B.p) + g * B.sg;
+    const int k_tiles = ke > kb ? (ke - kb + BK - 1) / BK : 0;
+    const LoadMode am = load_mode<T>(P.a), bm = load_mode<T>(P.b);
+    auto load_stage = [&](int t) {
+        T* st = smem + (t % S) * (A_SIZE + B_SIZE);
+        load_operand<T, BM, BK, Tile::THREADS>(st, am, P.a, g, m0, P.M, kb + t * BK, ke);
+        load_operand<T, BN, BK, Tile::THREADS>(st + A_SIZE, bm, P.b, g, n0, P.N, kb + t * BK, ke);
+    };
     Tile tile;
     tile.zero();
-    for (int k0 = kb; k0 < ke; k0 += GG_BK) {
-        load_tile<T, GG_BM, GG_BK, Tile::THREADS>(
-            a_s, Tile::LDS, a_base + (i64)m0 * A.sx + (i64)k0 * A.sy, A.sx, A.sy, [&](int r, int c) {
-                return m0 + r < P.M && k0 + c < ke &&
-                       column_of(g, m0 + r, k0 + c, A.sg, A.sx, A.sy, A.row_dim) < A.col_lim;
-            });
-        load_tile<T, GG_BN, GG_BK, Tile::THREADS>(
-            b_s, Tile::LDS, b_base + (i64)n0 * B.sx + (i64)k0 * B.sy, B.sx, B.sy, [&](int r, int c) {
-                return n0 + r < P.N && k0 + c < ke &&
-                       column_of(g, n0 + r, k0 + c, B.sg, B.sx, B.sy, B.row_dim) < B.col_lim;
-            });
-        __syncthreads();
-        tile.step(a_s, b_s);
-        __syncthreads();
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < k_tiles) load_stage(t);
+        cp_async_commit();
+    }
+    for (int t = 0; t < k_tiles; t++) {
+        cp_async_wait<S - 2>();
+        __syncthreads();  // tile t is in for every thread; stage (t - 1) % S is free
+        if (t + S - 1 < k_tiles) load_stage(t + S - 1);
+        cp_async_commit();
+        const T* st = smem + (t % S) * (A_SIZE + B_SIZE);
+        tile.step(st, am == LOAD_X ? BM + 8 : BK + 8, am == LOAD_X, st + A_SIZE, bm == LOAD_X ? BN + 8 : BK + 8,
+                  bm == LOAD_X);
     }
     tile.for_each([&](int r, int c, float v) {
         const int m = m0 + r, n = n0 + c;

@@ -98,25 +98,33 @@ struct Gemm {
     dims: (usize, usize, usize, usize),
 }
 
-/// Launches one [`Gemm`] (see `kernels/monarch.cu`). Grid (ceil(M/64), ceil(N/64),
-/// groups·splits), 128 threads; with splits > 1 an f32 partial buffer and
-/// `grouped_gemm_splits_*` (256 threads, grid-stride) finish it.
-fn grouped_gemm(dev: &Arc<CudaDevice>, suffix: &str, gemm: &Gemm) -> Result<()> {
+/// The output tile (rows, columns) of one block of `grouped_gemm_*` for a dtype: the
+/// kernel's `GemmConfig`.
+fn gemm_tile(dt: DType) -> (usize, usize) {
+    if dt == DType::BF16 { (128, 64) } else { (64, 64) }
+}
+
+/// Launches one [`Gemm`] (see `kernels/monarch.cu`): a one-dimensional grid of
+/// tiles·groups·splits blocks of 128 threads, (group, split) fastest; with splits > 1 an
+/// f32 partial buffer and `grouped_gemm_splits_*` (256 threads, grid-stride) finish it.
+fn grouped_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm) -> Result<()> {
     let Gemm { a, b, mut c, accumulate, dims: (m, n, k, groups) } = *gemm;
     if m * n * groups == 0 {
         return Ok(());
     }
     c.flag = accumulate as i32;
-    // The kernel indexes in i32 (tile-local) and i64 (global); sizes past i32 and more
-    // than 65535 groups·splits (grid z) are refused rather than wrapped.
-    let fits = |v: usize| i32::try_from(v).is_ok();
-    if !(fits(m) && fits(n) && fits(k) && fits(m.div_ceil(64))) {
-        crate::error::bail!("monarch", "GEMM of {m}x{n}x{k} is too large for the grouped kernel");
-    }
-    let tiles = m.div_ceil(64) * n.div_ceil(64) * groups;
+    let suffix = dt.kernel_suffix("monarch")?;
+    let (bm, bn) = gemm_tile(dt);
+    let tiles = m.div_ceil(bm) * n.div_ceil(bn) * groups;
     // Split K when the output tiles alone cannot fill the device (weight gradients).
     let target = dev.sm_count() as usize * 2;
     let splits = if tiles >= target { 1 } else { target.div_ceil(tiles).min(k.div_ceil(256)).max(1) };
+    // The kernel indexes in i32 (tile-local and block numbers) and i64 (global offsets);
+    // sizes or grids past i32 are refused rather than wrapped.
+    let fits = |v: usize| i32::try_from(v).is_ok();
+    if !(fits(m) && fits(n) && fits(k) && fits(groups * splits) && fits(tiles * splits)) {
+        crate::error::bail!("monarch", "GEMM of {m}x{n}x{k} in {groups} groups is too large for the grouped kernel");
+    }
     let partial = if splits > 1 { Some(dev.alloc(DType::F32, splits * groups * m * n)?) } else { None };
     let g = GroupedGemm {
         a,
@@ -130,17 +138,8 @@ fn grouped_gemm(dev: &Arc<CudaDevice>, suffix: &str, gemm: &Gemm) -> Result<()> 
         pad: 0,
         partial: partial.as_ref().map_or(0, |p| p.device_ptr()),
     };
-    if groups * splits > 65535 || n.div_ceil(64) > 65535 {
-        crate::error::bail!("monarch", "{groups} groups x {splits} splits or {n} columns exceed the launch grid");
-    }
     let f = dev.function(kernels::MONARCH, &format!("grouped_gemm_{suffix}"))?;
-    // Row tiles on x (up to 2^31 - 1: the batch is the rows of four of the six products),
-    // column tiles on y.
-    let cfg = LaunchConfig {
-        grid_dim: (m.div_ceil(64) as u32, n.div_ceil(64) as u32, (groups * splits) as u32),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = LaunchConfig { grid_dim: ((tiles * splits) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     dev.launch(&f, cfg, &[Arg::of(&g)])?;
     if splits > 1 {
         let f = dev.function(kernels::MONARCH, &format!("grouped_gemm_splits_{suffix}"))?;
@@ -170,9 +169,9 @@ pub fn monarch_forward(
     c.output("out", &out, dt, d.batch * d.m_out)?;
     let dev = x.device().clone();
     c.same_device(&dev, [w1.device(), w2.device(), out1.device(), out.device()])?;
-    let sfx = dt.kernel_suffix(c.op)?;
+    dt.kernel_suffix(c.op)?;
     for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), out.ptr()]) {
-        grouped_gemm(&dev, sfx, &g)?;
+        grouped_gemm(&dev, dt, &g)?;
     }
     Ok(())
 }
@@ -232,12 +231,12 @@ pub fn monarch_backward(
         &dev,
         [w1.device(), w2.device(), out1.device(), dout.device(), dx.device(), dw1.device(), dw2.device()],
     )?;
-    let sfx = dt.kernel_suffix(c.op)?;
+    dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
     let bufs =
         [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout.ptr(), dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
     for g in backward_gemms(&d, bufs, accumulate) {
-        grouped_gemm(&dev, sfx, &g)?;
+        grouped_gemm(&dev, dt, &g)?;
     }
     Ok(())
 }
