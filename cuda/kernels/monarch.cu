@@ -14,6 +14,10 @@
 // (cuda/src/ops/monarch.rs builds the six descriptors). Entries whose column (offset
 // without the batch-row term) reaches `col_lim` read as 0 and are not written: this is
 // the zero padding of inputs and the truncation of outputs of non-divisible sizes.
+// When l divides q the launcher keeps out1 group-major instead, out1g[b, ll*r+rr] =
+// out1[b, rr*l+ll]: the first product stores it through an interleaved column (`il`),
+// once per element, so that the two products reading it (forward, dw2) read rows of
+// unit stride, over and over, instead of stride l.
 //
 // Tiles (GemmConfig): bf16 128x64 outputs per block of 4 warps (2x2, 64x32 each), K in
 // steps of 32 through a 3-stage cp.async pipeline, fragments by ldmatrix, products on
@@ -37,10 +41,11 @@ struct GemmOperand {
 
 struct GemmOutput {
     void* p;
-    i64 sg, sx, sy;  // strides of the group, m and n
+    i64 sg, sx, sy;  // strides of the group, m and n / il (see il)
     i64 col_lim;     // entries whose column reaches this are not written
     int row_dim;     // 0 none, 1 m, 2 n
     int accumulate;  // C += result instead of C = result
+    i64 il, il_stride;  // n interleaved: n sits at (n / il)·sy + (n % il)·il_stride (il = 1: n·sy)
 };
 
 struct GroupedGemm {
@@ -56,8 +61,10 @@ __device__ __forceinline__ i64 column_of(i64 g, i64 x, i64 y, i64 sg, i64 sx, i6
 
 template <typename T>
 __device__ __forceinline__ void gemm_store(const GemmOutput& c, i64 g, i64 m, i64 n, float v) {
-    if (column_of(g, m, n, c.sg, c.sx, c.sy, c.row_dim) >= c.col_lim) return;
-    T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n * c.sy;
+    const i64 n_off = c.il == 1 ? n * c.sy : n / c.il * c.sy + n % c.il * c.il_stride;
+    const i64 col = g * c.sg + (c.row_dim == 1 ? 0 : m * c.sx) + (c.row_dim == 2 ? 0 : n_off);
+    if (col >= c.col_lim) return;
+    T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n_off;
     *p = from_f32<T>(c.accumulate ? to_f32(*p) + v : v);
 }
 

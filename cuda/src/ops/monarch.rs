@@ -50,6 +50,13 @@ impl MonarchDims {
     pub fn mid(&self) -> usize {
         self.k * self.q
     }
+
+    /// Whether `out1` is kept group-major, `out1[b, ll·r + rr]` for the natural
+    /// `[b, rr·l + ll]` (when l divides q): the products that read it then read unit
+    /// strides (see `kernels/monarch.cu`).
+    pub fn mid_group_major(&self) -> bool {
+        self.q % self.l == 0
+    }
 }
 
 /// `struct GemmOperand` / `GemmOutput` of the kernel: strides of (group, first index, k)
@@ -66,12 +73,22 @@ struct Operand {
     flag: i32,
 }
 
+/// `struct GemmOutput`: the output's [`Operand`] fields (`flag`: accumulate) and its
+/// column interleave: n at `(n / il)·sy + (n % il)·il_stride`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Output {
+    o: Operand,
+    il: i64,
+    il_stride: i64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct GroupedGemm {
     a: Operand,
     b: Operand,
-    c: Operand,
+    c: Output,
     m: i32,
     n: i32,
     k: i32,
@@ -87,13 +104,18 @@ fn op(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Op
     Operand { p, sg: sg as i64, sx: sx as i64, sy: sy as i64, col_lim, row_dim, flag: 0 }
 }
 
+/// An output with plain strides.
+fn out(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Output {
+    Output { o: op(p, sg, sx, sy, col_lim, row_dim), il: 1, il_stride: 0 }
+}
+
 /// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` of a Monarch pass: its operand
 /// and output descriptors, whether it adds to C, and (M, N, K, groups).
 #[derive(Clone, Copy, Debug)]
 struct Gemm {
     a: Operand,
     b: Operand,
-    c: Operand,
+    c: Output,
     accumulate: bool,
     dims: (usize, usize, usize, usize),
 }
@@ -112,7 +134,7 @@ fn grouped_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm) -> Result<()> {
     if m * n * groups == 0 {
         return Ok(());
     }
-    c.flag = accumulate as i32;
+    c.o.flag = accumulate as i32;
     let suffix = dt.kernel_suffix("monarch")?;
     let (bm, bn) = gemm_tile(dt);
     let tiles = m.div_ceil(bm) * n.div_ceil(bn) * groups;
@@ -177,26 +199,40 @@ pub fn monarch_forward(
 }
 
 /// The forward's two products over buffers at `[x, w1, w2, out1, out]`.
-fn forward_gemms(d: &MonarchDims, [x, w1, w2, out1, out]: [u64; 5]) -> [Gemm; 2] {
+fn forward_gemms(d: &MonarchDims, [x, w1, w2, out1, y]: [u64; 5]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
+    // out1[b, kk·q+qq], natural: j = kk·q+qq = rr·l+ll; group-major at ll·r+rr, which
+    // for l | q is kk·(q/l) + (qq/l) + (qq%l)·r.
+    let out1_c = if d.mid_group_major() {
+        Output { il: d.l as i64, il_stride: d.r as i64, ..out(out1, d.q / d.l, kq, 1, NO_LIMIT, 1) }
+    } else {
+        out(out1, d.q, kq, 1, NO_LIMIT, 1)
+    };
     [
         // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] w1[kk,qq,pp]
         Gemm {
             a: op(x, d.p, nin, 1, nin as i64, 1),
             b: op(w1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
-            c: op(out1, d.q, kq, 1, NO_LIMIT, 1),
+            c: out1_c,
             accumulate: false,
             dims: (d.batch, d.q, d.p, d.k),
         },
         // out[b, ss·l+ll] = Σ_rr out1[b, rr·l+ll] w2[ll,ss,rr]
         Gemm {
-            a: op(out1, 1, kq, d.l, NO_LIMIT, 1),
+            a: mid_operand(d, out1, true),
             b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
-            c: op(out, 1, mout, d.l, mout as i64, 1),
+            c: out(y, 1, mout, d.l, mout as i64, 1),
             accumulate: false,
             dims: (d.batch, d.s, d.r, d.l),
         },
     ]
+}
+
+/// `out1` read grouped by ll: element (g = ll, b, rr) in either layout, with the batch
+/// row b as the first index (`b_first`, the forward) or as k (dw2).
+fn mid_operand(d: &MonarchDims, out1: u64, b_first: bool) -> Operand {
+    let (sg, s_rr) = if d.mid_group_major() { (d.r, 1) } else { (1, d.l) };
+    if b_first { op(out1, sg, d.mid(), s_rr, NO_LIMIT, 1) } else { op(out1, sg, s_rr, d.mid(), NO_LIMIT, 2) }
 }
 
 /// Backward from `dout` (batch, m_out) and the saved `out1`: writes `dx` (batch, n_in)
@@ -251,7 +287,7 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4
         Gemm {
             a: op(dout, 1, mout, d.l, mout as i64, 1),
             b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
-            c: op(dout1, 1, kq, d.l, NO_LIMIT, 1),
+            c: out(dout1, 1, kq, d.l, NO_LIMIT, 1),
             accumulate: false,
             dims: (b, d.r, d.s, d.l),
         },
@@ -259,7 +295,7 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4
         Gemm {
             a: op(dout1, d.q, kq, 1, NO_LIMIT, 1),
             b: op(w1, d.q * d.p, 1, d.p, NO_LIMIT, 0),
-            c: op(dx, d.p, nin, 1, nin as i64, 1),
+            c: out(dx, d.p, nin, 1, nin as i64, 1),
             accumulate,
             dims: (b, d.p, d.q, d.k),
         },
@@ -267,15 +303,15 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4
         Gemm {
             a: op(dout1, d.q, 1, kq, NO_LIMIT, 2),
             b: op(x, d.p, 1, nin, nin as i64, 2),
-            c: op(dw1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
+            c: out(dw1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
             accumulate,
             dims: (d.q, d.p, b, d.k),
         },
         // dw2[ll,ss,rr] = Σ_b dout[b, ss·l+ll] out1[b, rr·l+ll]
         Gemm {
             a: op(dout, 1, d.l, mout, mout as i64, 2),
-            b: op(out1, 1, d.l, kq, NO_LIMIT, 2),
-            c: op(dw2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
+            b: mid_operand(d, out1, false),
+            c: out(dw2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
             accumulate,
             dims: (d.s, d.r, b, d.l),
         },
@@ -289,12 +325,14 @@ mod tests {
     #[test]
     fn descriptors_match_the_kernel_structs() {
         assert_eq!(std::mem::size_of::<Operand>(), 48);
-        assert_eq!(std::mem::size_of::<GroupedGemm>(), 3 * 48 + 24 + 8);
+        assert_eq!(std::mem::size_of::<Output>(), 64);
+        assert_eq!(std::mem::size_of::<GroupedGemm>(), 2 * 48 + 64 + 24 + 8);
     }
 
     /// Runs a [`Gemm`] on host buffers (its pointers are indices into `bufs`) with the
-    /// kernel's semantics: operand (g, x, y) at `g·sg + x·sx + y·sy`, read as 0 and not
-    /// written where its column (the offset without the batch-row term) reaches `col_lim`.
+    /// kernel's semantics: operand (g, x, y) at `g·sg + x·sx + y·sy`, output n at
+    /// `(n / il)·sy + (n % il)·il_stride`, read as 0 and not written where the column (the
+    /// offset without the batch-row term) reaches `col_lim`.
     fn interpret(g: &Gemm, bufs: &mut [Vec<f64>]) {
         let column = |o: &Operand, gi: usize, x: usize, y: usize| {
             let (gi, x, y) = (gi as i64, x as i64, y as i64);
@@ -311,9 +349,15 @@ mod tests {
             for mi in 0..m {
                 for ni in 0..n {
                     let v: f64 = (0..k).map(|ki| read(bufs, &g.a, gi, mi, ki) * read(bufs, &g.b, gi, ni, ki)).sum();
-                    if column(&g.c, gi, mi, ni) < g.c.col_lim {
-                        let i = at(&g.c, gi, mi, ni);
-                        let dst = &mut bufs[g.c.p as usize][i];
+                    let c = &g.c.o;
+                    let n_off = (ni as i64 / g.c.il) * c.sy + (ni as i64 % g.c.il) * g.c.il_stride;
+                    let (gi_, mi_) = (gi as i64, mi as i64);
+                    let col = gi_ * c.sg
+                        + if c.row_dim == 1 { 0 } else { mi_ * c.sx }
+                        + if c.row_dim == 2 { 0 } else { n_off };
+                    if col < c.col_lim {
+                        let i = (gi_ * c.sg + mi_ * c.sx + n_off) as usize;
+                        let dst = &mut bufs[c.p as usize][i];
                         *dst = if g.accumulate { *dst + v } else { v };
                     }
                 }
@@ -322,12 +366,21 @@ mod tests {
     }
 
     /// The descriptors compute the Monarch product and its gradients as defined (padded
-    /// input, truncated output, l ≠ k, q not a multiple of l), against loops written from
-    /// the definition: out1[b, kk·q+qq] = Σ w1[kk,qq,pp] x̃[b, kk·p+pp], out[b, ss·l+ll] =
+    /// input, truncated output, l ≠ k; q not a multiple of l, out1 in natural order, and
+    /// a multiple, out1 group-major), against loops written from the definition:
+    /// out1[b, kk·q+qq] = Σ w1[kk,qq,pp] x̃[b, kk·p+pp], out[b, ss·l+ll] =
     /// Σ w2[ll,ss,rr] out1[b, rr·l+ll], and their transposes for the backward.
     #[test]
     fn descriptors_compute_the_monarch_product_and_its_gradients() {
-        let d = MonarchDims { batch: 3, n_in: 10, m_out: 13, k: 4, q: 3, p: 3, l: 2, s: 7, r: 6 };
+        let natural = MonarchDims { batch: 3, n_in: 10, m_out: 13, k: 4, q: 3, p: 3, l: 2, s: 7, r: 6 };
+        assert!(!natural.mid_group_major());
+        check_descriptors(natural);
+        let grouped = MonarchDims { q: 4, r: 8, ..natural };
+        assert!(grouped.mid_group_major());
+        check_descriptors(grouped);
+    }
+
+    fn check_descriptors(d: MonarchDims) {
         d.check().unwrap();
         let mut seed = 7u64;
         let mut rnd = |n: usize| -> Vec<f64> {
@@ -391,7 +444,16 @@ mod tests {
                 assert!((a - w).abs() < 1e-12, "{what}[{i}]: {a} vs {w}");
             }
         };
-        close(&bufs[3], &out1, "out1");
+        // The saved out1 in its layout: out1[b, rr·l+ll] at ll·r+rr when group-major.
+        let mut saved = out1.clone();
+        if d.mid_group_major() {
+            for bi in 0..b {
+                for (ll, rr) in (0..d.l).flat_map(|ll| (0..d.r).map(move |rr| (ll, rr))) {
+                    saved[bi * kq + ll * d.r + rr] = out1[bi * kq + rr * d.l + ll];
+                }
+            }
+        }
+        close(&bufs[3], &saved, "out1");
         close(&bufs[4], &out, "out");
         bufs.truncate(4);
         bufs.extend([dout, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len())]);

@@ -254,7 +254,8 @@ impl Tensor {
     }
 
     /// The Monarch layer on the device: `(y, out1)` with `out1` the first factor's
-    /// output in natural order, (rows, k·q), which [`Tensor::cuda_monarch_backward`] reads.
+    /// output, (rows, k·q), in the kernel's layout (group-major when l divides q), which
+    /// [`Tensor::cuda_monarch_backward`] reads.
     pub(crate) fn cuda_monarch(
         &self,
         w1: &Tensor,
