@@ -25,7 +25,32 @@ constexpr i64 NO_LIMIT = INT64_MAX;
 struct GemmKernels {
     void (*gemm)(GroupedGemm);
     void (*splits)(GroupedGemm);
+    void (*permute)(const void*, void*, int, int, int);
 };
+
+/// `permute_dout` of the launcher: dout (rows, mout) -> group-major (rows, l·s).
+static void permute(GemmKernels k, const void* src, void* dst, int rows, int l, int s, int mout) {
+    const int per = MP_CHUNK / l;
+    emu::launch({(unsigned)(rows * ((s + per - 1) / per)), 1, 1}, {256, 1, 1}, [&] { k.permute(src, dst, l, s, mout); });
+}
+
+/// monarch_permute alone: rows longer than one chunk, a ragged last chunk, zeros past mout.
+template <typename T> static int permute_case(int rows, int l, int s, int mout, GemmKernels k, uint64_t seed) {
+    emu::Rng rng(seed);
+    Data<T> src((size_t)rows * mout, rng);
+    std::vector<T> dst = emu::poisoned<T>((size_t)rows * l * s);
+    permute(k, src.dev.data(), dst.data(), rows, l, s, mout);
+    std::vector<double> want(dst.size());
+    for (int b = 0; b < rows; b++)
+        for (int ll = 0; ll < l; ll++)
+            for (int ss = 0; ss < s; ss++) {
+                const int j = ss * l + ll;
+                want[((size_t)b * l + ll) * s + ss] = j < mout ? src.ref[(size_t)b * mout + j] : 0.0;
+            }
+    Compare c("dst", 0.0);
+    c.all(dst, want);
+    return emu::report(emu::fmt("permute %-4s rows=%d l=%d s=%d mout=%d", emu::Elem<T>::name, rows, l, s, mout), {&c});
+}
 
 static GemmOperand op(const void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim) {
     return GemmOperand{p, sg, sx, sy, col_lim, row_dim, 0};
@@ -193,8 +218,13 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     grouped_gemm<T>(dev, kern, op(out1.data(), mid_sg, kq, mid_srr, NO_LIMIT, 1),
                     op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), out(y.data(), 1, mout, d.l, mout, 1), false, B,
                     d.s, d.r, d.l);
-    // monarch_backward
-    grouped_gemm<T>(dev, kern, op(dout.dev.data(), 1, mout, d.l, mout, 1),
+    // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) for 2 <= l <= 64.
+    const bool dg = d.l >= 2 && d.l <= 64;
+    std::vector<T> doutg = emu::poisoned<T>(dg ? (size_t)B * d.l * d.s : 0);
+    if (dg) permute(kern, dout.dev.data(), doutg.data(), B, d.l, d.s, mout);
+    const T* dptr = dg ? doutg.data() : dout.dev.data();
+    const i64 d_sg = dg ? d.s : 1, d_sb = dg ? d.l * d.s : mout, d_sss = dg ? 1 : d.l, d_lim = dg ? NO_LIMIT : mout;
+    grouped_gemm<T>(dev, kern, op(dptr, d_sg, d_sb, d_sss, d_lim, 1),
                  op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0), out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
                  B, d.r, d.s, d.l);
     grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
@@ -203,7 +233,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     const int s1 = grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, 1, kq, NO_LIMIT, 2),
                                 op(x.dev.data(), d.p, 1, nin, nin, 2),
                                 out(dw1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0), accumulate, d.q, d.p, B, d.k);
-    const int s2 = grouped_gemm<T>(dev, kern, op(dout.dev.data(), 1, d.l, mout, mout, 2),
+    const int s2 = grouped_gemm<T>(dev, kern, op(dptr, d_sg, d_sss, d_sb, d_lim, 2),
                                 op(out1.data(), mid_sg, mid_srr, kq, NO_LIMIT, 2),
                                 out(dw2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), accumulate, d.s, d.r, B, d.l);
 
@@ -274,7 +304,15 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
 
 int main() {
     int fails = 0;
-    const GemmKernels f32{grouped_gemm_f32, grouped_gemm_splits_f32}, bf{grouped_gemm_bf16, grouped_gemm_splits_bf16};
+    const GemmKernels f32{grouped_gemm_f32, grouped_gemm_splits_f32,
+                          [](const void* a, void* b, int l, int s, int m) {
+                              monarch_permute_f32(static_cast<const float*>(a), static_cast<float*>(b), l, s, m);
+                          }},
+        bf{grouped_gemm_bf16, grouped_gemm_splits_bf16, [](const void* a, void* b, int l, int s, int m) {
+               monarch_permute_bf16(static_cast<const bf16*>(a), static_cast<bf16*>(b), l, s, m);
+           }};
+    fails += permute_case<bf16>(3, 3, 1500, 3 * 1500 - 7, bf, 30);
+    fails += permute_case<float>(2, 4, 600, 2400, f32, 31);
     const double tf = 2e-5, tb = 2e-2;
     // Random descriptors: ragged sizes, one to several tiles, split and unsplit K.
     fails += random_case<float>(70, 45, 40, 3, false, 132, f32, tf, 1);

@@ -188,11 +188,39 @@ template <typename T> __device__ void grouped_gemm_splits_run(const GroupedGemm&
     }
 }
 
+/// dst[b, ll*s + ss] = src[b, ss*l + ll] (0 past `mout`): the output gradient of the
+/// backward in group-major order, so that the two products reading it grouped by ll read
+/// rows of unit stride. One block per (row, chunk of MP_CHUNK / l values of ss): the
+/// chunk's source span is read and its l destination runs written contiguously, through
+/// shared memory. Grid rows * ceil(s / (MP_CHUNK / l)) on x, 256 threads.
+#define MP_CHUNK 2048
+template <typename T>
+__device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, int l, int s, int mout) {
+    __shared__ T tile[MP_CHUNK];
+    const int per = MP_CHUNK / l, chunks = (s + per - 1) / per;
+    const i64 b = blockIdx.x / chunks;
+    const int s0 = (int)(blockIdx.x % chunks) * per, n = min(per, s - s0);
+    const T* row = src + b * mout;
+    for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+        const int j = s0 * l + i;
+        tile[i] = j < mout ? row[j] : from_f32<T>(0.0f);
+    }
+    __syncthreads();
+    T* out = dst + b * l * (i64)s;
+    for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+        const int ll = i / n, ss = i % n;
+        out[(i64)ll * s + s0 + ss] = tile[ss * l + ll];
+    }
+}
+
 #define MONARCH_KERNELS(T, SUF)                                                                                  \
     extern "C" __global__ void __launch_bounds__(128) grouped_gemm_##SUF(GroupedGemm p) {                       \
         grouped_gemm_run<T>(p);                                                                                  \
     }                                                                                                            \
-    extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }
+    extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }     \
+    extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, int l, int s, int mout) {             \
+        monarch_permute_run<T>(src, dst, l, s, mout);                                                            \
+    }
 
 MONARCH_KERNELS(float, f32)
 MONARCH_KERNELS(bf16, bf16)

@@ -57,6 +57,13 @@ impl MonarchDims {
     pub fn mid_group_major(&self) -> bool {
         self.q % self.l == 0
     }
+
+    /// Whether the backward first copies `dout` group-major, `[b, ll·s + ss]` (zero
+    /// past m_out) for `[b, ss·l + ll]`, with `monarch_permute_*`: one pass instead of
+    /// the stride-l reads of the two products that read it, once per column tile.
+    pub fn dout_group_major(&self) -> bool {
+        (2..=64).contains(&self.l)
+    }
 }
 
 /// `struct GemmOperand` / `GemmOutput` of the kernel: strides of (group, first index, k)
@@ -269,23 +276,48 @@ pub fn monarch_backward(
     )?;
     dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
-    let bufs =
-        [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout.ptr(), dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
+    let doutg = if d.dout_group_major() { Some(permute_dout(&dev, dt, &d, dout.ptr())?) } else { None };
+    let dout_ptr = doutg.as_ref().map_or(dout.ptr(), |b| b.device_ptr());
+    let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
     for g in backward_gemms(&d, bufs, accumulate) {
         grouped_gemm(&dev, dt, &g)?;
     }
     Ok(())
 }
 
+/// `dout` (batch, m_out) copied group-major into a new (batch, l·s) buffer.
+fn permute_dout(dev: &Arc<CudaDevice>, dt: DType, d: &MonarchDims, dout: u64) -> Result<crate::DeviceBuffer> {
+    let per = 2048 / d.l; // MP_CHUNK / l values of ss per block
+    let blocks = d.batch * d.s.div_ceil(per);
+    let (fits, l, s, mout) = (i32::try_from(blocks).is_ok(), d.l as i32, d.s as i32, d.m_out as i32);
+    if !fits || i32::try_from(d.l * d.s).is_err() {
+        crate::error::bail!("monarch", "{} rows of {} are too many for the permutation kernel", d.batch, d.l * d.s);
+    }
+    let g = dev.alloc(dt, d.batch * d.l * d.s)?;
+    let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
+    let dst = g.device_ptr();
+    dev.launch(
+        &f,
+        super::cfg_1d(blocks as u32, 256),
+        &[Arg::of(&dout), Arg::of(&dst), Arg::of(&l), Arg::of(&s), Arg::of(&mout)],
+    )?;
+    Ok(g)
+}
+
 /// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
-/// dw2]` (`dout1`, batch × k·q, is scratch), adding to dx, dw1, dw2 when `accumulate`.
+/// dw2]` (`dout1`, batch × k·q, is scratch; `dout` group-major (batch, l·s) when
+/// [`MonarchDims::dout_group_major`]), adding to dx, dw1, dw2 when `accumulate`.
 fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4] {
     let [x, w1, w2, out1, dout, dout1, dx, dw1, dw2] = bufs;
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
+    // dout element (ll, b, ss): natural at b·m_out + ss·l + ll (zero past m_out), or
+    // group-major at b·l·s + ll·s + ss.
+    let (dg, db, dss, dlim) =
+        if d.dout_group_major() { (d.s, d.l * d.s, 1, NO_LIMIT) } else { (1, mout, d.l, mout as i64) };
     [
         // dout1[b, rr·l+ll] = Σ_ss dout[b, ss·l+ll] w2[ll,ss,rr]
         Gemm {
-            a: op(dout, 1, mout, d.l, mout as i64, 1),
+            a: op(dout, dg, db, dss, dlim, 1),
             b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
             c: out(dout1, 1, kq, d.l, NO_LIMIT, 1),
             accumulate: false,
@@ -309,7 +341,7 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4
         },
         // dw2[ll,ss,rr] = Σ_b dout[b, ss·l+ll] out1[b, rr·l+ll]
         Gemm {
-            a: op(dout, 1, d.l, mout, mout as i64, 2),
+            a: op(dout, dg, dss, db, dlim, 2),
             b: mid_operand(d, out1, false),
             c: out(dw2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
             accumulate,
@@ -376,8 +408,12 @@ mod tests {
         assert!(!natural.mid_group_major());
         check_descriptors(natural);
         let grouped = MonarchDims { q: 4, r: 8, ..natural };
-        assert!(grouped.mid_group_major());
+        assert!(grouped.mid_group_major() && grouped.dout_group_major());
         check_descriptors(grouped);
+        // l = 1: no permutation, dout read in place.
+        let one = MonarchDims { m_out: 5, l: 1, s: 6, r: 12, ..natural };
+        assert!(!one.dout_group_major());
+        check_descriptors(one);
     }
 
     fn check_descriptors(d: MonarchDims) {
@@ -456,7 +492,18 @@ mod tests {
         close(&bufs[3], &saved, "out1");
         close(&bufs[4], &out, "out");
         bufs.truncate(4);
-        bufs.extend([dout, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len())]);
+        // dout as monarch_permute leaves it: [b, ll·s + ss], zero past m_out.
+        let dout_arg = if d.dout_group_major() {
+            let mut g = vec![0.0; b * d.l * d.s];
+            for (bi, ll, ss) in (0..b).flat_map(|bi| (0..d.l).flat_map(move |ll| (0..d.s).map(move |ss| (bi, ll, ss))))
+            {
+                g[(bi * d.l + ll) * d.s + ss] = doutp(bi, ss * d.l + ll);
+            }
+            g
+        } else {
+            dout
+        };
+        bufs.extend([dout_arg, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len())]);
         for g in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], false) {
             interpret(&g, &mut bufs);
         }
