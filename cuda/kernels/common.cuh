@@ -369,6 +369,29 @@ template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
     }
 };
 
+/// Starts loading `R` rows of `C` contiguous elements, row r at `src + r*sr`, into
+/// `dst[r*ld + c]`; rows from `valid` on are zeros. With `vec` (src and sr 16-byte
+/// aligned) as 16-byte `cp_async16` chunks, which land after the caller's commit, wait and
+/// barrier; else with plain loads and stores (visible after the barrier alone).
+template <typename T, int R, int C, int THREADS>
+__device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, i64 sr, int valid, bool vec) {
+    constexpr int V = 16 / sizeof(T);
+    static_assert(C % V == 0, "rows of whole 16-byte chunks");
+    if (vec) {
+#pragma unroll
+        for (int i = threadIdx.x; i < R * C / V; i += THREADS) {
+            const int r = i / (C / V), c = i % (C / V) * V;
+            cp_async16(dst + r * ld + c, r < valid ? src + r * sr + c : src, r < valid ? 16 : 0);
+        }
+    } else {
+#pragma unroll 4
+        for (int i = threadIdx.x; i < R * C; i += THREADS) {
+            const int r = i / C, c = i % C;
+            dst[r * ld + c] = r < valid ? src[r * sr + c] : from_f32<T>(0.0f);
+        }
+    }
+}
+
 /// Copies the `R x C` tile whose element (r, c) is `src[r*sr + c*sc]` (zero where
 /// `ok(r, c)` is false) into `dst[r*lds + c]`. Consecutive threads walk whichever of r,
 /// c has unit stride in global memory, so the reads coalesce.

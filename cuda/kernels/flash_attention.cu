@@ -10,10 +10,11 @@
 // undropped P), and the backward uses dV = (P∘Z)ᵀdO, dS = P∘(dP∘Z − delta), the CPU's rule.
 //
 // Forward:  grid (ceil(seq/64), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16 query rows),
-//           dynamic shared memory fa_fwd_smem(D, sizeof(T)).
+//           dynamic shared memory fwd_smem (two stages of K, V tiles: the next visited key
+//           tile loads with cp.async while this one computes; V read with ldmatrix.trans).
 // Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
 //           (2) flash_bwd: grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 keys),
-//               dynamic shared memory fa_bwd_smem; dK, dV written, dQ added in f32 to
+//               dynamic shared memory bwd_smem (K, V, dS and FaBwdStages of Q, dO tiles); dK, dV written, dQ added in f32 to
 //               `dq_accum` (zeroed by the caller) with atomics;
 //           (3) flash_bwd_dq_finish: dq = dq_accum, grid-stride.
 
@@ -58,10 +59,21 @@ __device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
     return !P.mask || P.mask[(i64)(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
 }
 
+/// The first key tile at or after `j0` that query tile `q0` visits (`seq` if none): the
+/// causal bound (`q_last`, its last query) and the block mask.
+__device__ __forceinline__ int fa_next_key_tile(const FlashParams& P, int q0, int q_last, int j0) {
+    for (; j0 < P.seq; j0 += FA_BC) {
+        if (P.causal && j0 > q_last) return P.seq;
+        if (fa_visit(P, q0, j0)) return j0;
+    }
+    return P.seq;
+}
+
 template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P) {
-    constexpr int LD = D + FA_PAD, LDT = FA_BC + FA_PAD;
-    T* k_s = reinterpret_cast<T*>(fa_smem);  // FA_BC x LD (first holds the Q tile)
-    T* vt_s = k_s + FA_BC * LD;               // D x LDT: V transposed
+    // Two stages of (K, V), each FA_BC x LD, natural layout; the Q tile passes through
+    // stage 1's K first. The next visited tile loads (cp.async) while this one computes.
+    constexpr int LD = D + FA_PAD, TILE = FA_BC * LD;
+    T* smem = reinterpret_cast<T*>(fa_smem);
     // Heads past 65535 continue on grid z (the whole block returns: no barrier is skipped).
     const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = blockIdx.x * FA_BR, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
@@ -70,30 +82,39 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
     const T* k = reinterpret_cast<const T*>(P.k) + base;
     const T* v = reinterpret_cast<const T*>(P.v) + base;
     const int seq = P.seq;
+    const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16);
+    const int q_last = min(q0 + FA_BR, seq) - 1;
+    auto load_kv = [&](int j0, int stage) {
+        load_rows<T, FA_BC, D, 128>(smem + 2 * stage * TILE, LD, k + (i64)j0 * D, D, seq - j0, vec);
+        load_rows<T, FA_BC, D, 128>(smem + (2 * stage + 1) * TILE, LD, v + (i64)j0 * D, D, seq - j0, vec);
+    };
 
-    load_tile<T, FA_BR, D, 128>(k_s, LD, q + (i64)q0 * D, D, 1, [&](int r, int) { return q0 + r < seq; });
+    int j0 = fa_next_key_tile(P, q0, q_last, 0);
+    load_rows<T, FA_BR, D, 128>(smem + 2 * TILE, LD, q + (i64)q0 * D, D, seq - q0, vec);
+    if (j0 < seq) load_kv(j0, 0);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
     FragA<T> qf[D / 16];
 #pragma unroll
-    for (int kd = 0; kd < D / 16; kd++) load_a(qf[kd], k_s + (warp * 16) * LD + kd * 16, LD, 1);
-    __syncthreads();
+    for (int kd = 0; kd < D / 16; kd++) frag_a(qf[kd], smem + 2 * TILE, LD, false, warp * 16, kd * 16);
+    __syncthreads();  // stage 1 is free for the first prefetch
 
     Acc o[D / 8];
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) acc_zero(o[dt]);
+    // Running max (in log2 units: scores times scale·log2 e, so exp2 is the exponential)
+    // and sum of each of the thread's two rows.
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
+    const float scale2 = P.scale * 1.4426950408889634f;
     const int row0 = q0 + warp * 16;
-    const int q_last = min(q0 + FA_BR, seq) - 1;
 
-    for (int j0 = 0; j0 < seq; j0 += FA_BC) {
-        if (P.causal && j0 > q_last) break;
-        if (!fa_visit(P, q0, j0)) continue;
-        load_tile<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
-        for (int i = threadIdx.x; i < FA_BC * D; i += 128) {
-            const int j = i / D, d = i % D;
-            vt_s[d * LDT + j] = j0 + j < seq ? v[(i64)(j0 + j) * D + d] : from_f32<T>(0.0f);
-        }
-        __syncthreads();
+    for (int stage = 0; j0 < seq; stage ^= 1) {
+        const int j_next = fa_next_key_tile(P, q0, q_last, j0 + FA_BC);
+        if (j_next < seq) load_kv(j_next, stage ^ 1);
+        cp_async_commit();
+        const T* k_s = smem + 2 * stage * TILE;
+        const T* v_s = k_s + TILE;
 
         Acc s[FA_BC / 8];
 #pragma unroll
@@ -101,10 +122,11 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 #pragma unroll
         for (int kd = 0; kd < D / 16; kd++)
 #pragma unroll
-            for (int nt = 0; nt < FA_BC / 8; nt++) {
-                FragB<T> b;
-                load_b(b, k_s + (nt * 8) * LD + kd * 16, LD, 1);
-                mma(s[nt], qf[kd], b);
+            for (int nt = 0; nt < FA_BC / 8; nt += 2) {
+                FragB<T> b0, b1;
+                frag_b2(b0, b1, k_s, LD, false, nt * 8, kd * 16);
+                mma(s[nt], qf[kd], b0);
+                mma(s[nt + 1], qf[kd], b1);
             }
 
         float mx[2] = {NEG_INF, NEG_INF};
@@ -113,7 +135,7 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int j = j0 + nt * 8 + acc_col(e), i = row0 + acc_row(e);
-                float val = s[nt].c[e] * P.scale;
+                float val = s[nt].c[e] * scale2;
                 if (j >= seq || (P.causal && j > i)) val = NEG_INF;
                 s[nt].c[e] = val;
                 mx[e >> 1] = fmaxf(mx[e >> 1], val);
@@ -124,14 +146,14 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
             mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
             mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
             mnew[h] = fmaxf(m_r[h], mx[h]);
-            alpha[h] = mnew[h] == NEG_INF ? 1.0f : expf(m_r[h] - mnew[h]);
+            alpha[h] = mnew[h] == NEG_INF ? 1.0f : exp2f(m_r[h] - mnew[h]);
         }
 #pragma unroll
         for (int nt = 0; nt < FA_BC / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int h = e >> 1;
-                const float p = mnew[h] == NEG_INF ? 0.0f : expf(s[nt].c[e] - mnew[h]);
+                const float p = mnew[h] == NEG_INF ? 0.0f : exp2f(s[nt].c[e] - mnew[h]);
                 rs[h] += p;
                 s[nt].c[e] = p * fa_keep(P, bh, row0 + acc_row(e), j0 + nt * 8 + acc_col(e));
             }
@@ -146,18 +168,22 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
         for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) o[dt].c[e] *= alpha[e >> 1];
+        // O += P V: B(n = d, k = j) is V[j][d], stored [k][n]: ldmatrix.trans.
 #pragma unroll
         for (int kt = 0; kt < FA_BC / 16; kt++) {
             FragA<T> pa;
             acc_to_a(pa, s[2 * kt], s[2 * kt + 1]);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                FragB<T> b;
-                load_b(b, vt_s + (dt * 8) * LDT + kt * 16, LDT, 1);
-                mma(o[dt], pa, b);
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                FragB<T> b0, b1;
+                frag_b2(b0, b1, v_s, LD, true, dt * 8, kt * 16);
+                mma(o[dt], pa, b0);
+                mma(o[dt + 1], pa, b1);
             }
         }
-        __syncthreads();
+        cp_async_wait<0>();
+        __syncthreads();  // the next tile is in; this stage is free
+        j0 = j_next;
     }
 
     T* out = reinterpret_cast<T*>(P.o) + base;
@@ -172,7 +198,8 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int i = row0 + acc_row(2 * h);
-            if (i < seq) P.lse[(i64)bh * seq + i] = l_r[h] > 0.0f ? m_r[h] + logf(l_r[h]) : NEG_INF;
+            // The natural log-sum-exp: m_r is in log2 units.
+            if (i < seq) P.lse[(i64)bh * seq + i] = l_r[h] > 0.0f ? m_r[h] * 0.6931471805599453f + logf(l_r[h]) : NEG_INF;
         }
 }
 
@@ -188,15 +215,27 @@ template <typename T, int D> __device__ void flash_bwd_delta_run(const FlashPara
     if ((threadIdx.x & 31) == 0) P.delta[row] = s;
 }
 
+/// Stages of the backward's (Q, dO, lse, delta) tiles: two for bf16 (the next query tile
+/// loads while this one computes), one for f32 (its D = 128 tiles would not fit twice).
+template <typename T> struct FaBwdStages { static constexpr int N = sizeof(T) == 2 ? 2 : 1; };
+
+/// The first query tile at or after `i0` that visits key tile `j0` (`seq` if none).
+__device__ __forceinline__ int fa_next_query_tile(const FlashParams& P, int j0, int i0) {
+    for (; i0 < P.seq; i0 += FA_BR)
+        if (fa_visit(P, i0, j0)) return i0;
+    return P.seq;
+}
+
 template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P) {
-    constexpr int LD = D + FA_PAD, LDT = FA_BR + FA_PAD;
-    T* q_s = reinterpret_cast<T*>(fa_smem);  // FA_BR x LD
-    T* do_s = q_s + FA_BR * LD;               // FA_BR x LD
-    T* k_s = do_s + FA_BR * LD;               // FA_BC x LD
-    T* v_s = k_s + FA_BC * LD;                // FA_BC x LD
-    T* ds_s = v_s + FA_BC * LD;               // FA_BC x LDT: dS transposed (key, query)
-    float* lse_s = reinterpret_cast<float*>(ds_s + FA_BC * LDT);
-    float* delta_s = lse_s + FA_BR;
+    constexpr int LD = D + FA_PAD, LDT = FA_BR + FA_PAD, TILE = FA_BR * LD, S = FaBwdStages<T>::N;
+    // Per stage st: Q at smem + 2·st·TILE, dO after it; then K, V, dS transposed (key,
+    // query; FA_BC x LDT), and per stage the tile's lse (times log2 e) and delta.
+    T* smem = reinterpret_cast<T*>(fa_smem);
+    T* k_s = smem + 2 * S * TILE;
+    T* v_s = k_s + TILE;
+    T* ds_s = v_s + TILE;
+    float* lse_s = reinterpret_cast<float*>(ds_s + FA_BC * LDT);  // [S][FA_BR]
+    float* delta_s = lse_s + S * FA_BR;                           // [S][FA_BR]
     const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * FA_BC, warp = threadIdx.x >> 5, seq = P.seq;
     if (bh >= P.bh) return;
     const i64 base = (i64)bh * seq * D;
@@ -204,9 +243,22 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     const T* k = reinterpret_cast<const T*>(P.k) + base;
     const T* v = reinterpret_cast<const T*>(P.v) + base;
     const T* dout = reinterpret_cast<const T*>(P.dout) + base;
+    const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16) && aligned(P.dout, 16);
+    auto load_q_tile = [&](int i0, int st) {
+        load_rows<T, FA_BR, D, 128>(smem + 2 * st * TILE, LD, q + (i64)i0 * D, D, seq - i0, vec);
+        load_rows<T, FA_BR, D, 128>(smem + (2 * st + 1) * TILE, LD, dout + (i64)i0 * D, D, seq - i0, vec);
+        for (int i = threadIdx.x; i < FA_BR; i += 128) {
+            const bool ok = i0 + i < seq;
+            lse_s[st * FA_BR + i] = ok ? P.lse[(i64)bh * seq + i0 + i] * 1.4426950408889634f : NEG_INF;
+            delta_s[st * FA_BR + i] = ok ? P.delta[(i64)bh * seq + i0 + i] : 0.0f;
+        }
+    };
 
-    load_tile<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
-    load_tile<T, FA_BC, D, 128>(v_s, LD, v + (i64)j0 * D, D, 1, [&](int r, int) { return j0 + r < seq; });
+    load_rows<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, seq - j0, vec);
+    load_rows<T, FA_BC, D, 128>(v_s, LD, v + (i64)j0 * D, D, seq - j0, vec);
+    int i0 = fa_next_query_tile(P, j0, P.causal ? (j0 / FA_BR) * FA_BR : 0);
+    if (i0 < seq) load_q_tile(i0, 0);
+    cp_async_commit();
 
     Acc dk[D / 8], dv[D / 8];
 #pragma unroll
@@ -215,37 +267,40 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
         acc_zero(dv[dt]);
     }
     const int key0 = j0 + warp * 16;  // this warp's keys: key0 + acc_row(e)
+    const float scale2 = P.scale * 1.4426950408889634f;
 
-    for (int i0 = P.causal ? (j0 / FA_BR) * FA_BR : 0; i0 < seq; i0 += FA_BR) {
-        if (!fa_visit(P, i0, j0)) continue;
-        load_tile<T, FA_BR, D, 128>(q_s, LD, q + (i64)i0 * D, D, 1, [&](int r, int) { return i0 + r < seq; });
-        load_tile<T, FA_BR, D, 128>(do_s, LD, dout + (i64)i0 * D, D, 1, [&](int r, int) { return i0 + r < seq; });
-        for (int i = threadIdx.x; i < FA_BR; i += 128) {
-            const bool ok = i0 + i < seq;
-            lse_s[i] = ok ? P.lse[(i64)bh * seq + i0 + i] : NEG_INF;
-            delta_s[i] = ok ? P.delta[(i64)bh * seq + i0 + i] : 0.0f;
-        }
-        __syncthreads();
+    for (int st = 0; i0 < seq;) {
+        cp_async_wait<0>();
+        __syncthreads();  // tile i0 is in stage st (and K, V on the first pass)
+        const int i_next = fa_next_query_tile(P, j0, i0 + FA_BR);
+        if (S == 2 && i_next < seq) load_q_tile(i_next, st ^ 1);
+        cp_async_commit();
+        const T* q_s = smem + 2 * st * TILE;
+        const T* do_s = q_s + TILE;
+        const float* lse_t = lse_s + st * FA_BR;
+        const float* delta_t = delta_s + st * FA_BR;
 
         // S^T and dP^T for this warp's 16 keys x FA_BR queries.
-        Acc st[FA_BR / 8], dpt[FA_BR / 8];
+        Acc sc[FA_BR / 8], dpt[FA_BR / 8];
 #pragma unroll
         for (int nt = 0; nt < FA_BR / 8; nt++) {
-            acc_zero(st[nt]);
+            acc_zero(sc[nt]);
             acc_zero(dpt[nt]);
         }
 #pragma unroll
         for (int kd = 0; kd < D / 16; kd++) {
             FragA<T> ka, va;
-            load_a(ka, k_s + (warp * 16) * LD + kd * 16, LD, 1);
-            load_a(va, v_s + (warp * 16) * LD + kd * 16, LD, 1);
+            frag_a(ka, k_s, LD, false, warp * 16, kd * 16);
+            frag_a(va, v_s, LD, false, warp * 16, kd * 16);
 #pragma unroll
-            for (int nt = 0; nt < FA_BR / 8; nt++) {
-                FragB<T> bq, bo;
-                load_b(bq, q_s + (nt * 8) * LD + kd * 16, LD, 1);
-                load_b(bo, do_s + (nt * 8) * LD + kd * 16, LD, 1);
-                mma(st[nt], ka, bq);
-                mma(dpt[nt], va, bo);
+            for (int nt = 0; nt < FA_BR / 8; nt += 2) {
+                FragB<T> bq0, bq1, bo0, bo1;
+                frag_b2(bq0, bq1, q_s, LD, false, nt * 8, kd * 16);
+                frag_b2(bo0, bo1, do_s, LD, false, nt * 8, kd * 16);
+                mma(sc[nt], ka, bq0);
+                mma(sc[nt + 1], ka, bq1);
+                mma(dpt[nt], va, bo0);
+                mma(dpt[nt + 1], va, bo1);
             }
         }
         // P^T = exp(S^T * scale - lse); dS^T = P^T * (dP^T * Z^T - delta); dV uses (P∘Z)^T
@@ -254,29 +309,32 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int j = key0 + acc_row(e), il = nt * 8 + acc_col(e), i = i0 + il;
-                const float L = lse_s[il];
+                const float L = lse_t[il];
                 const bool ok = j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
-                const float p = ok ? expf(st[nt].c[e] * P.scale - L) : 0.0f;
+                const float p = ok ? exp2f(sc[nt].c[e] * scale2 - L) : 0.0f;
                 const float z = ok ? fa_keep(P, bh, i, j) : 0.0f;
-                st[nt].c[e] = p * z;
-                dpt[nt].c[e] = p * (dpt[nt].c[e] * z - delta_s[il]);
+                sc[nt].c[e] = p * z;
+                dpt[nt].c[e] = p * (dpt[nt].c[e] * z - delta_t[il]);
             }
-        // dV += P^T dO, dK += dS^T Q  (B(n=d, k=i) = X_s[i*LD + d])
+        // dV += P^T dO, dK += dS^T Q: B(n = d, k = i) is X[i][d], stored [k][n] (ldmatrix.trans).
 #pragma unroll
         for (int kt = 0; kt < FA_BR / 16; kt++) {
             FragA<T> pa, sa;
-            acc_to_a(pa, st[2 * kt], st[2 * kt + 1]);
+            acc_to_a(pa, sc[2 * kt], sc[2 * kt + 1]);
             acc_to_a(sa, dpt[2 * kt], dpt[2 * kt + 1]);
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt++) {
-                FragB<T> bo, bq;
-                load_b(bo, do_s + (kt * 16) * LD + dt * 8, 1, LD);
-                load_b(bq, q_s + (kt * 16) * LD + dt * 8, 1, LD);
-                mma(dv[dt], pa, bo);
-                mma(dk[dt], sa, bq);
+            for (int dt = 0; dt < D / 8; dt += 2) {
+                FragB<T> bo0, bo1, bq0, bq1;
+                frag_b2(bo0, bo1, do_s, LD, true, dt * 8, kt * 16);
+                frag_b2(bq0, bq1, q_s, LD, true, dt * 8, kt * 16);
+                mma(dv[dt], pa, bo0);
+                mma(dv[dt + 1], pa, bo1);
+                mma(dk[dt], sa, bq0);
+                mma(dk[dt + 1], sa, bq1);
             }
         }
-        // Stage dS^T, then dQ (FA_BR x D) += dS K: warp w takes queries w*16.., 32 columns at a time.
+        // Stage dS^T, then dQ (FA_BR x D) += dS K: warp w takes queries w*16.., 32 columns
+        // at a time; A(m = i, k = j) is dS^T[j][i], stored [k][m]; B(n = d, k = j) is K[j][d].
 #pragma unroll
         for (int nt = 0; nt < FA_BR / 8; nt++)
 #pragma unroll
@@ -291,12 +349,13 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
 #pragma unroll
             for (int kt = 0; kt < FA_BC / 16; kt++) {
                 FragA<T> a;
-                load_a(a, ds_s + (kt * 16) * LDT + warp * 16, 1, LDT);
+                frag_a(a, ds_s, LDT, true, warp * 16, kt * 16);
 #pragma unroll
-                for (int t = 0; t < 4; t++) {
-                    FragB<T> b;
-                    load_b(b, k_s + (kt * 16) * LD + d0 + t * 8, 1, LD);
-                    mma(dq[t], a, b);
+                for (int t = 0; t < 4; t += 2) {
+                    FragB<T> b0, b1;
+                    frag_b2(b0, b1, k_s, LD, true, d0 + t * 8, kt * 16);
+                    mma(dq[t], a, b0);
+                    mma(dq[t + 1], a, b1);
                 }
             }
 #pragma unroll
@@ -307,8 +366,13 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
                     if (i < seq) atomicAdd(P.dq_accum + base + (i64)i * D + d0 + t * 8 + acc_col(e), dq[t].c[e] * P.scale);
                 }
         }
-        __syncthreads();
+        __syncthreads();  // stage st and dS are free
+        if (S == 1 && i_next < seq) load_q_tile(i_next, 0);
+        cp_async_commit();
+        i0 = i_next;
+        if (S == 2) st ^= 1;
     }
+    cp_async_wait<0>();  // K and V of a key tile no query tile visits
 
     T* dkp = reinterpret_cast<T*>(P.dk) + base;
     T* dvp = reinterpret_cast<T*>(P.dv) + base;

@@ -98,14 +98,16 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
     }
 }
 
-/// Dynamic shared memory of the forward kernel (bytes).
+/// Dynamic shared memory of the forward kernel (bytes): two stages of (K, V) tiles.
 fn fwd_smem(d: usize, elem: usize) -> u32 {
-    ((ATTN_TILE * (d + 8) + d * (ATTN_TILE + 8)) * elem) as u32
+    (4 * ATTN_TILE * (d + 8) * elem) as u32
 }
 
-/// Dynamic shared memory of the backward kernel (bytes).
+/// Dynamic shared memory of the backward kernel (bytes): K, V, dS, and per stage (two
+/// for bf16, one for f32: the kernel's `FaBwdStages`) Q, dO, lse and delta.
 fn bwd_smem(d: usize, elem: usize) -> u32 {
-    ((4 * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * ATTN_TILE * 4) as u32
+    let stages = if elem == 2 { 2 } else { 1 };
+    (((2 * stages + 2) * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * stages * ATTN_TILE * 4) as u32
 }
 
 /// Grid (tiles, batch·heads): tiles of one head run side by side (its K and V stay in L2);
@@ -224,6 +226,7 @@ mod tests {
                 assert!(fwd_smem(d, elem) <= 163 * 1024 && bwd_smem(d, elem) <= 163 * 1024, "d {d} elem {elem}");
             }
         }
-        assert_eq!(bwd_smem(128, 2), 256 * 136 * 2 + 64 * 72 * 2 + 512);
+        assert_eq!(bwd_smem(128, 2), 6 * 64 * 136 * 2 + 64 * 72 * 2 + 1024);
+        assert_eq!(bwd_smem(128, 4), 4 * 64 * 136 * 4 + 64 * 72 * 4 + 512);
     }
 }
