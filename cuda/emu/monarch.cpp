@@ -215,9 +215,11 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     // monarch_forward
     grouped_gemm<T>(dev, kern, op(x.dev.data(), d.p, nin, 1, nin, 1), op(w1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
                     out1_c, false, B, d.q, d.p, d.k);
+    Data<T> bias((size_t)mout, rng);  // added at the output column in the epilogue
+    GemmOutput y_c = out(y.data(), 1, mout, d.l, mout, 1);
+    y_c.bias = bias.dev.data();
     grouped_gemm<T>(dev, kern, op(out1.data(), mid_sg, kq, mid_srr, NO_LIMIT, 1),
-                    op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), out(y.data(), 1, mout, d.l, mout, 1), false, B,
-                    d.s, d.r, d.l);
+                    op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), y_c, false, B, d.s, d.r, d.l);
     // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) for 2 <= l <= 64.
     const bool dg = d.l >= 2 && d.l <= 64;
     std::vector<T> doutg = emu::poisoned<T>(dg ? (size_t)B * d.l * d.s : 0);
@@ -260,7 +262,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
                 if (ss * d.l + ll >= mout) continue;
                 double s = 0;
                 for (int rr = 0; rr < d.r; rr++) s += W2(ll, ss, rr) * O1(b, rr * d.l + ll);
-                r_y[(size_t)b * mout + ss * d.l + ll] = s;
+                r_y[(size_t)b * mout + ss * d.l + ll] = s + bias.ref[ss * d.l + ll];
             }
         for (int ll = 0; ll < d.l; ll++)
             for (int rr = 0; rr < d.r; rr++) {

@@ -46,6 +46,7 @@ struct GemmOutput {
     int row_dim;     // 0 none, 1 m, 2 n
     int accumulate;  // C += result instead of C = result
     i64 il, il_stride;  // n interleaved: n sits at (n / il)·sy + (n % il)·il_stride (il = 1: n·sy)
+    const void* bias;   // null, or added at the column: C = result + bias[column]
 };
 
 struct GroupedGemm {
@@ -64,6 +65,7 @@ __device__ __forceinline__ void gemm_store(const GemmOutput& c, i64 g, i64 m, i6
     const i64 n_off = c.il == 1 ? n * c.sy : n / c.il * c.sy + n % c.il * c.il_stride;
     const i64 col = g * c.sg + (c.row_dim == 1 ? 0 : m * c.sx) + (c.row_dim == 2 ? 0 : n_off);
     if (col >= c.col_lim) return;
+    if (c.bias) v += to_f32(reinterpret_cast<const T*>(c.bias)[col]);
     T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n_off;
     *p = from_f32<T>(c.accumulate ? to_f32(*p) + v : v);
 }

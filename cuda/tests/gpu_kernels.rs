@@ -83,15 +83,18 @@ fn dropout_draws_the_cpu_mask() {
 }
 
 #[test]
-fn monarch_forward_matches_the_closed_form_on_a_rectangular_padded_shape() {
+fn monarch_forward_matches_the_closed_form_on_a_rectangular_padded_shape_with_bias() {
     let Some(dev) = device() else { return };
     // n_in = 10 padded to k·p = 12, m_out = 14 of l·s = 15; l·r = k·q = 6.
     let d = monarch::MonarchDims { batch: 5, n_in: 10, m_out: 14, k: 3, q: 2, p: 4, l: 3, s: 5, r: 2 };
     let (x, w1, w2) = (values(5 * 10, 3), values(3 * 2 * 4, 4), values(3 * 5 * 2, 5));
-    let (xb, w1b, w2b) = (dev.htod(&x).unwrap(), dev.htod(&w1).unwrap(), dev.htod(&w2).unwrap());
+    let bias = values(d.m_out, 9);
+    let (xb, w1b, w2b, bb) =
+        (dev.htod(&x).unwrap(), dev.htod(&w1).unwrap(), dev.htod(&w2).unwrap(), dev.htod(&bias).unwrap());
     let mut out1 = dev.alloc(DType::F32, d.batch * d.mid()).unwrap();
     let mut out = dev.alloc(DType::F32, d.batch * d.m_out).unwrap();
-    monarch::monarch_forward(d, xb.view(), w1b.view(), w2b.view(), out1.view_mut(), out.view_mut()).unwrap();
+    let (xv, av, bv) = (xb.view(), w1b.view(), w2b.view());
+    monarch::monarch_forward(d, xv, av, bv, Some(bb.view()), out1.view_mut(), out.view_mut()).unwrap();
     // M[ss·l+ll, kk·p+pp] = Σ_{qq: (kk·q+qq) mod l = ll} w2[ll, ss, (kk·q+qq) div l] · w1[kk, qq, pp]
     let mut want = vec![0f32; d.batch * d.m_out];
     for b in 0..d.batch {
@@ -117,7 +120,7 @@ fn monarch_forward_matches_the_closed_form_on_a_rectangular_padded_shape() {
                     }
                 }
             }
-            want[b * d.m_out + row] = acc;
+            want[b * d.m_out + row] = acc + bias[row];
         }
     }
     close(&out.to_host::<f32>().unwrap(), &want, 1e-5);

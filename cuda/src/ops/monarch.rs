@@ -80,14 +80,16 @@ struct Operand {
     flag: i32,
 }
 
-/// `struct GemmOutput`: the output's [`Operand`] fields (`flag`: accumulate) and its
-/// column interleave: n at `(n / il)·sy + (n % il)·il_stride`.
+/// `struct GemmOutput`: the output's [`Operand`] fields (`flag`: accumulate), its
+/// column interleave (n at `(n / il)·sy + (n % il)·il_stride`) and an optional bias
+/// added at the column (0: none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct Output {
     o: Operand,
     il: i64,
     il_stride: i64,
+    bias: u64,
 }
 
 #[repr(C)]
@@ -113,7 +115,7 @@ fn op(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Op
 
 /// An output with plain strides.
 fn out(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Output {
-    Output { o: op(p, sg, sx, sy, col_lim, row_dim), il: 1, il_stride: 0 }
+    Output { o: op(p, sg, sx, sy, col_lim, row_dim), il: 1, il_stride: 0, bias: 0 }
 }
 
 /// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` of a Monarch pass: its operand
@@ -177,14 +179,17 @@ fn grouped_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm) -> Result<()> {
     Ok(())
 }
 
-/// Forward: `out1 = blkdiag1 ⊙ x` in natural order (batch, k·q), then `out` (batch,
-/// m_out) `= blkdiag2 ⊙ P(out1)` with the output permutation. `x` has row stride `n_in`,
-/// all f32 or all bf16; `out1` is saved for the backward.
+/// Forward: `out1 = blkdiag1 ⊙ x` (batch, k·q; group-major when
+/// [`MonarchDims::mid_group_major`]), then `out` (batch, m_out) `= blkdiag2 ⊙ P(out1)`
+/// with the output permutation, plus `bias` (m_out) if given, added in the second
+/// product's epilogue. `x` has row stride `n_in`, all f32 or all bf16; `out1` is saved
+/// for the backward.
 pub fn monarch_forward(
     d: MonarchDims,
     x: View<'_>,
     w1: View<'_>,
     w2: View<'_>,
+    bias: Option<View<'_>>,
     out1: ViewMut<'_>,
     out: ViewMut<'_>,
 ) -> Result<()> {
@@ -198,15 +203,21 @@ pub fn monarch_forward(
     c.output("out", &out, dt, d.batch * d.m_out)?;
     let dev = x.device().clone();
     c.same_device(&dev, [w1.device(), w2.device(), out1.device(), out.device()])?;
+    if let Some(b) = &bias {
+        c.input("bias", b, dt, d.m_out)?;
+        c.same_device(&dev, [b.device()])?;
+    }
     dt.kernel_suffix(c.op)?;
-    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), out.ptr()]) {
+    let bias = bias.map_or(0, |b| b.ptr());
+    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1.ptr(), out.ptr()]) {
         grouped_gemm(&dev, dt, &g)?;
     }
     Ok(())
 }
 
-/// The forward's two products over buffers at `[x, w1, w2, out1, out]`.
-fn forward_gemms(d: &MonarchDims, [x, w1, w2, out1, y]: [u64; 5]) -> [Gemm; 2] {
+/// The forward's two products over buffers at `[x, w1, w2, bias, out1, out]` (bias 0:
+/// none).
+fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
     // out1[b, kk·q+qq], natural: j = kk·q+qq = rr·l+ll; group-major at ll·r+rr, which
     // for l | q is kk·(q/l) + (qq/l) + (qq%l)·r.
@@ -228,7 +239,8 @@ fn forward_gemms(d: &MonarchDims, [x, w1, w2, out1, y]: [u64; 5]) -> [Gemm; 2] {
         Gemm {
             a: mid_operand(d, out1, true),
             b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
-            c: out(y, 1, mout, d.l, mout as i64, 1),
+            // The column of out[b, j] is j: the bias index.
+            c: Output { bias, ..out(y, 1, mout, d.l, mout as i64, 1) },
             accumulate: false,
             dims: (d.batch, d.s, d.r, d.l),
         },
@@ -357,8 +369,8 @@ mod tests {
     #[test]
     fn descriptors_match_the_kernel_structs() {
         assert_eq!(std::mem::size_of::<Operand>(), 48);
-        assert_eq!(std::mem::size_of::<Output>(), 64);
-        assert_eq!(std::mem::size_of::<GroupedGemm>(), 2 * 48 + 64 + 24 + 8);
+        assert_eq!(std::mem::size_of::<Output>(), 72);
+        assert_eq!(std::mem::size_of::<GroupedGemm>(), 2 * 48 + 72 + 24 + 8);
     }
 
     /// Runs a [`Gemm`] on host buffers (its pointers are indices into `bufs`) with the
@@ -388,6 +400,7 @@ mod tests {
                         + if c.row_dim == 1 { 0 } else { mi_ * c.sx }
                         + if c.row_dim == 2 { 0 } else { n_off };
                     if col < c.col_lim {
+                        let v = if g.c.bias != 0 { v + bufs[g.c.bias as usize][col as usize] } else { v };
                         let i = (gi_ * c.sg + mi_ * c.sx + n_off) as usize;
                         let dst = &mut bufs[c.p as usize][i];
                         *dst = if g.accumulate { *dst + v } else { v };
@@ -429,6 +442,7 @@ mod tests {
         };
         let (kq, b) = (d.mid(), d.batch);
         let (x, w1, w2, dout) = (rnd(b * d.n_in), rnd(d.k * d.q * d.p), rnd(d.l * d.s * d.r), rnd(b * d.m_out));
+        let bias = rnd(d.m_out);
         // The reference, from the definition.
         let xp = |bi: usize, c: usize| if c < d.n_in { x[bi * d.n_in + c] } else { 0.0 };
         let mut out1 = vec![0.0; b * kq];
@@ -441,8 +455,10 @@ mod tests {
             for (ll, ss) in (0..d.l).flat_map(|ll| (0..d.s).map(move |ss| (ll, ss))) {
                 let j = ss * d.l + ll;
                 if j < d.m_out {
-                    out[bi * d.m_out + j] =
-                        (0..d.r).map(|rr| w2[(ll * d.s + ss) * d.r + rr] * out1[bi * kq + rr * d.l + ll]).sum();
+                    out[bi * d.m_out + j] = bias[j]
+                        + (0..d.r)
+                            .map(|rr| w2[(ll * d.s + ss) * d.r + rr] * out1[bi * kq + rr * d.l + ll])
+                            .sum::<f64>();
                 }
             }
         }
@@ -470,8 +486,8 @@ mod tests {
         }
         // The descriptors, over buffers 0..9 in the launchers' order, outputs poisoned.
         let nan = |n: usize| vec![f64::NAN; n];
-        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(b * d.m_out)];
-        for g in forward_gemms(&d, [0, 1, 2, 3, 4]) {
+        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(b * d.m_out), bias.clone()];
+        for g in forward_gemms(&d, [0, 1, 2, 5, 3, 4]) {
             interpret(&g, &mut bufs);
         }
         let close = |got: &[f64], want: &[f64], what: &str| {

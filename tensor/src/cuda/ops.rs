@@ -253,19 +253,24 @@ impl Tensor {
         Ok(out)
     }
 
-    /// The Monarch layer on the device: `(y, out1)` with `out1` the first factor's
-    /// output, (rows, k·q), in the kernel's layout (group-major when l divides q), which
-    /// [`Tensor::cuda_monarch_backward`] reads.
+    /// The Monarch layer on the device, `bias` (out) added in the kernel's epilogue:
+    /// `(y, out1)` with `out1` the first factor's output, (rows, k·q), in the kernel's
+    /// layout (group-major when l divides q), which [`Tensor::cuda_monarch_backward`] reads.
     pub(crate) fn cuda_monarch(
         &self,
         w1: &Tensor,
         w2: &Tensor,
+        bias: Option<&Tensor>,
         sh: MonarchShape,
         out: usize,
     ) -> Result<(Tensor, Tensor)> {
         let op = "monarch_linear";
         same_device(op, self, &[w1, w2])?;
+        if let Some(b) = bias {
+            same_device(op, self, &[b])?;
+        }
         let (x, w1, w2) = (self.contiguous()?, w1.contiguous()?, w2.contiguous()?);
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
         let inp = *self.dims().last().unwrap_or(&0);
         let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
         let mut out_dims = self.dims().to_vec();
@@ -273,7 +278,8 @@ impl Tensor {
         let mut y = alloc(&x, x.dtype(), out_dims, op)?;
         let mut out1 = alloc(&x, x.dtype(), [d.batch, d.mid()], op)?;
         let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
-        km::monarch_forward(d, xv, av, bv, out_mut(&mut out1, op)?, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
+        let biv = bias.as_ref().map(|b| b.cuda_view(op)).transpose()?;
+        km::monarch_forward(d, xv, av, bv, biv, out_mut(&mut out1, op)?, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
         Ok((y, out1))
     }
 

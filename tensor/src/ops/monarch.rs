@@ -396,11 +396,7 @@ impl Tensor {
             }
         }
         if self.device() != crate::Device::Cpu {
-            let (y, mid) = self.cuda_monarch(w1, w2, z.sh, out)?;
-            let y = match bias {
-                Some(b) => y.add(b)?,
-                None => y,
-            };
+            let (y, mid) = self.cuda_monarch(w1, w2, bias, z.sh, out)?;
             return Ok(MonarchOut { y, mid });
         }
         let mut out_dims = self.dims().to_vec();
