@@ -190,28 +190,47 @@ template <typename T> __device__ void grouped_gemm_splits_run(const GroupedGemm&
     }
 }
 
-/// dst[b, ll*s + ss] = src[b, ss*l + ll] (0 past `mout`): the output gradient of the
-/// backward in group-major order, so that the two products reading it grouped by ll read
-/// rows of unit stride. One block per (row, chunk of MP_CHUNK / l values of ss): the
-/// chunk's source span is read and its l destination runs written contiguously, through
-/// shared memory. Grid rows * ceil(s / (MP_CHUNK / l)) on x, 256 threads.
+/// Between a row's natural order [b, ss*l + ll] (length mout <= l*s) and group-major
+/// order [b, ll*s + ss] (length l*s). `to_group`: dst (group-major) = src (natural), 0
+/// past mout: the output gradient of the backward, so that the two products reading it
+/// grouped by ll read unit strides. Else dst (natural, first mout) = src (group-major) +
+/// bias[j] if given: the forward's output, written group-major by the second product (a
+/// stride-l store writes 2 bytes per 32-byte sector). One block per (row, chunk of
+/// MP_CHUNK / l values of ss): both sides of a chunk are l*n or n contiguous elements,
+/// read and written coalesced through shared memory. Grid rows * ceil(s / (MP_CHUNK / l))
+/// on x, 256 threads.
 #define MP_CHUNK 2048
 template <typename T>
-__device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, int l, int s, int mout) {
-    __shared__ T tile[MP_CHUNK];
+__device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, const T* __restrict__ bias, int l,
+                                    int s, int mout, int to_group) {
+    __shared__ T tile[MP_CHUNK];  // the chunk in natural order: tile[ss*l + ll]
     const int per = MP_CHUNK / l, chunks = (s + per - 1) / per;
-    const i64 b = blockIdx.x / chunks;
+    const i64 b = blockIdx.x / chunks, ls = (i64)l * s;
     const int s0 = (int)(blockIdx.x % chunks) * per, n = min(per, s - s0);
-    const T* row = src + b * mout;
-    for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
-        const int j = s0 * l + i;
-        tile[i] = j < mout ? row[j] : from_f32<T>(0.0f);
+    const T* in = src + b * (to_group ? mout : ls);
+    T* out = dst + b * (to_group ? ls : mout);
+    if (to_group) {
+        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+            const int j = s0 * l + i;
+            tile[i] = j < mout ? in[j] : from_f32<T>(0.0f);
+        }
+    } else {
+        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+            const int ll = i / n, ss = i % n;
+            tile[ss * l + ll] = in[(i64)ll * s + s0 + ss];
+        }
     }
     __syncthreads();
-    T* out = dst + b * l * (i64)s;
-    for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
-        const int ll = i / n, ss = i % n;
-        out[(i64)ll * s + s0 + ss] = tile[ss * l + ll];
+    if (to_group) {
+        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+            const int ll = i / n, ss = i % n;
+            out[(i64)ll * s + s0 + ss] = tile[ss * l + ll];
+        }
+    } else {
+        for (int i = threadIdx.x; i < n * l && s0 * l + i < mout; i += blockDim.x) {
+            const int j = s0 * l + i;
+            out[j] = bias ? from_f32<T>(to_f32(tile[i]) + to_f32(bias[j])) : tile[i];
+        }
     }
 }
 
@@ -220,8 +239,9 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
         grouped_gemm_run<T>(p);                                                                                  \
     }                                                                                                            \
     extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }     \
-    extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, int l, int s, int mout) {             \
-        monarch_permute_run<T>(src, dst, l, s, mout);                                                            \
+    extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, const T* bias, int l, int s, int mout, \
+                                                     int to_group) {                                              \
+        monarch_permute_run<T>(src, dst, bias, l, s, mout, to_group);                                            \
     }
 
 MONARCH_KERNELS(float, f32)

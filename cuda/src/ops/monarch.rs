@@ -58,10 +58,12 @@ impl MonarchDims {
         self.q % self.l == 0
     }
 
-    /// Whether the backward first copies `dout` group-major, `[b, ll·s + ss]` (zero
-    /// past m_out) for `[b, ss·l + ll]`, with `monarch_permute_*`: one pass instead of
-    /// the stride-l reads of the two products that read it, once per column tile.
-    pub fn dout_group_major(&self) -> bool {
+    /// Whether the output and its gradient pass through group-major copies,
+    /// `[b, ll·s + ss]` for the natural `[b, ss·l + ll]`, made by `monarch_permute_*`: the forward's
+    /// second product writes it (then one pass to natural order, adding the bias), the
+    /// backward reads it (one pass from `dout`): unit strides instead of the stride-l
+    /// stores (2 bytes per 32-byte sector) and reads (once per column tile).
+    pub fn io_group_major(&self) -> bool {
         (2..=64).contains(&self.l)
     }
 }
@@ -209,14 +211,21 @@ pub fn monarch_forward(
     }
     dt.kernel_suffix(c.op)?;
     let bias = bias.map_or(0, |b| b.ptr());
-    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1.ptr(), out.ptr()]) {
+    // Group-major scratch for the second product's output, permuted into `out` after.
+    let yg = if d.io_group_major() { Some(dev.alloc(dt, d.batch * d.l * d.s)?) } else { None };
+    let y = yg.as_ref().map_or(out.ptr(), |b| b.device_ptr());
+    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1.ptr(), y]) {
         grouped_gemm(&dev, dt, &g)?;
+    }
+    if yg.is_some() {
+        permute(&dev, dt, &d, [y, out.ptr(), bias], false)?;
     }
     Ok(())
 }
 
 /// The forward's two products over buffers at `[x, w1, w2, bias, out1, out]` (bias 0:
-/// none).
+/// none). With [`MonarchDims::io_group_major`] `out` is the (batch, l·s) group-major
+/// scratch and the bias is left to the permutation that follows.
 fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
     // out1[b, kk·q+qq], natural: j = kk·q+qq = rr·l+ll; group-major at ll·r+rr, which
@@ -239,8 +248,12 @@ fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm
         Gemm {
             a: mid_operand(d, out1, true),
             b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
-            // The column of out[b, j] is j: the bias index.
-            c: Output { bias, ..out(y, 1, mout, d.l, mout as i64, 1) },
+            // out[b, ll·s + ss] group-major, or natural with the bias at the column j.
+            c: if d.io_group_major() {
+                out(y, d.s, d.l * d.s, 1, NO_LIMIT, 1)
+            } else {
+                Output { bias, ..out(y, 1, mout, d.l, mout as i64, 1) }
+            },
             accumulate: false,
             dims: (d.batch, d.s, d.r, d.l),
         },
@@ -288,8 +301,11 @@ pub fn monarch_backward(
     )?;
     dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
-    let doutg = if d.dout_group_major() { Some(permute_dout(&dev, dt, &d, dout.ptr())?) } else { None };
+    let doutg = if d.io_group_major() { Some(dev.alloc(dt, d.batch * d.l * d.s)?) } else { None };
     let dout_ptr = doutg.as_ref().map_or(dout.ptr(), |b| b.device_ptr());
+    if doutg.is_some() {
+        permute(&dev, dt, &d, [dout.ptr(), dout_ptr, 0], true)?;
+    }
     let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
     for g in backward_gemms(&d, bufs, accumulate) {
         grouped_gemm(&dev, dt, &g)?;
@@ -297,35 +313,37 @@ pub fn monarch_backward(
     Ok(())
 }
 
-/// `dout` (batch, m_out) copied group-major into a new (batch, l·s) buffer.
-fn permute_dout(dev: &Arc<CudaDevice>, dt: DType, d: &MonarchDims, dout: u64) -> Result<crate::DeviceBuffer> {
+/// `monarch_permute_*` over `[src, dst, bias]` (bias 0: none): natural (batch, m_out)
+/// to group-major (batch, l·s) if `to_group`, else back, adding the bias.
+fn permute(
+    dev: &Arc<CudaDevice>,
+    dt: DType,
+    d: &MonarchDims,
+    [src, dst, bias]: [u64; 3],
+    to_group: bool,
+) -> Result<()> {
     let per = 2048 / d.l; // MP_CHUNK / l values of ss per block
     let blocks = d.batch * d.s.div_ceil(per);
-    let (fits, l, s, mout) = (i32::try_from(blocks).is_ok(), d.l as i32, d.s as i32, d.m_out as i32);
-    if !fits || i32::try_from(d.l * d.s).is_err() {
+    if i32::try_from(blocks).is_err() || i32::try_from(d.l * d.s).is_err() {
         crate::error::bail!("monarch", "{} rows of {} are too many for the permutation kernel", d.batch, d.l * d.s);
     }
-    let g = dev.alloc(dt, d.batch * d.l * d.s)?;
+    let (l, s, mout, to_group) = (d.l as i32, d.s as i32, d.m_out as i32, to_group as i32);
     let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
-    let dst = g.device_ptr();
-    dev.launch(
-        &f,
-        super::cfg_1d(blocks as u32, 256),
-        &[Arg::of(&dout), Arg::of(&dst), Arg::of(&l), Arg::of(&s), Arg::of(&mout)],
-    )?;
-    Ok(g)
+    let args =
+        [Arg::of(&src), Arg::of(&dst), Arg::of(&bias), Arg::of(&l), Arg::of(&s), Arg::of(&mout), Arg::of(&to_group)];
+    dev.launch(&f, super::cfg_1d(blocks as u32, 256), &args)
 }
 
 /// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
 /// dw2]` (`dout1`, batch × k·q, is scratch; `dout` group-major (batch, l·s) when
-/// [`MonarchDims::dout_group_major`]), adding to dx, dw1, dw2 when `accumulate`.
+/// [`MonarchDims::io_group_major`]), adding to dx, dw1, dw2 when `accumulate`.
 fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4] {
     let [x, w1, w2, out1, dout, dout1, dx, dw1, dw2] = bufs;
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
     // dout element (ll, b, ss): natural at b·m_out + ss·l + ll (zero past m_out), or
     // group-major at b·l·s + ll·s + ss.
     let (dg, db, dss, dlim) =
-        if d.dout_group_major() { (d.s, d.l * d.s, 1, NO_LIMIT) } else { (1, mout, d.l, mout as i64) };
+        if d.io_group_major() { (d.s, d.l * d.s, 1, NO_LIMIT) } else { (1, mout, d.l, mout as i64) };
     [
         // dout1[b, rr·l+ll] = Σ_ss dout[b, ss·l+ll] w2[ll,ss,rr]
         Gemm {
@@ -421,11 +439,11 @@ mod tests {
         assert!(!natural.mid_group_major());
         check_descriptors(natural);
         let grouped = MonarchDims { q: 4, r: 8, ..natural };
-        assert!(grouped.mid_group_major() && grouped.dout_group_major());
+        assert!(grouped.mid_group_major() && grouped.io_group_major());
         check_descriptors(grouped);
         // l = 1: no permutation, dout read in place.
         let one = MonarchDims { m_out: 5, l: 1, s: 6, r: 12, ..natural };
-        assert!(!one.dout_group_major());
+        assert!(!one.io_group_major());
         check_descriptors(one);
     }
 
@@ -486,7 +504,8 @@ mod tests {
         }
         // The descriptors, over buffers 0..9 in the launchers' order, outputs poisoned.
         let nan = |n: usize| vec![f64::NAN; n];
-        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(b * d.m_out), bias.clone()];
+        let y_len = if d.io_group_major() { b * d.l * d.s } else { b * d.m_out };
+        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(y_len), bias.clone()];
         for g in forward_gemms(&d, [0, 1, 2, 5, 3, 4]) {
             interpret(&g, &mut bufs);
         }
@@ -506,10 +525,20 @@ mod tests {
             }
         }
         close(&bufs[3], &saved, "out1");
-        close(&bufs[4], &out, "out");
+        // A group-major output as monarch_permute leaves it: natural order plus the bias.
+        let y = if d.io_group_major() {
+            let at = |i: usize| (i / d.m_out, i % d.m_out);
+            (0..b * d.m_out)
+                .map(at)
+                .map(|(bi, j)| bufs[4][bi * d.l * d.s + (j % d.l) * d.s + j / d.l] + bias[j])
+                .collect()
+        } else {
+            bufs[4].clone()
+        };
+        close(&y, &out, "out");
         bufs.truncate(4);
         // dout as monarch_permute leaves it: [b, ll·s + ss], zero past m_out.
-        let dout_arg = if d.dout_group_major() {
+        let dout_arg = if d.io_group_major() {
             let mut g = vec![0.0; b * d.l * d.s];
             for (bi, ll, ss) in (0..b).flat_map(|bi| (0..d.l).flat_map(move |ll| (0..d.s).map(move |ss| (bi, ll, ss))))
             {
