@@ -242,9 +242,14 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     if (dg) permute(kern, dout.dev.data(), doutg.data(), nullptr, B, d.l, d.s, mout, true);
     const T* dptr = dg ? doutg.data() : dout.dev.data();
     const i64 d_sg = dg ? d.s : 1, d_sb = dg ? d.l * d.s : mout, d_sss = dg ? 1 : d.l, d_lim = dg ? NO_LIMIT : mout;
+    // The first product writes dout1 group-major ([b, ll·r+rr]) when grouped, permuted
+    // into natural order for the next two.
+    std::vector<T> dout1g = emu::poisoned<T>(dg ? (size_t)B * kq : 0);
     grouped_gemm<T>(dev, kern, op(dptr, d_sg, d_sb, d_sss, d_lim, 1),
-                 op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0), out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
-                 B, d.r, d.s, d.l);
+                    op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0),
+                    dg ? out(dout1g.data(), d.r, kq, 1, NO_LIMIT, 1) : out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
+                    B, d.r, d.s, d.l);
+    if (dg) permute(kern, dout1g.data(), dout1.data(), nullptr, B, d.l, d.r, kq, false);
     grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
                  op(w1.dev.data(), d.q * d.p, 1, d.p, NO_LIMIT, 0), out(dx.dev.data(), d.p, nin, 1, nin, 1), accumulate,
                  B, d.p, d.q, d.k);

@@ -66,6 +66,11 @@ impl MonarchDims {
     pub fn io_group_major(&self) -> bool {
         (2..=64).contains(&self.l)
     }
+
+    /// `(rows, l, s, m_out)`: the sizes of the output's permutation.
+    fn io_sizes(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.l, self.s, self.m_out)
+    }
 }
 
 /// `struct GemmOperand` / `GemmOutput` of the kernel: strides of (group, first index, k)
@@ -218,7 +223,7 @@ pub fn monarch_forward(
         grouped_gemm(&dev, dt, &g)?;
     }
     if yg.is_some() {
-        permute(&dev, dt, &d, [y, out.ptr(), bias], false)?;
+        permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias], false)?;
     }
     Ok(())
 }
@@ -301,33 +306,42 @@ pub fn monarch_backward(
     )?;
     dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
-    let doutg = if d.io_group_major() { Some(dev.alloc(dt, d.batch * d.l * d.s)?) } else { None };
-    let dout_ptr = doutg.as_ref().map_or(dout.ptr(), |b| b.device_ptr());
-    if doutg.is_some() {
-        permute(&dev, dt, &d, [dout.ptr(), dout_ptr, 0], true)?;
+    // Group-major copies of dout (read by the first and last products) and of the first
+    // product's output dout1 (permuted to natural order for the second and third).
+    let grouped = d.io_group_major();
+    let scratch = |n: usize| if grouped { dev.alloc(dt, n).map(Some) } else { Ok(None) };
+    let (doutg, dout1g) = (scratch(d.batch * d.l * d.s)?, scratch(d.batch * d.mid())?);
+    let ptr = |b: &Option<crate::DeviceBuffer>, or: u64| b.as_ref().map_or(or, |b| b.device_ptr());
+    let (dout_ptr, dout1g_ptr) = (ptr(&doutg, dout.ptr()), ptr(&dout1g, 0));
+    if grouped {
+        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0], true)?;
     }
     let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
-    for g in backward_gemms(&d, bufs, accumulate) {
-        grouped_gemm(&dev, dt, &g)?;
+    for (i, g) in backward_gemms(&d, bufs, dout1g_ptr, accumulate).iter().enumerate() {
+        grouped_gemm(&dev, dt, g)?;
+        if i == 0 && grouped {
+            permute(&dev, dt, (d.batch, d.l, d.r, d.mid()), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
+        }
     }
     Ok(())
 }
 
-/// `monarch_permute_*` over `[src, dst, bias]` (bias 0: none): natural (batch, m_out)
-/// to group-major (batch, l·s) if `to_group`, else back, adding the bias.
+/// `monarch_permute_*` over `[src, dst, bias]` (bias 0: none) for `(rows, l, s, mout)`:
+/// natural (rows, mout) to group-major (rows, l·s) if `to_group`, else back, adding the
+/// bias.
 fn permute(
     dev: &Arc<CudaDevice>,
     dt: DType,
-    d: &MonarchDims,
+    (rows, l, s, mout): (usize, usize, usize, usize),
     [src, dst, bias]: [u64; 3],
     to_group: bool,
 ) -> Result<()> {
-    let per = 2048 / d.l; // MP_CHUNK / l values of ss per block
-    let blocks = d.batch * d.s.div_ceil(per);
-    if i32::try_from(blocks).is_err() || i32::try_from(d.l * d.s).is_err() {
-        crate::error::bail!("monarch", "{} rows of {} are too many for the permutation kernel", d.batch, d.l * d.s);
+    let per = 2048 / l; // MP_CHUNK / l values of ss per block
+    let blocks = rows * s.div_ceil(per);
+    if i32::try_from(blocks).is_err() || i32::try_from(l * s).is_err() {
+        crate::error::bail!("monarch", "{rows} rows of {} are too many for the permutation kernel", l * s);
     }
-    let (l, s, mout, to_group) = (d.l as i32, d.s as i32, d.m_out as i32, to_group as i32);
+    let (l, s, mout, to_group) = (l as i32, s as i32, mout as i32, to_group as i32);
     let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
     let args =
         [Arg::of(&src), Arg::of(&dst), Arg::of(&bias), Arg::of(&l), Arg::of(&s), Arg::of(&mout), Arg::of(&to_group)];
@@ -335,9 +349,11 @@ fn permute(
 }
 
 /// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
-/// dw2]` (`dout1`, batch × k·q, is scratch; `dout` group-major (batch, l·s) when
-/// [`MonarchDims::io_group_major`]), adding to dx, dw1, dw2 when `accumulate`.
-fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4] {
+/// dw2]` (`dout1`, batch × k·q, is scratch), adding to dx, dw1, dw2 when `accumulate`.
+/// With [`MonarchDims::io_group_major`], `dout` is group-major (batch, l·s) and the first
+/// product writes `dout1g` (group-major [b, ll·r + rr]), which the caller permutes into
+/// `dout1` before the second.
+fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], dout1g: u64, accumulate: bool) -> [Gemm; 4] {
     let [x, w1, w2, out1, dout, dout1, dx, dw1, dw2] = bufs;
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
     // dout element (ll, b, ss): natural at b·m_out + ss·l + ll (zero past m_out), or
@@ -349,7 +365,11 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], accumulate: bool) -> [Gemm; 4
         Gemm {
             a: op(dout, dg, db, dss, dlim, 1),
             b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
-            c: out(dout1, 1, kq, d.l, NO_LIMIT, 1),
+            c: if d.io_group_major() {
+                out(dout1g, d.r, kq, 1, NO_LIMIT, 1)
+            } else {
+                out(dout1, 1, kq, d.l, NO_LIMIT, 1)
+            },
             accumulate: false,
             dims: (b, d.r, d.s, d.l),
         },
@@ -526,15 +546,7 @@ mod tests {
         }
         close(&bufs[3], &saved, "out1");
         // A group-major output as monarch_permute leaves it: natural order plus the bias.
-        let y = if d.io_group_major() {
-            let at = |i: usize| (i / d.m_out, i % d.m_out);
-            (0..b * d.m_out)
-                .map(at)
-                .map(|(bi, j)| bufs[4][bi * d.l * d.s + (j % d.l) * d.s + j / d.l] + bias[j])
-                .collect()
-        } else {
-            bufs[4].clone()
-        };
+        let y = if d.io_group_major() { permute_back(&bufs[4], d.io_sizes(), Some(&bias)) } else { bufs[4].clone() };
         close(&y, &out, "out");
         bufs.truncate(4);
         // dout as monarch_permute leaves it: [b, ll·s + ss], zero past m_out.
@@ -548,18 +560,32 @@ mod tests {
         } else {
             dout
         };
-        bufs.extend([dout_arg, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len())]);
-        for g in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], false) {
-            interpret(&g, &mut bufs);
-        }
+        bufs.extend([dout_arg, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len()), nan(b * kq)]);
+        // As monarch_backward: the first product into dout1g (buffer 9) when grouped, then
+        // permuted into dout1 (5).
+        let backward = |bufs: &mut Vec<Vec<f64>>, accumulate: bool| {
+            for (i, g) in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], 9, accumulate).iter().enumerate() {
+                interpret(g, bufs);
+                if i == 0 && d.io_group_major() {
+                    bufs[5] = permute_back(&bufs[9], (b, d.l, d.r, kq), None);
+                }
+            }
+        };
+        backward(&mut bufs, false);
         close(&bufs[6], &dx, "dx");
         close(&bufs[7], &dw1, "dw1");
         close(&bufs[8], &dw2, "dw2");
         // accumulate adds to what the gradients held.
-        for g in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], true) {
-            interpret(&g, &mut bufs);
-        }
+        backward(&mut bufs, true);
         close(&bufs[7], &dw1.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dw1 accumulated");
+    }
+
+    /// `monarch_permute` back to natural order on the host: `[b, j]` from `[b, (j % l)·s
+    /// + j / l]`, plus the bias.
+    fn permute_back(src: &[f64], (rows, l, s, mout): (usize, usize, usize, usize), bias: Option<&[f64]>) -> Vec<f64> {
+        let at = |i: usize| (i / mout, i % mout);
+        let value = |(b, j): (usize, usize)| src[b * l * s + (j % l) * s + j / l] + bias.map_or(0.0, |v| v[j]);
+        (0..rows * mout).map(at).map(value).collect()
     }
 
     #[test]
