@@ -3,7 +3,7 @@
 // One launch computes, for every group g (a diagonal block) and all m < M, n < N:
 //   C(g, m, n) = sum_{k < K} A(g, m, k) * B(g, n, k)
 // where each operand is read through (group, first index, second index) strides, so the
-// Monarch permutations fold into the index arithmetic and never cost a pass of their own.
+// Monarch permutations can fold into the index arithmetic (strides of l).
 // With x (batch, n_in), blkdiag1 (k, q, p), blkdiag2 (l, s, r), out1 (batch, k*q):
 //   forward:  out1[b, kk*q+qq]  = sum_pp w1[kk,qq,pp] x[b, kk*p+pp]
 //             out[b, ss*l+ll]   = sum_rr w2[ll,ss,rr] out1[b, rr*l+ll]
@@ -14,10 +14,11 @@
 // (cuda/src/ops/monarch.rs builds the six descriptors). Entries whose column (offset
 // without the batch-row term) reaches `col_lim` read as 0 and are not written: this is
 // the zero padding of inputs and the truncation of outputs of non-divisible sizes.
-// When l divides q the launcher keeps out1 group-major instead, out1g[b, ll*r+rr] =
-// out1[b, rr*l+ll]: the first product stores it through an interleaved column (`il`),
-// once per element, so that the two products reading it (forward, dw2) read rows of
-// unit stride, over and over, instead of stride l.
+// For 2 <= l <= 64 the launcher runs every product on unit strides instead: the
+// permuted rows (out1, the output, dout, dout1) pass through group-major copies
+// [b, ll*r+rr] / [b, ll*s+ss] made by `monarch_permute` (one coalesced pass each), since
+// a stride-l store writes 2 bytes per 32-byte sector and a stride-l load repeats that
+// once per column tile.
 //
 // Tiles (GemmConfig): bf16 128x64 outputs per block of 4 warps (2x2, 64x32 each), K in
 // steps of 32 through a 3-stage cp.async pipeline, fragments by ldmatrix, products on
@@ -26,7 +27,7 @@
 // per launch: 16-byte cp.async chunks along k (stored [x][k]) or along its first index
 // (stored [k][x], read with ldmatrix.trans) where that stride is 1 and the others and the
 // base are 16-byte multiples, else element by element along the smaller stride (the
-// permuted operands, stride l). The grid is one-dimensional, (group, split) fastest,
+// permuted operands of stride l when l > 64, ragged sizes). The grid is one-dimensional, (group, split) fastest,
 // then column tiles, then row tiles, so the l groups that interleave within one row run
 // side by side and share its cache lines. With k_splits > 1 each split writes f32
 // partials to `partial` [split][g][M][N] and `grouped_gemm_splits` sums them.
@@ -41,11 +42,10 @@ struct GemmOperand {
 
 struct GemmOutput {
     void* p;
-    i64 sg, sx, sy;  // strides of the group, m and n / il (see il)
+    i64 sg, sx, sy;  // strides of the group, m and n
     i64 col_lim;     // entries whose column reaches this are not written
     int row_dim;     // 0 none, 1 m, 2 n
     int accumulate;  // C += result instead of C = result
-    i64 il, il_stride;  // n interleaved: n sits at (n / il)·sy + (n % il)·il_stride (il = 1: n·sy)
     const void* bias;   // null, or added at the column: C = result + bias[column]
 };
 
@@ -62,11 +62,10 @@ __device__ __forceinline__ i64 column_of(i64 g, i64 x, i64 y, i64 sg, i64 sx, i6
 
 template <typename T>
 __device__ __forceinline__ void gemm_store(const GemmOutput& c, i64 g, i64 m, i64 n, float v) {
-    const i64 n_off = c.il == 1 ? n * c.sy : n / c.il * c.sy + n % c.il * c.il_stride;
-    const i64 col = g * c.sg + (c.row_dim == 1 ? 0 : m * c.sx) + (c.row_dim == 2 ? 0 : n_off);
+    const i64 col = column_of(g, m, n, c.sg, c.sx, c.sy, c.row_dim);
     if (col >= c.col_lim) return;
     if (c.bias) v += to_f32(reinterpret_cast<const T*>(c.bias)[col]);
-    T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n_off;
+    T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n * c.sy;
     *p = from_f32<T>(c.accumulate ? to_f32(*p) + v : v);
 }
 

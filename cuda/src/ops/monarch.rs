@@ -51,25 +51,25 @@ impl MonarchDims {
         self.k * self.q
     }
 
-    /// Whether `out1` is kept group-major, `out1[b, ll·r + rr]` for the natural
-    /// `[b, rr·l + ll]` (when l divides q): the products that read it then read unit
-    /// strides (see `kernels/monarch.cu`).
-    pub fn mid_group_major(&self) -> bool {
-        self.q % self.l == 0
-    }
-
-    /// Whether the output and its gradient pass through group-major copies,
-    /// `[b, ll·s + ss]` for the natural `[b, ss·l + ll]`, made by `monarch_permute_*`: the forward's
-    /// second product writes it (then one pass to natural order, adding the bias), the
-    /// backward reads it (one pass from `dout`): unit strides instead of the stride-l
-    /// stores (2 bytes per 32-byte sector) and reads (once per column tile).
-    pub fn io_group_major(&self) -> bool {
+    /// Whether the products run on group-major copies of the permuted rows (for 2 ≤ l ≤
+    /// 64): `out1` saved as `[b, ll·r + rr]` and the output, its gradient and `dout1` as
+    /// `[b, ll·s + ss]` / `[b, ll·r + rr]` for the natural `[b, ss·l + ll]` /
+    /// `[b, rr·l + ll]`, each made by one `monarch_permute_*` pass, so that every product
+    /// reads and writes unit strides (a stride-l store writes 2 bytes per 32-byte sector;
+    /// a stride-l load repeats that once per column tile). Otherwise the products read
+    /// and write the permuted rows in place.
+    pub fn group_major(&self) -> bool {
         (2..=64).contains(&self.l)
     }
 
     /// `(rows, l, s, m_out)`: the sizes of the output's permutation.
     fn io_sizes(&self) -> (usize, usize, usize, usize) {
         (self.batch, self.l, self.s, self.m_out)
+    }
+
+    /// The same for the intermediate's: `(rows, l, r, k·q)`.
+    fn mid_sizes(&self) -> (usize, usize, usize, usize) {
+        (self.batch, self.l, self.r, self.mid())
     }
 }
 
@@ -87,15 +87,12 @@ struct Operand {
     flag: i32,
 }
 
-/// `struct GemmOutput`: the output's [`Operand`] fields (`flag`: accumulate), its
-/// column interleave (n at `(n / il)·sy + (n % il)·il_stride`) and an optional bias
-/// added at the column (0: none).
+/// `struct GemmOutput`: the output's [`Operand`] fields (`flag`: accumulate) and an
+/// optional bias added at the column (0: none).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 struct Output {
     o: Operand,
-    il: i64,
-    il_stride: i64,
     bias: u64,
 }
 
@@ -122,7 +119,7 @@ fn op(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Op
 
 /// An output with plain strides.
 fn out(p: u64, sg: usize, sx: usize, sy: usize, col_lim: i64, row_dim: i32) -> Output {
-    Output { o: op(p, sg, sx, sy, col_lim, row_dim), il: 1, il_stride: 0, bias: 0 }
+    Output { o: op(p, sg, sx, sy, col_lim, row_dim), bias: 0 }
 }
 
 /// One grouped GEMM `C(g,m,n) = Σ_k A(g,m,k)·B(g,n,k)` of a Monarch pass: its operand
@@ -186,11 +183,10 @@ fn grouped_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm) -> Result<()> {
     Ok(())
 }
 
-/// Forward: `out1 = blkdiag1 ⊙ x` (batch, k·q; group-major when
-/// [`MonarchDims::mid_group_major`]), then `out` (batch, m_out) `= blkdiag2 ⊙ P(out1)`
-/// with the output permutation, plus `bias` (m_out) if given, added in the second
-/// product's epilogue. `x` has row stride `n_in`, all f32 or all bf16; `out1` is saved
-/// for the backward.
+/// Forward: `out1 = blkdiag1 ⊙ x` (batch, k·q; saved group-major when
+/// [`MonarchDims::group_major`]), then `out` (batch, m_out) `= blkdiag2 ⊙ P(out1)`
+/// with the output permutation, plus `bias` (m_out) if given. `x` has row stride
+/// `n_in`, all f32 or all bf16; `out1` is saved for the backward.
 pub fn monarch_forward(
     d: MonarchDims,
     x: View<'_>,
@@ -216,36 +212,38 @@ pub fn monarch_forward(
     }
     dt.kernel_suffix(c.op)?;
     let bias = bias.map_or(0, |b| b.ptr());
-    // Group-major scratch for the second product's output, permuted into `out` after.
-    let yg = if d.io_group_major() { Some(dev.alloc(dt, d.batch * d.l * d.s)?) } else { None };
-    let y = yg.as_ref().map_or(out.ptr(), |b| b.device_ptr());
-    for g in forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1.ptr(), y]) {
-        grouped_gemm(&dev, dt, &g)?;
+    // Grouped: the first product's natural output and the second's group-major output
+    // in scratch, each permuted into place after its product.
+    let grouped = d.group_major();
+    let scratch = |n: usize| if grouped { dev.alloc(dt, n).map(Some) } else { Ok(None) };
+    let (out1n, yg) = (scratch(d.batch * d.mid())?, scratch(d.batch * d.l * d.s)?);
+    let ptr = |b: &Option<crate::DeviceBuffer>, or: u64| b.as_ref().map_or(or, |b| b.device_ptr());
+    let (out1n, y) = (ptr(&out1n, out1.ptr()), ptr(&yg, out.ptr()));
+    let [first, second] = forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
+    grouped_gemm(&dev, dt, &first)?;
+    if grouped {
+        permute(&dev, dt, d.mid_sizes(), [out1n, out1.ptr(), 0], true)?;
     }
-    if yg.is_some() {
+    grouped_gemm(&dev, dt, &second)?;
+    if grouped {
         permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias], false)?;
     }
     Ok(())
 }
 
-/// The forward's two products over buffers at `[x, w1, w2, bias, out1, out]` (bias 0:
-/// none). With [`MonarchDims::io_group_major`] `out` is the (batch, l·s) group-major
-/// scratch and the bias is left to the permutation that follows.
-fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm; 2] {
+/// The forward's two products over buffers at `[x, w1, w2, bias, out1n, out1, out]`
+/// (bias 0: none): the first writes `out1n` in natural order, the second reads `out1`.
+/// With [`MonarchDims::group_major`] the caller permutes `out1n` into `out1`
+/// (group-major) between them, `out` is the (batch, l·s) group-major scratch and the
+/// bias is left to the permutation that follows; else `out1n` is `out1`.
+fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1n, out1, y]: [u64; 7]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
-    // out1[b, kk·q+qq], natural: j = kk·q+qq = rr·l+ll; group-major at ll·r+rr, which
-    // for l | q is kk·(q/l) + (qq/l) + (qq%l)·r.
-    let out1_c = if d.mid_group_major() {
-        Output { il: d.l as i64, il_stride: d.r as i64, ..out(out1, d.q / d.l, kq, 1, NO_LIMIT, 1) }
-    } else {
-        out(out1, d.q, kq, 1, NO_LIMIT, 1)
-    };
     [
         // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] w1[kk,qq,pp]
         Gemm {
             a: op(x, d.p, nin, 1, nin as i64, 1),
             b: op(w1, d.q * d.p, d.p, 1, NO_LIMIT, 0),
-            c: out1_c,
+            c: out(out1n, d.q, kq, 1, NO_LIMIT, 1),
             accumulate: false,
             dims: (d.batch, d.q, d.p, d.k),
         },
@@ -254,7 +252,7 @@ fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm
             a: mid_operand(d, out1, true),
             b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
             // out[b, ll·s + ss] group-major, or natural with the bias at the column j.
-            c: if d.io_group_major() {
+            c: if d.group_major() {
                 out(y, d.s, d.l * d.s, 1, NO_LIMIT, 1)
             } else {
                 Output { bias, ..out(y, 1, mout, d.l, mout as i64, 1) }
@@ -268,7 +266,7 @@ fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1, y]: [u64; 6]) -> [Gemm
 /// `out1` read grouped by ll: element (g = ll, b, rr) in either layout, with the batch
 /// row b as the first index (`b_first`, the forward) or as k (dw2).
 fn mid_operand(d: &MonarchDims, out1: u64, b_first: bool) -> Operand {
-    let (sg, s_rr) = if d.mid_group_major() { (d.r, 1) } else { (1, d.l) };
+    let (sg, s_rr) = if d.group_major() { (d.r, 1) } else { (1, d.l) };
     if b_first { op(out1, sg, d.mid(), s_rr, NO_LIMIT, 1) } else { op(out1, sg, s_rr, d.mid(), NO_LIMIT, 2) }
 }
 
@@ -308,7 +306,7 @@ pub fn monarch_backward(
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
     // Group-major copies of dout (read by the first and last products) and of the first
     // product's output dout1 (permuted to natural order for the second and third).
-    let grouped = d.io_group_major();
+    let grouped = d.group_major();
     let scratch = |n: usize| if grouped { dev.alloc(dt, n).map(Some) } else { Ok(None) };
     let (doutg, dout1g) = (scratch(d.batch * d.l * d.s)?, scratch(d.batch * d.mid())?);
     let ptr = |b: &Option<crate::DeviceBuffer>, or: u64| b.as_ref().map_or(or, |b| b.device_ptr());
@@ -320,7 +318,7 @@ pub fn monarch_backward(
     for (i, g) in backward_gemms(&d, bufs, dout1g_ptr, accumulate).iter().enumerate() {
         grouped_gemm(&dev, dt, g)?;
         if i == 0 && grouped {
-            permute(&dev, dt, (d.batch, d.l, d.r, d.mid()), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
+            permute(&dev, dt, d.mid_sizes(), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
         }
     }
     Ok(())
@@ -350,7 +348,7 @@ fn permute(
 
 /// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
 /// dw2]` (`dout1`, batch × k·q, is scratch), adding to dx, dw1, dw2 when `accumulate`.
-/// With [`MonarchDims::io_group_major`], `dout` is group-major (batch, l·s) and the first
+/// With [`MonarchDims::group_major`], `dout` is group-major (batch, l·s) and the first
 /// product writes `dout1g` (group-major [b, ll·r + rr]), which the caller permutes into
 /// `dout1` before the second.
 fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], dout1g: u64, accumulate: bool) -> [Gemm; 4] {
@@ -358,18 +356,13 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], dout1g: u64, accumulate: bool
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
     // dout element (ll, b, ss): natural at b·m_out + ss·l + ll (zero past m_out), or
     // group-major at b·l·s + ll·s + ss.
-    let (dg, db, dss, dlim) =
-        if d.io_group_major() { (d.s, d.l * d.s, 1, NO_LIMIT) } else { (1, mout, d.l, mout as i64) };
+    let (dg, db, dss, dlim) = if d.group_major() { (d.s, d.l * d.s, 1, NO_LIMIT) } else { (1, mout, d.l, mout as i64) };
     [
         // dout1[b, rr·l+ll] = Σ_ss dout[b, ss·l+ll] w2[ll,ss,rr]
         Gemm {
             a: op(dout, dg, db, dss, dlim, 1),
             b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
-            c: if d.io_group_major() {
-                out(dout1g, d.r, kq, 1, NO_LIMIT, 1)
-            } else {
-                out(dout1, 1, kq, d.l, NO_LIMIT, 1)
-            },
+            c: if d.group_major() { out(dout1g, d.r, kq, 1, NO_LIMIT, 1) } else { out(dout1, 1, kq, d.l, NO_LIMIT, 1) },
             accumulate: false,
             dims: (b, d.r, d.s, d.l),
         },
@@ -407,14 +400,14 @@ mod tests {
     #[test]
     fn descriptors_match_the_kernel_structs() {
         assert_eq!(std::mem::size_of::<Operand>(), 48);
-        assert_eq!(std::mem::size_of::<Output>(), 72);
-        assert_eq!(std::mem::size_of::<GroupedGemm>(), 2 * 48 + 72 + 24 + 8);
+        assert_eq!(std::mem::size_of::<Output>(), 56);
+        assert_eq!(std::mem::size_of::<GroupedGemm>(), 2 * 48 + 56 + 24 + 8);
     }
 
     /// Runs a [`Gemm`] on host buffers (its pointers are indices into `bufs`) with the
-    /// kernel's semantics: operand (g, x, y) at `g·sg + x·sx + y·sy`, output n at
-    /// `(n / il)·sy + (n % il)·il_stride`, read as 0 and not written where the column (the
-    /// offset without the batch-row term) reaches `col_lim`.
+    /// kernel's semantics: operand (g, x, y) at `g·sg + x·sx + y·sy`, read as 0 and not
+    /// written where its column (the offset without the batch-row term) reaches
+    /// `col_lim`; the bias added at the output's column.
     fn interpret(g: &Gemm, bufs: &mut [Vec<f64>]) {
         let column = |o: &Operand, gi: usize, x: usize, y: usize| {
             let (gi, x, y) = (gi as i64, x as i64, y as i64);
@@ -431,16 +424,10 @@ mod tests {
             for mi in 0..m {
                 for ni in 0..n {
                     let v: f64 = (0..k).map(|ki| read(bufs, &g.a, gi, mi, ki) * read(bufs, &g.b, gi, ni, ki)).sum();
-                    let c = &g.c.o;
-                    let n_off = (ni as i64 / g.c.il) * c.sy + (ni as i64 % g.c.il) * g.c.il_stride;
-                    let (gi_, mi_) = (gi as i64, mi as i64);
-                    let col = gi_ * c.sg
-                        + if c.row_dim == 1 { 0 } else { mi_ * c.sx }
-                        + if c.row_dim == 2 { 0 } else { n_off };
+                    let (c, col) = (&g.c.o, column(&g.c.o, gi, mi, ni));
                     if col < c.col_lim {
                         let v = if g.c.bias != 0 { v + bufs[g.c.bias as usize][col as usize] } else { v };
-                        let i = (gi_ * c.sg + mi_ * c.sx + n_off) as usize;
-                        let dst = &mut bufs[c.p as usize][i];
+                        let dst = &mut bufs[c.p as usize][at(c, gi, mi, ni)];
                         *dst = if g.accumulate { *dst + v } else { v };
                     }
                 }
@@ -449,22 +436,21 @@ mod tests {
     }
 
     /// The descriptors compute the Monarch product and its gradients as defined (padded
-    /// input, truncated output, l ≠ k; q not a multiple of l, out1 in natural order, and
-    /// a multiple, out1 group-major), against loops written from the definition:
-    /// out1[b, kk·q+qq] = Σ w1[kk,qq,pp] x̃[b, kk·p+pp], out[b, ss·l+ll] =
-    /// Σ w2[ll,ss,rr] out1[b, rr·l+ll], and their transposes for the backward.
+    /// input, truncated output, l ≠ k, q a multiple of l or not), against loops written
+    /// from the definition: out1[b, kk·q+qq] = Σ w1[kk,qq,pp] x̃[b, kk·p+pp],
+    /// out[b, ss·l+ll] = Σ w2[ll,ss,rr] out1[b, rr·l+ll], and their transposes for the
+    /// backward; on group-major copies (2 ≤ l ≤ 64) and on the permuted rows in place.
     #[test]
     fn descriptors_compute_the_monarch_product_and_its_gradients() {
-        let natural = MonarchDims { batch: 3, n_in: 10, m_out: 13, k: 4, q: 3, p: 3, l: 2, s: 7, r: 6 };
-        assert!(!natural.mid_group_major());
-        check_descriptors(natural);
-        let grouped = MonarchDims { q: 4, r: 8, ..natural };
-        assert!(grouped.mid_group_major() && grouped.io_group_major());
-        check_descriptors(grouped);
-        // l = 1: no permutation, dout read in place.
-        let one = MonarchDims { m_out: 5, l: 1, s: 6, r: 12, ..natural };
-        assert!(!one.io_group_major());
-        check_descriptors(one);
+        let ragged = MonarchDims { batch: 3, n_in: 10, m_out: 13, k: 4, q: 3, p: 3, l: 2, s: 7, r: 6 };
+        let divisible = MonarchDims { q: 4, r: 8, ..ragged };
+        // l = 1: no permutation at all; l = 65: stride-l rows read and written in place.
+        let one = MonarchDims { m_out: 5, l: 1, s: 6, r: 12, ..ragged };
+        let wide = MonarchDims { batch: 2, n_in: 9, m_out: 100, k: 5, q: 13, p: 2, l: 65, s: 2, r: 1 };
+        assert!(ragged.group_major() && divisible.group_major() && !one.group_major() && !wide.group_major());
+        for d in [ragged, divisible, one, wide] {
+            check_descriptors(d);
+        }
     }
 
     fn check_descriptors(d: MonarchDims) {
@@ -524,11 +510,17 @@ mod tests {
         }
         // The descriptors, over buffers 0..9 in the launchers' order, outputs poisoned.
         let nan = |n: usize| vec![f64::NAN; n];
-        let y_len = if d.io_group_major() { b * d.l * d.s } else { b * d.m_out };
-        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(y_len), bias.clone()];
-        for g in forward_gemms(&d, [0, 1, 2, 5, 3, 4]) {
-            interpret(&g, &mut bufs);
+        let y_len = if d.group_major() { b * d.l * d.s } else { b * d.m_out };
+        // Buffers x, w1, w2, out1 (saved), out, bias, out1n (natural scratch), as
+        // monarch_forward runs them: out1n permuted into out1 between the products.
+        let mut bufs = vec![x, w1, w2, nan(b * kq), nan(y_len), bias.clone(), nan(b * kq)];
+        let out1n = if d.group_major() { 6 } else { 3 };
+        let [first, second] = forward_gemms(&d, [0, 1, 2, 5, out1n, 3, 4]);
+        interpret(&first, &mut bufs);
+        if d.group_major() {
+            bufs[3] = permute_to(&bufs[6], d.mid_sizes());
         }
+        interpret(&second, &mut bufs);
         let close = |got: &[f64], want: &[f64], what: &str| {
             assert_eq!(got.len(), want.len(), "{what}");
             for (i, (a, w)) in got.iter().zip(want).enumerate() {
@@ -536,38 +528,22 @@ mod tests {
             }
         };
         // The saved out1 in its layout: out1[b, rr·l+ll] at ll·r+rr when group-major.
-        let mut saved = out1.clone();
-        if d.mid_group_major() {
-            for bi in 0..b {
-                for (ll, rr) in (0..d.l).flat_map(|ll| (0..d.r).map(move |rr| (ll, rr))) {
-                    saved[bi * kq + ll * d.r + rr] = out1[bi * kq + rr * d.l + ll];
-                }
-            }
-        }
+        let saved = if d.group_major() { permute_to(&out1, d.mid_sizes()) } else { out1.clone() };
         close(&bufs[3], &saved, "out1");
         // A group-major output as monarch_permute leaves it: natural order plus the bias.
-        let y = if d.io_group_major() { permute_back(&bufs[4], d.io_sizes(), Some(&bias)) } else { bufs[4].clone() };
+        let y = if d.group_major() { permute_back(&bufs[4], d.io_sizes(), Some(&bias)) } else { bufs[4].clone() };
         close(&y, &out, "out");
         bufs.truncate(4);
         // dout as monarch_permute leaves it: [b, ll·s + ss], zero past m_out.
-        let dout_arg = if d.io_group_major() {
-            let mut g = vec![0.0; b * d.l * d.s];
-            for (bi, ll, ss) in (0..b).flat_map(|bi| (0..d.l).flat_map(move |ll| (0..d.s).map(move |ss| (bi, ll, ss))))
-            {
-                g[(bi * d.l + ll) * d.s + ss] = doutp(bi, ss * d.l + ll);
-            }
-            g
-        } else {
-            dout
-        };
+        let dout_arg = if d.group_major() { permute_to(&dout, d.io_sizes()) } else { dout };
         bufs.extend([dout_arg, nan(b * kq), nan(b * d.n_in), nan(dw1.len()), nan(dw2.len()), nan(b * kq)]);
         // As monarch_backward: the first product into dout1g (buffer 9) when grouped, then
         // permuted into dout1 (5).
         let backward = |bufs: &mut Vec<Vec<f64>>, accumulate: bool| {
             for (i, g) in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], 9, accumulate).iter().enumerate() {
                 interpret(g, bufs);
-                if i == 0 && d.io_group_major() {
-                    bufs[5] = permute_back(&bufs[9], (b, d.l, d.r, kq), None);
+                if i == 0 && d.group_major() {
+                    bufs[5] = permute_back(&bufs[9], d.mid_sizes(), None);
                 }
             }
         };
@@ -578,6 +554,15 @@ mod tests {
         // accumulate adds to what the gradients held.
         backward(&mut bufs, true);
         close(&bufs[7], &dw1.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dw1 accumulated");
+    }
+
+    /// `monarch_permute` to group-major order on the host: `[b, ll·s + ss]` from
+    /// `[b, ss·l + ll]`, zero past `mout`.
+    fn permute_to(src: &[f64], (rows, l, s, mout): (usize, usize, usize, usize)) -> Vec<f64> {
+        let at = |i: usize| (i / (l * s), i % (l * s) / s, i % s);
+        let value =
+            |(b, ll, ss): (usize, usize, usize)| if ss * l + ll < mout { src[b * mout + ss * l + ll] } else { 0.0 };
+        (0..rows * l * s).map(at).map(value).collect()
     }
 
     /// `monarch_permute` back to natural order on the host: `[b, j]` from `[b, (j % l)·s

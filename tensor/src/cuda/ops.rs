@@ -255,7 +255,7 @@ impl Tensor {
 
     /// The Monarch layer on the device, `bias` (out) added in the kernel's epilogue:
     /// `(y, out1)` with `out1` the first factor's output, (rows, k·q), in the kernel's
-    /// layout (group-major when l divides q), which [`Tensor::cuda_monarch_backward`] reads.
+    /// layout (`MonarchDims::group_major`), which [`Tensor::cuda_monarch_backward`] reads.
     pub(crate) fn cuda_monarch(
         &self,
         w1: &Tensor,

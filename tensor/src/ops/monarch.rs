@@ -81,8 +81,8 @@ pub struct MonarchOut {
     pub y: Tensor,
     /// What backward needs: on the CPU the first factor's output in the second factor's
     /// block order, shape (l, rows, r), `mid[ll, b, rr] = out1[b, rr·l+ll]`, in the
-    /// compute dtype; on a GPU `out1`, (rows, k·q): group-major `[b, ll·r + rr]` when l
-    /// divides q, else natural `[b, rr·l + ll]` (`MonarchDims::mid_group_major`).
+    /// compute dtype; on a GPU `out1`, (rows, k·q): group-major `[b, ll·r + rr]` for
+    /// 2 ≤ l ≤ 64, else natural `[b, rr·l + ll]` (`MonarchDims::group_major`).
     pub mid: Tensor,
 }
 
