@@ -356,6 +356,20 @@ template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
     /// `step` on tiles stored `A_s[BM][LDS]`, `B_s[BN][LDS]` (k-contiguous).
     __device__ __forceinline__ void step(const T* a_s, const T* b_s) { step(a_s, LDS, false, b_s, LDS, false); }
 
+    /// Calls `f(row, col, v0, v1)` for every pair of accumulators at (row, col) and
+    /// (row, col + 1) (col even), with tile-local coordinates.
+    template <typename F> __device__ __forceinline__ void for_each_pair(F f) const {
+        const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NI; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e += 2)
+                    f(wm * MI * 16 + i * 16 + acc_row(e), wn * NI * 8 + j * 8 + acc_col(e), acc[i][j].c[e],
+                      acc[i][j].c[e + 1]);
+    }
+
     /// Calls `f(row, col, value)` for every accumulator, with tile-local coordinates.
     template <typename F> __device__ __forceinline__ void for_each(F f) const {
         const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;

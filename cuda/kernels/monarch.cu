@@ -69,6 +69,28 @@ __device__ __forceinline__ void gemm_store(const GemmOutput& c, i64 g, i64 m, i6
     *p = from_f32<T>(c.accumulate ? to_f32(*p) + v : v);
 }
 
+/// `gemm_store` of (m, n) and, if `both`, (m, n + 1): one paired access where the
+/// columns are adjacent in memory (n stride 1, not the batch row), both live and aligned.
+template <typename T>
+__device__ __forceinline__ void gemm_store2(const GemmOutput& c, i64 g, i64 m, i64 n, float v0, float v1, bool both) {
+    const i64 col = column_of(g, m, n, c.sg, c.sx, c.sy, c.row_dim);
+    T* p = reinterpret_cast<T*>(c.p) + g * c.sg + m * c.sx + n;
+    if (both && c.sy == 1 && c.row_dim != 2 && col + 1 < c.col_lim && aligned(p, 2 * sizeof(T))) {
+        Pack<T, 2>* pp = reinterpret_cast<Pack<T, 2>*>(p);
+        Pack<T, 2> w;
+        if (c.accumulate) w = *pp;
+        const T* bias = reinterpret_cast<const T*>(c.bias);
+        v0 += (c.accumulate ? to_f32(w.v[0]) : 0.0f) + (bias ? to_f32(bias[col]) : 0.0f);
+        v1 += (c.accumulate ? to_f32(w.v[1]) : 0.0f) + (bias ? to_f32(bias[col + 1]) : 0.0f);
+        w.v[0] = from_f32<T>(v0);
+        w.v[1] = from_f32<T>(v1);
+        *pp = w;
+        return;
+    }
+    gemm_store<T>(c, g, m, n, v0);
+    if (both) gemm_store<T>(c, g, m, n + 1, v1);
+}
+
 /// Tile shape and pipeline depth per dtype (the launcher's `gemm_tile` must agree).
 template <typename T> struct GemmConfig;
 template <> struct GemmConfig<bf16> { static constexpr int BM = 128, BN = 64, BK = 32, STAGES = 3; };
@@ -170,11 +192,16 @@ template <typename T> __device__ void grouped_gemm_run(const GroupedGemm& P) {
         tile.step(st, am == LOAD_X ? BM + 8 : BK + 8, am == LOAD_X, st + A_SIZE, bm == LOAD_X ? BN + 8 : BK + 8,
                   bm == LOAD_X);
     }
-    tile.for_each([&](int r, int c, float v) {
+    tile.for_each_pair([&](int r, int c, float v0, float v1) {
         const int m = m0 + r, n = n0 + c;
         if (m >= P.M || n >= P.N) return;
-        if (P.k_splits == 1) gemm_store<T>(P.c, g, m, n, v);
-        else P.partial[(((i64)split * P.groups + g) * P.M + m) * P.N + n] = v;
+        if (P.k_splits == 1) {
+            gemm_store2<T>(P.c, g, m, n, v0, v1, n + 1 < P.N);
+        } else {
+            float* p = P.partial + (((i64)split * P.groups + g) * P.M + m) * P.N + n;
+            p[0] = v0;
+            if (n + 1 < P.N) p[1] = v1;
+        }
     });
 }
 
