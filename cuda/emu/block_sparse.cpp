@@ -44,7 +44,7 @@ static void csr_to_csc(const std::vector<int>& row_ptr, const std::vector<int>& 
 
 template <typename T, int BS>
 static int run(int batch, const std::vector<std::vector<int>>& pattern, int cols, bool accumulate, BsKernels<T> k,
-               double tol, uint64_t seed) {
+               double tol, uint64_t seed, bool shifted = false) {
     emu::Rng rng(seed);
     const int rows = (int)pattern.size(), out_f = rows * BS, in_f = cols * BS;
     std::vector<int> row_ptr{0}, col_idx, col_ptr, row_idx, blk_idx, row_of;
@@ -61,18 +61,27 @@ static int run(int batch, const std::vector<std::vector<int>>& pattern, int cols
         dx.dev = emu::poisoned<T>(dx.dev.size());
         dblocks.dev = emu::poisoned<T>(dblocks.dev.size());
     }
+    // `shifted`: the inputs start one element past a 16-byte boundary (a view with an
+    // odd offset), so the kernels take their element-by-element loads.
+    std::vector<T> xs(x.dev.size() + 1), dys(dy.dev.size() + 1), bls(blocks.dev.size() + 1);
+    std::copy(x.dev.begin(), x.dev.end(), xs.begin() + 1);
+    std::copy(dy.dev.begin(), dy.dev.end(), dys.begin() + 1);
+    std::copy(blocks.dev.begin(), blocks.dev.end(), bls.begin() + 1);
+    const T* xp = shifted ? xs.data() + 1 : x.dev.data();
+    const T* dyp = shifted ? dys.data() + 1 : dy.dev.data();
+    const T* bp = shifted ? bls.data() + 1 : blocks.dev.data();
     const unsigned bt = (batch + 63) / 64;
     emu::launch({bt, (unsigned)(out_f / BS), 1}, {128, 1, 1}, [&] {
-        k.fwd(x.dev.data(), in_f, blocks.dev.data(), row_ptr.data(), col_idx.data(), y.dev.data(), out_f, batch,
+        k.fwd(xp, in_f, bp, row_ptr.data(), col_idx.data(), y.dev.data(), out_f, batch,
               accumulate);
     });
     emu::launch({bt, (unsigned)(in_f / BS), 1}, {128, 1, 1}, [&] {
-        k.dx(dy.dev.data(), out_f, blocks.dev.data(), col_ptr.data(), row_idx.data(), blk_idx.data(), dx.dev.data(),
+        k.dx(dyp, out_f, bp, col_ptr.data(), row_idx.data(), blk_idx.data(), dx.dev.data(),
              in_f, batch, accumulate);
     });
     if (nnz > 0)
         emu::launch({(unsigned)nnz, 1, 1}, {BS == 16 ? 64u : 128u, 1, 1}, [&] {
-            k.dw(x.dev.data(), in_f, dy.dev.data(), out_f, row_of.data(), col_idx.data(), dblocks.dev.data(), batch,
+            k.dw(xp, in_f, dyp, out_f, row_of.data(), col_idx.data(), dblocks.dev.data(), batch,
                  accumulate);
         });
 
@@ -105,8 +114,8 @@ static int run(int batch, const std::vector<std::vector<int>>& pattern, int cols
     cy.all(y.dev, ry);
     cx.all(dx.dev, rdx);
     cw.all(dblocks.dev, rdw);
-    return emu::report(emu::fmt("block_sparse %-4s bs=%-2d batch=%d blocks %dx%d nnz=%d acc=%d", emu::Elem<T>::name, BS,
-                                batch, rows, cols, nnz, accumulate),
+    return emu::report(emu::fmt("block_sparse %-4s bs=%-2d batch=%d blocks %dx%d nnz=%d acc=%d%s", emu::Elem<T>::name,
+                                BS, batch, rows, cols, nnz, accumulate, shifted ? " unaligned" : ""),
                        {&cy, &cx, &cw});
 }
 
@@ -125,5 +134,7 @@ int main() {
     fails += run<bf16, 16>(100, p45, 5, true, KERNELS(bf16, 16), tb, 4);
     fails += run<bf16, 32>(70, p45, 5, false, KERNELS(bf16, 32), tb, 5);
     fails += run<bf16, 64>(130, p34, 4, true, KERNELS(bf16, 64), tb, 6);
+    fails += run<bf16, 32>(70, p45, 5, true, KERNELS(bf16, 32), tb, 7, true);
+    fails += run<float, 16>(100, p45, 5, false, KERNELS(f32, 16), tf, 8, true);
     return fails ? 1 : 0;
 }

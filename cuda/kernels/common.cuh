@@ -406,6 +406,25 @@ __device__ __forceinline__ void load_rows(T* dst, int ld, const T* src, i64 sr, 
     }
 }
 
+/// Runs `steps` K steps through `S` (>= 2) shared-memory stages: `load(t, stage)` starts
+/// loading step t into a stage (cp.async chunks or plain stores), `compute(stage)` then
+/// reads it; step t + S - 1 loads while step t computes. No barrier follows the last
+/// compute: a caller that writes shared memory after the loop synchronises first.
+template <int S, typename L, typename C> __device__ __forceinline__ void pipeline(int steps, L load, C compute) {
+#pragma unroll
+    for (int t = 0; t < S - 1; t++) {
+        if (t < steps) load(t, t);
+        cp_async_commit();
+    }
+    for (int t = 0; t < steps; t++) {
+        cp_async_wait<S - 2>();
+        __syncthreads();  // step t is in for every thread; stage (t - 1) % S is free
+        if (t + S - 1 < steps) load(t + S - 1, (t + S - 1) % S);
+        cp_async_commit();
+        compute(t % S);
+    }
+}
+
 /// Copies the `R x C` tile whose element (r, c) is `src[r*sr + c*sc]` (zero where
 /// `ok(r, c)` is false) into `dst[r*lds + c]`. Consecutive threads walk whichever of r,
 /// c has unit stride in global memory, so the reads coalesce.

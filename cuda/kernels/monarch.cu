@@ -171,27 +171,20 @@ template <typename T> __device__ void grouped_gemm_run(const GroupedGemm& P) {
     const int kb = split * chunk, ke = min(P.K, kb + chunk);
     const int k_tiles = ke > kb ? (ke - kb + BK - 1) / BK : 0;
     const LoadMode am = load_mode<T>(P.a), bm = load_mode<T>(P.b);
-    auto load_stage = [&](int t) {
-        T* st = smem + (t % S) * (A_SIZE + B_SIZE);
-        load_operand<T, BM, BK, Tile::THREADS>(st, am, P.a, g, m0, P.M, kb + t * BK, ke);
-        load_operand<T, BN, BK, Tile::THREADS>(st + A_SIZE, bm, P.b, g, n0, P.N, kb + t * BK, ke);
-    };
     Tile tile;
     tile.zero();
-#pragma unroll
-    for (int t = 0; t < S - 1; t++) {
-        if (t < k_tiles) load_stage(t);
-        cp_async_commit();
-    }
-    for (int t = 0; t < k_tiles; t++) {
-        cp_async_wait<S - 2>();
-        __syncthreads();  // tile t is in for every thread; stage (t - 1) % S is free
-        if (t + S - 1 < k_tiles) load_stage(t + S - 1);
-        cp_async_commit();
-        const T* st = smem + (t % S) * (A_SIZE + B_SIZE);
-        tile.step(st, am == LOAD_X ? BM + 8 : BK + 8, am == LOAD_X, st + A_SIZE, bm == LOAD_X ? BN + 8 : BK + 8,
-                  bm == LOAD_X);
-    }
+    pipeline<S>(
+        k_tiles,
+        [&](int t, int stage) {
+            T* st = smem + stage * (A_SIZE + B_SIZE);
+            load_operand<T, BM, BK, Tile::THREADS>(st, am, P.a, g, m0, P.M, kb + t * BK, ke);
+            load_operand<T, BN, BK, Tile::THREADS>(st + A_SIZE, bm, P.b, g, n0, P.N, kb + t * BK, ke);
+        },
+        [&](int stage) {
+            const T* st = smem + stage * (A_SIZE + B_SIZE);
+            tile.step(st, am == LOAD_X ? BM + 8 : BK + 8, am == LOAD_X, st + A_SIZE, bm == LOAD_X ? BN + 8 : BK + 8,
+                      bm == LOAD_X);
+        });
     tile.for_each_pair([&](int r, int c, float v0, float v1) {
         const int m = m0 + r, n = n0 + c;
         if (m >= P.M || n >= P.N) return;
