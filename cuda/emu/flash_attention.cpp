@@ -39,10 +39,11 @@ struct Case {
     unsigned long long seed = 0;
 };
 
-/// `tiles_cfg` of the launcher: grid (tiles, clamp(bh, 1, limit), ceil(bh / y)), 128 threads.
-static void tiles_launch(const Case& c, size_t smem, void (*k)(FlashParams), const FlashParams& p) {
+/// `tiles_cfg` of the launcher: grid (ceil(seq / rows), clamp(bh, 1, limit), ceil(bh / y)),
+/// 128 threads.
+static void tiles_launch(const Case& c, unsigned rows, size_t smem, void (*k)(FlashParams), const FlashParams& p) {
     if (smem > sizeof fa_smem) emu::die("dynamic shared memory larger than the emulated array");
-    const unsigned tiles = (c.seq + 63) / 64, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
+    const unsigned tiles = (c.seq + rows - 1) / rows, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
     emu::launch({tiles, y, (c.bh + y - 1) / y}, {128, 1, 1}, [&] { k(p); });
 }
 
@@ -52,12 +53,17 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     const int tiles = (c.seq + 63) / 64;
     Data<T> q(n, rng, 1.5f), kk(n, rng, 1.5f), v(n, rng), dout(n, rng);
     // Block mask: a fixed pattern with the diagonal kept, and on masked cases one query
-    // tile with nothing visible (its rows get o = 0, lse = -inf).
+    // tile with nothing visible (its rows get o = 0, lse = -inf), and a key tile that the
+    // second query tile of a 128-row forward block visits and the first does not.
     std::vector<unsigned char> mask(tiles * tiles);
     for (int a = 0; a < tiles; a++)
-        for (int b = 0; b < tiles; b++) mask[a * tiles + b] = (a * 7 + b * 3) % 3 != 0 || a == b;
+        for (int b = 0; b < tiles; b++) mask[a * tiles + b] = (a * 7 + b * 5) % 3 != 0 || a == b;
     if (tiles > 1)
         for (int b = 0; b < tiles; b++) mask[1 * tiles + b] = 0;
+    if (tiles > 3) {
+        mask[2 * tiles + 0] = 0;
+        mask[3 * tiles + 0] = 1;
+    }
     auto visible = [&](int i, int j) {
         return (!c.causal || j <= i) && (!c.block_mask || mask[(i / 64) * tiles + j / 64]);
     };
@@ -88,10 +94,11 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     p.seed = c.seed;
     const size_t e = sizeof(T);
     const emu::Device dev{c.sm_count};
-    tiles_launch(c, 4 * 64 * (D + 8) * e, k.fwd, p);
+    const unsigned fwd_rows = e == 2 && D <= 64 ? 128 : 64;  // fwd_rows, fwd_smem
+    tiles_launch(c, fwd_rows, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
     emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.delta(p); });
     const size_t stages = e == 2 ? 2 : 1;  // bwd_smem
-    tiles_launch(c, ((2 * stages + 2) * 64 * (D + 8) + 64 * (64 + 8)) * e + 2 * stages * 64 * 4, k.bwd, p);
+    tiles_launch(c, 64, ((2 * stages + 2) * 64 * (D + 8) + 64 * (64 + 8)) * e + 2 * stages * 64 * 4, k.bwd, p);
     emu::launch({dev.grid_for(n, 256), 1, 1}, {256, 1, 1}, [&] { k.finish(p, D); });
 
     // The f64 reference.

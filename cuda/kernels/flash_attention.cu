@@ -9,7 +9,8 @@
 // scaled by drop_scale = 1/(1-p): P∘Z multiplies V in the forward (the normaliser sums the
 // undropped P), and the backward uses dV = (P∘Z)ᵀdO, dS = P∘(dP∘Z − delta), the CPU's rule.
 //
-// Forward:  grid (ceil(seq/64), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16 query rows),
+// Forward:  grid (ceil(seq/BR), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16·MQ query
+//           rows, FaFwdRows: BR = 128 for bf16 up to head_dim 64, else 64),
 //           dynamic shared memory fwd_smem (two stages of K, V tiles: the next visited key
 //           tile loads with cp.async while this one computes; V read with ldmatrix.trans).
 // Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
@@ -59,23 +60,37 @@ __device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
     return !P.mask || P.mask[(i64)(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
 }
 
-/// The first key tile at or after `j0` that query tile `q0` visits (`seq` if none): the
-/// causal bound (`q_last`, its last query) and the block mask.
+/// The forward's work split. bf16: Q in its own shared tile, its fragments read per k
+/// step, and 16·MQ query rows per warp, MQ = 2 up to head_dim 64 (two 16-row tiles share
+/// every K and V fragment: half the shared-memory reads per mma; 1 at 128, registers).
+/// f32: Q fragments in registers (the Q tile passes through a K/V stage), MQ = 1, so that
+/// D = 128 fits Ampere's shared memory. A block holds BR = 64·MQ query rows.
+template <typename T, int D> struct FaFwdRows {
+    static constexpr bool Q_SHARED = sizeof(T) == 2;
+    static constexpr int MQ = Q_SHARED && D <= 64 ? 2 : 1, BR = 64 * MQ;
+};
+
+/// The first key tile at or after `j0` that any query row of [q0, q_last] visits (`seq`
+/// if none): the causal bound and the block mask, whose rows are 64 queries.
 __device__ __forceinline__ int fa_next_key_tile(const FlashParams& P, int q0, int q_last, int j0) {
     for (; j0 < P.seq; j0 += FA_BC) {
         if (P.causal && j0 > q_last) return P.seq;
-        if (fa_visit(P, q0, j0)) return j0;
+        for (int r = q0; r <= q_last; r += FA_BR)
+            if (fa_visit(P, r, j0)) return j0;
     }
     return P.seq;
 }
 
 template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P) {
-    // Two stages of (K, V), each FA_BC x LD, natural layout; the Q tile passes through
-    // stage 1's K first. The next visited tile loads (cp.async) while this one computes.
+    // Two stages of (K, V), each FA_BC x LD, natural layout, then (Q_SHARED) the Q tile,
+    // BR x LD; else the Q tile passes through stage 1 into registers. The next visited
+    // tile loads (cp.async) while this one computes.
+    typedef FaFwdRows<T, D> R;
+    constexpr int MQ = R::MQ, BR = R::BR;
     constexpr int LD = D + FA_PAD, TILE = FA_BC * LD;
     T* smem = reinterpret_cast<T*>(fa_smem);
     // Heads past 65535 continue on grid z (the whole block returns: no barrier is skipped).
-    const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = blockIdx.x * FA_BR, warp = threadIdx.x >> 5;
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = blockIdx.x * BR, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
     const i64 base = (i64)bh * P.seq * D;
     const T* q = reinterpret_cast<const T*>(P.q) + base;
@@ -83,31 +98,45 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
     const T* v = reinterpret_cast<const T*>(P.v) + base;
     const int seq = P.seq;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16);
-    const int q_last = min(q0 + FA_BR, seq) - 1;
+    const int q_last = min(q0 + BR, seq) - 1;
+    // This warp's rows row0 .. row0 + 16·MQ - 1: one row of the block mask.
+    const int row0 = q0 + warp * 16 * MQ, w_last = min(row0 + 16 * MQ, seq) - 1;
     auto load_kv = [&](int j0, int stage) {
         load_rows<T, FA_BC, D, 128>(smem + 2 * stage * TILE, LD, k + (i64)j0 * D, D, seq - j0, vec);
         load_rows<T, FA_BC, D, 128>(smem + (2 * stage + 1) * TILE, LD, v + (i64)j0 * D, D, seq - j0, vec);
     };
 
     int j0 = fa_next_key_tile(P, q0, q_last, 0);
-    load_rows<T, FA_BR, D, 128>(smem + 2 * TILE, LD, q + (i64)q0 * D, D, seq - q0, vec);
+    T* q_s = smem + (R::Q_SHARED ? 4 : 2) * TILE;
+    load_rows<T, BR, D, 128>(q_s, LD, q + (i64)q0 * D, D, seq - q0, vec);
     if (j0 < seq) load_kv(j0, 0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    FragA<T> qf[D / 16];
+    // f32: every Q fragment in registers (R::Q_SHARED: read per k step below).
+    FragA<T> qr[R::Q_SHARED ? 1 : D / 16];
+    if constexpr (!R::Q_SHARED) {
 #pragma unroll
-    for (int kd = 0; kd < D / 16; kd++) frag_a(qf[kd], smem + 2 * TILE, LD, false, warp * 16, kd * 16);
-    __syncthreads();  // stage 1 is free for the first prefetch
+        for (int kd = 0; kd < D / 16; kd++) frag_a(qr[kd], q_s, LD, false, warp * 16, kd * 16);
+        __syncthreads();  // stage 1 is free for the first prefetch
+    }
 
-    Acc o[D / 8];
+    Acc o[MQ][D / 8];
 #pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) acc_zero(o[dt]);
+    for (int mi = 0; mi < MQ; mi++)
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++) acc_zero(o[mi][dt]);
     // Running max (in log2 units: scores times scale·log2 e, so exp2 is the exponential)
-    // and sum of each of the thread's two rows.
-    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
+    // and sum of each of the thread's two rows per 16-row tile.
+    float m_r[MQ][2], l_r[MQ][2];
+#pragma unroll
+    for (int mi = 0; mi < MQ; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            m_r[mi][h] = NEG_INF;
+            l_r[mi][h] = 0.0f;
+        }
     const float scale2 = P.scale * 1.4426950408889634f;
-    const int row0 = q0 + warp * 16;
 
     for (int stage = 0; j0 < seq; stage ^= 1) {
         const int j_next = fa_next_key_tile(P, q0, q_last, j0 + FA_BC);
@@ -115,70 +144,98 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
         cp_async_commit();
         const T* k_s = smem + 2 * stage * TILE;
         const T* v_s = k_s + TILE;
-
-        Acc s[FA_BC / 8];
+        // A warp whose rows this tile does not reach (mask row, causal bound) skips it.
+        if (MQ == 1 || (!(P.causal && j0 > w_last) && fa_visit(P, row0, j0))) {
+            Acc s[MQ][FA_BC / 8];
 #pragma unroll
-        for (int nt = 0; nt < FA_BC / 8; nt++) acc_zero(s[nt]);
+            for (int mi = 0; mi < MQ; mi++)
 #pragma unroll
-        for (int kd = 0; kd < D / 16; kd++)
+                for (int nt = 0; nt < FA_BC / 8; nt++) acc_zero(s[mi][nt]);
 #pragma unroll
-            for (int nt = 0; nt < FA_BC / 8; nt += 2) {
-                FragB<T> b0, b1;
-                frag_b2(b0, b1, k_s, LD, false, nt * 8, kd * 16);
-                mma(s[nt], qf[kd], b0);
-                mma(s[nt + 1], qf[kd], b1);
-            }
-
-        float mx[2] = {NEG_INF, NEG_INF};
+            for (int kd = 0; kd < D / 16; kd++) {
+                FragA<T> qf[MQ];
 #pragma unroll
-        for (int nt = 0; nt < FA_BC / 8; nt++)
+                for (int mi = 0; mi < MQ; mi++) {
+                    if constexpr (R::Q_SHARED) frag_a(qf[mi], q_s, LD, false, warp * 16 * MQ + mi * 16, kd * 16);
+                    else qf[mi] = qr[kd];
+                }
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = j0 + nt * 8 + acc_col(e), i = row0 + acc_row(e);
-                float val = s[nt].c[e] * scale2;
-                if (j >= seq || (P.causal && j > i)) val = NEG_INF;
-                s[nt].c[e] = val;
-                mx[e >> 1] = fmaxf(mx[e >> 1], val);
-            }
-        float alpha[2], mnew[2], rs[2] = {0.0f, 0.0f};
+                for (int nt = 0; nt < FA_BC / 8; nt += 2) {
+                    FragB<T> b0, b1;
+                    frag_b2(b0, b1, k_s, LD, false, nt * 8, kd * 16);
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            mnew[h] = fmaxf(m_r[h], mx[h]);
-            alpha[h] = mnew[h] == NEG_INF ? 1.0f : exp2f(m_r[h] - mnew[h]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < FA_BC / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int h = e >> 1;
-                const float p = mnew[h] == NEG_INF ? 0.0f : exp2f(s[nt].c[e] - mnew[h]);
-                rs[h] += p;
-                s[nt].c[e] = p * fa_keep(P, bh, row0 + acc_row(e), j0 + nt * 8 + acc_col(e));
+                    for (int mi = 0; mi < MQ; mi++) {
+                        mma(s[mi][nt], qf[mi], b0);
+                        mma(s[mi][nt + 1], qf[mi], b1);
+                    }
+                }
             }
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
-            rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
-            l_r[h] = l_r[h] * alpha[h] + rs[h];
-            m_r[h] = mnew[h];
-        }
+            for (int mi = 0; mi < MQ; mi++) {
+                const int r0 = row0 + mi * 16;
+                float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
+                for (int nt = 0; nt < FA_BC / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) o[dt].c[e] *= alpha[e >> 1];
-        // O += P V: B(n = d, k = j) is V[j][d], stored [k][n]: ldmatrix.trans.
+                    for (int e = 0; e < 4; e++) {
+                        const int j = j0 + nt * 8 + acc_col(e), i = r0 + acc_row(e);
+                        float val = s[mi][nt].c[e] * scale2;
+                        if (j >= seq || (P.causal && j > i)) val = NEG_INF;
+                        s[mi][nt].c[e] = val;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], val);
+                    }
+                float alpha[2], mnew[2], rs[2] = {0.0f, 0.0f};
 #pragma unroll
-        for (int kt = 0; kt < FA_BC / 16; kt++) {
-            FragA<T> pa;
-            acc_to_a(pa, s[2 * kt], s[2 * kt + 1]);
+                for (int h = 0; h < 2; h++) {
+                    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                    mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+                    mnew[h] = fmaxf(m_r[mi][h], mx[h]);
+                    alpha[h] = mnew[h] == NEG_INF ? 1.0f : exp2f(m_r[mi][h] - mnew[h]);
+                }
 #pragma unroll
-            for (int dt = 0; dt < D / 8; dt += 2) {
-                FragB<T> b0, b1;
-                frag_b2(b0, b1, v_s, LD, true, dt * 8, kt * 16);
-                mma(o[dt], pa, b0);
-                mma(o[dt + 1], pa, b1);
+                for (int nt = 0; nt < FA_BC / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int h = e >> 1;
+                        const float p = mnew[h] == NEG_INF ? 0.0f : exp2f(s[mi][nt].c[e] - mnew[h]);
+                        rs[h] += p;
+                        s[mi][nt].c[e] = p;
+                    }
+                // Attention dropout after the normaliser's sum (which counts every P).
+                if (P.p_drop > 0.0f)
+#pragma unroll
+                    for (int nt = 0; nt < FA_BC / 8; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            s[mi][nt].c[e] *= fa_keep(P, bh, r0 + acc_row(e), j0 + nt * 8 + acc_col(e));
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 1);
+                    rs[h] += __shfl_xor_sync(0xffffffffu, rs[h], 2);
+                    l_r[mi][h] = l_r[mi][h] * alpha[h] + rs[h];
+                    m_r[mi][h] = mnew[h];
+                }
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) o[mi][dt].c[e] *= alpha[e >> 1];
+            }
+            // O += P V: B(n = d, k = j) is V[j][d], stored [k][n]: ldmatrix.trans.
+#pragma unroll
+            for (int kt = 0; kt < FA_BC / 16; kt++) {
+                FragA<T> pa[MQ];
+#pragma unroll
+                for (int mi = 0; mi < MQ; mi++) acc_to_a(pa[mi], s[mi][2 * kt], s[mi][2 * kt + 1]);
+#pragma unroll
+                for (int dt = 0; dt < D / 8; dt += 2) {
+                    FragB<T> b0, b1;
+                    frag_b2(b0, b1, v_s, LD, true, dt * 8, kt * 16);
+#pragma unroll
+                    for (int mi = 0; mi < MQ; mi++) {
+                        mma(o[mi][dt], pa[mi], b0);
+                        mma(o[mi][dt + 1], pa[mi], b1);
+                    }
+                }
             }
         }
         cp_async_wait<0>();
@@ -188,19 +245,27 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 
     T* out = reinterpret_cast<T*>(P.o) + base;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
+    for (int mi = 0; mi < MQ; mi++) {
+        const int r0 = row0 + mi * 16;
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int i = row0 + acc_row(e), h = e >> 1;
-            if (i < seq) out[(i64)i * D + dt * 8 + acc_col(e)] = from_f32<T>(l_r[h] > 0.0f ? o[dt].c[e] / l_r[h] : 0.0f);
-        }
-    if ((threadIdx.x & 3) == 0)
+        for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int i = row0 + acc_row(2 * h);
-            // The natural log-sum-exp: m_r is in log2 units.
-            if (i < seq) P.lse[(i64)bh * seq + i] = l_r[h] > 0.0f ? m_r[h] * 0.6931471805599453f + logf(l_r[h]) : NEG_INF;
-        }
+            for (int e = 0; e < 4; e++) {
+                const int i = r0 + acc_row(e), h = e >> 1;
+                if (i < seq)
+                    out[(i64)i * D + dt * 8 + acc_col(e)] =
+                        from_f32<T>(l_r[mi][h] > 0.0f ? o[mi][dt].c[e] / l_r[mi][h] : 0.0f);
+            }
+        if ((threadIdx.x & 3) == 0)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int i = r0 + acc_row(2 * h);
+                // The natural log-sum-exp: m_r is in log2 units.
+                if (i < seq)
+                    P.lse[(i64)bh * seq + i] =
+                        l_r[mi][h] > 0.0f ? m_r[mi][h] * 0.6931471805599453f + logf(l_r[mi][h]) : NEG_INF;
+            }
+    }
 }
 
 /// delta_i = sum_d dO_id * O_id, one warp per row.

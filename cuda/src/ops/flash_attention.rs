@@ -98,9 +98,11 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
     }
 }
 
-/// Dynamic shared memory of the forward kernel (bytes): two stages of (K, V) tiles.
+/// Dynamic shared memory of the forward kernel (bytes): two stages of (K, V) tiles and,
+/// for bf16, the Q tile (the kernel's `FaFwdRows`).
 fn fwd_smem(d: usize, elem: usize) -> u32 {
-    (4 * ATTN_TILE * (d + 8) * elem) as u32
+    let q_rows = if elem == 2 { fwd_rows(d, elem) } else { 0 };
+    ((4 * ATTN_TILE + q_rows) * (d + 8) * elem) as u32
 }
 
 /// Dynamic shared memory of the backward kernel (bytes): K, V, dS, and per stage (two
@@ -110,12 +112,18 @@ fn bwd_smem(d: usize, elem: usize) -> u32 {
     (((2 * stages + 2) * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * stages * ATTN_TILE * 4) as u32
 }
 
-/// Grid (tiles, batch·heads): tiles of one head run side by side (its K and V stay in L2);
-/// heads past 65535 (grid y's limit) continue on z.
-fn tiles_cfg(d: &AttentionDims, smem: u32) -> LaunchConfig {
+/// Query rows per block of the forward kernel (its `FaFwdRows`): for bf16 32 per warp up
+/// to head_dim 64, else 16.
+fn fwd_rows(head_dim: usize, elem: usize) -> usize {
+    if elem == 2 && head_dim <= 64 { 2 * ATTN_TILE } else { ATTN_TILE }
+}
+
+/// Grid (blocks of `rows` along the sequence, batch·heads): tiles of one head run side by
+/// side (its K and V stay in L2); heads past 65535 (grid y's limit) continue on z.
+fn tiles_cfg(d: &AttentionDims, rows: usize, smem: u32) -> LaunchConfig {
     let y = d.batch_heads.clamp(1, 65535);
     LaunchConfig {
-        grid_dim: (d.tiles() as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
+        grid_dim: (d.seq.div_ceil(rows) as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
         block_dim: (128, 1, 1),
         shared_mem_bytes: smem,
     }
@@ -131,7 +139,7 @@ fn check_mask(c: &Check, d: &AttentionDims, mask: Option<&View<'_>>) -> Result<(
 /// Forward: `o = softmax(q·kᵀ/√d + masks)·v` and the per-row log-sum-exp `lse`
 /// (batch·heads·seq, f32; -inf on rows with no visible key, whose output is 0).
 /// `mask` is u8 (tiles × tiles), 1 = visit. Kernel `flash_fwd_{f32,bf16}_d{32,64,128}(FlashParams)`,
-/// grid (tiles, batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
+/// grid (ceil(seq / fwd_rows), batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
 pub fn flash_attention_forward(
     d: AttentionDims,
     q: View<'_>,
@@ -159,7 +167,8 @@ pub fn flash_attention_forward(
     (p.q, p.k, p.v, p.o, p.lse) = (q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr());
     let f =
         dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{}_d{}", dt.kernel_suffix(c.op)?, d.head_dim))?;
-    dev.launch(&f, tiles_cfg(&d, fwd_smem(d.head_dim, dt.size())), &[Arg::of(&p)])
+    let (rows, smem) = (fwd_rows(d.head_dim, dt.size()), fwd_smem(d.head_dim, dt.size()));
+    dev.launch(&f, tiles_cfg(&d, rows, smem), &[Arg::of(&p)])
 }
 
 /// Backward from the forward's `o`, `lse` and the output gradient `dout`: writes `dq`,
@@ -208,7 +217,7 @@ pub fn flash_attention_backward(
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_delta_{sfx}_d{hd}"))?;
     dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &[Arg::of(&p)])?;
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_{sfx}_d{hd}"))?;
-    dev.launch(&f, tiles_cfg(&d, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
+    dev.launch(&f, tiles_cfg(&d, ATTN_TILE, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_dq_finish_{sfx}"))?;
     dev.launch(&f, super::cfg_1d(dev.grid_for(d.elems(), 256), 256), &[Arg::of(&p), Arg::I32(hd as i32)])
 }
@@ -226,6 +235,8 @@ mod tests {
                 assert!(fwd_smem(d, elem) <= 163 * 1024 && bwd_smem(d, elem) <= 163 * 1024, "d {d} elem {elem}");
             }
         }
+        assert_eq!(fwd_smem(64, 2), (4 * 64 + 128) * 72 * 2);
+        assert_eq!(fwd_smem(128, 4), 4 * 64 * 136 * 4);
         assert_eq!(bwd_smem(128, 2), 6 * 64 * 136 * 2 + 64 * 72 * 2 + 1024);
         assert_eq!(bwd_smem(128, 4), 4 * 64 * 136 * 4 + 64 * 72 * 4 + 512);
     }
