@@ -40,6 +40,8 @@
 //   layout comments, so a wrong layout or operand order there is caught, not copied.
 //   The product sums the 16 terms in k order with fmaf (f32 accumulation, as the GPU up
 //   to the order of the additions).
+//   `tanh_approx_f32` (tanh.approx.f32) is the exact tanh off by the PTX ISA's whole
+//   error bound, 2^-10.987 relative.
 // - Qualifiers `__global__`, `__device__`, `__forceinline__`, `__noinline__`,
 //   `__launch_bounds__`, `__restrict__`, `__align__`, and the intrinsics the kernels use
 //   (`__int_as_float`, `__uint_as_float`, `__float_as_uint`, `rsqrtf`, integer `min`).
@@ -425,6 +427,11 @@ inline void mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b) {
         d[i] = acc;
     }
 }
+
+/// tanh.approx.f32: PTX guarantees a relative error of at most 2^-10.987 and no more;
+/// emulated as the exact value off by that whole bound (away from zero), so that what a
+/// kernel's tolerance accepts here it accepts on any GPU.
+inline float tanh_approx_f32(float x) { return (float)(std::tanh((double)x) * (1.0 + std::exp2(-10.987))); }
 
 /// Whether `[p, p + bytes)` lies in the `__shared__` arrays.
 inline bool in_shared(const void* p, size_t bytes) {

@@ -44,6 +44,19 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return r;
 }
 
+/// tanh with f32 arithmetic accurate to the output's dtype: `tanh.approx.f32` (relative
+/// error at most 2^-10.987, below bf16's 2^-9 rounding) when APPROX, else tanhf.
+template <bool APPROX> __device__ __forceinline__ float tanh_of(float x) {
+    if (!APPROX) return tanhf(x);
+    float y;
+#ifdef MONARCH_EMULATE
+    y = emu::tanh_approx_f32(x);
+#else
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+#endif
+    return y;
+}
+
 #define NEG_INF __int_as_float(0xff800000)
 #define POS_INF __int_as_float(0x7f800000)
 

@@ -10,17 +10,18 @@
 #define FRAC_1_SQRT_2 0.7071067811865476f
 #define FRAC_1_SQRT_2PI 0.3989422804014327f
 
-template <int OP> __device__ __forceinline__ float unary_f(float x, float p0, float p1) {
+/// f(x); A (bf16 data): tanh through `tanh_of<true>`, whose error is below bf16's rounding.
+template <int OP, bool A> __device__ __forceinline__ float unary_f(float x, float p0, float p1) {
     switch (OP) {
         case 0: return -x;
         case 1: return expf(x);
         case 2: return logf(x);
         case 3: return sqrtf(x);
         case 4: return 1.0f / sqrtf(x);
-        case 5: return tanhf(x);
+        case 5: return tanh_of<A>(x);
         case 6: return 1.0f / (1.0f + expf(-x));
         case 7: return fmaxf(x, 0.0f);
-        case 8: return 0.5f * x * (1.0f + tanhf(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+        case 8: return 0.5f * x * (1.0f + tanh_of<A>(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
         case 9: return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2));
         case 10: return x / (1.0f + expf(-x));
         case 11: return fabsf(x);
@@ -32,7 +33,8 @@ template <int OP> __device__ __forceinline__ float unary_f(float x, float p0, fl
     }
 }
 
-template <int OP> __device__ __forceinline__ float unary_df(float s, float p0, float p1) {
+/// f'(saved); A as for unary_f.
+template <int OP, bool A> __device__ __forceinline__ float unary_df(float s, float p0, float p1) {
     switch (OP) {
         case 0: return -1.0f;
         case 1: return s;
@@ -44,7 +46,7 @@ template <int OP> __device__ __forceinline__ float unary_df(float s, float p0, f
         case 7: return s > 0.0f ? 1.0f : 0.0f;
         case 8: {
             const float x2 = s * s;
-            const float t = tanhf(SQRT_2_OVER_PI * (s + GELU_C * x2 * s));
+            const float t = tanh_of<A>(SQRT_2_OVER_PI * (s + GELU_C * x2 * s));
             return 0.5f * (1.0f + t) + 0.5f * s * (1.0f - t * t) * SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x2);
         }
         case 9: {
@@ -74,12 +76,12 @@ __device__ __forceinline__ void unary_fwd_run(const T* __restrict__ x, T* __rest
         for (i64 i = tid; i < nv; i += stride) {
             Pack<T, V> p = reinterpret_cast<const Pack<T, V>*>(x)[i];
 #pragma unroll
-            for (int e = 0; e < V; e++) p.v[e] = from_f32<T>(unary_f<OP>(to_f32(p.v[e]), p0, p1));
+            for (int e = 0; e < V; e++) p.v[e] = from_f32<T>(unary_f<OP, sizeof(T) == 2>(to_f32(p.v[e]), p0, p1));
             reinterpret_cast<Pack<T, V>*>(y)[i] = p;
         }
         done = nv * V;
     }
-    for (i64 i = done + tid; i < n; i += stride) y[i] = from_f32<T>(unary_f<OP>(to_f32(x[i]), p0, p1));
+    for (i64 i = done + tid; i < n; i += stride) y[i] = from_f32<T>(unary_f<OP, sizeof(T) == 2>(to_f32(x[i]), p0, p1));
 }
 
 template <typename T, int OP>
@@ -95,13 +97,13 @@ __device__ __forceinline__ void unary_bwd_run(const T* __restrict__ s, const T* 
             Pack<T, V> pg = reinterpret_cast<const Pack<T, V>*>(dy)[i];
 #pragma unroll
             for (int e = 0; e < V; e++)
-                pg.v[e] = from_f32<T>(to_f32(pg.v[e]) * unary_df<OP>(to_f32(ps.v[e]), p0, p1));
+                pg.v[e] = from_f32<T>(to_f32(pg.v[e]) * unary_df<OP, sizeof(T) == 2>(to_f32(ps.v[e]), p0, p1));
             reinterpret_cast<Pack<T, V>*>(dx)[i] = pg;
         }
         done = nv * V;
     }
     for (i64 i = done + tid; i < n; i += stride)
-        dx[i] = from_f32<T>(to_f32(dy[i]) * unary_df<OP>(to_f32(s[i]), p0, p1));
+        dx[i] = from_f32<T>(to_f32(dy[i]) * unary_df<OP, sizeof(T) == 2>(to_f32(s[i]), p0, p1));
 }
 
 #define UNARY_CASES(F, ...)          \
