@@ -323,13 +323,11 @@ __device__ __forceinline__ void frag_b2(FragB<float>& b0, FragB<float>& b1, cons
     }
 }
 
-/// Block-level tile GEMM on shared memory: `BM x BN` outputs from `A_s[BM][BK+pad]` and
-/// `B_s[BN][BK+pad]` (both k-contiguous), with `WM x WN` warps each owning a
-/// `(BM/WM) x (BN/WN)` sub-tile of `MI x NI` accumulators.
+/// Block-level tile GEMM on shared memory: `BM x BN` outputs from an A tile (BM x BK)
+/// and a B tile (BN x BK), each stored k-contiguous or transposed (see `step`), with
+/// `WM x WN` warps each owning a `(BM/WM) x (BN/WN)` sub-tile of `MI x NI` accumulators.
 template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
     static constexpr int THREADS = WM * WN * 32;
-    static constexpr int PAD = 16 / sizeof(T) < 8 ? 8 : 16 / sizeof(T);
-    static constexpr int LDS = BK + PAD;  // shared-memory row length in elements
     static constexpr int MI = BM / WM / 16, NI = BN / WN / 8;
     static_assert(BM % (WM * 16) == 0 && BN % (WN * 8) == 0 && BK % 16 == 0, "tile shape");
 
@@ -365,9 +363,6 @@ template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
                 for (int j = 0; j < NI; j++) mma(acc[i][j], a[i], b[j]);
         }
     }
-
-    /// `step` on tiles stored `A_s[BM][LDS]`, `B_s[BN][LDS]` (k-contiguous).
-    __device__ __forceinline__ void step(const T* a_s, const T* b_s) { step(a_s, LDS, false, b_s, LDS, false); }
 
     /// Calls `f(row, col, v0, v1)` for every pair of accumulators at (row, col) and
     /// (row, col + 1) (col even), with tile-local coordinates.
@@ -435,25 +430,5 @@ template <int S, typename L, typename C> __device__ __forceinline__ void pipelin
         if (t + S - 1 < steps) load(t + S - 1, (t + S - 1) % S);
         cp_async_commit();
         compute(t % S);
-    }
-}
-
-/// Copies the `R x C` tile whose element (r, c) is `src[r*sr + c*sc]` (zero where
-/// `ok(r, c)` is false) into `dst[r*lds + c]`. Consecutive threads walk whichever of r,
-/// c has unit stride in global memory, so the reads coalesce.
-template <typename T, int R, int C, int THREADS, typename OK>
-__device__ __forceinline__ void load_tile(T* dst, int lds, const T* src, i64 sr, i64 sc, OK ok) {
-    if (sc == 1) {
-#pragma unroll 4
-        for (int i = threadIdx.x; i < R * C; i += THREADS) {
-            const int r = i / C, c = i % C;
-            dst[r * lds + c] = ok(r, c) ? src[r * sr + c] : from_f32<T>(0.0f);
-        }
-    } else {
-#pragma unroll 4
-        for (int i = threadIdx.x; i < R * C; i += THREADS) {
-            const int r = i % R, c = i / R;
-            dst[r * lds + c] = ok(r, c) ? src[r * sr + c * sc] : from_f32<T>(0.0f);
-        }
     }
 }
