@@ -81,3 +81,19 @@ print(json.dumps({"tokens_per_s": rate, "train_flops_per_token": flops, "bf16_ma
                   "mfu_vs_measured_bf16": rate * flops / (peak * 1e9), "mfu_reported": own,
                   "matmul_gflops_at_start": recs[0]["matmul_gflops"]}))
 PY
+# Where the device time goes, kernel by kernel (MONARCH_KERNEL_TIMES: two events around
+# every launch, so these runs are not the timings of record): the Monarch and dense MLP
+# blocks apart (they share the GELU and reduction kernels), flash attention at 4K, and
+# 3 steps of GPT-2 small. Last, so that a short device call loses these first.
+export MONARCH_KERNEL_TIMES=1
+{
+  for k in monarch dense; do
+    echo "== MLP block, $k"
+    $M bench linear --device cuda --dtype bf16 --kind $k --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --warmup 1 --runs 3
+  done
+  echo "== flash attention, seq 4096"
+  $M bench attention --device cuda --impl flash --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 1 --runs 3
+  echo "== GPT-2 small, 3 steps"
+  timeout 180 gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
+    --max-steps 3 --eval-every 0 --log-every 1 --checkpoint-every 0 --out-dir /tmp/run-profile --quiet
+} 2>&1 | tee "$OUT/kernel_times.txt"

@@ -4,6 +4,7 @@
 use crate::alloc::{CachingAllocator, MemoryStats, RawAlloc};
 use crate::buffer::DeviceBuffer;
 use crate::cache::KernelCache;
+use crate::kernel_times::{KernelTime, KernelTimes};
 use crate::kernels::KernelSource;
 use crate::{CudaError, DType, Element, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
@@ -51,6 +52,8 @@ pub struct CudaDevice {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) blas: std::sync::OnceLock<std::result::Result<crate::gemm::Blas, String>>,
+    /// Per-kernel device time, when `MONARCH_KERNEL_TIMES` asks for it.
+    times: Option<KernelTimes>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -96,6 +99,7 @@ impl CudaDevice {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: std::sync::OnceLock::new(),
+            times: KernelTimes::from_env(),
         }))
     }
 
@@ -126,7 +130,28 @@ impl CudaDevice {
 
     /// Waits until all queued work has finished.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(CudaError::driver("synchronize"))
+        self.stream.synchronize().map_err(CudaError::driver("synchronize"))?;
+        self.times.as_ref().map_or(Ok(()), |t| t.collect())
+    }
+
+    /// Device time per kernel since the device opened (or the last
+    /// [`reset_kernel_times`](Self::reset_kernel_times)), longest first; `None` unless
+    /// [`KERNEL_TIMES_ENV`](crate::KERNEL_TIMES_ENV) turned the timer on.
+    pub fn kernel_times(&self) -> Result<Option<Vec<KernelTime>>> {
+        self.times.as_ref().map(|t| t.report()).transpose()
+    }
+
+    /// Forgets the per-kernel times so far (warm-up runs, say).
+    pub fn reset_kernel_times(&self) -> Result<()> {
+        self.times.as_ref().map_or(Ok(()), |t| t.reset())
+    }
+
+    /// Queues `work` (the launch of `name`), timed when the per-kernel timer is on.
+    pub(crate) fn timed<T>(&self, name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.times {
+            Some(t) => t.time(&self.stream, name, work),
+            None => work(),
+        }
     }
 
     /// The allocator's counters.
@@ -228,7 +253,18 @@ impl CudaDevice {
         }
         // SAFETY: each op validates its buffers' dtypes and lengths against the kernel's
         // contract before launching, and passes arguments in the kernel's order.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(CudaError::driver("launch"))
+        let mut launch = move || unsafe { b.launch(cfg) }.map(|_| ()).map_err(CudaError::driver("launch"));
+        match &self.times {
+            Some(t) => t.time(&self.stream, &self.function_name(f), launch),
+            None => launch(),
+        }
+    }
+
+    /// The name `f` was loaded under (for the per-kernel timer).
+    fn function_name(&self, f: &CudaFunction) -> String {
+        let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        let found = functions.iter().find(|(_, g)| g.cu_function() == f.cu_function());
+        found.map_or_else(|| "unnamed kernel".to_string(), |(name, _)| name.clone())
     }
 }
 

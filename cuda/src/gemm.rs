@@ -240,7 +240,7 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
     let (alpha, beta) = (g.alpha, g.beta);
     // SAFETY: the buffers were checked to hold every element the layouts address, and the
     // call is queued on the device's stream after all earlier work on them.
-    unsafe {
+    dev.timed("cublasLt_matmul", || unsafe {
         result::matmul(
             blas.handle,
             desc.0,
@@ -259,6 +259,6 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
             ws,
             dev.stream().cu_stream() as sys::cudaStream_t,
         )
-    }
-    .map_err(err("matmul"))
+        .map_err(err("matmul"))
+    })
 }

@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layout::Layout;
 pub use masks::{BlockMask, FlatButterfly};
-pub use monarch_cuda::MemoryStats;
+pub use monarch_cuda::{KernelTime, MemoryStats, format_kernel_times};
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};
 pub use ops::{BlockSparsePlan, MonarchOut, MonarchShape};

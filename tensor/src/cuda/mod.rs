@@ -15,7 +15,7 @@ pub(crate) use optim::sgd_step;
 mod rows;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
-use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, MemoryStats, View};
+use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, KernelTime, MemoryStats, View};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A tensor's buffer in the memory of one GPU.
@@ -206,6 +206,23 @@ impl Device {
             cuda_device(i)?.reset_peak_memory();
         }
         Ok(())
+    }
+
+    /// Device time per kernel so far, longest first, when `MONARCH_KERNEL_TIMES` is set
+    /// (see [`monarch_cuda::KERNEL_TIMES_ENV`]); `None` on the CPU or without it.
+    pub fn kernel_times(self) -> Result<Option<Vec<KernelTime>>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(i) => cuda_device(i)?.kernel_times().map_err(cuda_err("kernel_times")),
+        }
+    }
+
+    /// Forgets the per-kernel times so far (nothing on the CPU).
+    pub fn reset_kernel_times(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => cuda_device(i)?.reset_kernel_times().map_err(cuda_err("kernel_times")),
+        }
     }
 
     /// Waits until the work queued on this device has finished (nothing to wait for on

@@ -168,8 +168,9 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     let matmul_dtype = cfg.precision.autocast().unwrap_or(monarch_tensor::DType::F32);
     let flops_per_item = task.train_flops_per_item();
     let matmul_rate = flops_per_item.map(|_| mfu::matmul_rate(opts.device, matmul_dtype)).transpose()?;
-    // The probe's operands are freed; the run's peak memory starts after them.
+    // The probe's operands are freed; the run's peak memory (and kernel times) start after them.
     opts.device.reset_peak_memory()?;
+    opts.device.reset_kernel_times()?;
     if !opts.resume {
         let mut start = json!({
             "step": 0, "event": "start", "task": task.name(), "steps": cfg.steps, "device": opts.device.to_string(),
@@ -292,6 +293,10 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
     }
     plot::plot_losses(&dir.join("loss.png"), task.name(), &metrics.series("loss"), &metrics.series("val_loss"))?;
     progress.finish();
+    // With MONARCH_KERNEL_TIMES: where the run's device time went, kernel by kernel.
+    if let Some(times) = opts.device.kernel_times()? {
+        eprint!("{}", monarch_tensor::format_kernel_times(&times));
+    }
     Ok(RunSummary { step, losses, eval: last_eval, throughput: total_items as f64 / train_secs.max(1e-9) })
 }
 

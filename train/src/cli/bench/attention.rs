@@ -148,7 +148,7 @@ impl AttentionArgs {
                 peak as f64 / (1 << 20) as f64,
             );
         }
-        Ok(())
+        super::print_kernel_times(device)
     }
 }
 

@@ -176,7 +176,7 @@ impl LinearArgs {
                 j["params"]
             );
         }
-        Ok(())
+        super::print_kernel_times(self.on.device)
     }
 }
 

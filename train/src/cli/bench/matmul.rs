@@ -43,6 +43,6 @@ impl MatmulArgs {
         } else {
             println!("matmul {m}x{k} · {k}x{n} {} on {}: median {ms:.3} ms, {gflops:.1} GFLOP/s", self.dtype, device);
         }
-        Ok(())
+        super::print_kernel_times(device)
     }
 }

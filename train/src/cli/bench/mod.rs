@@ -87,6 +87,15 @@ impl Timing {
     }
 }
 
+/// Prints the device time per kernel over all runs, warm-up included, to stderr when
+/// `MONARCH_KERNEL_TIMES` turned the timer on (GPU runs only).
+pub fn print_kernel_times(device: Device) -> Result<(), CliError> {
+    if let Some(times) = device.kernel_times()? {
+        eprint!("{}", monarch_tensor::format_kernel_times(&times));
+    }
+    Ok(())
+}
+
 impl BenchArgs {
     /// Runs the chosen benchmark.
     pub fn run(self) -> Result<(), CliError> {
