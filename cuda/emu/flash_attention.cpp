@@ -14,8 +14,8 @@
 #include "flash_attention.cu"
 #include "check.h"
 
-/// The kernels' dynamic shared memory (the largest launch: bwd_smem(128, 4)).
-alignas(16) thread_local unsigned char fa_smem[(4 * 64 * (128 + 8) + 64 * (64 + 8)) * 4 + 2 * 64 * 4];
+/// The kernels' dynamic shared memory (the largest launch: bwd_smem(128, 2)).
+alignas(16) thread_local unsigned char fa_smem[(4 * 64 * (128 + 8) + 2 * 128 * (128 + 8) + 128 * (64 + 8)) * 2 + 1024];
 
 using emu::Compare;
 using emu::Data;
@@ -40,11 +40,12 @@ struct Case {
 };
 
 /// `tiles_cfg` of the launcher: grid (ceil(seq / rows), clamp(bh, 1, limit), ceil(bh / y)),
-/// 128 threads.
-static void tiles_launch(const Case& c, unsigned rows, size_t smem, void (*k)(FlashParams), const FlashParams& p) {
+/// `threads` threads.
+static void tiles_launch(const Case& c, unsigned rows, unsigned threads, size_t smem, void (*k)(FlashParams),
+                         const FlashParams& p) {
     if (smem > sizeof fa_smem) emu::die("dynamic shared memory larger than the emulated array");
     const unsigned tiles = (c.seq + rows - 1) / rows, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
-    emu::launch({tiles, y, (c.bh + y - 1) / y}, {128, 1, 1}, [&] { k(p); });
+    emu::launch({tiles, y, (c.bh + y - 1) / y}, {threads, 1, 1}, [&] { k(p); });
 }
 
 template <typename T, int D> static int run(const Case& c, FlashKernels k, double tol) {
@@ -95,10 +96,11 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     const size_t e = sizeof(T);
     const emu::Device dev{c.sm_count};
     const unsigned fwd_rows = e == 2 && D <= 64 ? 128 : 64;  // fwd_rows, fwd_smem
-    tiles_launch(c, fwd_rows, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
+    tiles_launch(c, fwd_rows, 128, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
     emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.delta(p); });
-    const size_t stages = e == 2 ? 2 : 1;  // bwd_smem
-    tiles_launch(c, 64, ((2 * stages + 2) * 64 * (D + 8) + 64 * (64 + 8)) * e + 2 * stages * 64 * 4, k.bwd, p);
+    const size_t stages = e == 2 ? 2 : 1, keys = e == 2 ? 128 : 64;  // bwd_keys_threads, bwd_smem
+    const size_t bwd_smem = (2 * stages * 64 * (D + 8) + 2 * keys * (D + 8) + keys * (64 + 8)) * e + 2 * stages * 64 * 4;
+    tiles_launch(c, (unsigned)keys, e == 2 ? 256 : 128, bwd_smem, k.bwd, p);
     emu::launch({dev.grid_for(n, 256), 1, 1}, {256, 1, 1}, [&] { k.finish(p, D); });
 
     // The f64 reference.

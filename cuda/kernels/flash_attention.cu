@@ -14,8 +14,9 @@
 //           dynamic shared memory fwd_smem (two stages of K, V tiles: the next visited key
 //           tile loads with cp.async while this one computes; V read with ldmatrix.trans).
 // Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
-//           (2) flash_bwd: grid (ceil(seq/64), batch*heads), 128 threads (4 warps x 16 keys),
-//               dynamic shared memory bwd_smem (K, V, dS and FaBwdStages of Q, dO tiles); dK, dV written, dQ added in f32 to
+//           (2) flash_bwd: grid (ceil(seq/BC), batch*heads), FaBwdShape's threads (warps of 16
+//               keys; bf16 8 warps, BC = 128; f32 4 warps, BC = 64),
+//               dynamic shared memory bwd_smem (K, V, dS and the stages of Q, dO tiles); dK, dV written, dQ added in f32 to
 //               `dq_accum` (zeroed by the caller) with atomics;
 //           (3) flash_bwd_dq_finish: dq = dq_accum, grid-stride.
 
@@ -280,28 +281,37 @@ template <typename T, int D> __device__ void flash_bwd_delta_run(const FlashPara
     if ((threadIdx.x & 31) == 0) P.delta[row] = s;
 }
 
-/// Stages of the backward's (Q, dO, lse, delta) tiles: two for bf16 (the next query tile
-/// loads while this one computes), one for f32 (its D = 128 tiles would not fit twice).
-template <typename T> struct FaBwdStages { static constexpr int N = sizeof(T) == 2 ? 2 : 1; };
+/// The backward's shape: WARPS warps of 16 keys each (a key block of BC = 16·WARPS) and
+/// S stages of (Q, dO, lse, delta) tiles. bf16: 8 warps, 128 keys (each Q and dO tile
+/// loaded, and each dQ partial added, for twice the keys of 64), 2 stages (the next
+/// query tile loads while this one computes); f32: 4 warps, 64 keys, 1 stage (its
+/// D = 128 tiles fit Ampere's shared memory).
+template <typename T> struct FaBwdShape {
+    static constexpr int WARPS = sizeof(T) == 2 ? 8 : 4, BC = 16 * WARPS, THREADS = 32 * WARPS;
+    static constexpr int S = sizeof(T) == 2 ? 2 : 1;
+};
 
-/// The first query tile at or after `i0` that visits key tile `j0` (`seq` if none).
-__device__ __forceinline__ int fa_next_query_tile(const FlashParams& P, int j0, int i0) {
+/// The first query tile at or after `i0` that visits any 64-key tile of the key block
+/// [j0, j0 + bc) (`seq` if none).
+__device__ __forceinline__ int fa_next_query_tile(const FlashParams& P, int j0, int bc, int i0) {
     for (; i0 < P.seq; i0 += FA_BR)
-        if (fa_visit(P, i0, j0)) return i0;
+        for (int c = j0; c < j0 + bc && c < P.seq; c += FA_BC)
+            if (fa_visit(P, i0, c)) return i0;
     return P.seq;
 }
 
 template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P) {
-    constexpr int LD = D + FA_PAD, LDT = FA_BR + FA_PAD, TILE = FA_BR * LD, S = FaBwdStages<T>::N;
-    // Per stage st: Q at smem + 2·st·TILE, dO after it; then K, V, dS transposed (key,
-    // query; FA_BC x LDT), and per stage the tile's lse (times log2 e) and delta.
+    typedef FaBwdShape<T> B;
+    constexpr int LD = D + FA_PAD, LDT = FA_BR + FA_PAD, TILE = FA_BR * LD, S = B::S, BC = B::BC, NT = B::THREADS;
+    // Per stage st: Q at smem + 2·st·TILE, dO after it; then K, V (BC x LD each), dS
+    // transposed (key, query; BC x LDT), and per stage the tile's lse (times log2 e) and delta.
     T* smem = reinterpret_cast<T*>(fa_smem);
     T* k_s = smem + 2 * S * TILE;
-    T* v_s = k_s + TILE;
-    T* ds_s = v_s + TILE;
-    float* lse_s = reinterpret_cast<float*>(ds_s + FA_BC * LDT);  // [S][FA_BR]
-    float* delta_s = lse_s + S * FA_BR;                           // [S][FA_BR]
-    const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * FA_BC, warp = threadIdx.x >> 5, seq = P.seq;
+    T* v_s = k_s + BC * LD;
+    T* ds_s = v_s + BC * LD;
+    float* lse_s = reinterpret_cast<float*>(ds_s + BC * LDT);  // [S][FA_BR]
+    float* delta_s = lse_s + S * FA_BR;                        // [S][FA_BR]
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * BC, warp = threadIdx.x >> 5, seq = P.seq;
     if (bh >= P.bh) return;
     const i64 base = (i64)bh * seq * D;
     const T* q = reinterpret_cast<const T*>(P.q) + base;
@@ -310,18 +320,18 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     const T* dout = reinterpret_cast<const T*>(P.dout) + base;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16) && aligned(P.dout, 16);
     auto load_q_tile = [&](int i0, int st) {
-        load_rows<T, FA_BR, D, 128>(smem + 2 * st * TILE, LD, q + (i64)i0 * D, D, seq - i0, vec);
-        load_rows<T, FA_BR, D, 128>(smem + (2 * st + 1) * TILE, LD, dout + (i64)i0 * D, D, seq - i0, vec);
-        for (int i = threadIdx.x; i < FA_BR; i += 128) {
+        load_rows<T, FA_BR, D, NT>(smem + 2 * st * TILE, LD, q + (i64)i0 * D, D, seq - i0, vec);
+        load_rows<T, FA_BR, D, NT>(smem + (2 * st + 1) * TILE, LD, dout + (i64)i0 * D, D, seq - i0, vec);
+        for (int i = threadIdx.x; i < FA_BR; i += NT) {
             const bool ok = i0 + i < seq;
             lse_s[st * FA_BR + i] = ok ? P.lse[(i64)bh * seq + i0 + i] * 1.4426950408889634f : NEG_INF;
             delta_s[st * FA_BR + i] = ok ? P.delta[(i64)bh * seq + i0 + i] : 0.0f;
         }
     };
 
-    load_rows<T, FA_BC, D, 128>(k_s, LD, k + (i64)j0 * D, D, seq - j0, vec);
-    load_rows<T, FA_BC, D, 128>(v_s, LD, v + (i64)j0 * D, D, seq - j0, vec);
-    int i0 = fa_next_query_tile(P, j0, P.causal ? (j0 / FA_BR) * FA_BR : 0);
+    load_rows<T, BC, D, NT>(k_s, LD, k + (i64)j0 * D, D, seq - j0, vec);
+    load_rows<T, BC, D, NT>(v_s, LD, v + (i64)j0 * D, D, seq - j0, vec);
+    int i0 = fa_next_query_tile(P, j0, BC, P.causal ? (j0 / FA_BR) * FA_BR : 0);
     if (i0 < seq) load_q_tile(i0, 0);
     cp_async_commit();
 
@@ -337,13 +347,15 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     for (int st = 0; i0 < seq;) {
         cp_async_wait<0>();
         __syncthreads();  // tile i0 is in stage st (and K, V on the first pass)
-        const int i_next = fa_next_query_tile(P, j0, i0 + FA_BR);
+        const int i_next = fa_next_query_tile(P, j0, BC, i0 + FA_BR);
         if (S == 2 && i_next < seq) load_q_tile(i_next, st ^ 1);
         cp_async_commit();
         const T* q_s = smem + 2 * st * TILE;
         const T* do_s = q_s + TILE;
         const float* lse_t = lse_s + st * FA_BR;
         const float* delta_t = delta_s + st * FA_BR;
+        // This warp's keys lie in one 64-key tile of the block mask.
+        const bool warp_visits = fa_visit(P, i0, key0);
 
         // S^T and dP^T for this warp's 16 keys x FA_BR queries.
         Acc sc[FA_BR / 8], dpt[FA_BR / 8];
@@ -375,7 +387,7 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
             for (int e = 0; e < 4; e++) {
                 const int j = key0 + acc_row(e), il = nt * 8 + acc_col(e), i = i0 + il;
                 const float L = lse_t[il];
-                const bool ok = j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
+                const bool ok = warp_visits && j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
                 const float p = ok ? exp2f(sc[nt].c[e] * scale2 - L) : 0.0f;
                 const float z = ok ? fa_keep(P, bh, i, j) : 0.0f;
                 sc[nt].c[e] = p * z;
@@ -398,25 +410,28 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
                 mma(dk[dt + 1], sa, bq1);
             }
         }
-        // Stage dS^T, then dQ (FA_BR x D) += dS K: warp w takes queries w*16.., 32 columns
-        // at a time; A(m = i, k = j) is dS^T[j][i], stored [k][m]; B(n = d, k = j) is K[j][d].
+        // Stage dS^T, then dQ (FA_BR x D) += dS K over the block's BC keys: warp w takes
+        // queries (w % 4)·16.. and the (w / 4)-th of WARPS / 4 column ranges of DP, CH at a
+        // time; A(m = i, k = j) is dS^T[j][i], stored [k][m]; B(n = d, k = j) is K[j][d].
 #pragma unroll
         for (int nt = 0; nt < FA_BR / 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 ds_s[(warp * 16 + acc_row(e)) * LDT + nt * 8 + acc_col(e)] = from_f32<T>(dpt[nt].c[e]);
         __syncthreads();
+        constexpr int DP = D / (B::WARPS / 4), CH = DP < 32 ? DP : 32;
+        const int qw = (warp & 3) * 16, d_first = (warp >> 2) * DP;
 #pragma unroll
-        for (int d0 = 0; d0 < D; d0 += 32) {
-            Acc dq[4];
+        for (int d0 = d_first; d0 < d_first + DP; d0 += CH) {
+            Acc dq[CH / 8];
 #pragma unroll
-            for (int t = 0; t < 4; t++) acc_zero(dq[t]);
+            for (int t = 0; t < CH / 8; t++) acc_zero(dq[t]);
 #pragma unroll
-            for (int kt = 0; kt < FA_BC / 16; kt++) {
+            for (int kt = 0; kt < BC / 16; kt++) {
                 FragA<T> a;
-                frag_a(a, ds_s, LDT, true, warp * 16, kt * 16);
+                frag_a(a, ds_s, LDT, true, qw, kt * 16);
 #pragma unroll
-                for (int t = 0; t < 4; t += 2) {
+                for (int t = 0; t < CH / 8; t += 2) {
                     FragB<T> b0, b1;
                     frag_b2(b0, b1, k_s, LD, true, d0 + t * 8, kt * 16);
                     mma(dq[t], a, b0);
@@ -424,10 +439,10 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
                 }
             }
 #pragma unroll
-            for (int t = 0; t < 4; t++)
+            for (int t = 0; t < CH / 8; t++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int i = i0 + warp * 16 + acc_row(e);
+                    const int i = i0 + qw + acc_row(e);
                     if (i < seq) atomicAdd(P.dq_accum + base + (i64)i * D + d0 + t * 8 + acc_col(e), dq[t].c[e] * P.scale);
                 }
         }
@@ -463,7 +478,7 @@ template <typename T> __device__ void flash_bwd_dq_finish_run(const FlashParams&
     extern "C" __global__ void __launch_bounds__(128) flash_fwd_##SUF##_d##D(FlashParams p) {               \
         flash_fwd_run<T, D>(p);                                                                             \
     }                                                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) flash_bwd_##SUF##_d##D(FlashParams p) {               \
+    extern "C" __global__ void __launch_bounds__(FaBwdShape<T>::THREADS) flash_bwd_##SUF##_d##D(FlashParams p) { \
         flash_bwd_run<T, D>(p);                                                                             \
     }                                                                                                       \
     extern "C" __global__ void flash_bwd_delta_##SUF##_d##D(FlashParams p) { flash_bwd_delta_run<T, D>(p); }

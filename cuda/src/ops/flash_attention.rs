@@ -105,11 +105,19 @@ fn fwd_smem(d: usize, elem: usize) -> u32 {
     ((4 * ATTN_TILE + q_rows) * (d + 8) * elem) as u32
 }
 
-/// Dynamic shared memory of the backward kernel (bytes): K, V, dS, and per stage (two
-/// for bf16, one for f32: the kernel's `FaBwdStages`) Q, dO, lse and delta.
+/// The backward kernel's key block and threads (its `FaBwdShape`): bf16 128 keys of 8
+/// warps, f32 64 keys of 4.
+fn bwd_keys_threads(elem: usize) -> (usize, u32) {
+    if elem == 2 { (2 * ATTN_TILE, 256) } else { (ATTN_TILE, 128) }
+}
+
+/// Dynamic shared memory of the backward kernel (bytes): K, V and dS of the key block, and
+/// per stage (two for bf16, one for f32) Q, dO, lse and delta.
 fn bwd_smem(d: usize, elem: usize) -> u32 {
     let stages = if elem == 2 { 2 } else { 1 };
-    (((2 * stages + 2) * ATTN_TILE * (d + 8) + ATTN_TILE * (ATTN_TILE + 8)) * elem + 2 * stages * ATTN_TILE * 4) as u32
+    let keys = bwd_keys_threads(elem).0;
+    let tiles = 2 * stages * ATTN_TILE * (d + 8) + 2 * keys * (d + 8) + keys * (ATTN_TILE + 8);
+    (tiles * elem + 2 * stages * ATTN_TILE * 4) as u32
 }
 
 /// Query rows per block of the forward kernel (its `FaFwdRows`): for bf16 32 per warp up
@@ -118,13 +126,14 @@ fn fwd_rows(head_dim: usize, elem: usize) -> usize {
     if elem == 2 && head_dim <= 64 { 2 * ATTN_TILE } else { ATTN_TILE }
 }
 
-/// Grid (blocks of `rows` along the sequence, batch·heads): tiles of one head run side by
-/// side (its K and V stay in L2); heads past 65535 (grid y's limit) continue on z.
-fn tiles_cfg(d: &AttentionDims, rows: usize, smem: u32) -> LaunchConfig {
+/// Grid (blocks of `rows` along the sequence, batch·heads) of `threads`: tiles of one
+/// head run side by side (its K and V stay in L2); heads past 65535 (grid y's limit)
+/// continue on z.
+fn tiles_cfg(d: &AttentionDims, rows: usize, threads: u32, smem: u32) -> LaunchConfig {
     let y = d.batch_heads.clamp(1, 65535);
     LaunchConfig {
         grid_dim: (d.seq.div_ceil(rows) as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
-        block_dim: (128, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     }
 }
@@ -168,12 +177,12 @@ pub fn flash_attention_forward(
     let f =
         dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{}_d{}", dt.kernel_suffix(c.op)?, d.head_dim))?;
     let (rows, smem) = (fwd_rows(d.head_dim, dt.size()), fwd_smem(d.head_dim, dt.size()));
-    dev.launch(&f, tiles_cfg(&d, rows, smem), &[Arg::of(&p)])
+    dev.launch(&f, tiles_cfg(&d, rows, 128, smem), &[Arg::of(&p)])
 }
 
 /// Backward from the forward's `o`, `lse` and the output gradient `dout`: writes `dq`,
 /// `dk`, `dv`. Kernels: `flash_bwd_delta_*` (rows of Σ dO·O, grid ceil(rows/4), 128
-/// threads), `flash_bwd_{f32,bf16}_d{D}` (grid (tiles, batch·heads), 128 threads, dynamic
+/// threads), `flash_bwd_{f32,bf16}_d{D}` (grid (key blocks, batch·heads), `bwd_keys_threads`, dynamic
 /// shared memory `bwd_smem`; dq accumulated in an f32 buffer with atomics, so its last
 /// bits may vary between runs), `flash_bwd_dq_finish_*` (grid-stride conversion).
 #[allow(clippy::too_many_arguments)]
@@ -217,7 +226,8 @@ pub fn flash_attention_backward(
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_delta_{sfx}_d{hd}"))?;
     dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &[Arg::of(&p)])?;
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_{sfx}_d{hd}"))?;
-    dev.launch(&f, tiles_cfg(&d, ATTN_TILE, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
+    let (keys, threads) = bwd_keys_threads(dt.size());
+    dev.launch(&f, tiles_cfg(&d, keys, threads, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_dq_finish_{sfx}"))?;
     dev.launch(&f, super::cfg_1d(dev.grid_for(d.elems(), 256), 256), &[Arg::of(&p), Arg::I32(hd as i32)])
 }
@@ -237,7 +247,7 @@ mod tests {
         }
         assert_eq!(fwd_smem(64, 2), (4 * 64 + 128) * 72 * 2);
         assert_eq!(fwd_smem(128, 4), 4 * 64 * 136 * 4);
-        assert_eq!(bwd_smem(128, 2), 6 * 64 * 136 * 2 + 64 * 72 * 2 + 1024);
+        assert_eq!(bwd_smem(128, 2), (4 * 64 * 136 + 2 * 128 * 136 + 128 * 72) * 2 + 1024);
         assert_eq!(bwd_smem(128, 4), 4 * 64 * 136 * 4 + 64 * 72 * 4 + 512);
     }
 }
