@@ -334,8 +334,16 @@ int main() {
                monarch_permute_bf16(static_cast<const bf16*>(a), static_cast<bf16*>(b), static_cast<const bf16*>(c), l,
                                     s, m, g);
            }};
-    fails += permute_case<bf16>(3, 3, 1500, 3 * 1500 - 7, bf, 30);
-    fails += permute_case<float>(2, 4, 600, 2400, f32, 31);
+    fails += permute_case<bf16>(3, 3, 1500, 3 * 1500 - 7, bf, 30);  // element by element
+    fails += permute_case<float>(2, 4, 600, 2400, f32, 31);        // 16-byte chunks both sides
+    // Chunks: the MLP's 3072 = 4 x 768 (two chunks a row), a truncated output (zeros and
+    // skipped stores by whole chunks), a natural side in chunks beside an element-wise
+    // group side (s not a multiple of 8), and the reverse (mout not a multiple).
+    fails += permute_case<bf16>(3, 4, 768, 3072, bf, 32);
+    fails += permute_case<bf16>(2, 4, 768, 3072 - 24, bf, 33);
+    fails += permute_case<bf16>(2, 2, 1500, 2992, bf, 34);
+    fails += permute_case<bf16>(2, 4, 520, 2077, bf, 35);
+    fails += permute_case<bf16>(2, 3, 330, 984, bf, 36);  // natural side in chunks with a tail
     const double tf = 2e-5, tb = 2e-2;
     // Random descriptors: ragged sizes, one to several tiles, split and unsplit K.
     fails += random_case<float>(70, 45, 40, 3, false, 132, f32, tf, 1);

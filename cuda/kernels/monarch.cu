@@ -222,33 +222,85 @@ template <typename T> __device__ void grouped_gemm_splits_run(const GroupedGemm&
 template <typename T>
 __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, const T* __restrict__ bias, int l,
                                     int s, int mout, int to_group) {
-    __shared__ T tile[MP_CHUNK];  // the chunk in natural order: tile[ss*l + ll]
+    constexpr int V = 16 / sizeof(T);
+    typedef Pack<T, V> P;
+    __shared__ __align__(16) T tile[MP_CHUNK];  // the chunk in natural order: tile[ss*l + ll]
     const int per = MP_CHUNK / l, chunks = (s + per - 1) / per;
     const i64 b = blockIdx.x / chunks, ls = (i64)l * s;
-    const int s0 = (int)(blockIdx.x % chunks) * per, n = min(per, s - s0);
+    const int s0 = (int)(blockIdx.x % chunks) * per, n = min(per, s - s0), nl = n * l;
     const T* in = src + b * (to_group ? mout : ls);
     T* out = dst + b * (to_group ? ls : mout);
-    if (to_group) {
-        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
-            const int j = s0 * l + i;
-            tile[i] = j < mout ? in[j] : from_f32<T>(0.0f);
+    // The chunk's natural side: nl elements from column s0*l (those past mout are zeros or
+    // not written); its group-major side: l runs of n from ll*s + s0. Each side moves in
+    // 16-byte chunks where its addresses allow (mout or s, n a multiple of V).
+    const T* nat_in = in + (i64)s0 * l;
+    T* nat_out = out + (i64)s0 * l;
+    const bool nat_vec = mout % V == 0 && aligned(to_group ? (const void*)nat_in : (const void*)nat_out, 16) &&
+                         (!bias || aligned(bias + (i64)s0 * l, 16));
+    const bool grp_vec = s % V == 0 && n % V == 0 && aligned(to_group ? (const void*)(out + s0) : (const void*)(in + s0), 16);
+    const int nv = grp_vec ? n / V : 0;
+    // Fill the tile from src.
+    if (to_group && nat_vec) {
+        for (int i = threadIdx.x; i < nl / V; i += blockDim.x) {
+            P v;
+            if (s0 * l + i * V < mout) v = reinterpret_cast<const P*>(nat_in)[i];
+            else
+#pragma unroll
+                for (int e = 0; e < V; e++) v.v[e] = from_f32<T>(0.0f);
+            reinterpret_cast<P*>(tile)[i] = v;
         }
-    } else {
-        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+    } else if (!to_group && grp_vec) {
+        for (int i = threadIdx.x; i < l * nv; i += blockDim.x) {
+            const int ll = i / nv, ss = i % nv * V;
+            const P v = *reinterpret_cast<const P*>(in + (i64)ll * s + s0 + ss);
+#pragma unroll
+            for (int e = 0; e < V; e++) tile[(ss + e) * l + ll] = v.v[e];
+        }
+    }
+    // The elements [first, last) no chunk moved: all, the natural side's tail, or none.
+    int first = 0, last = nl;
+    if (to_group && nat_vec) first = nl / V * V;
+    if (!to_group && grp_vec) last = 0;
+    for (int i = first + threadIdx.x; i < last; i += blockDim.x) {
+        if (to_group) {
+            const int j = s0 * l + i;
+            tile[i] = j < mout ? nat_in[i] : from_f32<T>(0.0f);
+        } else {
             const int ll = i / n, ss = i % n;
             tile[ss * l + ll] = in[(i64)ll * s + s0 + ss];
         }
     }
     __syncthreads();
-    if (to_group) {
-        for (int i = threadIdx.x; i < n * l; i += blockDim.x) {
+    // Write the tile to dst.
+    if (to_group && grp_vec) {
+        for (int i = threadIdx.x; i < l * nv; i += blockDim.x) {
+            const int ll = i / nv, ss = i % nv * V;
+            P v;
+#pragma unroll
+            for (int e = 0; e < V; e++) v.v[e] = tile[(ss + e) * l + ll];
+            *reinterpret_cast<P*>(out + (i64)ll * s + s0 + ss) = v;
+        }
+    } else if (!to_group && nat_vec) {
+        for (int i = threadIdx.x; i < nl / V && s0 * l + i * V < mout; i += blockDim.x) {
+            P v = reinterpret_cast<const P*>(tile)[i];
+            if (bias) {
+                const P bv = reinterpret_cast<const P*>(bias + (i64)s0 * l)[i];
+#pragma unroll
+                for (int e = 0; e < V; e++) v.v[e] = from_f32<T>(to_f32(v.v[e]) + to_f32(bv.v[e]));
+            }
+            reinterpret_cast<P*>(nat_out)[i] = v;
+        }
+    }
+    // What no chunk stored: all or nothing (in chunks, the natural side's tail lies past
+    // mout, as mout and the chunk's start are multiples of V).
+    last = (to_group && grp_vec) || (!to_group && nat_vec) ? 0 : nl;
+    for (int i = threadIdx.x; i < last; i += blockDim.x) {
+        if (to_group) {
             const int ll = i / n, ss = i % n;
             out[(i64)ll * s + s0 + ss] = tile[ss * l + ll];
-        }
-    } else {
-        for (int i = threadIdx.x; i < n * l && s0 * l + i < mout; i += blockDim.x) {
+        } else {
             const int j = s0 * l + i;
-            out[j] = bias ? from_f32<T>(to_f32(tile[i]) + to_f32(bias[j])) : tile[i];
+            if (j < mout) nat_out[i] = bias ? from_f32<T>(to_f32(tile[i]) + to_f32(bias[j])) : tile[i];
         }
     }
 }
