@@ -91,7 +91,10 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
     constexpr int LD = D + FA_PAD, TILE = FA_BC * LD;
     T* smem = reinterpret_cast<T*>(fa_smem);
     // Heads past 65535 continue on grid z (the whole block returns: no barrier is skipped).
-    const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = blockIdx.x * BR, warp = threadIdx.x >> 5;
+    // Causal: the last query blocks, which visit the most keys, start first (no tail of a
+    // few long blocks on an otherwise idle device).
+    const int q_block = P.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = q_block * BR, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
     const i64 base = (i64)bh * P.seq * D;
     const T* q = reinterpret_cast<const T*>(P.q) + base;
