@@ -306,7 +306,7 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
 }
 
 #define MONARCH_KERNELS(T, SUF)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(128) grouped_gemm_##SUF(GroupedGemm p) {                       \
+    extern "C" __global__ void __launch_bounds__(128, 3) grouped_gemm_##SUF(GroupedGemm p) {                    \
         grouped_gemm_run<T>(p);                                                                                  \
     }                                                                                                            \
     extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }     \
