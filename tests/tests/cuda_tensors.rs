@@ -178,6 +178,45 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
     }
 }
 
+/// bf16 Monarch layers of the MLP block (768 → 3072 and 3072 → 768, four blocks)
+/// on the GPU, through the bf16 16-byte load paths and the group-major copies (several
+/// permutation chunks a row), against the CPU in f32 on the same bf16-rounded weights and
+/// inputs: output, input gradient and every parameter gradient.
+#[test]
+fn bf16_monarch_layers_on_the_gpu_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let kind = LinearKind::Monarch { nblocks: 4 };
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    for (inp, out) in [(768, 3072), (3072, 768)] {
+        let cpu = kind.build(inp, out, true, &mut StdRng::seed_from_u64(20)).unwrap();
+        let dev = kind.build(inp, out, true, &mut StdRng::seed_from_u64(20)).unwrap();
+        for ((_, c), (_, g)) in cpu.named_params().iter().zip(dev.named_params()) {
+            c.update(|v| round(v).to_dtype(DType::F32).map(|r| *v = r)).unwrap();
+            g.update(|v| v.to_dtype(DType::BF16).map(|r| *v = r)).unwrap();
+        }
+        monarch_nn::to_device(&*dev, GPU).unwrap();
+        let (x, dy) = (round(&rnd(&[64, inp], 21)), round(&rnd(&[64, out], 22)));
+        let run = |layer: &dyn monarch_nn::LinearLayer, d: Device, dt: DType| {
+            let xv = Var::leaf(x.to_dtype(dt).unwrap().to_device(d).unwrap());
+            let y = layer.forward(&xv).unwrap();
+            let mut grads = Gradients::new();
+            y.backward_with(dy.to_dtype(dt).unwrap().to_device(d).unwrap(), &mut grads).unwrap();
+            let mut all = vec![y.value().clone(), grads.get(&xv).unwrap().clone()];
+            all.extend(layer.named_params().iter().map(|(_, p)| grads.get(p).unwrap().clone()));
+            all
+        };
+        let want = run(&*cpu, Device::Cpu, DType::F32);
+        for (i, (g, c)) in run(&*dev, GPU, DType::BF16).iter().zip(&want).enumerate() {
+            assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16), "{inp}->{out} output {i}");
+            // Relative to the output's largest magnitude: bf16 products of 192-768 terms.
+            let scale = c.to_vec_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
+            close(&g.mul_scalar(1.0 / scale as f64).unwrap(), &c.mul_scalar(1.0 / scale as f64).unwrap(), 2e-2);
+        }
+    }
+}
+
 #[test]
 fn elementwise_softmax_and_layer_norm_with_their_gradients_match_the_cpu() {
     if !gpu() {
