@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything a GPU check needs into gpu-bin/ (ignored by git), stripped and gzipped so that it
 # travels to a device machine with no Rust toolchain: the `monarch` binary and the test
-# executables of monarch-cuda (kernels vs CPU, NVRTC compile) and of the tensor-on-GPU
+# executables of monarch-cuda (kernels vs CPU, the per-kernel timer, NVRTC compile) and of the tensor-on-GPU
 # tests, and `train-gpt2`. Then run `bash scripts/gpu-check.sh` there with gpu-bin carried.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
     exe = m.get("executable")
-    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] in ("monarch_cuda", "gpu_kernels", "nvrtc_compile", "cuda_tensors", "kernel_snapshots"):
+    if m.get("reason") == "compiler-artifact" and exe and m["target"]["name"] in ("monarch_cuda", "gpu_kernels", "kernel_times", "nvrtc_compile", "cuda_tensors", "kernel_snapshots"):
         shutil.copy(exe, "gpu-bin/test-" + m["target"]["name"])
 '
 strip gpu-bin/*
