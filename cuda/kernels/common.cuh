@@ -380,14 +380,10 @@ template <typename T, int BM, int BN, int BK, int WM, int WN> struct TileMma {
 
     /// Calls `f(row, col, value)` for every accumulator, with tile-local coordinates.
     template <typename F> __device__ __forceinline__ void for_each(F f) const {
-        const int warp = threadIdx.x >> 5, wm = warp / WN, wn = warp % WN;
-#pragma unroll
-        for (int i = 0; i < MI; i++)
-#pragma unroll
-            for (int j = 0; j < NI; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    f(wm * MI * 16 + i * 16 + acc_row(e), wn * NI * 8 + j * 8 + acc_col(e), acc[i][j].c[e]);
+        for_each_pair([&](int r, int c, float v0, float v1) {
+            f(r, c, v0);
+            f(r, c + 1, v1);
+        });
     }
 };
 
