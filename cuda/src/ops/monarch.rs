@@ -215,10 +215,9 @@ pub fn monarch_forward(
     // Grouped: the first product's natural output and the second's group-major output
     // in scratch, each permuted into place after its product.
     let grouped = d.group_major();
-    let scratch = |n: usize| if grouped { dev.alloc(dt, n).map(Some) } else { Ok(None) };
-    let (out1n, yg) = (scratch(d.batch * d.mid())?, scratch(d.batch * d.l * d.s)?);
-    let ptr = |b: &Option<crate::DeviceBuffer>, or: u64| b.as_ref().map_or(or, |b| b.device_ptr());
-    let (out1n, y) = (ptr(&out1n, out1.ptr()), ptr(&yg, out.ptr()));
+    let (out1n, yg) =
+        (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, grouped, d.batch * d.l * d.s)?);
+    let (out1n, y) = (ptr_or(&out1n, out1.ptr()), ptr_or(&yg, out.ptr()));
     let [first, second] = forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
     grouped_gemm(&dev, dt, &first)?;
     if grouped {
@@ -307,10 +306,9 @@ pub fn monarch_backward(
     // Group-major copies of dout (read by the first and last products) and of the first
     // product's output dout1 (permuted to natural order for the second and third).
     let grouped = d.group_major();
-    let scratch = |n: usize| if grouped { dev.alloc(dt, n).map(Some) } else { Ok(None) };
-    let (doutg, dout1g) = (scratch(d.batch * d.l * d.s)?, scratch(d.batch * d.mid())?);
-    let ptr = |b: &Option<crate::DeviceBuffer>, or: u64| b.as_ref().map_or(or, |b| b.device_ptr());
-    let (dout_ptr, dout1g_ptr) = (ptr(&doutg, dout.ptr()), ptr(&dout1g, 0));
+    let (doutg, dout1g) =
+        (scratch(&dev, dt, grouped, d.batch * d.l * d.s)?, scratch(&dev, dt, grouped, d.batch * d.mid())?);
+    let (dout_ptr, dout1g_ptr) = (ptr_or(&doutg, dout.ptr()), ptr_or(&dout1g, 0));
     if grouped {
         permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0], true)?;
     }
@@ -322,6 +320,16 @@ pub fn monarch_backward(
         }
     }
     Ok(())
+}
+
+/// A scratch buffer of `n` elements when `wanted` (a group-major copy), else none.
+fn scratch(dev: &Arc<CudaDevice>, dt: DType, wanted: bool, n: usize) -> Result<Option<crate::DeviceBuffer>> {
+    if wanted { dev.alloc(dt, n).map(Some) } else { Ok(None) }
+}
+
+/// The address of `b`, or `or` without one.
+fn ptr_or(b: &Option<crate::DeviceBuffer>, or: u64) -> u64 {
+    b.as_ref().map_or(or, |b| b.device_ptr())
 }
 
 /// `monarch_permute_*` over `[src, dst, bias]` (bias 0: none) for `(rows, l, s, mout)`:
