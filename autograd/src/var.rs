@@ -146,7 +146,7 @@ impl Var {
                 format!("needs a single-element output, got shape {}; use backward_with", self.shape()),
             ));
         }
-        let seed = Tensor::ones(self.shape(), self.dtype()).to_device(self.value().device())?;
+        let seed = Tensor::full_on(1.0, self.shape(), self.dtype(), self.value().device())?;
         self.backward_with(seed, grads)
     }
 

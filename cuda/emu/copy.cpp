@@ -1,5 +1,5 @@
 // Runs cuda/kernels/copy.cu (copy_{f32,bf16,i64,i32,u8}, cast_f32_bf16, cast_bf16_f32,
-// cast_u8_{f32,bf16}, fill_f32) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
+// cast_u8_{f32,bf16}, fill_{f32,bf16,i64,u8}) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
 // (Strided6 from shape and element strides; cfg_1d(grid_for(n, 256), 256)), against
 // references from the definition: dst[i] = src[offset(i)] in row-major order over the
 // shape, converted f32 -> bf16 by round-to-nearest-even (ties, NaN and infinities
@@ -118,12 +118,22 @@ int main() {
     }
     fails += run("copy_f32", copy_f32, views[3], 1, f, same);  // 1 SM: 16 blocks grid-stride over 9250
     fails += run("cast_f32_bf16", cast_f32_bf16, views[1], 1, f, [](float x) { bf16 r; r.bits = bf16_bits(x); return r; });
-    // fill_f32 over 5000 elements on a 1-SM device.
-    std::vector<float> fill = emu::poisoned<float>(5001);
-    emu::launch({emu::Device{1}.grid_for(5000, 256), 1, 1}, {256, 1, 1}, [&] { fill_f32(fill.data(), -2.5f, 5000); });
-    Compare cf("value", 0);
-    for (size_t i = 0; i < 5000; i++) cf.add(fill[i], -2.5);
-    if (!std::isnan(fill[5000])) cf.bad++;
-    fails += emu::report("fill_f32 n=5000 grid=16", {&cf});
+    // fill_{f32,bf16,i64,u8} over 5000 elements on a 1-SM device (16 blocks, grid-stride),
+    // the value passed as copy.rs passes it (bf16 as its bits); the element after the
+    // last stays poisoned.
+    const auto fill_case = [&](const char* name, auto kernel, auto value) {
+        using T = decltype(value);
+        std::vector<T> out = emu::poisoned<T>(5001);
+        const T guard = out[5000];
+        emu::launch({emu::Device{1}.grid_for(5000, 256), 1, 1}, {256, 1, 1}, [&] { kernel(out.data(), value, 5000); });
+        Compare c("value", 0);
+        for (size_t i = 0; i < 5000; i++) c.add(memcmp(&out[i], &value, sizeof(T)) == 0 ? 0.0 : 1.0, 0.0);
+        if (memcmp(&out[5000], &guard, sizeof(T)) != 0) c.bad++;
+        fails += emu::report(name, {&c});
+    };
+    fill_case("fill_f32 n=5000 grid=16", fill_f32, -2.5f);
+    fill_case("fill_bf16 n=5000 grid=16", fill_bf16, (unsigned short)0xc020);  // -2.5
+    fill_case("fill_i64 n=5000 grid=16", fill_i64, (i64)-3000000000LL);
+    fill_case("fill_u8 n=5000 grid=16", fill_u8, (unsigned char)1);
     return fails ? 1 : 0;
 }

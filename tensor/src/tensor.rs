@@ -63,6 +63,16 @@ impl Tensor {
         }
     }
 
+    /// A tensor filled with `value` (converted to `dtype` as [`Tensor::full`] converts it)
+    /// on `device`, written there by a kernel: on a GPU nothing is copied from the host,
+    /// so the host does not wait for work queued before it.
+    pub fn full_on(value: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Self> {
+        match device {
+            Device::Cpu => Ok(Self::full(value, shape, dtype)),
+            Device::Cuda(i) => Self::cuda_full(value, shape.into(), dtype, i),
+        }
+    }
+
     /// A 0-dimensional tensor holding `v`.
     pub fn scalar<T: WithDType>(v: T) -> Self {
         Self::from_cpu(T::into_storage(vec![v]), ())

@@ -72,6 +72,26 @@ fn every_dtype_round_trips_and_views_download_as_views() {
 }
 
 #[test]
+fn filling_on_the_gpu_converts_as_the_cpu_does() {
+    if !gpu() {
+        return;
+    }
+    // 1/3 rounds in bf16 and f32; -2.7 truncates to -2 as an integer (to 0 as a byte);
+    // 300 saturates to 255 as a byte, as Rust's `as` converts on the CPU.
+    for value in [1.0 / 3.0, -2.7, 300.0, 0.0] {
+        for dt in [DType::U8, DType::I64, DType::BF16, DType::F32] {
+            let got = Tensor::full_on(value, [3, 1000], dt, GPU).unwrap();
+            assert_eq!(got.device(), GPU);
+            assert_eq!(got.dtype(), dt);
+            let want = Tensor::full(value, [3, 1000], dt);
+            assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{value} as {dt:?}");
+        }
+    }
+    assert!(Tensor::full_on(1.0, 4, DType::F16, GPU).is_err(), "f16 has no CUDA storage");
+    assert_eq!(Tensor::full_on(1.0, [0, 4], DType::F32, GPU).unwrap().elem_count(), 0);
+}
+
+#[test]
 fn broadcasting_arithmetic_and_reductions_match_the_cpu() {
     if !gpu() {
         return;

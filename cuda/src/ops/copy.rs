@@ -66,13 +66,25 @@ pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: View
     dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
 }
 
-/// Sets `dst.len()` f32 elements to `value`. Kernel `fill_f32(dst, value, n)`.
-pub fn fill_f32(dst: ViewMut<'_>, value: f32) -> Result<()> {
-    Check { op: "fill_f32" }.output("dst", &dst, DType::F32, 0)?;
-    let dev = dst.device().clone();
+/// Sets every element of `dst` to `value`, converted to its dtype as the host's
+/// `Tensor::full` converts it (bf16 to nearest, integers truncated). The value travels as
+/// a kernel argument: no host-to-device copy, so the host does not wait for the stream.
+/// Kernel `fill_{f32,bf16,i64,u8}(dst, value, n)`, 256 threads, grid-stride.
+pub fn fill(dst: ViewMut<'_>, value: f64) -> Result<()> {
+    let (name, v) = match dst.dtype() {
+        DType::F32 => ("fill_f32", Arg::F32(value as f32)),
+        DType::BF16 => ("fill_bf16", Arg::of(&half::bf16::from_f64(value).to_bits())),
+        DType::I64 => ("fill_i64", Arg::I64(value as i64)),
+        DType::U8 => ("fill_u8", Arg::of(&(value as u8))),
+        dtype => return Err(CudaError::UnsupportedDType { op: "fill", dtype }),
+    };
     let n = dst.len();
-    let f = dev.function(kernels::COPY, "fill_f32")?;
-    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &[Arg::U64(dst.ptr()), Arg::F32(value), Arg::len(n)])
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = dst.device().clone();
+    let f = dev.function(kernels::COPY, name)?;
+    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &[Arg::U64(dst.ptr()), v, Arg::len(n)])
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
 use crate::ops::attention::{Dims, check_saved};
-use crate::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, DType, Result, Tensor};
+use crate::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, DType, Device, Result, Tensor};
 use monarch_cuda::ops::flash_attention::{self as kf, ATTN_TILE, AttentionDims};
+use std::sync::Mutex;
 
 /// The kernel's sizes, or why the call has no CUDA kernel.
 fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<AttentionDims> {
@@ -49,8 +50,29 @@ fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'
     }
     let per = m.block / ATTN_TILE;
     let tiles: Vec<bool> = (0..t * t).map(|i| m.get(i / t / per, i % t / per)).collect();
-    Ok(Some(BlockMask::new(t, t, ATTN_TILE, tiles)?.to_tensor().to_device(like.device())?))
+    let mut kept = KEPT_TILE_MASKS.lock().unwrap_or_else(|e| e.into_inner());
+    let device = like.device();
+    if let Some(at) = kept.iter().position(|(d, k, _)| *d == device && *k == tiles) {
+        let entry = kept.remove(at);
+        let flags = entry.2.clone();
+        kept.push(entry);
+        return Ok(Some(flags));
+    }
+    let flags = BlockMask::new(t, t, ATTN_TILE, tiles.clone())?.to_tensor().to_device(device)?;
+    if kept.len() == KEPT_MASKS {
+        kept.remove(0);
+    }
+    kept.push((device, tiles, flags.clone()));
+    Ok(Some(flags))
 }
+
+/// How many tile masks [`KEPT_TILE_MASKS`] holds.
+const KEPT_MASKS: usize = 8;
+
+/// The tile masks uploaded last (device, flags, the flags on that device), the most
+/// recently used last. A model's layers share one mask and call forward and backward with
+/// it at every step; an upload makes the host wait for the stream, so each is done once.
+static KEPT_TILE_MASKS: Mutex<Vec<(Device, Vec<bool>, Tensor)>> = Mutex::new(Vec::new());
 
 impl Tensor {
     /// [`Tensor::flash_attention`] (no mask) or [`Tensor::block_sparse_attention`] on the device.

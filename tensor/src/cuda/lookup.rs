@@ -2,10 +2,10 @@
 //! are bounds-checked on the host by the callers (which read them anyway), then used
 //! on the device, uploaded first when they are host tensors.
 
+use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
-use super::{cuda_device, cuda_err};
 use crate::ops::CrossEntropy;
-use crate::{DType, Device, Result, Tensor};
+use crate::{DType, Result, Tensor};
 use monarch_cuda::ops::{cross_entropy as kx, embedding as ke};
 
 impl Tensor {
@@ -122,10 +122,9 @@ impl Tensor {
         same_device(op, self, &[lse])?;
         let (x, t, lse) = (self.contiguous()?, self.beside(targets)?, lse.to_dtype(DType::F32)?.contiguous()?);
         let (n, c) = (x.dims()[0], x.dims()[1]);
-        let Device::Cuda(i) = self.device() else { unreachable!("called for device tensors only") };
-        // The kernel reads the count from the forward's (loss, count) pair on the device.
-        let pair = cuda_device(i)?.htod(&[0.0f32, count as f32]).map_err(cuda_err(op))?;
-        let pair = Tensor::from_cuda(pair, DType::F32, 2);
+        // The kernel reads the count from the forward's (loss, count) pair on the device
+        // (its element 1), here filled in place rather than uploaded.
+        let pair = Tensor::full_on(count as f64, 2, DType::F32, self.device())?;
         let mut dx = alloc(&x, x.dtype(), x.shape().clone(), op)?;
         kx::cross_entropy_backward(
             x.cuda_view(op)?,

@@ -69,6 +69,19 @@ impl Tensor {
         Ok(Tensor::from_cuda(buf, dtype, shape))
     }
 
+    /// A tensor of `value` on CUDA device `ordinal`, filled by a kernel.
+    pub(crate) fn cuda_full(value: f64, shape: Shape, dtype: DType, ordinal: usize) -> Result<Tensor> {
+        let op = "full";
+        let dev = super::cuda_device(ordinal)?;
+        let mut out = Tensor::from_cuda(
+            dev.alloc(super::buffer_dtype(dtype, op)?, shape.elem_count()).map_err(cuda_err(op))?,
+            dtype,
+            shape,
+        );
+        kc::fill(out_mut(&mut out, op)?, value).map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
     /// [`Tensor::cat`] of device tensors along `d`: each part with `d` moved first is
     /// copied into its own contiguous run of the output, which is then moved back.
     pub(crate) fn cuda_cat(parts: &[&Tensor], d: usize, shape: &Shape) -> Result<Tensor> {

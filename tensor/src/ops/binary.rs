@@ -182,7 +182,7 @@ impl Tensor {
 
     /// A 0-dimensional `dtype` tensor holding `v` on this tensor's device.
     pub(crate) fn scalar_beside(&self, v: f64, dtype: DType) -> Result<Tensor> {
-        Tensor::full(v, (), dtype).to_device(self.device())
+        Tensor::full_on(v, (), dtype, self.device())
     }
 
     /// `self` (any dtype, nonzero meaning true) selects `on_true` or `on_false`
