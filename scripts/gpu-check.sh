@@ -18,8 +18,14 @@ export MONARCH_CUDA_CACHE=/tmp/monarch-kernels PYTHONUNBUFFERED=1
 # Without a GPU the training binaries would fall back to the CPU and spend the call: stop.
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt" ||
   { echo "no GPU visible (nvidia-smi failed): nothing to check" | tee "$OUT/error.txt"; exit 1; }
+# Every kernel family compiled at once (one per core) rather than each at its first launch.
+gpu-bin/monarch kernels 2>&1 | tee "$OUT/kernels.txt"
+# The compile check needs no GPU: with this machine's NVRTC (CI has CUDA 12's), on the
+# side while the GPU tests run.
+timeout 240 gpu-bin/test-nvrtc_compile --nocapture > "$OUT/nvrtc_compile.log" 2>&1 &
 {
   for t in gpu-bin/test-*; do
+    [ "$t" = gpu-bin/test-nvrtc_compile ] && continue
     echo "== $t"
     # The snapshot files are found by the build machine's path: only the GPU half runs here.
     filter=""; [ "$t" = gpu-bin/test-kernel_snapshots ] && filter=gpu_
@@ -27,6 +33,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
     timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
 } | tee "$OUT/tests.log" | grep -E "^==|test result|SKIPPED|panicked|FAILED"
+wait
+grep -E "test result|FAILED|panicked" "$OUT/nvrtc_compile.log"
 M="timeout 120 gpu-bin/monarch"
 P=scripts/peers/torch_linear.py
 PY="timeout 120 python3"

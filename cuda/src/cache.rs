@@ -92,6 +92,63 @@ impl KernelCache {
     }
 }
 
+/// What [`KernelCache::warm`] did for one kernel source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmedKernel {
+    /// The source's stem.
+    pub stem: &'static str,
+    /// Whether the cache already held it (nothing was compiled).
+    pub cached: bool,
+    /// The CUBIN's size in bytes.
+    pub bytes: usize,
+    /// Seconds spent on it (reading the cache, or compiling and storing).
+    pub seconds: f64,
+}
+
+impl KernelCache {
+    /// Puts the CUBIN of every source in `sources` for `arch` into the cache, compiling
+    /// the ones it lacks on `threads` threads at once (NVRTC compilations are
+    /// independent; the longest sources start first), so that later processes load them
+    /// without compiling. Results come in the order of `sources`; the first failure is
+    /// returned after every thread has finished.
+    pub fn warm(&self, sources: &[KernelSource], arch: &str, threads: usize) -> Result<Vec<WarmedKernel>> {
+        let version = crate::nvrtc::nvrtc()?.version;
+        let mut order: Vec<usize> = (0..sources.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sources[i].text.len()));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let one = |i: usize| -> Result<WarmedKernel> {
+            let start = std::time::Instant::now();
+            let source = sources[i];
+            let key = Self::key(&source.translation_unit(), arch, version);
+            let (cached, cubin) = match self.load(source.stem, arch, &key) {
+                Some(cubin) => (true, cubin),
+                None => (false, self.get_or_compile(source, arch)?),
+            };
+            Ok(WarmedKernel { stem: source.stem, cached, bytes: cubin.len(), seconds: start.elapsed().as_secs_f64() })
+        };
+        let mut done: Vec<(usize, Result<WarmedKernel>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads.clamp(1, sources.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&i) = order.get(at) else { return mine };
+                            mine.push((i, one(i)));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

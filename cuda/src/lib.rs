@@ -27,7 +27,7 @@ pub mod ops;
 
 pub use alloc::{CachingAllocator, MemoryStats, Pooled, RawAlloc, bucket};
 pub use buffer::{DeviceBuffer, View, ViewMut};
-pub use cache::{CACHE_ENV, KernelCache};
+pub use cache::{CACHE_ENV, KernelCache, WarmedKernel};
 pub use device::{CudaDevice, DriverAlloc, device_count, driver_present};
 pub use dtype::{DType, Element};
 pub use error::{CudaError, Result};

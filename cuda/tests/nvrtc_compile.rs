@@ -49,3 +49,28 @@ fn a_broken_source_reports_nvrtc_log() {
         .to_string();
     assert!(err.contains("broken.cu") && err.contains("undeclared"), "{err}");
 }
+
+#[test]
+fn warming_compiles_what_the_cache_lacks_then_only_reads_it() {
+    if nvrtc::nvrtc().is_err() {
+        eprintln!("SKIPPED: NVRTC not found");
+        return;
+    }
+    use monarch_cuda::KernelCache;
+    use monarch_cuda::kernels::{DROPOUT, SGD, SOFTMAX};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::new(dir.path());
+    let first = cache.warm(&[SGD, DROPOUT], "sm_80", 2).unwrap();
+    assert_eq!(first.iter().map(|w| (w.stem, w.cached)).collect::<Vec<_>>(), [("sgd", false), ("dropout", false)]);
+    assert!(first.iter().all(|w| w.bytes > 0));
+    // One more source, on one thread: the first two are read back with the same size,
+    // in the order asked for.
+    let second = cache.warm(&[SOFTMAX, SGD, DROPOUT], "sm_80", 1).unwrap();
+    let got: Vec<_> = second.iter().map(|w| (w.stem, w.cached)).collect();
+    assert_eq!(got, [("softmax", false), ("sgd", true), ("dropout", true)]);
+    assert_eq!((second[1].bytes, second[2].bytes), (first[0].bytes, first[1].bytes));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3, "one CUBIN per source, no temporary file left");
+    // Another architecture is another entry; a bad one is NVRTC's error, not a panic.
+    assert!(!cache.warm(&[SGD], "sm_90", 4).unwrap()[0].cached);
+    assert!(cache.warm(&[SGD], "sm_1", 4).is_err());
+}

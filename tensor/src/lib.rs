@@ -18,14 +18,14 @@ mod shape;
 mod storage;
 mod tensor;
 
-pub use cuda::{CudaStorage, cuda_device, set_allow_tf32};
+pub use cuda::{CudaStorage, cuda_device, set_allow_tf32, warm_kernel_cache};
 pub use device::Device;
 pub use dtype::{DType, Float, WithDType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layout::Layout;
 pub use masks::{BlockMask, FlatButterfly};
-pub use monarch_cuda::{KernelTime, MemoryStats, format_kernel_times};
+pub use monarch_cuda::{KernelTime, MemoryStats, WarmedKernel, format_kernel_times};
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};
 pub use ops::{BlockSparsePlan, MonarchOut, MonarchShape};

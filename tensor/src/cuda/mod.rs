@@ -15,7 +15,7 @@ pub(crate) use optim::sgd_step;
 mod rows;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
-use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, KernelTime, MemoryStats, View};
+use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, KernelCache, KernelTime, MemoryStats, View, WarmedKernel};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A tensor's buffer in the memory of one GPU.
@@ -67,6 +67,16 @@ pub fn cuda_device(ordinal: usize) -> Result<Arc<CudaDevice>> {
     }
     open[ordinal] = Some(dev.clone());
     Ok(dev)
+}
+
+/// Compiles every CUDA kernel source for `arch` (e.g. `sm_90`) into the on-disk kernel
+/// cache that the devices load from, `threads` compilations at a time, skipping the ones
+/// already there; returns the cache folder and what was done per source. A run started
+/// after it compiles nothing. Needs NVRTC only, no GPU.
+pub fn warm_kernel_cache(arch: &str, threads: usize) -> Result<(std::path::PathBuf, Vec<WarmedKernel>)> {
+    let cache = KernelCache::from_env();
+    let warmed = cache.warm(monarch_cuda::kernels::ALL, arch, threads).map_err(cuda_err("warm_kernel_cache"))?;
+    Ok((cache.dir().to_path_buf(), warmed))
 }
 
 static ALLOW_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

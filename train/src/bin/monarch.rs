@@ -1,5 +1,5 @@
 //! `monarch`: the project's command-line tools (bench, project, densify, tokenize,
-//! inspect, generate, data).
+//! inspect, generate, data, kernels).
 
 use clap::Parser;
 

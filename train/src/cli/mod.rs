@@ -5,6 +5,7 @@ mod data;
 mod densify;
 mod generate;
 mod inspect;
+mod kernels;
 mod linear_flags;
 mod project;
 mod tokenize;
@@ -39,6 +40,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Inspect data files; pack image sets.
     Data(data::DataArgs),
+    /// Compile every CUDA kernel into the on-disk cache ahead of a run.
+    Kernels(kernels::KernelsArgs),
 }
 
 impl Cli {
@@ -52,6 +55,7 @@ impl Cli {
             Command::Inspect(a) => a.run(),
             Command::Tokenize(a) => a.run(),
             Command::Data(a) => a.run(),
+            Command::Kernels(a) => a.run(),
         }
     }
 }
