@@ -80,13 +80,27 @@ impl Gradients {
         Ok(())
     }
 
-    /// The L2 norm of all gradients taken together.
+    /// The L2 norm of all gradients taken together. Host gradients are summed in f64;
+    /// on a GPU (no f64 storage) each gradient's sum of squares is taken in f32 and the
+    /// sums are added there too, so the host waits for the device once per device rather
+    /// than once per gradient.
     pub fn global_norm(&self) -> Result<f64> {
         let mut sq = 0.0;
+        let mut per_device: Vec<(monarch_tensor::Device, Tensor)> = Vec::new();
         for g in self.map.values() {
-            // f64 on the host; GPUs have no f64 storage, so f32 there.
-            let wide = if g.device() == monarch_tensor::Device::Cpu { DType::F64 } else { DType::F32 };
-            sq += g.to_dtype(wide)?.sqr()?.sum_all()?.to_scalar_f64()?;
+            let device = g.device();
+            if device == monarch_tensor::Device::Cpu {
+                sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar_f64()?;
+                continue;
+            }
+            let part = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            match per_device.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, total)) => *total = total.add(&part)?,
+                None => per_device.push((device, part)),
+            }
+        }
+        for (_, total) in per_device {
+            sq += total.to_scalar_f64()?;
         }
         Ok(sq.sqrt())
     }

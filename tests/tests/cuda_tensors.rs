@@ -188,12 +188,15 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
                 y.backward_with(dy.to_device(d).unwrap(), &mut grads).unwrap();
                 let mut all = vec![y.value().clone(), grads.get(&xv).unwrap().clone()];
                 all.extend(layer.named_params().iter().map(|(_, p)| grads.get(p).unwrap().clone()));
-                all
+                // The input's and every parameter's gradient, summed on the device.
+                (all, grads.global_norm().unwrap())
             };
-            for (i, (g, c)) in run(&*dev, GPU).iter().zip(run(&*cpu, Device::Cpu)).enumerate() {
+            let ((on_gpu, gpu_norm), (on_cpu, cpu_norm)) = (run(&*dev, GPU), run(&*cpu, Device::Cpu));
+            for (i, (g, c)) in on_gpu.iter().zip(on_cpu).enumerate() {
                 assert_eq!(g.device(), GPU, "{kind:?} output {i}");
                 close(g, &c, 1e-4);
             }
+            assert!((gpu_norm - cpu_norm).abs() <= 1e-4 * cpu_norm, "{kind:?}: norm {gpu_norm} vs {cpu_norm}");
         }
     }
 }
