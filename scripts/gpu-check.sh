@@ -65,6 +65,8 @@ PY="timeout 120 python3"
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
 # embedded corpus for 20 steps of 16×1024 tokens (with the config's dropout 0.1, attention's included).
+# Fresh run folders, so that a second call on a warm machine starts over rather than refusing.
+rm -rf /tmp/run-tiny /tmp/run-small /tmp/run-profile
 sed 's/^grad_accum = 32/grad_accum = 1/; s/^eval_batches = 100/eval_batches = 4/' \
   train/configs/gpt2-small.toml > /tmp/gpt2-small-gpu.toml
 {
