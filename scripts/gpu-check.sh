@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, on a device machine, from the repository root with gpu-bin/ (from
 # scripts/gpu-build.sh) carried: the CUDA tests, then each benchmark of issue 7 beside its
-# PyTorch peer. Logs go to $OUT (or ./gpu-out). Sized for a few minutes on an H100/H200.
+# PyTorch peer, then per-kernel times, hardware counters and a memory check where the
+# machine has the tools. Logs go to $OUT (or ./gpu-out). Sized for a few minutes on an
+# H100/H200; each part has its own time limit and the least needed parts come last.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -13,6 +15,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda-*/lib64 $pylibs; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
   if [ -z "${MONARCH_NVRTC_LIB:-}" ] && ls "$d"/libnvrtc.so.* >/dev/null 2>&1; then export MONARCH_NVRTC_LIB="$d"; fi
 done
+# The profiler and the memory checker, wherever the toolkit put them.
+for d in /usr/local/cuda/bin /usr/local/cuda-*/bin /opt/nvidia/nsight-compute/*; do [ -d "$d" ] && PATH="$PATH:$d"; done
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH MONARCH_NVRTC_LIB=${MONARCH_NVRTC_LIB:-}" > "$OUT/env.txt"
 export MONARCH_CUDA_CACHE=/tmp/monarch-kernels PYTHONUNBUFFERED=1
 # Without a GPU the training binaries would fall back to the CPU and spend the call: stop.
@@ -32,6 +36,10 @@ timeout 240 gpu-bin/test-nvrtc_compile --nocapture > "$OUT/nvrtc_compile.log" 2>
     # A hung kernel must not take the whole device call: each part has a time limit.
     timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
+  # The Monarch layers again with every product on the in-place strided path.
+  echo "== gpu-bin/test-cuda_tensors with MONARCH_GROUP_MAJOR=0"
+  MONARCH_GROUP_MAJOR=0 timeout 120 gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch layers_train 2>&1 ||
+    echo "FAILED or timed out: strided Monarch (rc $?)"
 } | tee "$OUT/tests.log" | grep -E "^==|test result|SKIPPED|panicked|FAILED"
 wait
 grep -E "test result|FAILED|panicked" "$OUT/nvrtc_compile.log"
@@ -46,6 +54,9 @@ PY="timeout 120 python3"
   # The Monarch MLP block of the issue (768→3072→768, 16K tokens, bf16), then its two layers.
   $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
   $PY $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
+  # The same block with the products strided in place instead of on group-major copies.
+  echo "# next: MONARCH_GROUP_MAJOR=0"
+  MONARCH_GROUP_MAJOR=0 $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
   for shape in "768 3072" "3072 768"; do
     set -- $shape
     $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in $1 --out $2 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
@@ -107,3 +118,22 @@ export MONARCH_KERNEL_TIMES=1
   timeout 180 gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
     --max-steps 3 --eval-every 0 --log-every 1 --checkpoint-every 0 --out-dir /tmp/run-profile --quiet
 } 2>&1 | tee "$OUT/kernel_times.txt"
+unset MONARCH_KERNEL_TIMES
+# Hardware counters (Nsight Compute, where the machine's runtime lets it read them) of the
+# MLP block's kernels and of flash attention at 4K: one forward+backward each.
+if command -v ncu >/dev/null; then
+  {
+    timeout 150 ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+      -k regex:'grouped_gemm|monarch_permute|unary' --launch-count 24 \
+      gpu-bin/monarch bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --warmup 0 --runs 1
+    timeout 90 ncu --clock-control none --section SpeedOfLight --section Occupancy -k regex:flash --launch-count 6 \
+      gpu-bin/monarch bench attention --device cuda --impl flash --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 0 --runs 1
+  } > "$OUT/ncu.txt" 2>&1
+fi
+# Out-of-bounds and misaligned accesses in the kernels (compute-sanitizer, where it runs).
+if command -v compute-sanitizer >/dev/null; then
+  {
+    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-gpu_kernels --test-threads 1
+    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention layers_train
+  } > "$OUT/memcheck.txt" 2>&1
+fi

@@ -8,6 +8,11 @@ use crate::{CudaDevice, DType, Result, View, ViewMut, kernels};
 use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
 
+/// The environment variable that, set to `0`, keeps every Monarch product on the
+/// in-place strided path ([`MonarchDims::group_major`] false): for timing the two paths
+/// against each other on a GPU. Results are the same either way.
+pub const GROUP_MAJOR_ENV: &str = "MONARCH_GROUP_MAJOR";
+
 /// The sizes of a Monarch product (issue 3's definition): factors `blkdiag1` (k, q, p)
 /// and `blkdiag2` (l, s, r) with l·r = k·q; input rows of `n_in` ≤ k·p (zero-padded),
 /// output rows of `m_out` ≤ l·s (truncated).
@@ -58,8 +63,10 @@ impl MonarchDims {
     /// reads and writes unit strides (a stride-l store writes 2 bytes per 32-byte sector;
     /// a stride-l load repeats that once per column tile). Otherwise the products read
     /// and write the permuted rows in place.
+    /// [`GROUP_MAJOR_ENV`]`=0` turns the copies off (read once per process).
     pub fn group_major(&self) -> bool {
-        (2..=64).contains(&self.l)
+        static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ALLOWED.get_or_init(|| std::env::var(GROUP_MAJOR_ENV).map_or(true, |v| v != "0")) && (2..=64).contains(&self.l)
     }
 
     /// `(rows, l, s, m_out)`: the sizes of the output's permutation.
