@@ -102,6 +102,8 @@ print(json.dumps({"tokens_per_s": rate, "train_flops_per_token": flops, "bf16_ma
                   "mfu_vs_measured_bf16": rate * flops / (peak * 1e9), "mfu_reported": own,
                   "matmul_gflops_at_start": recs[0]["matmul_gflops"]}))
 PY
+# The issue's targets against these figures, as a table (scripts/gpu-summary.py).
+python3 scripts/gpu-summary.py "$OUT" > "$OUT/summary.md" && cat "$OUT/summary.md"
 # Where the device time goes, kernel by kernel (MONARCH_KERNEL_TIMES: two events around
 # every launch, so these runs are not the timings of record): the Monarch and dense MLP
 # blocks apart (they share the GELU and reduction kernels), flash attention at 4K, and
