@@ -125,6 +125,31 @@ pub struct RunSummary {
     pub throughput: f64,
 }
 
+/// Compiles the CUDA kernels that the disk cache lacks for GPU `ordinal`, one per core at
+/// once, before the first step (which would otherwise compile each family in turn as it
+/// first launches it), and says so when it compiled any. A failure here is only a
+/// warning: a kernel this run never launches must not stop it, and one it does launch
+/// reports the same error then.
+fn warm_kernels(ordinal: usize) {
+    let start = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let warmed = monarch_tensor::cuda_device(ordinal)
+        .and_then(|dev| monarch_tensor::warm_kernel_cache(dev.arch(), threads).map(|w| (dev.arch().to_string(), w)));
+    match warmed {
+        Ok((arch, (dir, w))) => {
+            let compiled = w.iter().filter(|k| !k.cached).count();
+            if compiled > 0 {
+                eprintln!(
+                    "compiled {compiled} CUDA kernel families for {arch} in {:.1} s (kept in {} for later runs)",
+                    start.elapsed().as_secs_f64(),
+                    dir.display()
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: compiling the CUDA kernels ahead failed ({e}); each compiles at first use"),
+    }
+}
+
 fn finite_or_stop(step: u64, value: f64, dir: &Path) -> Result<(), TrainError> {
     if value.is_finite() {
         return Ok(());
@@ -161,6 +186,9 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         opt.load_state(&params, &ck.optimizer)?;
         task.restore_data_state(&ck.meta.data)?;
         step = ck.meta.step;
+    }
+    if let Device::Cuda(i) = opts.device {
+        warm_kernels(i);
     }
     params_to_device(&task.params(), opts.device)?;
     let mut metrics = MetricsLog::open(dir, opts.resume.then_some(step))?;
