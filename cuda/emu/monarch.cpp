@@ -196,9 +196,11 @@ struct Dims {
     int batch, n_in, m_out, k, q, p, l, s, r;
 };
 
-/// monarch_forward then monarch_backward with the launcher's six descriptors.
+/// monarch_forward then monarch_backward with the launcher's six descriptors;
+/// `in_place` as the launcher under MONARCH_GROUP_MAJOR=0 (no group-major copies).
 template <typename T>
-static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, double tol, uint64_t seed) {
+static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, double tol, uint64_t seed,
+                        bool in_place = false) {
     if (d.l * d.r != d.k * d.q || d.n_in > d.k * d.p || d.m_out > d.l * d.s) emu::die("inconsistent Monarch sizes");
     emu::Rng rng(seed);
     const int kq = d.k * d.q, nin = d.n_in, mout = d.m_out, B = d.batch;
@@ -216,7 +218,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     // as the launcher: out1 saved as [b, ll·r+rr] (the first product writes natural
     // order into out1n, permuted after), the output written as [b, ll·s+ss] and permuted
     // back adding the bias, dout and dout1 likewise; else all in place, stride l.
-    const bool grouped = d.l >= 2 && d.l <= 64;
+    const bool grouped = d.l >= 2 && d.l <= 64 && !in_place;
     const i64 mid_sg = grouped ? d.r : 1, mid_srr = grouped ? 1 : d.l;
     auto mid_at = [&](int b, int rr, int ll) { return (size_t)b * kq + (grouped ? ll * d.r + rr : rr * d.l + ll); };
     std::vector<T> out1n = emu::poisoned<T>(grouped ? (size_t)B * kq : 0);
@@ -379,5 +381,10 @@ int main() {
     // Sizes of 16-byte multiples (the chunked loads wherever a stride is 1), l = k = 4 as
     // the MLP block's layers, the expanding layer's shapes scaled down.
     fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 23);
+    // The same shapes (and a ragged one) in place, stride l = 4 or 6, as the launcher
+    // runs them under MONARCH_GROUP_MAJOR=0.
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 27, true);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 12, 16, 6, 10, 8}, true, 132, bf, tb, 28, true);
+    fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, false, 132, f32, tf, 29, true);
     return fails ? 1 : 0;
 }
