@@ -36,10 +36,13 @@ timeout 240 gpu-bin/test-nvrtc_compile --nocapture > "$OUT/nvrtc_compile.log" 2>
     # A hung kernel must not take the whole device call: each part has a time limit.
     timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
-  # The Monarch layers again with every product on the in-place strided path.
-  echo "== gpu-bin/test-cuda_tensors with MONARCH_GROUP_MAJOR=0"
-  MONARCH_GROUP_MAJOR=0 timeout 120 gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch layers_train 2>&1 ||
-    echo "FAILED or timed out: strided Monarch (rc $?)"
+  # The Monarch layers again with every product strided in place, then with only the
+  # products' stores strided.
+  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1; do
+    echo "== gpu-bin/test-cuda_tensors with $v"
+    env $v timeout 120 gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch layers_train 2>&1 ||
+      echo "FAILED or timed out: Monarch with $v (rc $?)"
+  done
 } | tee "$OUT/tests.log" | grep -E "^==|test result|SKIPPED|panicked|FAILED"
 wait
 grep -E "test result|FAILED|panicked" "$OUT/nvrtc_compile.log"
@@ -54,9 +57,12 @@ PY="timeout 120 python3"
   # The Monarch MLP block of the issue (768→3072→768, 16K tokens, bf16), then its two layers.
   $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
   $PY $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
-  # The same block with the products strided in place instead of on group-major copies.
-  echo "# next: MONARCH_GROUP_MAJOR=0"
-  MONARCH_GROUP_MAJOR=0 $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
+  # The same block with the products strided in place instead of on group-major copies,
+  # then with copies of the rows read but the stores strided (two passes fewer).
+  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1; do
+    echo "# next: $v"
+    env $v $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
+  done
   for shape in "768 3072" "3072 768"; do
     set -- $shape
     $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in $1 --out $2 --batch 16384 --vs-dense --warmup 3 --runs 20 --json

@@ -85,12 +85,12 @@ def summary(folder):
     mlp = dict(bench="linear", hidden=3072, batch=16384, dtype="bf16")
     ours = [r for r in recs if "peer" not in r and all(r.get(k) == v for k, v in mlp.items())
             and r.get("kind", {}).get("kind") == "monarch"]
-    default = next((r for r in reversed(ours) if "note" not in r), None)
-    strided = next((r for r in reversed(ours) if "MONARCH_GROUP_MAJOR=0" in r.get("note", "")), None)
+    # The default run, then each variant the check ran under an environment switch.
+    variants = [("", next((r for r in reversed(ours) if "note" not in r), None))]
+    for note in dict.fromkeys(r["note"] for r in ours if "note" in r):
+        variants.append((", " + note, next(r for r in reversed(ours) if r.get("note") == note)))
     p = find(recs, True, bench="linear", hidden=3072, batch=16384, dtype="bf16")
-    for label, o in [("", default), (", MONARCH_GROUP_MAJOR=0", strided)]:
-        if label and not o:
-            continue
+    for label, o in variants:
         r = p["median_ms"] / o["median_ms"] if o and p else None
         out.append(row(f"Monarch MLP block fwd+bwd vs torch bmm Monarch{label}",
                        o and f"{o['median_ms']:.3f} ms", p and f"{p['median_ms']:.3f} ms",

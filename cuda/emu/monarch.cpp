@@ -7,7 +7,8 @@
 //   where their column (offset without the batch-row term) reaches col_lim, outputs past
 //   col_lim left as they were; strides chosen so that each operand load path (16-byte
 //   chunks along k, along the first index, element by element) is taken;
-// - the six descriptors monarch_forward / monarch_backward build, against the Monarch
+// - the six descriptors monarch_forward / monarch_backward build (by default, and as
+//   under MONARCH_GROUP_MAJOR=0 and MONARCH_STRIDED_STORES=1), against the Monarch
 //   products of the kernel's header comment written out with explicit indices.
 // Prints one line per case; exits 1 on any mismatch.
 
@@ -196,11 +197,14 @@ struct Dims {
     int batch, n_in, m_out, k, q, p, l, s, r;
 };
 
-/// monarch_forward then monarch_backward with the launcher's six descriptors;
-/// `in_place` as the launcher under MONARCH_GROUP_MAJOR=0 (no group-major copies).
+/// How the launcher lays out the permuted rows: its default, MONARCH_GROUP_MAJOR=0 (no
+/// group-major copies) or MONARCH_STRIDED_STORES=1 (copies for the rows read only).
+enum class Rows { Default, InPlace, StridedStores };
+
+/// monarch_forward then monarch_backward with the launcher's six descriptors.
 template <typename T>
 static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, double tol, uint64_t seed,
-                        bool in_place = false) {
+                        Rows rows = Rows::Default) {
     if (d.l * d.r != d.k * d.q || d.n_in > d.k * d.p || d.m_out > d.l * d.s) emu::die("inconsistent Monarch sizes");
     emu::Rng rng(seed);
     const int kq = d.k * d.q, nin = d.n_in, mout = d.m_out, B = d.batch;
@@ -217,8 +221,9 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     // For 2 <= l <= 64 (group_major) the permuted rows pass through group-major copies,
     // as the launcher: out1 saved as [b, ll·r+rr] (the first product writes natural
     // order into out1n, permuted after), the output written as [b, ll·s+ss] and permuted
-    // back adding the bias, dout and dout1 likewise; else all in place, stride l.
-    const bool grouped = d.l >= 2 && d.l <= 64 && !in_place;
+    // back adding the bias, dout and dout1 likewise; else all in place, stride l. With
+    // strided stores the output and dout1 are written in place (the bias in the epilogue).
+    const bool grouped = d.l >= 2 && d.l <= 64 && rows != Rows::InPlace;
     const i64 mid_sg = grouped ? d.r : 1, mid_srr = grouped ? 1 : d.l;
     auto mid_at = [&](int b, int rr, int ll) { return (size_t)b * kq + (grouped ? ll * d.r + rr : rr * d.l + ll); };
     std::vector<T> out1n = emu::poisoned<T>(grouped ? (size_t)B * kq : 0);
@@ -226,7 +231,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     grouped_gemm<T>(dev, kern, op(x.dev.data(), d.p, nin, 1, nin, 1), op(w1.dev.data(), d.q * d.p, d.p, 1, NO_LIMIT, 0),
                     out(grouped ? out1n.data() : out1.data(), d.q, kq, 1, NO_LIMIT, 1), false, B, d.q, d.p, d.k);
     if (grouped) permute(kern, out1n.data(), out1.data(), nullptr, B, d.l, d.r, kq, true);
-    const bool io_g = grouped;
+    const bool io_g = grouped && rows != Rows::StridedStores;
     Data<T> bias((size_t)mout, rng);
     std::vector<T> yg = emu::poisoned<T>(io_g ? (size_t)B * d.l * d.s : 0);
     GemmOutput y_c = out(y.data(), 1, mout, d.l, mout, 1);
@@ -236,19 +241,19 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
                     op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), y_c, false, B, d.s, d.r, d.l);
     if (io_g) permute(kern, yg.data(), y.data(), bias.dev.data(), B, d.l, d.s, mout, false);
     // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) likewise.
-    const bool dg = io_g;
+    const bool dg = grouped;
     std::vector<T> doutg = emu::poisoned<T>(dg ? (size_t)B * d.l * d.s : 0);
     if (dg) permute(kern, dout.dev.data(), doutg.data(), nullptr, B, d.l, d.s, mout, true);
     const T* dptr = dg ? doutg.data() : dout.dev.data();
     const i64 d_sg = dg ? d.s : 1, d_sb = dg ? d.l * d.s : mout, d_sss = dg ? 1 : d.l, d_lim = dg ? NO_LIMIT : mout;
     // The first product writes dout1 group-major ([b, ll·r+rr]) when grouped, permuted
     // into natural order for the next two.
-    std::vector<T> dout1g = emu::poisoned<T>(dg ? (size_t)B * kq : 0);
+    std::vector<T> dout1g = emu::poisoned<T>(io_g ? (size_t)B * kq : 0);
     grouped_gemm<T>(dev, kern, op(dptr, d_sg, d_sb, d_sss, d_lim, 1),
                     op(w2.dev.data(), d.s * d.r, 1, d.r, NO_LIMIT, 0),
-                    dg ? out(dout1g.data(), d.r, kq, 1, NO_LIMIT, 1) : out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1), false,
-                    B, d.r, d.s, d.l);
-    if (dg) permute(kern, dout1g.data(), dout1.data(), nullptr, B, d.l, d.r, kq, false);
+                    io_g ? out(dout1g.data(), d.r, kq, 1, NO_LIMIT, 1) : out(dout1.data(), 1, kq, d.l, NO_LIMIT, 1),
+                    false, B, d.r, d.s, d.l);
+    if (io_g) permute(kern, dout1g.data(), dout1.data(), nullptr, B, d.l, d.r, kq, false);
     grouped_gemm<T>(dev, kern, op(dout1.data(), d.q, kq, 1, NO_LIMIT, 1),
                  op(w1.dev.data(), d.q * d.p, 1, d.p, NO_LIMIT, 0), out(dx.dev.data(), d.p, nin, 1, nin, 1), accumulate,
                  B, d.p, d.q, d.k);
@@ -320,7 +325,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     return emu::report(emu::fmt("monarch %-4s batch=%d n_in=%d m_out=%d k,q,p=%d,%d,%d l,s,r=%d,%d,%d acc=%d "
                                 "dw-splits=%d,%d out1 %s",
                                 emu::Elem<T>::name, B, nin, mout, d.k, d.q, d.p, d.l, d.s, d.r, accumulate, s1, s2,
-                                grouped ? "group-major" : "natural"),
+                                grouped ? (io_g ? "group-major" : "group-major, stores in place") : "natural"),
                        {&c1, &cy, &cd1, &cx, &cw1, &cw2});
 }
 
@@ -383,8 +388,12 @@ int main() {
     fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 23);
     // The same shapes (and a ragged one) in place, stride l = 4 or 6, as the launcher
     // runs them under MONARCH_GROUP_MAJOR=0.
-    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 27, true);
-    fails += monarch_case<bf16>({70, 50, 55, 4, 12, 16, 6, 10, 8}, true, 132, bf, tb, 28, true);
-    fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, false, 132, f32, tf, 29, true);
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 27, Rows::InPlace);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 12, 16, 6, 10, 8}, true, 132, bf, tb, 28, Rows::InPlace);
+    fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, false, 132, f32, tf, 29, Rows::InPlace);
+    // Group-major copies of the rows read only, as under MONARCH_STRIDED_STORES=1.
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, true, 132, bf, tb, 30, Rows::StridedStores);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 31, Rows::StridedStores);
+    fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 32, Rows::StridedStores);
     return fails ? 1 : 0;
 }

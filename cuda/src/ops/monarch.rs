@@ -13,6 +13,22 @@ use std::sync::Arc;
 /// against each other on a GPU. Results are the same either way.
 pub const GROUP_MAJOR_ENV: &str = "MONARCH_GROUP_MAJOR";
 
+/// The environment variable that, set to `1`, has the products that write permuted rows
+/// (the output, `dout1`) store them in place at stride l while the permuted rows they
+/// read stay group-major ([`MonarchDims::grouped_stores`] false): two permutation passes
+/// instead of four per forward+backward, for timing against the default on a GPU.
+pub const STRIDED_STORES_ENV: &str = "MONARCH_STRIDED_STORES";
+
+/// Whether the environment variable `name` is `1` (`true`) or `0` (`false`), read once
+/// per process by the caller's `OnceLock`; `default` when unset or anything else.
+fn env_switch(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => default,
+    }
+}
+
 /// The sizes of a Monarch product (issue 3's definition): factors `blkdiag1` (k, q, p)
 /// and `blkdiag2` (l, s, r) with l·r = k·q; input rows of `n_in` ≤ k·p (zero-padded),
 /// output rows of `m_out` ≤ l·s (truncated).
@@ -66,7 +82,15 @@ impl MonarchDims {
     /// [`GROUP_MAJOR_ENV`]`=0` turns the copies off (read once per process).
     pub fn group_major(&self) -> bool {
         static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ALLOWED.get_or_init(|| std::env::var(GROUP_MAJOR_ENV).map_or(true, |v| v != "0")) && (2..=64).contains(&self.l)
+        *ALLOWED.get_or_init(|| env_switch(GROUP_MAJOR_ENV, true)) && (2..=64).contains(&self.l)
+    }
+
+    /// Whether, with [`group_major`](Self::group_major), the output and `dout1` are also
+    /// written group-major and permuted after (the default), rather than stored in place at
+    /// stride l ([`STRIDED_STORES_ENV`]`=1`).
+    pub fn grouped_stores(&self) -> bool {
+        static STRIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        self.group_major() && !*STRIDED.get_or_init(|| env_switch(STRIDED_STORES_ENV, false))
     }
 
     /// `(rows, l, s, m_out)`: the sizes of the output's permutation.
@@ -221,17 +245,16 @@ pub fn monarch_forward(
     let bias = bias.map_or(0, |b| b.ptr());
     // Grouped: the first product's natural output and the second's group-major output
     // in scratch, each permuted into place after its product.
-    let grouped = d.group_major();
-    let (out1n, yg) =
-        (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, grouped, d.batch * d.l * d.s)?);
+    let (grouped, stores) = (d.group_major(), d.grouped_stores());
+    let (out1n, yg) = (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, stores, d.batch * d.l * d.s)?);
     let (out1n, y) = (ptr_or(&out1n, out1.ptr()), ptr_or(&yg, out.ptr()));
-    let [first, second] = forward_gemms(&d, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
+    let [first, second] = forward_gemms(&d, stores, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
     grouped_gemm(&dev, dt, &first)?;
     if grouped {
         permute(&dev, dt, d.mid_sizes(), [out1n, out1.ptr(), 0], true)?;
     }
     grouped_gemm(&dev, dt, &second)?;
-    if grouped {
+    if stores {
         permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias], false)?;
     }
     Ok(())
@@ -240,9 +263,10 @@ pub fn monarch_forward(
 /// The forward's two products over buffers at `[x, w1, w2, bias, out1n, out1, out]`
 /// (bias 0: none): the first writes `out1n` in natural order, the second reads `out1`.
 /// With [`MonarchDims::group_major`] the caller permutes `out1n` into `out1`
-/// (group-major) between them, `out` is the (batch, l·s) group-major scratch and the
-/// bias is left to the permutation that follows; else `out1n` is `out1`.
-fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1n, out1, y]: [u64; 7]) -> [Gemm; 2] {
+/// (group-major) between them, else `out1n` is `out1`; with `grouped_stores` `out` is
+/// the (batch, l·s) group-major scratch and the bias is left to the permutation that
+/// follows, else `out` is written in place with the bias.
+fn forward_gemms(d: &MonarchDims, grouped_stores: bool, [x, w1, w2, bias, out1n, out1, y]: [u64; 7]) -> [Gemm; 2] {
     let (kq, nin, mout) = (d.mid(), d.n_in, d.m_out);
     [
         // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] w1[kk,qq,pp]
@@ -258,7 +282,7 @@ fn forward_gemms(d: &MonarchDims, [x, w1, w2, bias, out1n, out1, y]: [u64; 7]) -
             a: mid_operand(d, out1, true),
             b: op(w2, d.s * d.r, d.r, 1, NO_LIMIT, 0),
             // out[b, ll·s + ss] group-major, or natural with the bias at the column j.
-            c: if d.group_major() {
+            c: if grouped_stores {
                 out(y, d.s, d.l * d.s, 1, NO_LIMIT, 1)
             } else {
                 Output { bias, ..out(y, 1, mout, d.l, mout as i64, 1) }
@@ -312,17 +336,17 @@ pub fn monarch_backward(
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
     // Group-major copies of dout (read by the first and last products) and of the first
     // product's output dout1 (permuted to natural order for the second and third).
-    let grouped = d.group_major();
+    let (grouped, stores) = (d.group_major(), d.grouped_stores());
     let (doutg, dout1g) =
-        (scratch(&dev, dt, grouped, d.batch * d.l * d.s)?, scratch(&dev, dt, grouped, d.batch * d.mid())?);
+        (scratch(&dev, dt, grouped, d.batch * d.l * d.s)?, scratch(&dev, dt, stores, d.batch * d.mid())?);
     let (dout_ptr, dout1g_ptr) = (ptr_or(&doutg, dout.ptr()), ptr_or(&dout1g, 0));
     if grouped {
         permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0], true)?;
     }
     let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
-    for (i, g) in backward_gemms(&d, bufs, dout1g_ptr, accumulate).iter().enumerate() {
+    for (i, g) in backward_gemms(&d, stores, bufs, dout1g_ptr, accumulate).iter().enumerate() {
         grouped_gemm(&dev, dt, g)?;
-        if i == 0 && grouped {
+        if i == 0 && stores {
             permute(&dev, dt, d.mid_sizes(), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
         }
     }
@@ -363,10 +387,10 @@ fn permute(
 
 /// The backward's four products over buffers at `[x, w1, w2, out1, dout, dout1, dx, dw1,
 /// dw2]` (`dout1`, batch × k·q, is scratch), adding to dx, dw1, dw2 when `accumulate`.
-/// With [`MonarchDims::group_major`], `dout` is group-major (batch, l·s) and the first
-/// product writes `dout1g` (group-major [b, ll·r + rr]), which the caller permutes into
-/// `dout1` before the second.
-fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], dout1g: u64, accumulate: bool) -> [Gemm; 4] {
+/// With [`MonarchDims::group_major`], `dout` is group-major (batch, l·s); with
+/// `grouped_stores` the first product writes `dout1g` (group-major [b, ll·r + rr]),
+/// which the caller permutes into `dout1` before the second, else `dout1` in place.
+fn backward_gemms(d: &MonarchDims, grouped_stores: bool, bufs: [u64; 9], dout1g: u64, accumulate: bool) -> [Gemm; 4] {
     let [x, w1, w2, out1, dout, dout1, dx, dw1, dw2] = bufs;
     let (kq, nin, mout, b) = (d.mid(), d.n_in, d.m_out, d.batch);
     // dout element (ll, b, ss): natural at b·m_out + ss·l + ll (zero past m_out), or
@@ -377,7 +401,7 @@ fn backward_gemms(d: &MonarchDims, bufs: [u64; 9], dout1g: u64, accumulate: bool
         Gemm {
             a: op(dout, dg, db, dss, dlim, 1),
             b: op(w2, d.s * d.r, 1, d.r, NO_LIMIT, 0),
-            c: if d.group_major() { out(dout1g, d.r, kq, 1, NO_LIMIT, 1) } else { out(dout1, 1, kq, d.l, NO_LIMIT, 1) },
+            c: if grouped_stores { out(dout1g, d.r, kq, 1, NO_LIMIT, 1) } else { out(dout1, 1, kq, d.l, NO_LIMIT, 1) },
             accumulate: false,
             dims: (b, d.r, d.s, d.l),
         },
@@ -464,11 +488,17 @@ mod tests {
         let wide = MonarchDims { batch: 2, n_in: 9, m_out: 100, k: 5, q: 13, p: 2, l: 65, s: 2, r: 1 };
         assert!(ragged.group_major() && divisible.group_major() && !one.group_major() && !wide.group_major());
         for d in [ragged, divisible, one, wide] {
-            check_descriptors(d);
+            check_descriptors(d, d.group_major());
+        }
+        // Group-major loads with the output and dout1 stored in place (STRIDED_STORES_ENV).
+        for d in [ragged, divisible] {
+            check_descriptors(d, false);
         }
     }
 
-    fn check_descriptors(d: MonarchDims) {
+    /// The descriptors of `d`, the output and dout1 written group-major when
+    /// `grouped_stores`, against the definition.
+    fn check_descriptors(d: MonarchDims, grouped_stores: bool) {
         d.check().unwrap();
         let mut seed = 7u64;
         let mut rnd = |n: usize| -> Vec<f64> {
@@ -525,12 +555,12 @@ mod tests {
         }
         // The descriptors, over buffers 0..9 in the launchers' order, outputs poisoned.
         let nan = |n: usize| vec![f64::NAN; n];
-        let y_len = if d.group_major() { b * d.l * d.s } else { b * d.m_out };
+        let y_len = if grouped_stores { b * d.l * d.s } else { b * d.m_out };
         // Buffers x, w1, w2, out1 (saved), out, bias, out1n (natural scratch), as
         // monarch_forward runs them: out1n permuted into out1 between the products.
         let mut bufs = vec![x, w1, w2, nan(b * kq), nan(y_len), bias.clone(), nan(b * kq)];
         let out1n = if d.group_major() { 6 } else { 3 };
-        let [first, second] = forward_gemms(&d, [0, 1, 2, 5, out1n, 3, 4]);
+        let [first, second] = forward_gemms(&d, grouped_stores, [0, 1, 2, 5, out1n, 3, 4]);
         interpret(&first, &mut bufs);
         if d.group_major() {
             bufs[3] = permute_to(&bufs[6], d.mid_sizes());
@@ -546,7 +576,7 @@ mod tests {
         let saved = if d.group_major() { permute_to(&out1, d.mid_sizes()) } else { out1.clone() };
         close(&bufs[3], &saved, "out1");
         // A group-major output as monarch_permute leaves it: natural order plus the bias.
-        let y = if d.group_major() { permute_back(&bufs[4], d.io_sizes(), Some(&bias)) } else { bufs[4].clone() };
+        let y = if grouped_stores { permute_back(&bufs[4], d.io_sizes(), Some(&bias)) } else { bufs[4].clone() };
         close(&y, &out, "out");
         bufs.truncate(4);
         // dout as monarch_permute leaves it: [b, ll·s + ss], zero past m_out.
@@ -555,9 +585,11 @@ mod tests {
         // As monarch_backward: the first product into dout1g (buffer 9) when grouped, then
         // permuted into dout1 (5).
         let backward = |bufs: &mut Vec<Vec<f64>>, accumulate: bool| {
-            for (i, g) in backward_gemms(&d, [0, 1, 2, 3, 4, 5, 6, 7, 8], 9, accumulate).iter().enumerate() {
+            for (i, g) in
+                backward_gemms(&d, grouped_stores, [0, 1, 2, 3, 4, 5, 6, 7, 8], 9, accumulate).iter().enumerate()
+            {
                 interpret(g, bufs);
-                if i == 0 && d.group_major() {
+                if i == 0 && grouped_stores {
                     bufs[5] = permute_back(&bufs[9], d.mid_sizes(), None);
                 }
             }
