@@ -80,15 +80,19 @@ impl KernelCache {
     /// The CUBIN of `source` for `arch`: from the cache, or compiled with NVRTC and
     /// stored (a cache that cannot be written is not an error; the kernel still runs).
     pub fn get_or_compile(&self, source: KernelSource, arch: &str) -> Result<Vec<u8>> {
-        let version = crate::nvrtc::nvrtc()?.version;
-        let unit = source.translation_unit();
-        let key = Self::key(&unit, arch, version);
+        Ok(self.fetch(source, arch, crate::nvrtc::nvrtc()?.version)?.0)
+    }
+
+    /// [`get_or_compile`](Self::get_or_compile) for NVRTC `version`, and whether the
+    /// CUBIN came from the cache.
+    fn fetch(&self, source: KernelSource, arch: &str, version: (i32, i32)) -> Result<(Vec<u8>, bool)> {
+        let key = Self::key(&source.translation_unit(), arch, version);
         if let Some(cubin) = self.load(source.stem, arch, &key) {
-            return Ok(cubin);
+            return Ok((cubin, true));
         }
         let compiled = source.compile(arch)?;
         let _ = self.store(source.stem, arch, &key, &compiled.cubin);
-        Ok(compiled.cubin)
+        Ok((compiled.cubin, false))
     }
 }
 
@@ -118,13 +122,9 @@ impl KernelCache {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let one = |i: usize| -> Result<WarmedKernel> {
             let start = std::time::Instant::now();
-            let source = sources[i];
-            let key = Self::key(&source.translation_unit(), arch, version);
-            let (cached, cubin) = match self.load(source.stem, arch, &key) {
-                Some(cubin) => (true, cubin),
-                None => (false, self.get_or_compile(source, arch)?),
-            };
-            Ok(WarmedKernel { stem: source.stem, cached, bytes: cubin.len(), seconds: start.elapsed().as_secs_f64() })
+            let (cubin, cached) = self.fetch(sources[i], arch, version)?;
+            let seconds = start.elapsed().as_secs_f64();
+            Ok(WarmedKernel { stem: sources[i].stem, cached, bytes: cubin.len(), seconds })
         };
         let mut done: Vec<(usize, Result<WarmedKernel>)> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads.clamp(1, sources.len().max(1)))
