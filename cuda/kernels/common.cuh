@@ -323,6 +323,21 @@ __device__ __forceinline__ void frag_b2(FragB<float>& b0, FragB<float>& b1, cons
     }
 }
 
+/// `acc[t] += a · B(n0 + 8t .. n0 + 8t + 8, k0 .. k0 + 16)` for t < N/8: one A fragment
+/// (16 rows, 16 k) against N columns of a shared B tile stored `[n][k]` with row length
+/// `ld` or, if `trans`, `[k][n]`, the B fragments loaded two at a time.
+template <int N, typename T>
+__device__ __forceinline__ void mma_row(Acc* acc, const FragA<T>& a, const T* s, int ld, bool trans, int n0, int k0) {
+    static_assert(N % 16 == 0, "pairs of 8-column tiles");
+#pragma unroll
+    for (int t = 0; t < N / 8; t += 2) {
+        FragB<T> b0, b1;
+        frag_b2(b0, b1, s, ld, trans, n0 + t * 8, k0);
+        mma(acc[t], a, b0);
+        mma(acc[t + 1], a, b1);
+    }
+}
+
 /// Block-level tile GEMM on shared memory: `BM x BN` outputs from an A tile (BM x BK)
 /// and a B tile (BN x BK), each stored k-contiguous or transposed (see `step`), with
 /// `WM x WN` warps each owning a `(BM/WM) x (BN/WN)` sub-tile of `MI x NI` accumulators.

@@ -372,16 +372,8 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
             FragA<T> ka, va;
             frag_a(ka, k_s, LD, false, warp * 16, kd * 16);
             frag_a(va, v_s, LD, false, warp * 16, kd * 16);
-#pragma unroll
-            for (int nt = 0; nt < FA_BR / 8; nt += 2) {
-                FragB<T> bq0, bq1, bo0, bo1;
-                frag_b2(bq0, bq1, q_s, LD, false, nt * 8, kd * 16);
-                frag_b2(bo0, bo1, do_s, LD, false, nt * 8, kd * 16);
-                mma(sc[nt], ka, bq0);
-                mma(sc[nt + 1], ka, bq1);
-                mma(dpt[nt], va, bo0);
-                mma(dpt[nt + 1], va, bo1);
-            }
+            mma_row<FA_BR>(sc, ka, q_s, LD, false, 0, kd * 16);
+            mma_row<FA_BR>(dpt, va, do_s, LD, false, 0, kd * 16);
         }
         // P^T = exp(S^T * scale - lse); dS^T = P^T * (dP^T * Z^T - delta); dV uses (P∘Z)^T
 #pragma unroll
@@ -402,16 +394,8 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
             FragA<T> pa, sa;
             acc_to_a(pa, sc[2 * kt], sc[2 * kt + 1]);
             acc_to_a(sa, dpt[2 * kt], dpt[2 * kt + 1]);
-#pragma unroll
-            for (int dt = 0; dt < D / 8; dt += 2) {
-                FragB<T> bo0, bo1, bq0, bq1;
-                frag_b2(bo0, bo1, do_s, LD, true, dt * 8, kt * 16);
-                frag_b2(bq0, bq1, q_s, LD, true, dt * 8, kt * 16);
-                mma(dv[dt], pa, bo0);
-                mma(dv[dt + 1], pa, bo1);
-                mma(dk[dt], sa, bq0);
-                mma(dk[dt + 1], sa, bq1);
-            }
+            mma_row<D>(dv, pa, do_s, LD, true, 0, kt * 16);
+            mma_row<D>(dk, sa, q_s, LD, true, 0, kt * 16);
         }
         // Stage dS^T, then dQ (FA_BR x D) += dS K over the block's BC keys: warp w takes
         // queries (w % 4)·16.. and the (w / 4)-th of WARPS / 4 column ranges of DP, CH at a
@@ -433,13 +417,7 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
             for (int kt = 0; kt < BC / 16; kt++) {
                 FragA<T> a;
                 frag_a(a, ds_s, LDT, true, qw, kt * 16);
-#pragma unroll
-                for (int t = 0; t < CH / 8; t += 2) {
-                    FragB<T> b0, b1;
-                    frag_b2(b0, b1, k_s, LD, true, d0 + t * 8, kt * 16);
-                    mma(dq[t], a, b0);
-                    mma(dq[t + 1], a, b1);
-                }
+                mma_row<CH>(dq, a, k_s, LD, true, d0, kt * 16);
             }
 #pragma unroll
             for (int t = 0; t < CH / 8; t++)
