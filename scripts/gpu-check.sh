@@ -36,9 +36,9 @@ timeout 240 gpu-bin/test-nvrtc_compile --nocapture > "$OUT/nvrtc_compile.log" 2>
     # A hung kernel must not take the whole device call: each part has a time limit.
     timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
-  # The Monarch layers again with every product strided in place, then with only the
-  # products' stores strided.
-  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1; do
+  # The Monarch layers again with every product strided in place, with only the
+  # products' stores strided, and with the products on cuBLASLt.
+  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1 MONARCH_CUBLAS=1; do
     echo "== gpu-bin/test-cuda_tensors with $v"
     env $v timeout 120 gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch layers_train 2>&1 ||
       echo "FAILED or timed out: Monarch with $v (rc $?)"
@@ -58,8 +58,9 @@ PY="timeout 120 python3"
   $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
   $PY $P linear --in 768 --hidden 3072 --out 768 --batch 16384 --nblocks 4 --dtype bf16
   # The same block with the products strided in place instead of on group-major copies,
-  # then with copies of the rows read but the stores strided (two passes fewer).
-  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1; do
+  # with copies of the rows read but the stores strided (two passes fewer), and with
+  # the group-major products as cuBLASLt strided-batched GEMMs instead of the kernel.
+  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1 MONARCH_CUBLAS=1; do
     echo "# next: $v"
     env $v $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json
   done
@@ -120,6 +121,8 @@ export MONARCH_KERNEL_TIMES=1
     echo "== MLP block, $k"
     $M bench linear --device cuda --dtype bf16 --kind $k --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --warmup 1 --runs 3
   done
+  echo "== MLP block, monarch with MONARCH_CUBLAS=1"
+  MONARCH_CUBLAS=1 $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --warmup 1 --runs 3
   echo "== flash attention, seq 4096"
   $M bench attention --device cuda --impl flash --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 1 --runs 3
   echo "== GPT-2 small, 3 steps"

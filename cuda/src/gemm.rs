@@ -36,10 +36,12 @@ pub enum Epilogue {
     GeluBias,
 }
 
-/// `C = alpha·op(A)·op(B) + beta·C` for row-major `op(A)` (m×k) and `op(B)` (k×n), `C`
-/// (m×n) contiguous; `trans_a` means A is stored k×m, `trans_b` that B is stored n×k
-/// (a Linear weight `(out, in)` is `B` with `trans_b`). With `batch` > 1 the matrices
-/// repeat every `stride_*` elements.
+/// `C = alpha·op(A)·op(B) + beta·C` for row-major `op(A)` (m×k), `op(B)` (k×n) and `C`
+/// (m×n); `trans_a` means A is stored k×m, `trans_b` that B is stored n×k (a Linear
+/// weight `(out, in)` is `B` with `trans_b`). Each stored matrix has rows `ld_*` elements
+/// apart (at least its row length; [`GemmArgs::new`] packs them). With `batch` > 1 the
+/// matrices repeat every `stride_*` elements; batches may interleave (a stride smaller
+/// than a matrix) as long as no two C elements coincide.
 #[derive(Clone, Copy, Debug)]
 pub struct GemmArgs {
     /// Rows of C.
@@ -60,6 +62,12 @@ pub struct GemmArgs {
     pub stride_b: usize,
     /// Elements between consecutive C.
     pub stride_c: usize,
+    /// Elements between rows of the stored A (m, or k with `trans_a`, when packed).
+    pub ld_a: usize,
+    /// Elements between rows of the stored B (n, or k with `trans_b`, when packed).
+    pub ld_b: usize,
+    /// Elements between rows of C (n when packed).
+    pub ld_c: usize,
     /// Scale of the product.
     pub alpha: f32,
     /// Scale of the old C (0: C is only written).
@@ -71,7 +79,7 @@ pub struct GemmArgs {
 }
 
 impl GemmArgs {
-    /// A plain `C = A·B` of one (m×k)·(k×n) product.
+    /// A plain `C = A·B` of one (m×k)·(k×n) product, every matrix packed.
     pub fn new(m: usize, n: usize, k: usize, precision: Precision) -> Self {
         GemmArgs {
             m,
@@ -83,6 +91,9 @@ impl GemmArgs {
             stride_a: m * k,
             stride_b: k * n,
             stride_c: m * n,
+            ld_a: k,
+            ld_b: n,
+            ld_c: n,
             alpha: 1.0,
             beta: 0.0,
             precision,
@@ -90,9 +101,48 @@ impl GemmArgs {
         }
     }
 
-    fn elems_needed(&self, stride: usize, one: usize) -> usize {
-        if self.batch == 0 { 0 } else { stride * (self.batch - 1) + one }
+    /// Packed leading dimensions for the transposes set: `ld_a`, `ld_b` and `ld_c` the
+    /// stored matrices' row lengths.
+    pub fn packed(self) -> Self {
+        let ld_a = if self.trans_a { self.m } else { self.k };
+        let ld_b = if self.trans_b { self.k } else { self.n };
+        GemmArgs { ld_a, ld_b, ld_c: self.n, ..self }
     }
+
+    /// The element type of A, B, C and the bias.
+    fn dtype(&self) -> DType {
+        if self.precision == Precision::Bf16 { DType::BF16 } else { DType::F32 }
+    }
+
+    /// The stored (rows, columns) of A, B and C.
+    fn stored(&self) -> [(usize, usize); 3] {
+        let (m, n, k) = (self.m, self.n, self.k);
+        [if self.trans_a { (k, m) } else { (m, k) }, if self.trans_b { (n, k) } else { (k, n) }, (m, n)]
+    }
+
+    /// Elements a buffer must hold from its start for one operand: the last batch's last
+    /// row's last element, plus one (0 for an empty operand).
+    fn elems_needed(&self, stride: usize, (rows, cols): (usize, usize), ld: usize) -> usize {
+        if self.batch == 0 || rows == 0 || cols == 0 { 0 } else { stride * (self.batch - 1) + (rows - 1) * ld + cols }
+    }
+
+    /// Refuses leading dimensions shorter than the rows they separate.
+    pub(crate) fn check_ld(&self) -> Result<()> {
+        let [a, b, c] = self.stored();
+        for (name, (_, cols), ld) in [("a", a, self.ld_a), ("b", b, self.ld_b), ("c", c, self.ld_c)] {
+            if ld < cols.max(1) {
+                crate::error::bail!("matmul", "{name}'s rows are {ld} elements apart but {cols} long");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest power of two up to 256 dividing every byte address an operand's batches
+/// start at: what cuBLASLt may assume of the pointer (its default assumption is 256).
+fn alignment(ptr: u64, stride_bytes: u64, batch: usize) -> u32 {
+    let bits = if batch > 1 { ptr | stride_bytes } else { ptr } | 256;
+    1 << bits.trailing_zeros()
 }
 
 /// A cuBLASLt handle and its workspace (32 MiB on Hopper, 4 MiB before).
@@ -139,10 +189,12 @@ impl<T: Copy> Drop for Guard<T> {
 /// Runs the GEMM described by `g` on `dev`'s stream (see [`GemmArgs`]).
 pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c: ViewMut<'_>) -> Result<()> {
     let chk = Check { op: "matmul" };
-    let dt = if g.precision == Precision::Bf16 { DType::BF16 } else { DType::F32 };
-    chk.input("a", &a, dt, g.elems_needed(g.stride_a, g.m * g.k))?;
-    chk.input("b", &b, dt, g.elems_needed(g.stride_b, g.k * g.n))?;
-    chk.output("c", &c, dt, g.elems_needed(g.stride_c, g.m * g.n))?;
+    let dt = g.dtype();
+    g.check_ld()?;
+    let [sa, sb, sc] = g.stored();
+    chk.input("a", &a, dt, g.elems_needed(g.stride_a, sa, g.ld_a))?;
+    chk.input("b", &b, dt, g.elems_needed(g.stride_b, sb, g.ld_b))?;
+    chk.output("c", &c, dt, g.elems_needed(g.stride_c, sc, g.ld_c))?;
     let needs_bias = matches!(g.epilogue, Epilogue::Bias | Epilogue::ReluBias | Epilogue::GeluBias);
     match (&bias, needs_bias) {
         (Some(v), true) => chk.input("bias", v, dt, g.n)?,
@@ -151,10 +203,18 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
     }
     let dev = a.device().clone();
     chk.same_device(&dev, [b.device(), c.device()])?;
+    let bias = bias.map_or(0, |v| v.ptr());
+    matmul_at(&dev, g, [a.ptr(), b.ptr(), bias, c.ptr()])
+}
+
+/// [`matmul`] on raw addresses `[a, b, bias (0: none), c]` that the caller has checked
+/// against `g` (the Monarch products run here on their descriptors' buffers).
+pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u64; 4]) -> Result<()> {
     if g.m * g.n * g.batch == 0 {
         return Ok(());
     }
-    let blas = dev.blas.get_or_init(|| Blas::new(&dev)).as_ref().map_err(|lib| {
+    let dt = g.dtype();
+    let blas = dev.blas.get_or_init(|| Blas::new(dev)).as_ref().map_err(|lib| {
         if lib == "cuBLASLt" {
             CudaError::NoBlas { lib: "cuBLASLt" }
         } else {
@@ -194,9 +254,10 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
         }
         Ok(guard)
     };
-    let lt_a = if g.trans_b { layout(g.k, g.n, g.k, g.stride_b)? } else { layout(g.n, g.k, g.n, g.stride_b)? };
-    let lt_b = if g.trans_a { layout(g.m, g.k, g.m, g.stride_a)? } else { layout(g.k, g.m, g.k, g.stride_a)? };
-    let lt_c = layout(g.n, g.m, g.n, g.stride_c)?;
+    // A row-major r×c matrix with rows ld apart is a column-major c×r one with ld.
+    let lt_a = if g.trans_b { layout(g.k, g.n, g.ld_b, g.stride_b)? } else { layout(g.n, g.k, g.ld_b, g.stride_b)? };
+    let lt_b = if g.trans_a { layout(g.m, g.k, g.ld_a, g.stride_a)? } else { layout(g.k, g.m, g.ld_a, g.stride_a)? };
+    let lt_c = layout(g.n, g.m, g.ld_c, g.stride_c)?;
     let desc = result::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(err("desc"))?;
     let desc = Guard(desc, result::destroy_matmul_desc);
     let set = |attr, ptr: *const c_void, size: usize| -> Result<()> {
@@ -217,9 +278,8 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
         Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
     };
     set(A::CUBLASLT_MATMUL_DESC_EPILOGUE, (&epi as *const E).cast(), std::mem::size_of::<E>())?;
-    let bias_ptr = bias.map_or(0u64, |v| v.ptr());
-    if bias_ptr != 0 {
-        set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, (&bias_ptr as *const u64).cast(), 8)?;
+    if bias != 0 {
+        set(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, (&bias as *const u64).cast(), 8)?;
     }
     let pref = Guard(result::create_matmul_pref().map_err(err("preference"))?, result::destroy_matmul_pref);
     let ws = blas.workspace.len();
@@ -233,6 +293,21 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
         )
     }
     .map_err(err("preference"))?;
+    // Views start anywhere in a buffer: tell the heuristic how aligned the operands are,
+    // else it may pick an algorithm that assumes 256 bytes.
+    let size = dt.size() as u64;
+    type P = sys::cublasLtMatmulPreferenceAttributes_t;
+    for (attr, ptr, stride) in [
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, b, g.stride_b),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a, g.stride_a),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c, g.stride_c),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c, g.stride_c),
+    ] {
+        let bytes = alignment(ptr, stride as u64 * size, g.batch);
+        // SAFETY: valid preference; the value is a uint32_t.
+        unsafe { result::set_matmul_pref_attribute(pref.0, attr, (&bytes as *const u32).cast(), 4) }
+            .map_err(err("preference"))?;
+    }
     // SAFETY: all descriptors are valid and describe the checked buffers.
     let heuristic =
         unsafe { result::get_matmul_algo_heuristic(blas.handle, desc.0, lt_a.0, lt_b.0, lt_c.0, lt_c.0, pref.0) }
@@ -246,13 +321,13 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
             desc.0,
             (&alpha as *const f32).cast(),
             (&beta as *const f32).cast(),
-            b.ptr() as *const c_void,
+            b as *const c_void,
             lt_a.0,
-            a.ptr() as *const c_void,
+            a as *const c_void,
             lt_b.0,
-            c.ptr() as *const c_void,
+            c as *const c_void,
             lt_c.0,
-            c.ptr() as *mut c_void,
+            c as *mut c_void,
             lt_c.0,
             &heuristic.algo,
             blas.workspace.device_ptr() as *mut c_void,
@@ -261,4 +336,88 @@ pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c:
         )
         .map_err(err("matmul"))
     })
+}
+
+/// [`GemmArgs`]' definition run on the host, for checking what is mapped onto cuBLASLt.
+#[cfg(test)]
+pub(crate) mod host {
+    use super::GemmArgs;
+
+    /// `C = alpha·op(A)·op(B) + beta·C` over `a`, `b`, `c` as `g` lays them out: element
+    /// (i, r, col) of a stored matrix at `i·stride + r·ld + col`. With `beta` 0, C is
+    /// only written (a NaN there stays out of the result, as in cuBLAS).
+    pub(crate) fn gemm(g: &GemmArgs, a: &[f64], b: &[f64], c: &mut [f64]) {
+        for i in 0..g.batch {
+            for m in 0..g.m {
+                for n in 0..g.n {
+                    let av = |k: usize| a[i * g.stride_a + if g.trans_a { k * g.ld_a + m } else { m * g.ld_a + k }];
+                    let bv = |k: usize| b[i * g.stride_b + if g.trans_b { n * g.ld_b + k } else { k * g.ld_b + n }];
+                    let v = g.alpha as f64 * (0..g.k).map(|k| av(k) * bv(k)).sum::<f64>();
+                    let dst = &mut c[i * g.stride_c + m * g.ld_c + n];
+                    *dst = if g.beta == 0.0 { v } else { v + g.beta as f64 * *dst };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two interleaved 2×2 products written out by hand: batch i's A is columns 2i..2i+2
+    /// of a 2×4 array, its C the same columns of another; B is stored transposed.
+    #[test]
+    fn interleaved_batches_follow_the_definition() {
+        let g = GemmArgs {
+            trans_b: true,
+            batch: 2,
+            stride_a: 2,
+            stride_b: 4,
+            stride_c: 2,
+            ld_a: 4,
+            ld_b: 2,
+            ld_c: 4,
+            ..GemmArgs::new(2, 2, 2, Precision::F32)
+        };
+        let a = [1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]; // A0 = [[1,2],[3,4]], A1 = [[5,6],[7,8]]
+        let b = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 2.0, 0.0]; // B0ᵀ = [[1,0],[1,1]], B1ᵀ = [[0,1],[2,0]]
+        let mut c = [f64::NAN; 8];
+        host::gemm(&g, &a, &b, &mut c);
+        // C0 = A0·B0 = [[1,3],[3,7]]; C1 = A1·B1 = [[6,10],[8,14]].
+        assert_eq!(c, [1.0, 3.0, 6.0, 10.0, 3.0, 7.0, 8.0, 14.0]);
+        g.check_ld().unwrap();
+        let [sa, sb, sc] = g.stored();
+        assert_eq!(
+            [
+                g.elems_needed(g.stride_a, sa, g.ld_a),
+                g.elems_needed(g.stride_b, sb, g.ld_b),
+                g.elems_needed(g.stride_c, sc, g.ld_c)
+            ],
+            [8, 8, 8]
+        );
+    }
+
+    #[test]
+    fn leading_dimensions_are_checked_and_packed() {
+        let g = GemmArgs { trans_a: true, ..GemmArgs::new(3, 5, 4, Precision::Bf16) }.packed();
+        assert_eq!((g.ld_a, g.ld_b, g.ld_c), (3, 5, 5));
+        assert!(g.check_ld().is_ok());
+        assert!(GemmArgs { ld_b: 4, ..g }.check_ld().is_err());
+        assert!(GemmArgs { ld_c: 4, ..g }.check_ld().is_err());
+        let t = GemmArgs { trans_b: true, ..g }.packed();
+        assert_eq!(t.ld_b, 4);
+        assert_eq!(g.elems_needed(0, (4, 3), 7), 3 * 7 + 3);
+        assert_eq!(GemmArgs { batch: 0, ..g }.elems_needed(9, (4, 3), 7), 0);
+    }
+
+    #[test]
+    fn alignment_is_what_every_batch_start_shares() {
+        assert_eq!(alignment(0x1000, 0, 1), 256);
+        assert_eq!(alignment(0x1002, 0, 1), 2);
+        // 192 bf16 elements (384 bytes) between batches: 128-byte aligned starts.
+        assert_eq!(alignment(0x1000, 384, 4), 128);
+        assert_eq!(alignment(0x1000, 384, 1), 256);
+        assert_eq!(alignment(0x1008, 64, 2), 8);
+    }
 }

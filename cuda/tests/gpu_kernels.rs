@@ -3,6 +3,7 @@
 //! `cargo test -p monarch-cuda --release`.
 
 use half::bf16;
+use monarch_cuda::gemm::{self, GemmArgs, Precision};
 use monarch_cuda::ops::{dropout, flash_attention as fa, monarch, softmax, unary};
 use monarch_cuda::{CudaDevice, DType};
 use std::sync::Arc;
@@ -124,6 +125,43 @@ fn monarch_forward_matches_the_closed_form_on_a_rectangular_padded_shape_with_bi
         }
     }
     close(&out.to_host::<f32>().unwrap(), &want, 1e-5);
+}
+
+/// cuBLASLt with batches interleaved along the rows (as the Monarch products run under
+/// MONARCH_CUBLAS=1), a transposed A, rows wider than the matrices, accumulation into C,
+/// and operands starting 2 bytes past an aligned address: against loops over the same
+/// indices.
+#[test]
+fn strided_batched_matmul_with_interleaved_unaligned_operands_matches_loops() {
+    let Some(dev) = device() else { return };
+    // 3 groups; A (k=40 × m=24 stored, ld 130), B (k × n=16, ld 50), C (m × n, ld 49).
+    let (m, n, k, groups) = (24, 16, 40, 3);
+    let g = GemmArgs {
+        trans_a: true,
+        batch: groups,
+        stride_a: m,
+        stride_b: n,
+        stride_c: n,
+        ld_a: 130,
+        ld_b: 50,
+        ld_c: 49,
+        beta: 1.0,
+        ..GemmArgs::new(m, n, k, Precision::F32)
+    };
+    let (la, lb, lc) = (1 + k * 130, 1 + k * 50, 1 + m * 49);
+    let (a, b, c0) = (values(la, 11), values(lb, 12), values(lc, 13));
+    let (ab, bb) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap());
+    let mut cb = dev.htod(&c0).unwrap();
+    let (av, bv) = (ab.slice(1, la - 1).unwrap(), bb.slice(1, lb - 1).unwrap());
+    gemm::matmul(&g, av, bv, None, cb.slice_mut(1, lc - 1).unwrap()).unwrap();
+    let mut want = c0.clone();
+    for gi in 0..groups {
+        for (mi, ni) in (0..m).flat_map(|mi| (0..n).map(move |ni| (mi, ni))) {
+            let dot: f32 = (0..k).map(|ki| a[1 + gi * m + ki * 130 + mi] * b[1 + gi * n + ki * 50 + ni]).sum();
+            want[1 + gi * n + mi * 49 + ni] += dot;
+        }
+    }
+    close(&cb.to_host::<f32>().unwrap(), &want, 1e-5);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use crate::buffer::Check;
 use crate::device::Arg;
+use crate::gemm::{GemmArgs, Precision};
 use crate::{CudaDevice, DType, Result, View, ViewMut, kernels};
 use cudarc::driver::LaunchConfig;
 use std::sync::Arc;
@@ -18,6 +19,14 @@ pub const GROUP_MAJOR_ENV: &str = "MONARCH_GROUP_MAJOR";
 /// read stay group-major ([`MonarchDims::grouped_stores`] false): two permutation passes
 /// instead of four per forward+backward, for timing against the default on a GPU.
 pub const STRIDED_STORES_ENV: &str = "MONARCH_STRIDED_STORES";
+
+/// The environment variable that, set to `1`, runs the Monarch products through
+/// cuBLASLt strided-batched GEMMs instead of `grouped_gemm_*` where sizes allow
+/// ([`MonarchDims::cublas`]): every product of the group-major layout has unit-stride
+/// rows, so each is one batched GEMM over the groups, batches interleaved along the row.
+/// For timing the vendor's GEMMs against the handwritten ones on a GPU; the
+/// permutations stay `monarch_permute_*` passes.
+pub const CUBLAS_ENV: &str = "MONARCH_CUBLAS";
 
 /// Whether the environment variable `name` is `1` (`true`) or `0` (`false`), read once
 /// per process by the caller's `OnceLock`; `default` when unset or anything else.
@@ -91,6 +100,20 @@ impl MonarchDims {
     pub fn grouped_stores(&self) -> bool {
         static STRIDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         self.group_major() && !*STRIDED.get_or_init(|| env_switch(STRIDED_STORES_ENV, false))
+    }
+
+    /// Whether the products go to cuBLASLt ([`CUBLAS_ENV`]`=1`, read once per process):
+    /// only for exact sizes (`n_in = k·p`, `m_out = l·s`), since cuBLASLt has no column
+    /// limits to pad and truncate with. Those whose operands lack a unit stride (stride-l
+    /// rows in place) or that add a bias stay on the kernel.
+    pub fn cublas(&self) -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| env_switch(CUBLAS_ENV, false)) && self.exact()
+    }
+
+    /// Whether no input is padded and no output truncated.
+    fn exact(&self) -> bool {
+        self.n_in == self.k * self.p && self.m_out == self.l * self.s
     }
 
     /// `(rows, l, s, m_out)`: the sizes of the output's permutation.
@@ -214,6 +237,64 @@ fn grouped_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm) -> Result<()> {
     Ok(())
 }
 
+/// Runs one product: through cuBLASLt when `blas` and [`strided_batched`] maps it (the
+/// kernel after a one-time warning if cuBLASLt declines it), else `grouped_gemm_*`.
+fn run_gemm(dev: &Arc<CudaDevice>, dt: DType, gemm: &Gemm, blas: bool) -> Result<()> {
+    let Some((args, ptrs)) = blas.then(|| strided_batched(gemm, dt)).flatten() else {
+        return grouped_gemm(dev, dt, gemm);
+    };
+    match crate::gemm::matmul_at(dev, &args, ptrs) {
+        Err(crate::CudaError::Blas { op: "heuristic", msg }) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                eprintln!("warning: cuBLASLt has no algorithm for a Monarch product ({msg}); using the kernel")
+            });
+            grouped_gemm(dev, dt, gemm)
+        }
+        done => done,
+    }
+}
+
+/// The cuBLASLt strided-batched GEMM of `g` and its addresses `[a, b, bias, c]`, if
+/// each operand has a unit stride along one index, the output along n, and no bias is
+/// added: group g's A, B and C start `sg` elements after group g-1's, rows `sx` or `sy`
+/// apart. Column limits are ignored, so the caller passes only products of exact sizes
+/// ([`MonarchDims::cublas`]).
+fn strided_batched(g: &Gemm, dt: DType) -> Option<(GemmArgs, [u64; 4])> {
+    let (m, n, k, groups) = g.dims;
+    // A (g, m, k) is op(A)[m][k]: stored m×k (rows sx apart) or k×m (rows sy apart).
+    let (trans_a, ld_a) = match (g.a.sx, g.a.sy) {
+        (sx, 1) => (false, sx),
+        (1, sy) => (true, sy),
+        _ => return None,
+    };
+    // B (g, n, k) is op(B)[k][n]: stored n×k (rows sx apart) or k×n (rows sy apart).
+    let (trans_b, ld_b) = match (g.b.sx, g.b.sy) {
+        (sx, 1) => (true, sx),
+        (1, sy) => (false, sy),
+        _ => return None,
+    };
+    if g.c.o.sy != 1 || g.c.bias != 0 {
+        return None;
+    }
+    let precision = if dt == DType::BF16 { Precision::Bf16 } else { Precision::F32 };
+    let args = GemmArgs {
+        trans_a,
+        trans_b,
+        batch: groups,
+        stride_a: g.a.sg as usize,
+        stride_b: g.b.sg as usize,
+        stride_c: g.c.o.sg as usize,
+        ld_a: ld_a as usize,
+        ld_b: ld_b as usize,
+        ld_c: g.c.o.sx as usize,
+        beta: if g.accumulate { 1.0 } else { 0.0 },
+        ..GemmArgs::new(m, n, k, precision)
+    };
+    args.check_ld().ok()?;
+    Some((args, [g.a.p, g.b.p, 0, g.c.o.p]))
+}
+
 /// Forward: `out1 = blkdiag1 ⊙ x` (batch, k·q; saved group-major when
 /// [`MonarchDims::group_major`]), then `out` (batch, m_out) `= blkdiag2 ⊙ P(out1)`
 /// with the output permutation, plus `bias` (m_out) if given. `x` has row stride
@@ -249,11 +330,11 @@ pub fn monarch_forward(
     let (out1n, yg) = (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, stores, d.batch * d.l * d.s)?);
     let (out1n, y) = (ptr_or(&out1n, out1.ptr()), ptr_or(&yg, out.ptr()));
     let [first, second] = forward_gemms(&d, stores, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
-    grouped_gemm(&dev, dt, &first)?;
+    run_gemm(&dev, dt, &first, d.cublas())?;
     if grouped {
         permute(&dev, dt, d.mid_sizes(), [out1n, out1.ptr(), 0], true)?;
     }
-    grouped_gemm(&dev, dt, &second)?;
+    run_gemm(&dev, dt, &second, d.cublas())?;
     if stores {
         permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias], false)?;
     }
@@ -345,7 +426,7 @@ pub fn monarch_backward(
     }
     let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
     for (i, g) in backward_gemms(&d, stores, bufs, dout1g_ptr, accumulate).iter().enumerate() {
-        grouped_gemm(&dev, dt, g)?;
+        run_gemm(&dev, dt, g, d.cublas())?;
         if i == 0 && stores {
             permute(&dev, dt, d.mid_sizes(), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
         }
@@ -488,17 +569,40 @@ mod tests {
         let wide = MonarchDims { batch: 2, n_in: 9, m_out: 100, k: 5, q: 13, p: 2, l: 65, s: 2, r: 1 };
         assert!(ragged.group_major() && divisible.group_major() && !one.group_major() && !wide.group_major());
         for d in [ragged, divisible, one, wide] {
-            check_descriptors(d, d.group_major());
+            check_descriptors(d, d.group_major(), false);
         }
         // Group-major loads with the output and dout1 stored in place (STRIDED_STORES_ENV).
         for d in [ragged, divisible] {
-            check_descriptors(d, false);
+            check_descriptors(d, false, false);
         }
     }
 
+    /// Through cuBLASLt (CUBLAS_ENV), as `strided_batched` maps them, the products of
+    /// exact sizes compute the same: all six on the group-major layout (the MLP block's
+    /// l = k = 4 among them), those with unit strides otherwise.
+    #[test]
+    fn strided_batched_gemms_compute_the_monarch_product_and_its_gradients() {
+        let exact = MonarchDims { batch: 3, n_in: 12, m_out: 14, k: 4, q: 4, p: 3, l: 2, s: 7, r: 8 };
+        let mlp = MonarchDims { batch: 5, n_in: 8, m_out: 16, k: 4, q: 4, p: 2, l: 4, s: 4, r: 4 };
+        assert!(exact.exact() && mlp.exact() && exact.group_major());
+        assert_eq!(check_descriptors(exact, true, true), 6);
+        assert_eq!(check_descriptors(mlp, true, true), 6);
+        // Output and dout1 stored at stride l: those two products stay on the kernel.
+        assert_eq!(check_descriptors(exact, false, true), 4);
+        // l = 1 needs no permutation; the forward's second product adds the bias in place.
+        let one = MonarchDims { batch: 3, n_in: 12, m_out: 6, k: 4, q: 3, p: 3, l: 1, s: 6, r: 12 };
+        assert_eq!(check_descriptors(one, false, true), 5);
+        // Stride-l rows in place (l > 64) have no unit stride: only the products of the
+        // first factor (out1, dx, dw1) map.
+        let wide = MonarchDims { batch: 2, n_in: 10, m_out: 130, k: 5, q: 13, p: 2, l: 65, s: 2, r: 1 };
+        assert_eq!(check_descriptors(wide, false, true), 3);
+    }
+
     /// The descriptors of `d`, the output and dout1 written group-major when
-    /// `grouped_stores`, against the definition.
-    fn check_descriptors(d: MonarchDims, grouped_stores: bool) {
+    /// `grouped_stores`, against the definition; with `blas`, each product that
+    /// [`strided_batched`] maps runs as that cuBLASLt GEMM's definition instead. Returns
+    /// how many of the six products were mapped (per pass, counted once).
+    fn check_descriptors(d: MonarchDims, grouped_stores: bool, blas: bool) -> usize {
         d.check().unwrap();
         let mut seed = 7u64;
         let mut rnd = |n: usize| -> Vec<f64> {
@@ -560,12 +664,23 @@ mod tests {
         // monarch_forward runs them: out1n permuted into out1 between the products.
         let mut bufs = vec![x, w1, w2, nan(b * kq), nan(y_len), bias.clone(), nan(b * kq)];
         let out1n = if d.group_major() { 6 } else { 3 };
+        let mapped = std::cell::Cell::new(0);
+        let run = |g: &Gemm, bufs: &mut Vec<Vec<f64>>| match blas.then(|| strided_batched(g, DType::F32)).flatten() {
+            Some((args, [a, b, bias, c])) => {
+                assert_eq!(bias, 0);
+                let mut out = std::mem::take(&mut bufs[c as usize]);
+                crate::gemm::host::gemm(&args, &bufs[a as usize], &bufs[b as usize], &mut out);
+                bufs[c as usize] = out;
+                mapped.set(mapped.get() + 1);
+            }
+            None => interpret(g, bufs),
+        };
         let [first, second] = forward_gemms(&d, grouped_stores, [0, 1, 2, 5, out1n, 3, 4]);
-        interpret(&first, &mut bufs);
+        run(&first, &mut bufs);
         if d.group_major() {
             bufs[3] = permute_to(&bufs[6], d.mid_sizes());
         }
-        interpret(&second, &mut bufs);
+        run(&second, &mut bufs);
         let close = |got: &[f64], want: &[f64], what: &str| {
             assert_eq!(got.len(), want.len(), "{what}");
             for (i, (a, w)) in got.iter().zip(want).enumerate() {
@@ -588,7 +703,7 @@ mod tests {
             for (i, g) in
                 backward_gemms(&d, grouped_stores, [0, 1, 2, 3, 4, 5, 6, 7, 8], 9, accumulate).iter().enumerate()
             {
-                interpret(g, bufs);
+                run(g, bufs);
                 if i == 0 && grouped_stores {
                     bufs[5] = permute_back(&bufs[9], d.mid_sizes(), None);
                 }
@@ -599,8 +714,12 @@ mod tests {
         close(&bufs[7], &dw1, "dw1");
         close(&bufs[8], &dw2, "dw2");
         // accumulate adds to what the gradients held.
+        let once = mapped.get();
         backward(&mut bufs, true);
+        close(&bufs[6], &dx.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dx accumulated");
         close(&bufs[7], &dw1.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dw1 accumulated");
+        close(&bufs[8], &dw2.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), "dw2 accumulated");
+        once
     }
 
     /// `monarch_permute` to group-major order on the host: `[b, ll·s + ss]` from

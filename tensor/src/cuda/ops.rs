@@ -214,7 +214,8 @@ impl Tensor {
             stride_c: m * n,
             epilogue: if bias.is_some() { Epilogue::Bias } else { Epilogue::None },
             ..GemmArgs::new(m, n, kk, precision)
-        };
+        }
+        .packed();
         let (av, bv) = (a.t.cuda_view(op)?, b.t.cuda_view(op)?);
         let bias = bias.map(|b| b.contiguous()).transpose()?;
         let bias_view = bias.as_ref().map(|b| b.cuda_elems(op)).transpose()?;
