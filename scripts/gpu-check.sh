@@ -60,6 +60,8 @@ PY="timeout 120 python3"
   # The same block with the products strided in place instead of on group-major copies,
   # with copies of the rows read but the stores strided (two passes fewer), and with
   # the group-major products as cuBLASLt strided-batched GEMMs instead of the kernel.
+  # (The first two also lose the GELU fused into the permutations, which needs the
+  # group-major stores; MONARCH_CUBLAS=1 keeps it.)
   for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1 MONARCH_CUBLAS=1; do
     echo "# next: $v"
     env $v $M bench linear --device cuda --dtype bf16 --kind monarch --nblocks 4 --in 768 --hidden 3072 --out 768 --batch 16384 --vs-dense --warmup 3 --runs 20 --json

@@ -31,6 +31,21 @@ fn monarch_square_rectangular_padded_and_truncated() {
     check(|v| v[0].t()?.monarch_mul(&v[1], &v[2]), &[rnd(&[6, 3], 8), rnd(&[2, 2, 3], 9), rnd(&[2, 2, 2], 10)]);
 }
 
+/// The Monarch layer with its tanh-GELU (fused on a GPU; here the CPU's composition,
+/// which tests/tests/cuda_tensors.rs compares the fused kernels with), with and
+/// without the bias, and its value against the two ops applied one after the other.
+#[test]
+fn monarch_with_gelu() {
+    let inputs = [rnd(&[4, 7], 21), rnd(&[3, 2, 3], 22), rnd(&[2, 3, 3], 23), rnd(&[5], 24)];
+    check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5), &inputs);
+    check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], None, 6), &inputs[..3]);
+    let v: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
+    let fused = v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5).unwrap();
+    let composed = v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5).unwrap().gelu_tanh().unwrap();
+    assert_eq!(fused.value().to_vec_f32().unwrap(), composed.value().to_vec_f32().unwrap());
+    assert!(Tensor::monarch_linear_gelu(&inputs[0], &inputs[1], &inputs[2], None, 6).unwrap().is_none());
+}
+
 #[test]
 fn block_sparse_on_an_irregular_and_a_flat_butterfly_mask() {
     let irregular = BlockMask::new(3, 3, 2, vec![true, false, true, false, false, false, true, true, true]).unwrap();

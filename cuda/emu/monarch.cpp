@@ -26,16 +26,23 @@ constexpr i64 NO_LIMIT = INT64_MAX;
 struct GemmKernels {
     void (*gemm)(GroupedGemm);
     void (*splits)(GroupedGemm);
-    void (*permute)(const void*, void*, const void*, int, int, int, int);
+    void (*permute)(const void*, void*, const void*, const void*, int, int, int, int, int);
 };
 
 /// `permute` of the launcher: natural (rows, mout) -> group-major (rows, l·s) if
-/// `to_group`, else back, adding `bias` if not null.
+/// `to_group`, else back, adding `bias` if not null; `act` and `aux` as in the kernel.
 static void permute(GemmKernels k, const void* src, void* dst, const void* bias, int rows, int l, int s, int mout,
-                    bool to_group) {
+                    bool to_group, int act = 0, const void* aux = nullptr) {
     const int per = MP_CHUNK / l;
     emu::launch({(unsigned)(rows * ((s + per - 1) / per)), 1, 1}, {256, 1, 1},
-                [&] { k.permute(src, dst, bias, l, s, mout, to_group); });
+                [&] { k.permute(src, dst, bias, aux, l, s, mout, to_group, act); });
+}
+
+/// tanh-GELU and its derivative in f64, from the formula.
+static double gelu_ref(double x) { return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+static double gelu_grad_ref(double x) {
+    const double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = tanh(u);
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
 /// monarch_permute alone, both ways: rows longer than one chunk, a ragged last chunk,
@@ -46,21 +53,42 @@ template <typename T> static int permute_case(int rows, int l, int s, int mout, 
     std::vector<T> grouped = emu::poisoned<T>((size_t)rows * l * s), natural = emu::poisoned<T>((size_t)rows * mout);
     permute(k, src.dev.data(), grouped.data(), nullptr, rows, l, s, mout, true);
     permute(k, grouped_src.dev.data(), natural.data(), bias.dev.data(), rows, l, s, mout, false);
+    // The fused GELU: forward back to natural order (with and without the bias), and its
+    // gradient to group-major from the natural output gradient `src` and the
+    // pre-activation `grouped_src`.
+    std::vector<T> gelu = emu::poisoned<T>(natural.size()), gelu_nb = emu::poisoned<T>(natural.size()),
+                   dgrp = emu::poisoned<T>(grouped.size());
+    permute(k, grouped_src.dev.data(), gelu.data(), bias.dev.data(), rows, l, s, mout, false, MP_GELU);
+    permute(k, grouped_src.dev.data(), gelu_nb.data(), nullptr, rows, l, s, mout, false, MP_GELU);
+    permute(k, src.dev.data(), dgrp.data(), bias.dev.data(), rows, l, s, mout, true, MP_GELU_GRAD,
+            grouped_src.dev.data());
+    std::vector<double> want_gelu(natural.size()), want_gelu_nb(natural.size()), want_dg(grouped.size());
     std::vector<double> want_g(grouped.size()), want_n(natural.size());
     for (int b = 0; b < rows; b++)
         for (int ll = 0; ll < l; ll++)
             for (int ss = 0; ss < s; ss++) {
                 const size_t j = ss * l + ll, g = ((size_t)b * l + ll) * s + ss;
                 want_g[g] = j < (size_t)mout ? src.ref[(size_t)b * mout + j] : 0.0;
-                if (j < (size_t)mout)  // the sum rounded to T, as the kernel stores it
-                    want_n[(size_t)b * mout + j] = emu::Elem<T>::load(emu::Elem<T>::store(
-                        (float)(grouped_src.ref[g] + bias.ref[j])));
+                if (j < (size_t)mout) {  // the sum rounded to T, as the kernel stores it
+                    const size_t n = (size_t)b * mout + j;
+                    const double h = grouped_src.ref[g] + bias.ref[j];
+                    want_n[n] = emu::Elem<T>::load(emu::Elem<T>::store((float)h));
+                    want_gelu[n] = gelu_ref(h);
+                    want_gelu_nb[n] = gelu_ref(grouped_src.ref[g]);
+                    want_dg[g] = src.ref[n] * gelu_grad_ref(h);
+                }
             }
-    Compare cg("to group-major", 0.0), cn("back, + bias", 0.0);
+    // GELU through tanh.approx in bf16 and bf16 rounding: 1e-2 of the largest value; f32: 1e-5.
+    const double tol = std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
+    Compare cg("to group-major", 0.0), cn("back, + bias", 0.0), ce("gelu", tol), ce2("gelu, no bias", tol),
+        cd("gelu grad", tol);
     cg.all(grouped, want_g);
     cn.all(natural, want_n);
+    ce.all(gelu, want_gelu);
+    ce2.all(gelu_nb, want_gelu_nb);
+    cd.all(dgrp, want_dg);
     return emu::report(emu::fmt("permute %-4s rows=%d l=%d s=%d mout=%d", emu::Elem<T>::name, rows, l, s, mout),
-                       {&cg, &cn});
+                       {&cg, &cn, &ce, &ce2, &cd});
 }
 
 static GemmOperand op(const void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim) {
@@ -332,14 +360,15 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
 int main() {
     int fails = 0;
     const GemmKernels f32{grouped_gemm_f32, grouped_gemm_splits_f32,
-                          [](const void* a, void* b, const void* c, int l, int s, int m, int g) {
+                          [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act) {
                               monarch_permute_f32(static_cast<const float*>(a), static_cast<float*>(b),
-                                                  static_cast<const float*>(c), l, s, m, g);
+                                                  static_cast<const float*>(c), static_cast<const float*>(x), l, s, m,
+                                                  g, act);
                           }},
         bf{grouped_gemm_bf16, grouped_gemm_splits_bf16,
-           [](const void* a, void* b, const void* c, int l, int s, int m, int g) {
-               monarch_permute_bf16(static_cast<const bf16*>(a), static_cast<bf16*>(b), static_cast<const bf16*>(c), l,
-                                    s, m, g);
+           [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act) {
+               monarch_permute_bf16(static_cast<const bf16*>(a), static_cast<bf16*>(b), static_cast<const bf16*>(c),
+                                    static_cast<const bf16*>(x), l, s, m, g, act);
            }};
     fails += permute_case<bf16>(3, 3, 1500, 3 * 1500 - 7, bf, 30);  // element by element
     fails += permute_case<float>(2, 4, 600, 2400, f32, 31);        // 16-byte chunks both sides

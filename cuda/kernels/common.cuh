@@ -57,6 +57,21 @@ template <bool APPROX> __device__ __forceinline__ float tanh_of(float x) {
     return y;
 }
 
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_C 0.044715f
+
+/// GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); A as for tanh_of.
+template <bool A> __device__ __forceinline__ float gelu_tanh_f(float x) {
+    return 0.5f * x * (1.0f + tanh_of<A>(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+}
+
+/// d/dx of gelu_tanh_f at x.
+template <bool A> __device__ __forceinline__ float gelu_tanh_df(float x) {
+    const float x2 = x * x;
+    const float t = tanh_of<A>(SQRT_2_OVER_PI * (x + GELU_C * x2 * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x2);
+}
+
 #define NEG_INF __int_as_float(0xff800000)
 #define POS_INF __int_as_float(0x7f800000)
 

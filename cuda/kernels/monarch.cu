@@ -218,10 +218,32 @@ template <typename T> __device__ void grouped_gemm_splits_run(const GroupedGemm&
 /// MP_CHUNK / l values of ss): both sides of a chunk are l*n or n contiguous elements,
 /// read and written coalesced through shared memory. Grid rows * ceil(s / (MP_CHUNK / l))
 /// on x, 256 threads.
+/// `act` fuses the tanh-GELU that follows a Monarch layer: 1 (back only) stores
+/// gelu(src + bias) instead of src + bias; 2 (to group-major only) stores dh =
+/// src · gelu'(aux + bias), src the natural gradient of the GELU's output and aux the
+/// group-major pre-activation that act 1 read (bias not added), 0 past mout.
 #define MP_CHUNK 2048
+#define MP_GELU 1
+#define MP_GELU_GRAD 2
+
+/// The act-2 value of group-major entry gi (natural column j) of one row.
 template <typename T>
-__device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, const T* __restrict__ bias, int l,
-                                    int s, int mout, int to_group) {
+__device__ __forceinline__ T gelu_grad_at(T da, const T* __restrict__ aux_row, const T* __restrict__ bias, i64 gi, i64 j,
+                                          int mout) {
+    if (j >= mout) return from_f32<T>(0.0f);
+    const float h = to_f32(aux_row[gi]) + (bias ? to_f32(bias[j]) : 0.0f);
+    return from_f32<T>(to_f32(da) * gelu_tanh_df<sizeof(T) == 2>(h));
+}
+
+/// The back-permuted value v plus its bias b, through the GELU when act is 1.
+template <typename T> __device__ __forceinline__ T biased(T v, float b, int act) {
+    const float x = to_f32(v) + b;
+    return from_f32<T>(act == MP_GELU ? gelu_tanh_f<sizeof(T) == 2>(x) : x);
+}
+
+template <typename T>
+__device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, const T* __restrict__ bias,
+                                    const T* __restrict__ aux, int l, int s, int mout, int to_group, int act) {
     constexpr int V = 16 / sizeof(T);
     typedef Pack<T, V> P;
     __shared__ __align__(16) T tile[MP_CHUNK];  // the chunk in natural order: tile[ss*l + ll]
@@ -230,6 +252,7 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
     const int s0 = (int)(blockIdx.x % chunks) * per, n = min(per, s - s0), nl = n * l;
     const T* in = src + b * (to_group ? mout : ls);
     T* out = dst + b * (to_group ? ls : mout);
+    const T* aux_row = aux ? aux + b * ls : nullptr;  // act 2 only
     // The chunk's natural side: nl elements from column s0*l (those past mout are zeros or
     // not written); its group-major side: l runs of n from ll*s + s0. Each side moves in
     // 16-byte chunks where its addresses allow (mout or s, n a multiple of V).
@@ -276,17 +299,22 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
         for (int i = threadIdx.x; i < l * nv; i += blockDim.x) {
             const int ll = i / nv, ss = i % nv * V;
             P v;
+            const i64 gi = (i64)ll * s + s0 + ss;
 #pragma unroll
-            for (int e = 0; e < V; e++) v.v[e] = tile[(ss + e) * l + ll];
-            *reinterpret_cast<P*>(out + (i64)ll * s + s0 + ss) = v;
+            for (int e = 0; e < V; e++) {
+                const T t = tile[(ss + e) * l + ll];
+                v.v[e] = act == MP_GELU_GRAD ? gelu_grad_at(t, aux_row, bias, gi + e, (i64)(s0 + ss + e) * l + ll, mout) : t;
+            }
+            *reinterpret_cast<P*>(out + gi) = v;
         }
     } else if (!to_group && nat_vec) {
         for (int i = threadIdx.x; i < nl / V && s0 * l + i * V < mout; i += blockDim.x) {
             P v = reinterpret_cast<const P*>(tile)[i];
-            if (bias) {
-                const P bv = reinterpret_cast<const P*>(bias + (i64)s0 * l)[i];
+            if (bias || act) {
+                P bv;
+                if (bias) bv = reinterpret_cast<const P*>(bias + (i64)s0 * l)[i];
 #pragma unroll
-                for (int e = 0; e < V; e++) v.v[e] = from_f32<T>(to_f32(v.v[e]) + to_f32(bv.v[e]));
+                for (int e = 0; e < V; e++) v.v[e] = biased(v.v[e], bias ? to_f32(bv.v[e]) : 0.0f, act);
             }
             reinterpret_cast<P*>(nat_out)[i] = v;
         }
@@ -297,10 +325,12 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
     for (int i = threadIdx.x; i < last; i += blockDim.x) {
         if (to_group) {
             const int ll = i / n, ss = i % n;
-            out[(i64)ll * s + s0 + ss] = tile[ss * l + ll];
+            const i64 gi = (i64)ll * s + s0 + ss;
+            const T t = tile[ss * l + ll];
+            out[gi] = act == MP_GELU_GRAD ? gelu_grad_at(t, aux_row, bias, gi, (i64)(s0 + ss) * l + ll, mout) : t;
         } else {
             const int j = s0 * l + i;
-            if (j < mout) nat_out[i] = bias ? from_f32<T>(to_f32(tile[i]) + to_f32(bias[j])) : tile[i];
+            if (j < mout) nat_out[i] = bias || act ? biased(tile[i], bias ? to_f32(bias[j]) : 0.0f, act) : tile[i];
         }
     }
 }
@@ -310,9 +340,9 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
         grouped_gemm_run<T>(p);                                                                                  \
     }                                                                                                            \
     extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }     \
-    extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, const T* bias, int l, int s, int mout, \
-                                                     int to_group) {                                              \
-        monarch_permute_run<T>(src, dst, bias, l, s, mout, to_group);                                            \
+    extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, const T* bias, const T* aux, int l,     \
+                                                     int s, int mout, int to_group, int act) {                    \
+        monarch_permute_run<T>(src, dst, bias, aux, l, s, mout, to_group, act);                                  \
     }
 
 MONARCH_KERNELS(float, f32)

@@ -5,8 +5,6 @@
 // (powf: exponent; affine: mul, add; clamp: min, max). Contiguous data, grid-stride,
 // 16-byte vector accesses when both pointers allow.
 
-#define SQRT_2_OVER_PI 0.7978845608028654f
-#define GELU_C 0.044715f
 #define FRAC_1_SQRT_2 0.7071067811865476f
 #define FRAC_1_SQRT_2PI 0.3989422804014327f
 
@@ -21,7 +19,7 @@ template <int OP, bool A> __device__ __forceinline__ float unary_f(float x, floa
         case 5: return tanh_of<A>(x);
         case 6: return 1.0f / (1.0f + expf(-x));
         case 7: return fmaxf(x, 0.0f);
-        case 8: return 0.5f * x * (1.0f + tanh_of<A>(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)));
+        case 8: return gelu_tanh_f<A>(x);
         case 9: return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2));
         case 10: return x / (1.0f + expf(-x));
         case 11: return fabsf(x);
@@ -44,11 +42,7 @@ template <int OP, bool A> __device__ __forceinline__ float unary_df(float s, flo
         case 5: return 1.0f - s * s;
         case 6: return s * (1.0f - s);
         case 7: return s > 0.0f ? 1.0f : 0.0f;
-        case 8: {
-            const float x2 = s * s;
-            const float t = tanh_of<A>(SQRT_2_OVER_PI * (s + GELU_C * x2 * s));
-            return 0.5f * (1.0f + t) + 0.5f * s * (1.0f - t * t) * SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x2);
-        }
+        case 8: return gelu_tanh_df<A>(s);
         case 9: {
             const float cdf = 0.5f * (1.0f + erff(s * FRAC_1_SQRT_2));
             return cdf + s * expf(-0.5f * s * s) * FRAC_1_SQRT_2PI;

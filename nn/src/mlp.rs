@@ -70,7 +70,10 @@ impl Mlp {
 
     /// Applies the block to `x` of shape (.., in).
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let h = self.act.apply(&self.fc1.forward(x)?)?;
+        let h = match self.act {
+            Activation::GeluTanh => self.fc1.forward_gelu_tanh(x)?,
+            act => act.apply(&self.fc1.forward(x)?)?,
+        };
         self.fc2.forward(&ctx.dropout(&h, self.dropout)?)
     }
 

@@ -308,8 +308,46 @@ pub fn monarch_forward(
     out1: ViewMut<'_>,
     out: ViewMut<'_>,
 ) -> Result<()> {
+    forward(d, [x, w1, w2], bias, out1, None, out)
+}
+
+/// [`monarch_forward`] followed by the tanh-GELU, fused into the output's permutation
+/// pass: `out = gelu(blkdiag2 ⊙ P(out1) + bias)`, with the pre-activation saved in
+/// `pre` (batch, l·s) group-major, bias not added, for [`monarch_backward_gelu`]. Needs
+/// [`MonarchDims::grouped_stores`].
+#[allow(clippy::too_many_arguments)]
+pub fn monarch_forward_gelu(
+    d: MonarchDims,
+    x: View<'_>,
+    w1: View<'_>,
+    w2: View<'_>,
+    bias: Option<View<'_>>,
+    out1: ViewMut<'_>,
+    pre: ViewMut<'_>,
+    out: ViewMut<'_>,
+) -> Result<()> {
+    forward(d, [x, w1, w2], bias, out1, Some(pre), out)
+}
+
+/// The refusal of a fused GELU where the output is not written group-major.
+fn needs_grouped_stores(d: &MonarchDims, op: &'static str) -> Result<()> {
+    if !d.grouped_stores() {
+        crate::error::bail!(op, "the fused GELU needs the group-major layout (2 ≤ l ≤ 64, {STRIDED_STORES_ENV} unset)");
+    }
+    Ok(())
+}
+
+/// [`monarch_forward`], with the GELU fused and its pre-activation saved in `pre` if given.
+fn forward(
+    d: MonarchDims,
+    [x, w1, w2]: [View<'_>; 3],
+    bias: Option<View<'_>>,
+    out1: ViewMut<'_>,
+    pre: Option<ViewMut<'_>>,
+    out: ViewMut<'_>,
+) -> Result<()> {
     d.check()?;
-    let c = Check { op: "monarch_forward" };
+    let c = Check { op: if pre.is_some() { "monarch_forward_gelu" } else { "monarch_forward" } };
     let dt = x.dtype();
     c.input("x", &x, dt, d.batch * d.n_in)?;
     c.input("blkdiag1", &w1, dt, d.k * d.q * d.p)?;
@@ -322,21 +360,29 @@ pub fn monarch_forward(
         c.input("bias", b, dt, d.m_out)?;
         c.same_device(&dev, [b.device()])?;
     }
+    if let Some(p) = &pre {
+        needs_grouped_stores(&d, c.op)?;
+        c.output("pre", p, dt, d.batch * d.l * d.s)?;
+        c.same_device(&dev, [p.device()])?;
+    }
     dt.kernel_suffix(c.op)?;
     let bias = bias.map_or(0, |b| b.ptr());
     // Grouped: the first product's natural output and the second's group-major output
-    // in scratch, each permuted into place after its product.
+    // in scratch (or `pre`), each permuted into place after its product.
     let (grouped, stores) = (d.group_major(), d.grouped_stores());
-    let (out1n, yg) = (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, stores, d.batch * d.l * d.s)?);
-    let (out1n, y) = (ptr_or(&out1n, out1.ptr()), ptr_or(&yg, out.ptr()));
+    let want_yg = stores && pre.is_none();
+    let (out1n, yg) =
+        (scratch(&dev, dt, grouped, d.batch * d.mid())?, scratch(&dev, dt, want_yg, d.batch * d.l * d.s)?);
+    let (out1n, y) = (ptr_or(&out1n, out1.ptr()), pre.as_ref().map_or(ptr_or(&yg, out.ptr()), |p| p.ptr()));
     let [first, second] = forward_gemms(&d, stores, [x.ptr(), w1.ptr(), w2.ptr(), bias, out1n, out1.ptr(), y]);
     run_gemm(&dev, dt, &first, d.cublas())?;
     if grouped {
-        permute(&dev, dt, d.mid_sizes(), [out1n, out1.ptr(), 0], true)?;
+        permute(&dev, dt, d.mid_sizes(), [out1n, out1.ptr(), 0, 0], true, Fused::Nothing)?;
     }
     run_gemm(&dev, dt, &second, d.cublas())?;
     if stores {
-        permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias], false)?;
+        let fused = if pre.is_some() { Fused::Gelu } else { Fused::Nothing };
+        permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias, 0], false, fused)?;
     }
     Ok(())
 }
@@ -397,8 +443,50 @@ pub fn monarch_backward(
     dw2: ViewMut<'_>,
     accumulate: bool,
 ) -> Result<()> {
+    backward(d, [x, w1, w2, out1], dout, None, [dx, dw1, dw2], accumulate)
+}
+
+/// What [`monarch_backward_gelu`] needs of the fused GELU: the forward's `pre` and
+/// `bias`, and where the pre-activation's gradient goes.
+pub struct GeluGrad<'a> {
+    /// The pre-activation [`monarch_forward_gelu`] saved (batch, l·s), group-major.
+    pub pre: View<'a>,
+    /// The forward's bias (m_out), if it had one.
+    pub bias: Option<View<'a>>,
+    /// The pre-activation's gradient (batch, l·s), group-major, written here: its
+    /// column sums are the bias gradient (column ll·s + ss is bias entry ss·l + ll).
+    pub dpre: ViewMut<'a>,
+}
+
+/// The backward of [`monarch_forward_gelu`] from the GELU output's gradient `dout`
+/// (batch, m_out): the GELU's derivative is fused into `dout`'s permutation pass, which
+/// writes `gelu.dpre`; then the four products of [`monarch_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn monarch_backward_gelu(
+    d: MonarchDims,
+    x: View<'_>,
+    w1: View<'_>,
+    w2: View<'_>,
+    out1: View<'_>,
+    dout: View<'_>,
+    gelu: GeluGrad<'_>,
+    [dx, dw1, dw2]: [ViewMut<'_>; 3],
+    accumulate: bool,
+) -> Result<()> {
+    backward(d, [x, w1, w2, out1], dout, Some(gelu), [dx, dw1, dw2], accumulate)
+}
+
+/// [`monarch_backward`], through the fused GELU's derivative when `gelu` is given.
+fn backward(
+    d: MonarchDims,
+    [x, w1, w2, out1]: [View<'_>; 4],
+    dout: View<'_>,
+    gelu: Option<GeluGrad<'_>>,
+    [dx, dw1, dw2]: [ViewMut<'_>; 3],
+    accumulate: bool,
+) -> Result<()> {
     d.check()?;
-    let c = Check { op: "monarch_backward" };
+    let c = Check { op: if gelu.is_some() { "monarch_backward_gelu" } else { "monarch_backward" } };
     let dt = x.dtype();
     c.input("x", &x, dt, d.batch * d.n_in)?;
     c.input("blkdiag1", &w1, dt, d.k * d.q * d.p)?;
@@ -413,22 +501,39 @@ pub fn monarch_backward(
         &dev,
         [w1.device(), w2.device(), out1.device(), dout.device(), dx.device(), dw1.device(), dw2.device()],
     )?;
+    if let Some(g) = &gelu {
+        needs_grouped_stores(&d, c.op)?;
+        c.input("pre", &g.pre, dt, d.batch * d.l * d.s)?;
+        c.output("dpre", &g.dpre, dt, d.batch * d.l * d.s)?;
+        c.same_device(&dev, [g.pre.device(), g.dpre.device()])?;
+        if let Some(b) = &g.bias {
+            c.input("bias", b, dt, d.m_out)?;
+            c.same_device(&dev, [b.device()])?;
+        }
+    }
     dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
-    // Group-major copies of dout (read by the first and last products) and of the first
-    // product's output dout1 (permuted to natural order for the second and third).
+    // Group-major copies of dout (read by the first and last products; with the GELU,
+    // dpre) and of the first product's output dout1 (permuted to natural order for the
+    // second and third).
     let (grouped, stores) = (d.group_major(), d.grouped_stores());
-    let (doutg, dout1g) =
-        (scratch(&dev, dt, grouped, d.batch * d.l * d.s)?, scratch(&dev, dt, stores, d.batch * d.mid())?);
-    let (dout_ptr, dout1g_ptr) = (ptr_or(&doutg, dout.ptr()), ptr_or(&dout1g, 0));
-    if grouped {
-        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0], true)?;
+    let (doutg, dout1g) = (
+        scratch(&dev, dt, grouped && gelu.is_none(), d.batch * d.l * d.s)?,
+        scratch(&dev, dt, stores, d.batch * d.mid())?,
+    );
+    let dout_ptr = gelu.as_ref().map_or(ptr_or(&doutg, dout.ptr()), |g| g.dpre.ptr());
+    let dout1g_ptr = ptr_or(&dout1g, 0);
+    if let Some(g) = &gelu {
+        let (bias, pre) = (g.bias.as_ref().map_or(0, |b| b.ptr()), g.pre.ptr());
+        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, bias, pre], true, Fused::GeluGrad)?;
+    } else if grouped {
+        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0, 0], true, Fused::Nothing)?;
     }
     let bufs = [x.ptr(), w1.ptr(), w2.ptr(), out1.ptr(), dout_ptr, dout1.device_ptr(), dx.ptr(), dw1.ptr(), dw2.ptr()];
     for (i, g) in backward_gemms(&d, stores, bufs, dout1g_ptr, accumulate).iter().enumerate() {
         run_gemm(&dev, dt, g, d.cublas())?;
         if i == 0 && stores {
-            permute(&dev, dt, d.mid_sizes(), [dout1g_ptr, dout1.device_ptr(), 0], false)?;
+            permute(&dev, dt, d.mid_sizes(), [dout1g_ptr, dout1.device_ptr(), 0, 0], false, Fused::Nothing)?;
         }
     }
     Ok(())
@@ -444,25 +549,47 @@ fn ptr_or(b: &Option<crate::DeviceBuffer>, or: u64) -> u64 {
     b.as_ref().map_or(or, |b| b.device_ptr())
 }
 
-/// `monarch_permute_*` over `[src, dst, bias]` (bias 0: none) for `(rows, l, s, mout)`:
+/// What a permutation pass fuses (the kernel's `act`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fused {
+    /// Nothing (a bias, if given, when going back to natural order).
+    Nothing = 0,
+    /// Back to natural order: the tanh-GELU of the value plus the bias.
+    Gelu = 1,
+    /// To group-major: the natural gradient times GELU' at the saved pre-activation
+    /// (`aux`) plus the bias.
+    GeluGrad = 2,
+}
+
+/// `monarch_permute_*` over `[src, dst, bias, aux]` (0: none) for `(rows, l, s, mout)`:
 /// natural (rows, mout) to group-major (rows, l·s) if `to_group`, else back, adding the
-/// bias.
+/// bias; with what `fused` says.
 fn permute(
     dev: &Arc<CudaDevice>,
     dt: DType,
     (rows, l, s, mout): (usize, usize, usize, usize),
-    [src, dst, bias]: [u64; 3],
+    [src, dst, bias, aux]: [u64; 4],
     to_group: bool,
+    fused: Fused,
 ) -> Result<()> {
     let per = 2048 / l; // MP_CHUNK / l values of ss per block
     let blocks = rows * s.div_ceil(per);
     if i32::try_from(blocks).is_err() || i32::try_from(l * s).is_err() {
         crate::error::bail!("monarch", "{rows} rows of {} are too many for the permutation kernel", l * s);
     }
-    let (l, s, mout, to_group) = (l as i32, s as i32, mout as i32, to_group as i32);
+    let (l, s, mout, to_group, act) = (l as i32, s as i32, mout as i32, to_group as i32, fused as i32);
     let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
-    let args =
-        [Arg::of(&src), Arg::of(&dst), Arg::of(&bias), Arg::of(&l), Arg::of(&s), Arg::of(&mout), Arg::of(&to_group)];
+    let args = [
+        Arg::of(&src),
+        Arg::of(&dst),
+        Arg::of(&bias),
+        Arg::of(&aux),
+        Arg::of(&l),
+        Arg::of(&s),
+        Arg::of(&mout),
+        Arg::of(&to_group),
+        Arg::of(&act),
+    ];
     dev.launch(&f, super::cfg_1d(blocks as u32, 256), &args)
 }
 

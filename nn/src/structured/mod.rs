@@ -39,6 +39,11 @@ use monarch_tensor::{DType, Result, Tensor};
 pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     /// Applies the layer to `x` of shape (.., in).
     fn forward(&self, x: &Var) -> Result<Var>;
+    /// `gelu_tanh(self.forward(x))`; a layer whose last pass can apply the activation
+    /// on the way (Monarch on a GPU) overrides it.
+    fn forward_gelu_tanh(&self, x: &Var) -> Result<Var> {
+        self.forward(x)?.gelu_tanh()
+    }
     /// Input features.
     fn in_features(&self) -> usize;
     /// Output features.

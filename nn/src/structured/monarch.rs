@@ -22,6 +22,14 @@ pub struct MonarchLinear {
 }
 
 impl MonarchLinear {
+    /// Refuses an input whose last dimension is not `in_features`.
+    fn check_input(&self, x: &Var) -> Result<()> {
+        if x.dims().last() != Some(&self.in_features) {
+            monarch_tensor::bail!("MonarchLinear", "input of shape {} does not end in {}", x.shape(), self.in_features);
+        }
+        Ok(())
+    }
+
     /// The reference factor shapes for `inp → out` with `nblocks` blocks: with
     /// `ib = ⌈in/nb⌉` and `ob = ⌈out/nb⌉`, (nb, ib, ib) and (nb, ob, ib) if `ib < ob`,
     /// else (nb, ob, ib) and (nb, ob, ob).
@@ -130,11 +138,14 @@ impl Module for MonarchLinear {
 
 impl LinearLayer for MonarchLinear {
     fn forward(&self, x: &Var) -> Result<Var> {
-        if x.dims().last() != Some(&self.in_features) {
-            monarch_tensor::bail!("MonarchLinear", "input of shape {} does not end in {}", x.shape(), self.in_features);
-        }
+        self.check_input(x)?;
         let bias = self.bias.as_ref().map(|b| b.var());
         x.monarch_linear(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features)
+    }
+    fn forward_gelu_tanh(&self, x: &Var) -> Result<Var> {
+        self.check_input(x)?;
+        let bias = self.bias.as_ref().map(|b| b.var());
+        x.monarch_linear_gelu(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features)
     }
     fn in_features(&self) -> usize {
         self.in_features

@@ -9,6 +9,7 @@ mod attention;
 mod block_sparse;
 pub(crate) use block_sparse::DevicePlans;
 mod lookup;
+mod monarch;
 mod ops;
 mod optim;
 pub(crate) use optim::sgd_step;

@@ -3,10 +3,10 @@
 //! read are made contiguous on the device first, and results are new contiguous tensors.
 
 use super::{CudaStorage, cuda_err};
-use crate::ops::{BinaryOp, CmpOp, MonarchShape, ReduceOp};
+use crate::ops::{BinaryOp, CmpOp, ReduceOp};
 use crate::{DType, Device, Error, Layout, Result, Shape, Storage, Tensor};
 use monarch_cuda::gemm::{self, Epilogue, GemmArgs, Precision};
-use monarch_cuda::ops::{binary as kb, copy as kc, monarch as km, reduce as kr};
+use monarch_cuda::ops::{binary as kb, copy as kc, reduce as kr};
 
 /// `Ok` when every tensor is on `a`'s device.
 pub(crate) fn same_device(op: &'static str, a: &Tensor, others: &[&Tensor]) -> Result<()> {
@@ -266,81 +266,6 @@ impl Tensor {
         r.map_err(cuda_err(name))?;
         Ok(out)
     }
-
-    /// The Monarch layer on the device, `bias` (out) added in the kernel's epilogue:
-    /// `(y, out1)` with `out1` the first factor's output, (rows, k·q), in the kernel's
-    /// layout (`MonarchDims::group_major`), which [`Tensor::cuda_monarch_backward`] reads.
-    pub(crate) fn cuda_monarch(
-        &self,
-        w1: &Tensor,
-        w2: &Tensor,
-        bias: Option<&Tensor>,
-        sh: MonarchShape,
-        out: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let op = "monarch_linear";
-        same_device(op, self, &[w1, w2])?;
-        if let Some(b) = bias {
-            same_device(op, self, &[b])?;
-        }
-        let (x, w1, w2) = (self.contiguous()?, w1.contiguous()?, w2.contiguous()?);
-        let bias = bias.map(|b| b.contiguous()).transpose()?;
-        let inp = *self.dims().last().unwrap_or(&0);
-        let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
-        let mut out_dims = self.dims().to_vec();
-        *out_dims.last_mut().expect("rank checked by the caller") = out;
-        let mut y = alloc(&x, x.dtype(), out_dims, op)?;
-        let mut out1 = alloc(&x, x.dtype(), [d.batch, d.mid()], op)?;
-        let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
-        let biv = bias.as_ref().map(|b| b.cuda_view(op)).transpose()?;
-        km::monarch_forward(d, xv, av, bv, biv, out_mut(&mut out1, op)?, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
-        Ok((y, out1))
-    }
-
-    /// Gradients `[dx, dw1, dw2]` of [`Tensor::cuda_monarch`] (all three are computed
-    /// by the fused kernels; `want` drops the unwanted ones).
-    pub(crate) fn cuda_monarch_backward(
-        x: &Tensor,
-        w1: &Tensor,
-        w2: &Tensor,
-        out1: &Tensor,
-        dy: &Tensor,
-        sh: MonarchShape,
-        want: [bool; 3],
-    ) -> Result<[Option<Tensor>; 3]> {
-        let op = "monarch_backward";
-        same_device(op, x, &[w1, w2, out1, dy])?;
-        let (xc, w1c, w2c, o1, g) =
-            (x.contiguous()?, w1.contiguous()?, w2.contiguous()?, out1.contiguous()?, dy.contiguous()?);
-        let inp = *x.dims().last().unwrap_or(&0);
-        let out = *dy.dims().last().unwrap_or(&0);
-        let d = dims(sh, x.elem_count() / inp.max(1), inp, out);
-        let mut dx = alloc(&xc, x.dtype(), x.shape().clone(), op)?;
-        let mut dw1 = alloc(&xc, x.dtype(), w1.shape().clone(), op)?;
-        let mut dw2 = alloc(&xc, x.dtype(), w2.shape().clone(), op)?;
-        let views = (xc.cuda_view(op)?, w1c.cuda_view(op)?, w2c.cuda_view(op)?, o1.cuda_view(op)?, g.cuda_view(op)?);
-        km::monarch_backward(
-            d,
-            views.0,
-            views.1,
-            views.2,
-            views.3,
-            views.4,
-            out_mut(&mut dx, op)?,
-            out_mut(&mut dw1, op)?,
-            out_mut(&mut dw2, op)?,
-            false,
-        )
-        .map_err(cuda_err(op))?;
-        let keep = |t: Tensor, w: bool| w.then_some(t);
-        Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2])])
-    }
-}
-
-/// The kernel's sizes of a Monarch call.
-fn dims(sh: MonarchShape, batch: usize, n_in: usize, m_out: usize) -> km::MonarchDims {
-    let MonarchShape { k, q, p, l, s, r } = sh;
-    km::MonarchDims { batch, n_in, m_out, k, q, p, l, s, r }
 }
 
 /// One operand of a batched GEMM: dense matrices, row-major or transposed, one batch stride.

@@ -86,6 +86,19 @@ pub struct MonarchOut {
     pub mid: Tensor,
 }
 
+/// The results of [`Tensor::monarch_linear_gelu`] (GPU layouts).
+#[derive(Clone, Debug)]
+pub struct MonarchGeluOut {
+    /// `gelu_tanh(monarch_linear(x) + bias)`, (.., out).
+    pub y: Tensor,
+    /// As [`MonarchOut::mid`] on a GPU.
+    pub mid: Tensor,
+    /// The pre-activation without the bias, (rows, l·s), group-major: entry
+    /// `[b, ll·s + ss]` is output column `ss·l + ll` (columns past `out` are computed but
+    /// unused).
+    pub pre: Tensor,
+}
+
 /// Whether a product is big enough to spread over threads.
 fn par(work: usize) -> Parallelism {
     if work >= 1 << 18 { Parallelism::Rayon(0) } else { Parallelism::None }
@@ -330,6 +343,17 @@ fn backward<T: GemmElem>(
     [dx, dw1, dw2]
 }
 
+/// Checks that `bias`, if given, is a vector of `out` entries of `x`'s dtype.
+fn check_bias(x: &Tensor, bias: Option<&Tensor>, out: usize, op: &'static str) -> Result<()> {
+    if let Some(b) = bias {
+        same_dtype(x, b, op)?;
+        if b.dims() != [out] {
+            crate::bail!(op, "bias of shape {} does not match {out} outputs", b.shape());
+        }
+    }
+    Ok(())
+}
+
 /// The data of a tensor in its compute dtype, contiguous, from its first element.
 fn data<T: crate::WithDType>(t: &Tensor, op: &'static str) -> Result<(Tensor, usize)> {
     let c = compute_dtype(t, op)?.contiguous()?;
@@ -389,12 +413,7 @@ impl Tensor {
     pub fn monarch_linear(&self, w1: &Tensor, w2: &Tensor, bias: Option<&Tensor>, out: usize) -> Result<MonarchOut> {
         let op = "monarch_linear";
         let z = self.monarch_sizes(w1, w2, out, op)?;
-        if let Some(b) = bias {
-            same_dtype(self, b, op)?;
-            if b.dims() != [out] {
-                crate::bail!(op, "bias of shape {} does not match {out} outputs", b.shape());
-            }
-        }
+        check_bias(self, bias, out, op)?;
         if self.device() != crate::Device::Cpu {
             let (y, mid) = self.cuda_monarch(w1, w2, bias, z.sh, out)?;
             return Ok(MonarchOut { y, mid });
@@ -413,6 +432,57 @@ impl Tensor {
             y: Tensor::from_cpu(y, out_dims).to_dtype(self.dtype())?,
             mid: Tensor::from_cpu(mid, [z.sh.l, z.rows, z.sh.r]),
         })
+    }
+
+    /// `gelu_tanh` of [`monarch_linear`](Self::monarch_linear), with the activation
+    /// fused into the output's permutation pass (and its derivative into the output
+    /// gradient's, see [`monarch_gelu_backward`](Self::monarch_gelu_backward)), where the
+    /// kernels make that pass: on a GPU, f32 or bf16, when the products run on
+    /// group-major copies (`MonarchDims::grouped_stores`, 2 ≤ l ≤ 64). `None` otherwise
+    /// (the CPU has no such pass): compose the two ops there.
+    pub fn monarch_linear_gelu(
+        &self,
+        w1: &Tensor,
+        w2: &Tensor,
+        bias: Option<&Tensor>,
+        out: usize,
+    ) -> Result<Option<MonarchGeluOut>> {
+        let op = "monarch_linear_gelu";
+        let z = self.monarch_sizes(w1, w2, out, op)?;
+        check_bias(self, bias, out, op)?;
+        if self.device() == crate::Device::Cpu {
+            return Ok(None);
+        }
+        self.cuda_monarch_gelu(w1, w2, bias, z.sh, out)
+    }
+
+    /// Gradients `[dx, dw1, dw2, dbias]` of [`monarch_linear_gelu`](Self::monarch_linear_gelu)
+    /// from the output gradient `dy` and the saved `mid` and `pre`, each computed only
+    /// when `want`ed (`dbias` needs `bias`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn monarch_gelu_backward(
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        bias: Option<&Tensor>,
+        mid: &Tensor,
+        pre: &Tensor,
+        dy: &Tensor,
+        want: [bool; 4],
+    ) -> Result<[Option<Tensor>; 4]> {
+        let op = "monarch_gelu_backward";
+        let out = *dy.dims().last().unwrap_or(&0);
+        let z = x.monarch_sizes(w1, w2, out, op)?;
+        check_bias(x, bias, out, op)?;
+        let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
+        let saved_ok = mid.dims() == [z.rows, z.sh.k * z.sh.q] && pre.dims() == [z.rows, z.sh.l * z.sh.s];
+        if !same_rows || !saved_ok {
+            return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
+        }
+        if x.device() == crate::Device::Cpu {
+            return Err(Error::invalid(op, "the fused GELU exists on a GPU only (monarch_linear_gelu gave None here)"));
+        }
+        Tensor::cuda_monarch_gelu_backward([x, w1, w2, mid, pre, dy], bias, z.sh, want)
     }
 
     /// Gradients `[dx, dw1, dw2]` of [`monarch_linear`](Self::monarch_linear) from the

@@ -67,12 +67,10 @@ struct Case {
 
 impl Case {
     fn forward(&self, x: Var) -> Result<Var, CliError> {
+        // A tanh-GELU after every layer but the last (fused where the layer can).
         let mut y = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                y = y.gelu_tanh()?;
-            }
-            y = layer.forward(&y)?;
+            y = if i + 1 < self.layers.len() { layer.forward_gelu_tanh(&y)? } else { layer.forward(&y)? };
         }
         Ok(y)
     }

@@ -1,0 +1,180 @@
+//! The Monarch layer on CUDA tensors (`monarch_cuda::ops::monarch`), and its fused
+//! tanh-GELU: the activation folded into the output's permutation pass forward and into
+//! the output gradient's backward.
+
+use super::cuda_err;
+use super::ops::{alloc, out_mut, same_device};
+use crate::ops::{MonarchGeluOut, MonarchShape};
+use crate::{DType, Result, Tensor};
+use monarch_cuda::ops::monarch as km;
+
+impl Tensor {
+    /// The Monarch layer on the device, `bias` (out) added in the kernel's epilogue:
+    /// `(y, out1)` with `out1` the first factor's output, (rows, k·q), in the kernel's
+    /// layout (`MonarchDims::group_major`), which [`Tensor::cuda_monarch_backward`] reads.
+    pub(crate) fn cuda_monarch(
+        &self,
+        w1: &Tensor,
+        w2: &Tensor,
+        bias: Option<&Tensor>,
+        sh: MonarchShape,
+        out: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let op = "monarch_linear";
+        same_device(op, self, &[w1, w2])?;
+        if let Some(b) = bias {
+            same_device(op, self, &[b])?;
+        }
+        let (x, w1, w2) = (self.contiguous()?, w1.contiguous()?, w2.contiguous()?);
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
+        let inp = *self.dims().last().unwrap_or(&0);
+        let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked by the caller") = out;
+        let mut y = alloc(&x, x.dtype(), out_dims, op)?;
+        let mut out1 = alloc(&x, x.dtype(), [d.batch, d.mid()], op)?;
+        let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
+        let biv = bias.as_ref().map(|b| b.cuda_view(op)).transpose()?;
+        km::monarch_forward(d, xv, av, bv, biv, out_mut(&mut out1, op)?, out_mut(&mut y, op)?).map_err(cuda_err(op))?;
+        Ok((y, out1))
+    }
+
+    /// Gradients `[dx, dw1, dw2]` of [`Tensor::cuda_monarch`] (all three are computed
+    /// by the fused kernels; `want` drops the unwanted ones).
+    pub(crate) fn cuda_monarch_backward(
+        x: &Tensor,
+        w1: &Tensor,
+        w2: &Tensor,
+        out1: &Tensor,
+        dy: &Tensor,
+        sh: MonarchShape,
+        want: [bool; 3],
+    ) -> Result<[Option<Tensor>; 3]> {
+        let op = "monarch_backward";
+        same_device(op, x, &[w1, w2, out1, dy])?;
+        let (xc, w1c, w2c, o1, g) =
+            (x.contiguous()?, w1.contiguous()?, w2.contiguous()?, out1.contiguous()?, dy.contiguous()?);
+        let inp = *x.dims().last().unwrap_or(&0);
+        let out = *dy.dims().last().unwrap_or(&0);
+        let d = dims(sh, x.elem_count() / inp.max(1), inp, out);
+        let mut dx = alloc(&xc, x.dtype(), x.shape().clone(), op)?;
+        let mut dw1 = alloc(&xc, x.dtype(), w1.shape().clone(), op)?;
+        let mut dw2 = alloc(&xc, x.dtype(), w2.shape().clone(), op)?;
+        let views = (xc.cuda_view(op)?, w1c.cuda_view(op)?, w2c.cuda_view(op)?, o1.cuda_view(op)?, g.cuda_view(op)?);
+        km::monarch_backward(
+            d,
+            views.0,
+            views.1,
+            views.2,
+            views.3,
+            views.4,
+            out_mut(&mut dx, op)?,
+            out_mut(&mut dw1, op)?,
+            out_mut(&mut dw2, op)?,
+            false,
+        )
+        .map_err(cuda_err(op))?;
+        let keep = |t: Tensor, w: bool| w.then_some(t);
+        Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2])])
+    }
+    /// The fused [`Tensor::monarch_linear_gelu`] on the device, or `None` where the
+    /// layout has no output permutation pass to fuse into.
+    pub(crate) fn cuda_monarch_gelu(
+        &self,
+        w1: &Tensor,
+        w2: &Tensor,
+        bias: Option<&Tensor>,
+        sh: MonarchShape,
+        out: usize,
+    ) -> Result<Option<MonarchGeluOut>> {
+        let op = "monarch_linear_gelu";
+        let inp = *self.dims().last().unwrap_or(&0);
+        let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
+        if !d.grouped_stores() || !matches!(self.dtype(), DType::F32 | DType::BF16) {
+            return Ok(None);
+        }
+        same_device(op, self, &[w1, w2])?;
+        if let Some(b) = bias {
+            same_device(op, self, &[b])?;
+        }
+        let (x, w1, w2) = (self.contiguous()?, w1.contiguous()?, w2.contiguous()?);
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked by the caller") = out;
+        let mut y = alloc(&x, x.dtype(), out_dims, op)?;
+        let mut out1 = alloc(&x, x.dtype(), [d.batch, d.mid()], op)?;
+        let mut pre = alloc(&x, x.dtype(), [d.batch, d.l * d.s], op)?;
+        let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
+        let biv = bias.as_ref().map(|b| b.cuda_view(op)).transpose()?;
+        let (o1, pv, yv) = (out_mut(&mut out1, op)?, out_mut(&mut pre, op)?, out_mut(&mut y, op)?);
+        km::monarch_forward_gelu(d, xv, av, bv, biv, o1, pv, yv).map_err(cuda_err(op))?;
+        Ok(Some(MonarchGeluOut { y, mid: out1, pre }))
+    }
+
+    /// Gradients `[dx, dw1, dw2, dbias]` of [`Tensor::cuda_monarch_gelu`] from `[x, w1,
+    /// w2, mid, pre, dy]`: the bias gradient is the column sums of the pre-activation's
+    /// gradient, taken back from group-major to natural order.
+    pub(crate) fn cuda_monarch_gelu_backward(
+        [x, w1, w2, mid, pre, dy]: [&Tensor; 6],
+        bias: Option<&Tensor>,
+        sh: MonarchShape,
+        want: [bool; 4],
+    ) -> Result<[Option<Tensor>; 4]> {
+        let op = "monarch_gelu_backward";
+        same_device(op, x, &[w1, w2, mid, pre, dy])?;
+        if let Some(b) = bias {
+            same_device(op, x, &[b])?;
+        }
+        let [xc, w1c, w2c, o1, pc, g] = [x, w1, w2, mid, pre, dy].map(|t| t.contiguous());
+        let (xc, w1c, w2c, o1, pc, g) = (xc?, w1c?, w2c?, o1?, pc?, g?);
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
+        let inp = *x.dims().last().unwrap_or(&0);
+        let out = *dy.dims().last().unwrap_or(&0);
+        let d = dims(sh, x.elem_count() / inp.max(1), inp, out);
+        let mut dx = alloc(&xc, x.dtype(), x.shape().clone(), op)?;
+        let mut dw1 = alloc(&xc, x.dtype(), w1.shape().clone(), op)?;
+        let mut dw2 = alloc(&xc, x.dtype(), w2.shape().clone(), op)?;
+        let mut dpre = alloc(&xc, x.dtype(), [d.batch, d.l * d.s], op)?;
+        let gelu = km::GeluGrad {
+            pre: pc.cuda_view(op)?,
+            bias: bias.as_ref().map(|b| b.cuda_view(op)).transpose()?,
+            dpre: out_mut(&mut dpre, op)?,
+        };
+        let grads = [out_mut(&mut dx, op)?, out_mut(&mut dw1, op)?, out_mut(&mut dw2, op)?];
+        let views = (xc.cuda_view(op)?, w1c.cuda_view(op)?, w2c.cuda_view(op)?, o1.cuda_view(op)?, g.cuda_view(op)?);
+        km::monarch_backward_gelu(d, views.0, views.1, views.2, views.3, views.4, gelu, grads, false)
+            .map_err(cuda_err(op))?;
+        let dbias = if want[3] && bias.is_some() { Some(bias_grad(&dpre, d.l, d.s, out)?) } else { None };
+        let keep = |t: Tensor, w: bool| w.then_some(t);
+        Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2]), dbias])
+    }
+}
+
+/// The bias gradient from the pre-activation's group-major gradient `dpre` (rows, l·s):
+/// `dbias[ss·l + ll] = Σ_b dpre[b, ll·s + ss]` for the first `out` columns.
+fn bias_grad(dpre: &Tensor, l: usize, s: usize, out: usize) -> Result<Tensor> {
+    let cols = dpre.sum(0)?.reshape([l, s])?.transpose(0, 1)?.contiguous()?;
+    cols.reshape([l * s])?.narrow(0, 0, out)?.contiguous()
+}
+
+/// The kernel's sizes of a Monarch call.
+fn dims(sh: MonarchShape, batch: usize, n_in: usize, m_out: usize) -> km::MonarchDims {
+    let MonarchShape { k, q, p, l, s, r } = sh;
+    km::MonarchDims { batch, n_in, m_out, k, q, p, l, s, r }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Column sums of a group-major (rows, l·s) array land at their natural columns.
+    #[test]
+    fn the_bias_gradient_sums_group_major_columns_into_natural_order() {
+        let (rows, l, s, out) = (3, 2, 3, 5);
+        let v: Vec<f32> = (0..rows * l * s).map(|i| (i * i % 7) as f32 - 2.0).collect();
+        let dpre = Tensor::from_vec(v.clone(), [rows, l * s]).unwrap();
+        let got = bias_grad(&dpre, l, s, out).unwrap().to_vec_f32().unwrap();
+        let want: Vec<f32> = (0..out).map(|j| (0..rows).map(|b| v[b * l * s + (j % l) * s + j / l]).sum()).collect();
+        assert_eq!(got, want);
+    }
+}
