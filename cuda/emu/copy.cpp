@@ -135,5 +135,21 @@ int main() {
     fill_case("fill_bf16 n=5000 grid=16", fill_bf16, (unsigned short)0xc020);  // -2.5
     fill_case("fill_i64 n=5000 grid=16", fill_i64, (i64)-3000000000LL);
     fill_case("fill_u8 n=5000 grid=16", fill_u8, (unsigned char)1);
+    // tril_mask_u8 (rows, cols, diagonal) as copy.rs launches it: more keys than queries
+    // (diagonal cols - rows, causal attention's), fewer, and a negative diagonal; the byte
+    // after the mask stays poisoned.
+    const struct { i64 rows, cols, diag; } masks[] = {{70, 300, 230}, {300, 70, -230}, {33, 33, -3}};
+    for (const auto& [rows, cols, diag] : masks) {
+        std::vector<unsigned char> out = emu::poisoned<unsigned char>((size_t)(rows * cols + 1));
+        const unsigned char guard = out[rows * cols];
+        emu::launch({emu::Device{1}.grid_for((size_t)(rows * cols), 256), 1, 1}, {256, 1, 1},
+                    [&] { tril_mask_u8(out.data(), rows, cols, diag); });
+        Compare c("mask", 0);
+        for (i64 r = 0; r < rows; r++)
+            for (i64 k = 0; k < cols; k++) c.add(out[r * cols + k], k - r <= diag ? 1.0 : 0.0);
+        if (out[rows * cols] != guard) c.bad++;
+        fails += emu::report(emu::fmt("tril_mask_u8 rows=%ld cols=%ld diagonal=%ld", (long)rows, (long)cols, (long)diag),
+                             {&c});
+    }
     return fails ? 1 : 0;
 }

@@ -62,3 +62,11 @@ FILL_KERNEL(float, fill_f32)
 FILL_KERNEL(unsigned short, fill_bf16)
 FILL_KERNEL(i64, fill_i64)
 FILL_KERNEL(unsigned char, fill_u8)
+
+/// The (rows, cols) u8 mask of a lower triangle: 1 where col - row <= diagonal, else 0
+/// (causal attention's visible keys, `tril`), generated on the device.
+extern "C" __global__ void tril_mask_u8(unsigned char* dst, i64 rows, i64 cols, i64 diagonal) {
+    const i64 n = rows * cols, stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = (i % cols) - (i / cols) <= diagonal ? 1 : 0;
+}

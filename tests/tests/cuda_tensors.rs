@@ -346,6 +346,12 @@ fn comparisons_selection_gather_and_sgd_match_the_cpu() {
     close(&mv(&mask).where_cond(&ga, &gb).unwrap(), &mask.where_cond(&a, &b).unwrap(), 0.0);
     close(&ga.masked_fill(&mv(&mask), -3.0).unwrap(), &a.masked_fill(&mask, -3.0).unwrap(), 0.0);
     close(&ga.tril(1).unwrap(), &a.tril(1).unwrap(), 0.0);
+    // The mask itself, made on the device: more keys than queries (causal) and fewer.
+    for (r, c, dg) in [(5, 9, 4), (9, 5, -4), (300, 70, 0)] {
+        let m = Tensor::tril_mask_on(r, c, dg, GPU).unwrap();
+        assert_eq!((m.device(), m.dtype()), (GPU, DType::U8));
+        close(&m, &Tensor::tril_mask(r, c, dg), 0.0);
+    }
     close(&ga.t().unwrap().triu(0).unwrap(), &a.t().unwrap().triu(0).unwrap(), 0.0);
     close(&ga.maximum(&gb).unwrap(), &a.maximum(&b).unwrap(), 0.0);
     // where on integer values: padding targets masked out.

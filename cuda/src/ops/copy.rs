@@ -87,6 +87,23 @@ pub fn fill(dst: ViewMut<'_>, value: f64) -> Result<()> {
     dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &[Arg::U64(dst.ptr()), v, Arg::len(n)])
 }
 
+/// Writes the (rows, cols) lower-triangle mask into `dst` (u8, rows·cols elements): 1
+/// where `col - row <= diagonal`, else 0, as the host's `Tensor::tril_mask`; generated on
+/// the device, so nothing is uploaded. Kernel `tril_mask_u8(dst, rows, cols, diagonal)`,
+/// 256 threads, grid-stride.
+pub fn tril_mask(dst: ViewMut<'_>, rows: usize, cols: usize, diagonal: i64) -> Result<()> {
+    let c = crate::buffer::Check { op: "tril_mask" };
+    c.output("mask", &dst, DType::U8, rows * cols)?;
+    let n = rows * cols;
+    if n == 0 {
+        return Ok(());
+    }
+    let dev = dst.device().clone();
+    let f = dev.function(kernels::COPY, "tril_mask_u8")?;
+    let args = [Arg::U64(dst.ptr()), Arg::len(rows), Arg::len(cols), Arg::I64(diagonal)];
+    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

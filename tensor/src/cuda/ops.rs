@@ -82,6 +82,16 @@ impl Tensor {
         Ok(out)
     }
 
+    /// [`Tensor::tril_mask_on`] on device `ordinal`, generated there.
+    pub(crate) fn cuda_tril_mask(rows: usize, cols: usize, diagonal: i64, ordinal: usize) -> Result<Tensor> {
+        let op = "tril_mask";
+        let dev = super::cuda_device(ordinal)?;
+        let buf = dev.alloc(monarch_cuda::DType::U8, rows * cols).map_err(cuda_err(op))?;
+        let mut out = Tensor::from_cuda(buf, DType::U8, [rows, cols]);
+        kc::tril_mask(out_mut(&mut out, op)?, rows, cols, diagonal).map_err(cuda_err(op))?;
+        Ok(out)
+    }
+
     /// [`Tensor::cat`] of device tensors along `d`: each part with `d` moved first is
     /// copied into its own contiguous run of the output, which is then moved back.
     pub(crate) fn cuda_cat(parts: &[&Tensor], d: usize, shape: &Shape) -> Result<Tensor> {

@@ -196,17 +196,26 @@ impl Tensor {
         Tensor::from_cpu(CpuStorage::U8(v), [rows, cols])
     }
 
+    /// [`tril_mask`](Self::tril_mask) made on `device` (on a GPU by a kernel: nothing
+    /// is uploaded, so the host does not wait for the stream).
+    pub fn tril_mask_on(rows: usize, cols: usize, diagonal: i64, device: crate::Device) -> Result<Tensor> {
+        match device {
+            crate::Device::Cpu => Ok(Tensor::tril_mask(rows, cols, diagonal)),
+            crate::Device::Cuda(i) => Tensor::cuda_tril_mask(rows, cols, diagonal, i),
+        }
+    }
+
     /// Zeroes the elements above diagonal `diagonal` of the last two dimensions.
     pub fn tril(&self, diagonal: i64) -> Result<Tensor> {
         let (r, c) = self.shape().matrix_dims("tril")?;
-        let mask = Tensor::tril_mask(r, c, diagonal).to_device(self.device())?;
+        let mask = Tensor::tril_mask_on(r, c, diagonal, self.device())?;
         mask.where_cond(self, &self.scalar_beside(0.0, self.dtype())?)
     }
 
     /// Zeroes the elements below diagonal `diagonal` of the last two dimensions.
     pub fn triu(&self, diagonal: i64) -> Result<Tensor> {
         let (r, c) = self.shape().matrix_dims("triu")?;
-        let mask = Tensor::tril_mask(r, c, diagonal - 1).to_device(self.device())?;
+        let mask = Tensor::tril_mask_on(r, c, diagonal - 1, self.device())?;
         mask.where_cond(&self.scalar_beside(0.0, self.dtype())?, self)
     }
 }

@@ -132,7 +132,7 @@ fn visible(dims: Dims, opts: &AttentionOpts, device: crate::Device) -> Result<Op
     if !opts.causal {
         return Ok(None);
     }
-    Ok(Some(Tensor::tril_mask(dims.nq, dims.nk, dims.nk as i64 - dims.nq as i64).to_device(device)?))
+    Tensor::tril_mask_on(dims.nq, dims.nk, dims.nk as i64 - dims.nq as i64, device).map(Some)
 }
 
 /// The forward composed of tensor ops (matmul, where, softmax, dropout), for devices
