@@ -232,7 +232,7 @@ __device__ __forceinline__ T gelu_grad_at(T da, const T* __restrict__ aux_row, c
                                           int mout) {
     if (j >= mout) return from_f32<T>(0.0f);
     const float h = to_f32(aux_row[gi]) + (bias ? to_f32(bias[j]) : 0.0f);
-    return from_f32<T>(to_f32(da) * gelu_tanh_df<sizeof(T) == 2>(h));
+    return from_f32<T>(to_f32(da) * gelu_tanh_df(h));
 }
 
 /// The back-permuted value v plus its bias b, through the GELU when act is 1.

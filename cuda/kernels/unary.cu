@@ -42,7 +42,7 @@ template <int OP, bool A> __device__ __forceinline__ float unary_df(float s, flo
         case 5: return 1.0f - s * s;
         case 6: return s * (1.0f - s);
         case 7: return s > 0.0f ? 1.0f : 0.0f;
-        case 8: return gelu_tanh_df<A>(s);
+        case 8: return gelu_tanh_df(s);
         case 9: {
             const float cdf = 0.5f * (1.0f + erff(s * FRAC_1_SQRT_2));
             return cdf + s * expf(-0.5f * s * s) * FRAC_1_SQRT_2PI;
