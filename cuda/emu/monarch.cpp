@@ -226,8 +226,11 @@ struct Dims {
 };
 
 /// How the launcher lays out the permuted rows: its default, MONARCH_GROUP_MAJOR=0 (no
-/// group-major copies) or MONARCH_STRIDED_STORES=1 (copies for the rows read only).
-enum class Rows { Default, InPlace, StridedStores };
+/// group-major copies) or MONARCH_STRIDED_STORES=1 (copies for the rows read only); or
+/// the default with the tanh-GELU fused into the output's permutations
+/// (monarch_forward_gelu / monarch_backward_gelu: `dout` is then the GELU output's
+/// gradient).
+enum class Rows { Default, InPlace, StridedStores, FusedGelu };
 
 /// monarch_forward then monarch_backward with the launcher's six descriptors.
 template <typename T>
@@ -267,11 +270,16 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     if (io_g) y_c = out(yg.data(), d.s, (i64)d.l * d.s, 1, NO_LIMIT, 1);
     grouped_gemm<T>(dev, kern, op(out1.data(), mid_sg, kq, mid_srr, NO_LIMIT, 1),
                     op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), y_c, false, B, d.s, d.r, d.l);
-    if (io_g) permute(kern, yg.data(), y.data(), bias.dev.data(), B, d.l, d.s, mout, false);
-    // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) likewise.
+    const bool gelu = rows == Rows::FusedGelu;
+    if (gelu && !io_g) emu::die("the fused GELU needs the group-major layout");
+    if (io_g) permute(kern, yg.data(), y.data(), bias.dev.data(), B, d.l, d.s, mout, false, gelu ? MP_GELU : 0);
+    // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) likewise; with
+    // the GELU, times GELU' at the kept pre-activation yg plus the bias.
     const bool dg = grouped;
     std::vector<T> doutg = emu::poisoned<T>(dg ? (size_t)B * d.l * d.s : 0);
-    if (dg) permute(kern, dout.dev.data(), doutg.data(), nullptr, B, d.l, d.s, mout, true);
+    if (dg)
+        permute(kern, dout.dev.data(), doutg.data(), gelu ? bias.dev.data() : nullptr, B, d.l, d.s, mout, true,
+                gelu ? MP_GELU_GRAD : 0, gelu ? yg.data() : nullptr);
     const T* dptr = dg ? doutg.data() : dout.dev.data();
     const i64 d_sg = dg ? d.s : 1, d_sb = dg ? d.l * d.s : mout, d_sss = dg ? 1 : d.l, d_lim = dg ? NO_LIMIT : mout;
     // The first product writes dout1 group-major ([b, ll·r+rr]) when grouped, permuted
@@ -294,7 +302,14 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
 
     // References from the definitions (x zero-padded to k·p, dout to l·s).
     auto X = [&](int b, int c) { return c < nin ? x.ref[(size_t)b * nin + c] : 0.0; };
-    auto DO = [&](int b, int c) { return c < mout ? dout.ref[(size_t)b * mout + c] : 0.0; };
+    // The pre-activation as the backward reads it (the kept yg, rounded, plus the bias)
+    // and the gradient reaching the products: dout, times GELU' there when fused.
+    auto Z = [&](int b, int c) {
+        return emu::Elem<T>::load(yg[(size_t)b * d.l * d.s + (size_t)(c % d.l) * d.s + c / d.l]) + bias.ref[c];
+    };
+    auto DO = [&](int b, int c) {
+        return c < mout ? dout.ref[(size_t)b * mout + c] * (gelu ? gelu_grad_ref(Z(b, c)) : 1.0) : 0.0;
+    };
     auto W1 = [&](int kk, int qq, int pp) { return w1.ref[((size_t)kk * d.q + qq) * d.p + pp]; };
     auto W2 = [&](int ll, int ss, int rr) { return w2.ref[((size_t)ll * d.s + ss) * d.r + rr]; };
     std::vector<double> r_out1((size_t)B * kq), r_y((size_t)B * mout), r_dout1((size_t)B * kq);
@@ -315,7 +330,8 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
                 if (ss * d.l + ll >= mout) continue;
                 double s = 0;
                 for (int rr = 0; rr < d.r; rr++) s += W2(ll, ss, rr) * O1(b, rr * d.l + ll);
-                r_y[(size_t)b * mout + ss * d.l + ll] = s + bias.ref[ss * d.l + ll];
+                const double z = s + bias.ref[ss * d.l + ll];
+                r_y[(size_t)b * mout + ss * d.l + ll] = gelu ? gelu_ref(z) : z;
             }
         for (int ll = 0; ll < d.l; ll++)
             for (int rr = 0; rr < d.r; rr++) {
@@ -353,7 +369,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     return emu::report(emu::fmt("monarch %-4s batch=%d n_in=%d m_out=%d k,q,p=%d,%d,%d l,s,r=%d,%d,%d acc=%d "
                                 "dw-splits=%d,%d out1 %s",
                                 emu::Elem<T>::name, B, nin, mout, d.k, d.q, d.p, d.l, d.s, d.r, accumulate, s1, s2,
-                                grouped ? (io_g ? "group-major" : "group-major, stores in place") : "natural"),
+                                grouped ? (io_g ? (gelu ? "group-major, gelu fused" : "group-major") : "group-major, stores in place") : "natural"),
                        {&c1, &cy, &cd1, &cx, &cw1, &cw2});
 }
 
@@ -424,5 +440,10 @@ int main() {
     fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, true, 132, bf, tb, 30, Rows::StridedStores);
     fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 31, Rows::StridedStores);
     fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 32, Rows::StridedStores);
+    // The fused GELU: the MLP block's l = k = 4 in bf16, a truncated output in f32, and
+    // ragged q % l != 0.
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 33, Rows::FusedGelu);
+    fails += monarch_case<float>({300, 60, 62, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 34, Rows::FusedGelu);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 35, Rows::FusedGelu);
     return fails ? 1 : 0;
 }
