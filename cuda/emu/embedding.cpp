@@ -79,8 +79,47 @@ static int run(int outer, int size, int n, int inner, EmbeddingKernels<T> k, dou
                        {&cs, &ca, &cg, &cc, &cb});
 }
 
+/// index_select and gather of integer values (i64 token ids past 2^53, u8 masks):
+/// moved bit for bit, zeros and counts for out-of-range ids.
+template <typename T>
+static int int_case(const char* name, int outer, int size, int n, int inner,
+                    void (*select)(const T*, const i64*, T*, int*, i64, i64, i64, i64),
+                    void (*gather)(const T*, const i64*, T*, int*, i64, i64, i64, i64), uint64_t seed) {
+    emu::Rng rng(seed);
+    const size_t table = (size_t)outer * size * inner, total = (size_t)outer * n * inner;
+    std::vector<T> src(table);
+    for (size_t i = 0; i < table; i++)
+        src[i] = (T)(sizeof(T) == 8 ? (i64)(9007199254740993LL + 1000003LL * (i64)i) : (i64)(i * 37 % 251 + 1));
+    long bad_rows = 0, bad_elems = 0;
+    const std::vector<i64> ids = make_ids(n, size, rng, bad_rows), idx = make_ids(total, size, rng, bad_elems);
+    std::vector<T> sel(total, (T)7), gat(total, (T)7);
+    int bad[2] = {0, 0};
+    const emu::RowsCfg cfg = emu::cfg_rows((size_t)outer * n, inner);
+    emu::launch(cfg.grid, cfg.block, [&] { select(src.data(), ids.data(), sel.data(), &bad[0], outer, size, n, inner); });
+    emu::launch({emu::Device{132}.grid_for(total, 256), 1, 1}, {256, 1, 1},
+                [&] { gather(src.data(), idx.data(), gat.data(), &bad[1], size, n, inner, total); });
+    long wrong = 0;
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < inner; c++) {
+                const size_t p = ((size_t)o * n + i) * inner + c;
+                const i64 id = ids[i], e = idx[p];
+                wrong += sel[p] != (id >= 0 && id < size ? src[((size_t)o * size + id) * inner + c] : (T)0);
+                wrong += gat[p] != (e >= 0 && e < size ? src[((size_t)o * size + e) * inner + c] : (T)0);
+            }
+    Compare cv("values", 0), cb("bad", 0);
+    cv.add((double)wrong, 0.0);
+    cb.add(bad[0], (double)bad_rows * outer);
+    cb.add(bad[1], (double)bad_elems);
+    return emu::report(emu::fmt("embedding %-4s outer=%d size=%d n=%d inner=%d (select, gather)", name, outer, size, n,
+                                inner),
+                       {&cv, &cb});
+}
+
 int main() {
     int fails = 0;
+    fails += int_case<i64>("i64", 3, 7, 29, 5, index_select_i64, gather_i64, 7);
+    fails += int_case<unsigned char>("u8", 2, 40, 13, 700, index_select_u8, gather_u8, 8);
     const EmbeddingKernels<float> f32{index_select_f32, index_add_f32, gather_f32, scatter_add_f32};
     const EmbeddingKernels<bf16> bf{index_select_bf16, index_add_bf16, gather_bf16, scatter_add_bf16};
     const double tf = 1e-6;  // sums of a few f32 terms into f32 (bf16 inputs are exact in f32)

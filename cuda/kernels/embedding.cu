@@ -6,6 +6,7 @@
 // (outer, n, inner) index tensor:
 //   gather:       out[p] = src[o, idx[p], i]
 //   scatter_add:  dst[o, idx[p], i] += src[p]               dst is f32 (outer, size, inner)
+// index_select and gather also move i64 and u8 values (token ids, masks).
 // An embedding lookup is index_select with outer = 1; its backward is index_add into
 // an f32 gradient table. index_add uses f32 atomics, so repeated ids accumulate in an
 // unspecified order (results may differ in the last bits between runs).
@@ -13,6 +14,11 @@
 // and each one increments `*bad` when `bad` is not null.
 // Rows: block (X, Y), Y output rows per block, X threads along `inner`, grid-stride over
 // rows. Elements: 256 threads, grid-stride over the index's positions.
+
+/// Zero of a lookup's value type.
+template <typename T> __device__ __forceinline__ T zero_of() { return from_f32<T>(0.0f); }
+template <> __device__ __forceinline__ i64 zero_of<i64>() { return 0; }
+template <> __device__ __forceinline__ unsigned char zero_of<unsigned char>() { return 0; }
 
 template <typename T>
 __device__ void index_select_run(const T* __restrict__ src, const i64* __restrict__ ids, T* __restrict__ out,
@@ -24,7 +30,7 @@ __device__ void index_select_run(const T* __restrict__ src, const i64* __restric
         if (!ok && bad && threadIdx.x == 0) atomicAdd(bad, 1);
         const T* s = src + (o * size + (ok ? id : 0)) * inner;
         T* d = out + r * inner;
-        for (i64 c = threadIdx.x; c < inner; c += blockDim.x) d[c] = ok ? s[c] : from_f32<T>(0.0f);
+        for (i64 c = threadIdx.x; c < inner; c += blockDim.x) d[c] = ok ? s[c] : zero_of<T>();
     }
 }
 
@@ -51,7 +57,7 @@ __device__ void gather_run(const T* __restrict__ src, const i64* __restrict__ id
         const i64 id = idx[p], o = p / (n * inner), i = p % inner;
         const bool ok = id >= 0 && id < size;
         if (!ok && bad) atomicAdd(bad, 1);
-        out[p] = ok ? src[(o * size + id) * inner + i] : from_f32<T>(0.0f);
+        out[p] = ok ? src[(o * size + id) * inner + i] : zero_of<T>();
     }
 }
 
@@ -68,18 +74,21 @@ __device__ void scatter_add_run(float* __restrict__ dst, const i64* __restrict__
     }
 }
 
-#define EMBEDDING_KERNELS(T, SUF)                                                                               \
+#define LOOKUP_KERNELS(T, SUF)                                                                                  \
     extern "C" __global__ void index_select_##SUF(const T* src, const i64* ids, T* out, int* bad, i64 outer,   \
                                                   i64 size, i64 n, i64 inner) {                                 \
         index_select_run<T>(src, ids, out, bad, outer, size, n, inner);                                         \
     }                                                                                                           \
-    extern "C" __global__ void index_add_##SUF(float* dst, const i64* ids, const T* src, int* bad, i64 outer,  \
-                                               i64 size, i64 n, i64 inner) {                                    \
-        index_add_run<T>(dst, ids, src, bad, outer, size, n, inner);                                            \
-    }                                                                                                           \
     extern "C" __global__ void gather_##SUF(const T* src, const i64* idx, T* out, int* bad, i64 size, i64 n,   \
                                             i64 inner, i64 total) {                                             \
         gather_run<T>(src, idx, out, bad, size, n, inner, total);                                               \
+    }
+
+#define EMBEDDING_KERNELS(T, SUF)                                                                               \
+    LOOKUP_KERNELS(T, SUF)                                                                                      \
+    extern "C" __global__ void index_add_##SUF(float* dst, const i64* ids, const T* src, int* bad, i64 outer,  \
+                                               i64 size, i64 n, i64 inner) {                                    \
+        index_add_run<T>(dst, ids, src, bad, outer, size, n, inner);                                            \
     }                                                                                                           \
     extern "C" __global__ void scatter_add_##SUF(float* dst, const i64* idx, const T* src, int* bad, i64 size, \
                                                  i64 n, i64 inner, i64 total) {                                 \
@@ -88,3 +97,5 @@ __device__ void scatter_add_run(float* __restrict__ dst, const i64* __restrict__
 
 EMBEDDING_KERNELS(float, f32)
 EMBEDDING_KERNELS(bf16, bf16)
+LOOKUP_KERNELS(i64, i64)
+LOOKUP_KERNELS(unsigned char, u8)

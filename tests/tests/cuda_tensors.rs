@@ -368,6 +368,22 @@ fn comparisons_selection_gather_and_sgd_match_the_cpu() {
     let src = rnd(&[3, 2, 4], 25);
     close(&mv(&x).scatter_add(&idx, &mv(&src), 1).unwrap(), &x.scatter_add(&idx, &src, 1).unwrap(), 1e-6);
     assert!(mv(&x).gather(&Tensor::full(5.0, [3, 2, 4], DType::I64), 1).is_err(), "index past the dimension");
+    // Integer values move too: i64 token ids (past f32's and f64's exact range) and u8 masks.
+    let tokens: Vec<i64> = (0..60).map(|i| (1i64 << 60) + i * 1_000_003).collect();
+    let tokens = Tensor::from_vec(tokens, [3, 5, 4]).unwrap();
+    let mask = Tensor::from_vec((0..60).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>(), [3, 5, 4]).unwrap();
+    let rows = Tensor::from_vec(vec![4i64, 0, 4, 2], 4).unwrap();
+    let same = |got: Tensor, want: Tensor| {
+        assert_eq!((got.device(), got.dtype(), got.dims()), (GPU, want.dtype(), want.dims()));
+        match want.dtype() {
+            DType::I64 => assert_eq!(got.to_vec::<i64>().unwrap(), want.to_vec::<i64>().unwrap()),
+            _ => assert_eq!(got.to_vec::<u8>().unwrap(), want.to_vec::<u8>().unwrap()),
+        }
+    };
+    for t in [&tokens, &mask] {
+        same(mv(t).gather(&mv(&idx), 1).unwrap(), t.gather(&idx, 1).unwrap());
+        same(mv(t).index_select(&rows, 1).unwrap(), t.index_select(&rows, 1).unwrap());
+    }
 
     // SGD with and without momentum, three steps.
     let (mut p, g) = (rnd(&[1000], 26), rnd(&[1000], 27));

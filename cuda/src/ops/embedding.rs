@@ -19,9 +19,19 @@ pub struct IndexDims {
     pub inner: usize,
 }
 
+/// The kernel suffix of a lookup's values: the float types' and `i64`, `u8` (lookups
+/// move values, they do no arithmetic).
+fn lookup_suffix(dt: DType, op: &'static str) -> Result<&'static str> {
+    match dt {
+        DType::I64 => Ok("i64"),
+        DType::U8 => Ok("u8"),
+        dt => dt.kernel_suffix(op),
+    }
+}
+
 /// `out[o, i, :] = src[o, ids[i], :]` with `ids` i64 (`n`), `src` (outer, size, inner) and
-/// `out` (outer, n, inner), f32 or bf16. Out-of-range ids give zero rows and are counted
-/// into `bad` (one i32 on the device) when given. Kernel `index_select_{f32,bf16}(src, ids,
+/// `out` (outer, n, inner), f32, bf16, i64 or u8. Out-of-range ids give zero rows and are counted
+/// into `bad` (one i32 on the device) when given. Kernel `index_select_{f32,bf16,i64,u8}(src, ids,
 /// out, bad, outer, size, n, inner)`, block (X, Y) of [`cfg_rows`](super::cfg_rows) over
 /// `outer·n` rows of `inner`.
 pub fn index_select(
@@ -45,7 +55,7 @@ pub fn index_select(
     if d.outer * n * d.inner == 0 {
         return Ok(());
     }
-    let f = dev.function(kernels::EMBEDDING, &format!("index_select_{}", dt.kernel_suffix(c.op)?))?;
+    let f = dev.function(kernels::EMBEDDING, &format!("index_select_{}", lookup_suffix(dt, c.op)?))?;
     let args = [
         Arg::U64(src.ptr()),
         Arg::U64(ids.ptr()),
@@ -95,8 +105,8 @@ pub fn index_add(dst: ViewMut<'_>, ids: View<'_>, src: View<'_>, d: IndexDims, b
 
 /// `out[p] = src[o, idx[p], i]` for every position `p = (o, j, i)` of an `idx` (i64) of
 /// shape (outer, n, inner); `src` is (outer, size, inner) and `out` has `idx`'s length,
-/// f32 or bf16. Out-of-range indices give zeros and are counted into `bad`. Kernel
-/// `gather_{f32,bf16}(src, idx, out, bad, size, n, inner, total)`, 256 threads, grid-stride.
+/// f32, bf16, i64 or u8. Out-of-range indices give zeros and are counted into `bad`. Kernel
+/// `gather_{f32,bf16,i64,u8}(src, idx, out, bad, size, n, inner, total)`, 256 threads, grid-stride.
 pub fn gather(
     src: View<'_>,
     idx: View<'_>,
@@ -157,7 +167,8 @@ fn per_element(
     if total == 0 {
         return Ok(());
     }
-    let f = dev.function(kernels::EMBEDDING, &format!("{}_{}", c.op, dt.kernel_suffix(c.op)?))?;
+    let suffix = if c.op == "gather" { lookup_suffix(dt, c.op)? } else { dt.kernel_suffix(c.op)? };
+    let f = dev.function(kernels::EMBEDDING, &format!("{}_{suffix}", c.op))?;
     let args = [
         Arg::U64(ptrs[0]),
         Arg::U64(ptrs[1]),
