@@ -1,6 +1,9 @@
-//! `kernels/monarch.cu`: Monarch forward and backward as grouped strided GEMMs with the
-//! permutations folded into the index arithmetic (two launches forward, four backward,
-//! no permutation pass).
+//! `kernels/monarch.cu`: Monarch forward and backward as grouped strided GEMMs (two
+//! forward, four backward), on group-major copies of the permuted rows made by
+//! `monarch_permute` passes ([`MonarchDims::group_major`]) or with the permutations
+//! folded into the index arithmetic; optionally the products on cuBLASLt
+//! ([`CUBLAS_ENV`]) and a following tanh-GELU fused into the permutation passes
+//! ([`monarch_forward_gelu`], [`monarch_backward_gelu`]).
 
 use crate::buffer::Check;
 use crate::device::Arg;
