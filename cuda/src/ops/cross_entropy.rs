@@ -27,7 +27,7 @@ impl CrossEntropy {
 /// saved for the backward) and `out` (2 f32: the mean loss over counted rows and the
 /// count, which the backward reads on the device). Kernels:
 /// `cross_entropy_rows_{f32,bf16}(x, t, loss, lse, N, C, ignore_index, has_ignore, eps)`
-/// with block (X, Y) of [`cfg_rows`](super::cfg_rows) into an internal per-row loss, then
+/// with block (X, Y) of `cfg_rows` into an internal per-row loss, then
 /// `cross_entropy_mean(loss, t, out, N, ignore_index, has_ignore)` with one block of 1024.
 pub fn cross_entropy(
     logits: View<'_>,

@@ -32,7 +32,7 @@ fn lookup_suffix(dt: DType, op: &'static str) -> Result<&'static str> {
 /// `out[o, i, :] = src[o, ids[i], :]` with `ids` i64 (`n`), `src` (outer, size, inner) and
 /// `out` (outer, n, inner), f32, bf16, i64 or u8. Out-of-range ids give zero rows and are counted
 /// into `bad` (one i32 on the device) when given. Kernel `index_select_{f32,bf16,i64,u8}(src, ids,
-/// out, bad, outer, size, n, inner)`, block (X, Y) of [`cfg_rows`](super::cfg_rows) over
+/// out, bad, outer, size, n, inner)`, block (X, Y) of `cfg_rows` over
 /// `outer·n` rows of `inner`.
 pub fn index_select(
     src: View<'_>,

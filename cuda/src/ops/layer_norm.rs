@@ -9,7 +9,7 @@ use cudarc::driver::LaunchConfig;
 /// `y = (x - mean)·rstd·w + b` over rows of contiguous `x` (`rows` x `cols`, f32 or
 /// bf16; `w`, `b` optional of `cols`), saving `mean` and `rstd` (f32, `rows`).
 /// Kernel `layer_norm_fwd_{f32,bf16}(x, w, b, y, mean, rstd, rows, cols, eps)` (null w/b
-/// allowed), block (X, Y) of [`cfg_rows`](super::cfg_rows).
+/// allowed), block (X, Y) of `cfg_rows`.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     x: View<'_>,
@@ -54,7 +54,7 @@ pub fn layer_norm(
 
 /// `(dx, dw, db)` of [`layer_norm`] from the saved `mean` and `rstd`; `dw`, `db` (`cols`,
 /// the input's dtype) are sums over rows. Kernels: `layer_norm_bwd_dx_{f32,bf16}(x, w,
-/// mean, rstd, dy, dx, rows, cols)` with [`cfg_rows`](super::cfg_rows);
+/// mean, rstd, dy, dx, rows, cols)` with `cfg_rows`;
 /// `layer_norm_bwd_dwdb_partial_{f32,bf16}(x, mean, rstd, dy, part, rows, cols)` with block
 /// (32, 8), grid (ceil(cols/32), chunks); `layer_norm_bwd_dwdb_finish_{f32,bf16}(part, dw,
 /// db, chunks, cols)` with 256 threads. Deterministic.

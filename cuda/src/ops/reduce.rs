@@ -30,7 +30,7 @@ impl ReduceOp {
 /// Reduces each row of contiguous `x` (`rows` x `cols`, f32 or bf16) into `out[row]`
 /// (the input's dtype, or i64 for arg ops). f32 accumulation.
 /// Kernel `reduce_rows_{f32,bf16}(x, out, rows, cols, op)`, block (X, Y) of
-/// [`cfg_rows`](super::cfg_rows): Y rows of X threads.
+/// `cfg_rows`: Y rows of X threads.
 pub fn reduce_rows(op: ReduceOp, x: View<'_>, rows: usize, cols: usize, out: ViewMut<'_>) -> Result<()> {
     let c = Check { op: "reduce_rows" };
     let dt = x.dtype();

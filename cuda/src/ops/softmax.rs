@@ -7,7 +7,7 @@ use crate::{Result, View, ViewMut, kernels};
 
 /// `y = softmax(x)` (or `log_softmax` with `log`) over each row of contiguous `x`
 /// (`rows` x `cols`, f32 or bf16). Kernel `softmax_fwd_{f32,bf16}(x, y, rows, cols, log)`,
-/// block (X, Y) of [`cfg_rows`](super::cfg_rows).
+/// block (X, Y) of `cfg_rows`.
 pub fn softmax(x: View<'_>, rows: usize, cols: usize, log: bool, y: ViewMut<'_>) -> Result<()> {
     let c = Check { op: "softmax" };
     let dt = x.dtype();
