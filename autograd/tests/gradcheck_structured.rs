@@ -31,19 +31,39 @@ fn monarch_square_rectangular_padded_and_truncated() {
     check(|v| v[0].t()?.monarch_mul(&v[1], &v[2]), &[rnd(&[6, 3], 8), rnd(&[2, 2, 3], 9), rnd(&[2, 2, 2], 10)]);
 }
 
-/// The Monarch layer with its tanh-GELU (fused on a GPU; here the CPU's composition,
-/// which tests/tests/cuda_tensors.rs compares the fused kernels with), with and
-/// without the bias, and its value against the two ops applied one after the other.
+/// The Monarch layer with its tanh-GELU fused into the permutation passes (on the CPU
+/// as on a GPU), with and without the bias, padded and truncated; and its value and
+/// gradients against the two ops applied one after the other.
 #[test]
 fn monarch_with_gelu() {
     let inputs = [rnd(&[4, 7], 21), rnd(&[3, 2, 3], 22), rnd(&[2, 3, 3], 23), rnd(&[5], 24)];
     check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5), &inputs);
     check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], None, 6), &inputs[..3]);
-    let v: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
-    let fused = v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5).unwrap();
-    let composed = v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5).unwrap().gelu_tanh().unwrap();
-    assert_eq!(fused.value().to_vec_f32().unwrap(), composed.value().to_vec_f32().unwrap());
-    assert!(Tensor::monarch_linear_gelu(&inputs[0], &inputs[1], &inputs[2], None, 6).unwrap().is_none());
+    // q not a multiple of l, and a batch of (2, 3) rows.
+    check(
+        |v| v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 4),
+        &[rnd(&[2, 3, 4], 25), rnd(&[2, 3, 2], 26), rnd(&[2, 2, 3], 27), rnd(&[4], 28)],
+    );
+    assert!(Tensor::monarch_linear_gelu(&inputs[0], &inputs[1], &inputs[2], None, 6).unwrap().is_some());
+    let grads = |fused: bool| {
+        let v: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
+        let y = if fused {
+            v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5)
+        } else {
+            v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5).and_then(|y| y.gelu_tanh())
+        }
+        .unwrap();
+        let mut g = monarch_autograd::Gradients::new();
+        y.backward_with(rnd(&[4, 5], 29), &mut g).unwrap();
+        let mut all = vec![y.value().to_vec_f64().unwrap()];
+        all.extend(v.iter().map(|x| g.get(x).unwrap().to_vec_f64().unwrap()));
+        all
+    };
+    for (i, (f, c)) in grads(true).iter().zip(grads(false)).enumerate() {
+        for (a, b) in f.iter().zip(&c) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "output {i}: fused {a} vs composed {b}");
+        }
+    }
 }
 
 #[test]

@@ -46,8 +46,8 @@ impl Var {
     }
     /// `gelu_tanh(self.monarch_linear(w1, w2, bias, out))`: one op with the activation
     /// fused into the Monarch layer's output permutation forward and into its gradient's
-    /// backward where [`Tensor::monarch_linear_gelu`] can (on a GPU, group-major layout);
-    /// the two ops composed elsewhere. The same function either way.
+    /// backward where [`Tensor::monarch_linear_gelu`] can (the CPU, and a GPU in the
+    /// group-major layout); the two ops composed elsewhere. The same function either way.
     pub fn monarch_linear_gelu(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize) -> Result<Var> {
         let low = match bias {
             Some(b) => {

@@ -40,7 +40,7 @@ pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     /// Applies the layer to `x` of shape (.., in).
     fn forward(&self, x: &Var) -> Result<Var>;
     /// `gelu_tanh(self.forward(x))`; a layer whose last pass can apply the activation
-    /// on the way (Monarch on a GPU) overrides it.
+    /// on the way (Monarch) overrides it.
     fn forward_gelu_tanh(&self, x: &Var) -> Result<Var> {
         self.forward(x)?.gelu_tanh()
     }

@@ -4,6 +4,7 @@
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
+use crate::ops::monarch::bias_grad;
 use crate::ops::{MonarchGeluOut, MonarchShape};
 use crate::{DType, Result, Tensor};
 use monarch_cuda::ops::monarch as km;
@@ -150,31 +151,8 @@ impl Tensor {
     }
 }
 
-/// The bias gradient from the pre-activation's group-major gradient `dpre` (rows, l·s):
-/// `dbias[ss·l + ll] = Σ_b dpre[b, ll·s + ss]` for the first `out` columns.
-fn bias_grad(dpre: &Tensor, l: usize, s: usize, out: usize) -> Result<Tensor> {
-    let cols = dpre.sum(0)?.reshape([l, s])?.transpose(0, 1)?.contiguous()?;
-    cols.reshape([l * s])?.narrow(0, 0, out)?.contiguous()
-}
-
 /// The kernel's sizes of a Monarch call.
 fn dims(sh: MonarchShape, batch: usize, n_in: usize, m_out: usize) -> km::MonarchDims {
     let MonarchShape { k, q, p, l, s, r } = sh;
     km::MonarchDims { batch, n_in, m_out, k, q, p, l, s, r }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Column sums of a group-major (rows, l·s) array land at their natural columns.
-    #[test]
-    fn the_bias_gradient_sums_group_major_columns_into_natural_order() {
-        let (rows, l, s, out) = (3, 2, 3, 5);
-        let v: Vec<f32> = (0..rows * l * s).map(|i| (i * i % 7) as f32 - 2.0).collect();
-        let dpre = Tensor::from_vec(v.clone(), [rows, l * s]).unwrap();
-        let got = bias_grad(&dpre, l, s, out).unwrap().to_vec_f32().unwrap();
-        let want: Vec<f32> = (0..out).map(|j| (0..rows).map(|b| v[b * l * s + (j % l) * s + j / l]).sum()).collect();
-        assert_eq!(got, want);
-    }
 }

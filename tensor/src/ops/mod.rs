@@ -11,7 +11,7 @@ mod index;
 mod init;
 mod loss;
 mod matmul;
-mod monarch;
+pub(crate) mod monarch;
 mod norm;
 mod optim;
 mod reduce;

@@ -18,9 +18,9 @@
 
 use super::matmul::{GemmElem, Mat};
 use super::strided_gemm::gemm_strided;
-use super::{compute_dtype, same_dtype};
+use super::{UnaryOp, compute_dtype, same_dtype};
 use crate::cpu::items_per_task;
-use crate::{CpuStorage, Error, Result, Shape, Tensor};
+use crate::{CpuStorage, Error, Float, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 /// The factor dimensions of a Monarch product: `w1` is (k, q, p), `w2` is (l, s, r).
@@ -117,13 +117,17 @@ struct Sizes {
     sh: MonarchShape,
 }
 
-fn forward<T: GemmElem + std::ops::Add<Output = T>>(
+/// The Monarch layer: `(y, yt)`, and with `gelu` also `zt` (the group-major
+/// pre-activation `[b, ll·s + ss]`, bias not added), `y` then being the tanh-GELU of the
+/// output plus bias, applied in the output permutation's pass.
+fn forward<T: GemmElem + Float>(
     x: &[T],
     w1: &[T],
     w2: &[T],
     bias: Option<&[T]>,
     z: Sizes,
-) -> (Vec<T>, Vec<T>) {
+    gelu: bool,
+) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
     let mut yt = vec![T::ZERO; l * rows * r];
@@ -171,6 +175,7 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
         gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
     }
     let mut y = vec![T::ZERO; rows * z.out];
+    let act = |v: T| if gelu { UnaryOp::GeluTanh.f(v) } else { v };
     for_rows(&mut y, z.out, |b, yr| {
         // Output ss·l + ll is zt[b, ll, ss]: row chunks of l outputs share one ss.
         let zr = &zt[b * l * s..(b + 1) * l * s];
@@ -178,21 +183,24 @@ fn forward<T: GemmElem + std::ops::Add<Output = T>>(
             Some(bias) => {
                 for (ss, (ys, bs)) in yr.chunks_mut(l).zip(bias.chunks(l)).enumerate() {
                     for (ll, (v, &c)) in ys.iter_mut().zip(bs).enumerate() {
-                        *v = zr[ll * s + ss] + c;
+                        *v = act(zr[ll * s + ss] + c);
                     }
                 }
             }
             None => {
                 for (ss, ys) in yr.chunks_mut(l).enumerate() {
                     for (ll, v) in ys.iter_mut().enumerate() {
-                        *v = zr[ll * s + ss];
+                        *v = act(zr[ll * s + ss]);
                     }
                 }
             }
         }
     });
+    if gelu {
+        return (y, yt, Some(zt));
+    }
     give_scratch(zt);
-    (y, yt)
+    (y, yt, None)
 }
 
 thread_local! {
@@ -243,26 +251,44 @@ fn for_rows<T: GemmElem>(buf: &mut [T], width: usize, f: impl Fn(usize, &mut [T]
     }
 }
 
-/// Gradients `[dx, dw1, dw2]`, each only when wanted.
-fn backward<T: GemmElem>(
-    x: &[T],
-    w1: &[T],
-    w2: &[T],
-    yt: &[T],
-    dy: &[T],
+/// What the backward of the fused GELU reads: the forward's `zt` and bias.
+type GeluSaved<'a, T> = (&'a [T], Option<&'a [T]>);
+
+/// Gradients `[dx, dw1, dw2]`, each only when wanted. With `gelu`, `dy` is the GELU
+/// output's gradient: it is multiplied by GELU' at `zt + bias` in the pass that undoes
+/// the output permutation, and that product (`dzt`, the pre-activation's gradient) is
+/// returned too.
+fn backward<T: GemmElem + Float>(
+    [x, w1, w2, yt, dy]: [&[T]; 5],
     z: Sizes,
     want: [bool; 3],
-) -> [Option<Vec<T>>; 3] {
+    gelu: Option<GeluSaved<'_, T>>,
+) -> ([Option<Vec<T>>; 3], Option<Vec<T>>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
     // dzt[b, ll, ss] = dy[b, ss·l+ll]: the output permutation undone in one pass within
     // each row, so that the GEMMs below read blocks with contiguous rows. Entries past the
-    // output (ss ≥ out_count) are never read.
+    // output (ss ≥ out_count) are never read, and with the GELU are zero.
     let mut dzt = take_scratch::<T>(rows * l * s);
     for_rows(&mut dzt, l * s, |b, row| {
-        for (ss, gs) in dy[b * z.out..(b + 1) * z.out].chunks(l).enumerate() {
-            for (ll, &g) in gs.iter().enumerate() {
-                row[ll * s + ss] = g;
+        let dyr = &dy[b * z.out..(b + 1) * z.out];
+        match gelu {
+            None => {
+                for (ss, gs) in dyr.chunks(l).enumerate() {
+                    for (ll, &g) in gs.iter().enumerate() {
+                        row[ll * s + ss] = g;
+                    }
+                }
+            }
+            Some((zt, bias)) => {
+                row.fill(T::ZERO);
+                let zr = &zt[b * l * s..(b + 1) * l * s];
+                for (ss, gs) in dyr.chunks(l).enumerate() {
+                    for (ll, &g) in gs.iter().enumerate() {
+                        let c = bias.map_or(T::ZERO, |bias| bias[ss * l + ll]);
+                        row[ll * s + ss] = g * UnaryOp::GeluTanh.df(zr[ll * s + ss] + c);
+                    }
+                }
             }
         }
     });
@@ -285,7 +311,8 @@ fn backward<T: GemmElem>(
             gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, par(rows * r * cnt));
         }
     }
-    give_scratch(dzt);
+    // Kept for the fused GELU's bias gradient, else back to scratch for the buffers below.
+    let dzt = keep_dzt(dzt, gelu.is_some());
     let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
     let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
     if q % l == 0 {
@@ -309,7 +336,7 @@ fn backward<T: GemmElem>(
             }
         }
         give_scratch(dyt);
-        return [dx, dw1, dw2];
+        return ([dx, dw1, dw2], dzt);
     }
     // dout1[b, rr·l+ll] = dyt[ll, b, rr]: the middle permutation undone in one pass.
     let mut dout1 = take_scratch::<T>(if need_dout1 { rows * kq } else { 0 });
@@ -340,7 +367,16 @@ fn backward<T: GemmElem>(
         }
     }
     give_scratch(dout1);
-    [dx, dw1, dw2]
+    ([dx, dw1, dw2], dzt)
+}
+
+/// `dzt` when the caller wants it (the fused GELU's bias gradient), else back to scratch.
+fn keep_dzt<T: GemmElem>(dzt: Vec<T>, keep: bool) -> Option<Vec<T>> {
+    if keep {
+        return Some(dzt);
+    }
+    give_scratch(dzt);
+    None
 }
 
 /// Checks that `bias`, if given, is a vector of `out` entries of `x`'s dtype.
@@ -418,28 +454,17 @@ impl Tensor {
             let (y, mid) = self.cuda_monarch(w1, w2, bias, z.sh, out)?;
             return Ok(MonarchOut { y, mid });
         }
-        let mut out_dims = self.dims().to_vec();
-        *out_dims.last_mut().expect("rank checked") = out;
-        let (y, mid) = by_float!(self, op, T => {
-            let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(self, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
-            let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
-            let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
-            let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
-            let (y, mid) = forward::<T>(x, a, b, bias, z);
-            (CpuStorage::from(y), CpuStorage::from(mid))
-        });
-        Ok(MonarchOut {
-            y: Tensor::from_cpu(y, out_dims).to_dtype(self.dtype())?,
-            mid: Tensor::from_cpu(mid, [z.sh.l, z.rows, z.sh.r]),
-        })
+        let (y, mid, _) = self.cpu_monarch(w1, w2, bias, z, false, op)?;
+        Ok(MonarchOut { y, mid })
     }
 
     /// `gelu_tanh` of [`monarch_linear`](Self::monarch_linear), with the activation
-    /// fused into the output's permutation pass (and its derivative into the output
-    /// gradient's, see [`monarch_gelu_backward`](Self::monarch_gelu_backward)), where the
-    /// kernels make that pass: on a GPU, f32 or bf16, when the products run on
-    /// group-major copies (`MonarchDims::grouped_stores`, 2 ≤ l ≤ 64). `None` otherwise
-    /// (the CPU has no such pass): compose the two ops there.
+    /// applied in the pass that permutes the output (and its derivative in the pass that
+    /// permutes the output gradient, see
+    /// [`monarch_gelu_backward`](Self::monarch_gelu_backward)) instead of a pass of its
+    /// own each way. `None` where the layout has no such pass to fuse into: on a GPU
+    /// when the products do not write group-major copies (`MonarchDims::grouped_stores`:
+    /// l outside 2..=64, or strided stores); compose the two ops there.
     pub fn monarch_linear_gelu(
         &self,
         w1: &Tensor,
@@ -450,10 +475,39 @@ impl Tensor {
         let op = "monarch_linear_gelu";
         let z = self.monarch_sizes(w1, w2, out, op)?;
         check_bias(self, bias, out, op)?;
-        if self.device() == crate::Device::Cpu {
-            return Ok(None);
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_monarch_gelu(w1, w2, bias, z.sh, out);
         }
-        self.cuda_monarch_gelu(w1, w2, bias, z.sh, out)
+        let (y, mid, pre) = self.cpu_monarch(w1, w2, bias, z, true, op)?;
+        Ok(pre.map(|pre| MonarchGeluOut { y, mid, pre }))
+    }
+
+    /// The CPU forward: `(y, mid, pre)`, `pre` with `gelu` only.
+    fn cpu_monarch(
+        &self,
+        w1: &Tensor,
+        w2: &Tensor,
+        bias: Option<&Tensor>,
+        z: Sizes,
+        gelu: bool,
+        op: &'static str,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let mut out_dims = self.dims().to_vec();
+        *out_dims.last_mut().expect("rank checked") = z.out;
+        let (y, mid, pre) = by_float!(self, op, T => {
+            let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(self, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
+            let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
+            let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
+            let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
+            let (y, mid, pre) = forward::<T>(x, a, b, bias, z, gelu);
+            (CpuStorage::from(y), CpuStorage::from(mid), pre.map(CpuStorage::from))
+        });
+        let pre = pre.map(|p| Tensor::from_cpu(p, [z.rows, z.sh.l * z.sh.s]));
+        Ok((
+            Tensor::from_cpu(y, out_dims).to_dtype(self.dtype())?,
+            Tensor::from_cpu(mid, [z.sh.l, z.rows, z.sh.r]),
+            pre,
+        ))
     }
 
     /// Gradients `[dx, dw1, dw2, dbias]` of [`monarch_linear_gelu`](Self::monarch_linear_gelu)
@@ -474,15 +528,20 @@ impl Tensor {
         let out = *dy.dims().last().unwrap_or(&0);
         let z = x.monarch_sizes(w1, w2, out, op)?;
         check_bias(x, bias, out, op)?;
-        let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
-        let saved_ok = mid.dims() == [z.rows, z.sh.k * z.sh.q] && pre.dims() == [z.rows, z.sh.l * z.sh.s];
-        if !same_rows || !saved_ok {
+        if !z.backward_shapes_fit(x, mid, dy) || pre.dims() != [z.rows, z.sh.l * z.sh.s] {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
-        if x.device() == crate::Device::Cpu {
-            return Err(Error::invalid(op, "the fused GELU exists on a GPU only (monarch_linear_gelu gave None here)"));
+        if x.device() != crate::Device::Cpu {
+            return Tensor::cuda_monarch_gelu_backward([x, w1, w2, mid, pre, dy], bias, z.sh, want);
         }
-        Tensor::cuda_monarch_gelu_backward([x, w1, w2, mid, pre, dy], bias, z.sh, want)
+        let grads = [want[0], want[1], want[2]];
+        let ([dx, dw1, dw2], dpre) =
+            Tensor::cpu_monarch_backward([x, w1, w2, mid, dy], z, grads, Some((pre, bias)), op)?;
+        let dbias = match (want[3] && bias.is_some(), dpre) {
+            (true, Some(d)) => Some(bias_grad(&d, z.sh.l, z.sh.s, out)?.to_dtype(x.dtype())?),
+            _ => None,
+        };
+        Ok([dx, dw1, dw2, dbias])
     }
 
     /// Gradients `[dx, dw1, dw2]` of [`monarch_linear`](Self::monarch_linear) from the
@@ -499,28 +558,63 @@ impl Tensor {
         let op = "monarch_backward";
         let out = *dy.dims().last().unwrap_or(&0);
         let z = x.monarch_sizes(w1, w2, out, op)?;
-        let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
-        let on_gpu = x.device() != crate::Device::Cpu;
-        let mid_ok =
-            if on_gpu { mid.dims() == [z.rows, z.sh.k * z.sh.q] } else { mid.dims() == [z.sh.l, z.rows, z.sh.r] };
-        if !same_rows || !mid_ok {
+        if !z.backward_shapes_fit(x, mid, dy) {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
-        if on_gpu {
+        if x.device() != crate::Device::Cpu {
             return Tensor::cuda_monarch_backward(x, w1, w2, mid, dy, z.sh, want);
         }
-        let [dx, dw1, dw2] = by_float!(x, op, T => {
+        Ok(Tensor::cpu_monarch_backward([x, w1, w2, mid, dy], z, want, None, op)?.0)
+    }
+
+    /// The CPU backward over `[x, w1, w2, mid, dy]`; with `gelu` (`pre`, `bias`) through
+    /// the GELU's derivative, returning the pre-activation's gradient (rows, l·s) too.
+    fn cpu_monarch_backward(
+        [x, w1, w2, mid, dy]: [&Tensor; 5],
+        z: Sizes,
+        want: [bool; 3],
+        gelu: Option<(&Tensor, Option<&Tensor>)>,
+        op: &'static str,
+    ) -> Result<([Option<Tensor>; 3], Option<Tensor>)> {
+        let ([dx, dw1, dw2], dpre) = by_float!(x, op, T => {
             let ((xc, xo), (ac, ao), (bc, bo)) = (data::<T>(x, op)?, data::<T>(w1, op)?, data::<T>(w2, op)?);
             let ((oc, oo), (gc, go)) = (data::<T>(mid, op)?, data::<T>(dy, op)?);
             let (xs, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
             let (o1, g) = (&oc.cpu_slice::<T>(op)?[oo..], &gc.cpu_slice::<T>(op)?[go..]);
-            backward::<T>(xs, a, b, o1, g, z, want).map(|v| v.map(CpuStorage::from))
+            let pre = gelu.map(|(p, _)| data::<T>(p, op)).transpose()?;
+            let bias = gelu.and_then(|(_, b)| b).map(|b| data::<T>(b, op)).transpose()?;
+            let pre = pre.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
+            let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
+            let (grads, dpre) = backward::<T>([xs, a, b, o1, g], z, want, pre.map(|p| (p, bias)));
+            (grads.map(|v| v.map(CpuStorage::from)), dpre.map(CpuStorage::from))
         });
         let wrap = |s: Option<CpuStorage>, shape: &Shape| {
             s.map(|s| Tensor::from_cpu(s, shape).to_dtype(x.dtype())).transpose()
         };
-        Ok([wrap(dx, x.shape())?, wrap(dw1, w1.shape())?, wrap(dw2, w2.shape())?])
+        let dpre = dpre.map(|d| Tensor::from_cpu(d, [z.rows, z.sh.l * z.sh.s]));
+        Ok(([wrap(dx, x.shape())?, wrap(dw1, w1.shape())?, wrap(dw2, w2.shape())?], dpre))
     }
+}
+
+impl Sizes {
+    /// Whether `dy` has `x`'s rows and `mid` the layout of `x`'s device (CPU: (l, rows,
+    /// r); GPU: (rows, k·q)).
+    fn backward_shapes_fit(&self, x: &Tensor, mid: &Tensor, dy: &Tensor) -> bool {
+        let same_rows = dy.rank() == x.rank() && dy.dims()[..dy.rank() - 1] == x.dims()[..x.rank() - 1];
+        let mid_dims = if x.device() != crate::Device::Cpu {
+            vec![self.rows, self.sh.k * self.sh.q]
+        } else {
+            vec![self.sh.l, self.rows, self.sh.r]
+        };
+        same_rows && mid.dims() == mid_dims
+    }
+}
+
+/// The bias gradient from the pre-activation's group-major gradient `dpre` (rows, l·s):
+/// `dbias[ss·l + ll] = Σ_b dpre[b, ll·s + ss]` for the first `out` columns.
+pub(crate) fn bias_grad(dpre: &Tensor, l: usize, s: usize, out: usize) -> Result<Tensor> {
+    let cols = dpre.sum(0)?.reshape([l, s])?.transpose(0, 1)?.contiguous()?;
+    cols.reshape([l * s])?.narrow(0, 0, out)?.contiguous()
 }
 
 #[cfg(test)]
@@ -591,6 +685,17 @@ mod tests {
                 x.to_dtype(dt).unwrap().monarch_linear(&w1.to_dtype(dt).unwrap(), &w2.to_dtype(dt).unwrap(), None, 12);
             assert_eq!(y.unwrap().y.dtype(), dt);
         }
+    }
+
+    /// Column sums of a group-major (rows, l·s) array land at their natural columns.
+    #[test]
+    fn the_bias_gradient_sums_group_major_columns_into_natural_order() {
+        let (rows, l, s, out) = (3, 2, 3, 5);
+        let v: Vec<f32> = (0..rows * l * s).map(|i| (i * i % 7) as f32 - 2.0).collect();
+        let dpre = Tensor::from_vec(v.clone(), [rows, l * s]).unwrap();
+        let got = bias_grad(&dpre, l, s, out).unwrap().to_vec_f32().unwrap();
+        let want: Vec<f32> = (0..out).map(|j| (0..rows).map(|b| v[b * l * s + (j % l) * s + j / l]).sum()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
