@@ -121,9 +121,15 @@ impl GemmArgs {
     }
 
     /// Elements a buffer must hold from its start for one operand: the last batch's last
-    /// row's last element, plus one (0 for an empty operand).
+    /// row's last element, plus one (0 for an empty operand; `usize::MAX`, which no
+    /// buffer holds, when that overflows).
     fn elems_needed(&self, stride: usize, (rows, cols): (usize, usize), ld: usize) -> usize {
-        if self.batch == 0 || rows == 0 || cols == 0 { 0 } else { stride * (self.batch - 1) + (rows - 1) * ld + cols }
+        if self.batch == 0 || rows == 0 || cols == 0 {
+            return 0;
+        }
+        let last_batch = stride.checked_mul(self.batch - 1);
+        let last_row = (rows - 1).checked_mul(ld);
+        last_batch.zip(last_row).and_then(|(b, r)| b.checked_add(r)?.checked_add(cols)).unwrap_or(usize::MAX)
     }
 
     /// Refuses leading dimensions shorter than the rows they separate.
@@ -409,6 +415,7 @@ mod tests {
         assert_eq!(t.ld_b, 4);
         assert_eq!(g.elems_needed(0, (4, 3), 7), 3 * 7 + 3);
         assert_eq!(GemmArgs { batch: 0, ..g }.elems_needed(9, (4, 3), 7), 0);
+        assert_eq!(GemmArgs { batch: 3, ..g }.elems_needed(usize::MAX / 2, (4, 3), 7), usize::MAX, "overflow");
     }
 
     #[test]
