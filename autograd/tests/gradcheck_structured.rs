@@ -3,7 +3,7 @@
 //! batch dimensions and strided inputs.
 
 use monarch_autograd::{GradcheckOpts, Var, gradcheck};
-use monarch_tensor::{BlockMask, BlockSparsePlan, DType, FlatButterfly, Result, Tensor};
+use monarch_tensor::{BlockMask, BlockSparsePlan, DType, FlatButterfly, MONARCH_FUSED_ACTS, Result, Tensor, UnaryOp};
 use std::sync::Arc;
 
 fn rnd(shape: &[usize], seed: u64) -> Tensor {
@@ -31,39 +31,42 @@ fn monarch_square_rectangular_padded_and_truncated() {
     check(|v| v[0].t()?.monarch_mul(&v[1], &v[2]), &[rnd(&[6, 3], 8), rnd(&[2, 2, 3], 9), rnd(&[2, 2, 2], 10)]);
 }
 
-/// The Monarch layer with its tanh-GELU fused into the permutation passes (on the CPU
-/// as on a GPU), with and without the bias, padded and truncated; and its value and
-/// gradients against the two ops applied one after the other.
+/// The Monarch layer with each MLP activation fused into the permutation passes (on the
+/// CPU as on a GPU), with and without the bias, padded and truncated, q % l != 0; and its
+/// value and gradients against the two ops applied one after the other.
 #[test]
-fn monarch_with_gelu() {
+fn monarch_with_its_activation() {
     let inputs = [rnd(&[4, 7], 21), rnd(&[3, 2, 3], 22), rnd(&[2, 3, 3], 23), rnd(&[5], 24)];
-    check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5), &inputs);
-    check(|v| v[0].monarch_linear_gelu(&v[1], &v[2], None, 6), &inputs[..3]);
-    // q not a multiple of l, and a batch of (2, 3) rows.
-    check(
-        |v| v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 4),
-        &[rnd(&[2, 3, 4], 25), rnd(&[2, 3, 2], 26), rnd(&[2, 2, 3], 27), rnd(&[4], 28)],
-    );
-    assert!(Tensor::monarch_linear_gelu(&inputs[0], &inputs[1], &inputs[2], None, 6).unwrap().is_some());
-    let grads = |fused: bool| {
-        let v: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
-        let y = if fused {
-            v[0].monarch_linear_gelu(&v[1], &v[2], Some(&v[3]), 5)
-        } else {
-            v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5).and_then(|y| y.gelu_tanh())
-        }
-        .unwrap();
-        let mut g = monarch_autograd::Gradients::new();
-        y.backward_with(rnd(&[4, 5], 29), &mut g).unwrap();
-        let mut all = vec![y.value().to_vec_f64().unwrap()];
-        all.extend(v.iter().map(|x| g.get(x).unwrap().to_vec_f64().unwrap()));
-        all
-    };
-    for (i, (f, c)) in grads(true).iter().zip(grads(false)).enumerate() {
-        for (a, b) in f.iter().zip(&c) {
-            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "output {i}: fused {a} vs composed {b}");
+    for act in MONARCH_FUSED_ACTS {
+        check(|v| v[0].monarch_linear_act(&v[1], &v[2], Some(&v[3]), 5, act), &inputs);
+        check(|v| v[0].monarch_linear_act(&v[1], &v[2], None, 6, act), &inputs[..3]);
+        check(
+            |v| v[0].monarch_linear_act(&v[1], &v[2], Some(&v[3]), 4, act),
+            &[rnd(&[2, 3, 4], 25), rnd(&[2, 3, 2], 26), rnd(&[2, 2, 3], 27), rnd(&[4], 28)],
+        );
+        assert!(Tensor::monarch_linear_act(&inputs[0], &inputs[1], &inputs[2], None, 6, act).unwrap().is_some());
+        let grads = |fused: bool| {
+            let v: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
+            let y = if fused {
+                v[0].monarch_linear_act(&v[1], &v[2], Some(&v[3]), 5, act)
+            } else {
+                v[0].monarch_linear(&v[1], &v[2], Some(&v[3]), 5).and_then(|y| y.unary(act))
+            }
+            .unwrap();
+            let mut g = monarch_autograd::Gradients::new();
+            y.backward_with(rnd(&[4, 5], 29), &mut g).unwrap();
+            let mut all = vec![y.value().to_vec_f64().unwrap()];
+            all.extend(v.iter().map(|x| g.get(x).unwrap().to_vec_f64().unwrap()));
+            all
+        };
+        for (i, (f, c)) in grads(true).iter().zip(grads(false)).enumerate() {
+            for (a, b) in f.iter().zip(&c) {
+                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{act:?} output {i}: fused {a} vs composed {b}");
+            }
         }
     }
+    // Other activations are composed, not fused.
+    assert!(Tensor::monarch_linear_act(&inputs[0], &inputs[1], &inputs[2], None, 6, UnaryOp::Exp).unwrap().is_none());
 }
 
 #[test]

@@ -26,24 +26,33 @@ constexpr i64 NO_LIMIT = INT64_MAX;
 struct GemmKernels {
     void (*gemm)(GroupedGemm);
     void (*splits)(GroupedGemm);
-    void (*permute)(const void*, void*, const void*, const void*, int, int, int, int, int);
+    void (*permute)(const void*, void*, const void*, const void*, int, int, int, int, int, int);
 };
 
 /// `permute` of the launcher: natural (rows, mout) -> group-major (rows, l·s) if
-/// `to_group`, else back, adding `bias` if not null; `act` and `aux` as in the kernel.
+/// `to_group`, else back, adding `bias` if not null; `act`, `fn` and `aux` as in the kernel.
 static void permute(GemmKernels k, const void* src, void* dst, const void* bias, int rows, int l, int s, int mout,
-                    bool to_group, int act = 0, const void* aux = nullptr) {
+                    bool to_group, int act = 0, const void* aux = nullptr, int fn = MP_GELU_TANH) {
     const int per = MP_CHUNK / l;
     emu::launch({(unsigned)(rows * ((s + per - 1) / per)), 1, 1}, {256, 1, 1},
-                [&] { k.permute(src, dst, bias, aux, l, s, mout, to_group, act); });
+                [&] { k.permute(src, dst, bias, aux, l, s, mout, to_group, act, fn); });
 }
 
-/// tanh-GELU and its derivative in f64, from the formula.
-static double gelu_ref(double x) { return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
-static double gelu_grad_ref(double x) {
-    const double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = tanh(u);
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+/// The activations (tanh-GELU, erf-GELU, ReLU) and their derivatives in f64, from the formulas.
+static double act_ref(int fn, double x) {
+    if (fn == MP_GELU_TANH) return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+    if (fn == MP_GELU_ERF) return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+    return x > 0 ? x : 0.0;
 }
+static double act_grad_ref(int fn, double x) {
+    if (fn == MP_GELU_TANH) {
+        const double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = tanh(u);
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+    }
+    if (fn == MP_GELU_ERF) return 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+    return x > 0 ? 1.0 : 0.0;
+}
+static const char* act_name(int fn) { return fn == MP_GELU_TANH ? "gelu_tanh" : fn == MP_GELU_ERF ? "gelu_erf" : "relu"; }
 
 /// monarch_permute alone, both ways: rows longer than one chunk, a ragged last chunk,
 /// zeros past mout (to group-major), the bias (back).
@@ -53,42 +62,53 @@ template <typename T> static int permute_case(int rows, int l, int s, int mout, 
     std::vector<T> grouped = emu::poisoned<T>((size_t)rows * l * s), natural = emu::poisoned<T>((size_t)rows * mout);
     permute(k, src.dev.data(), grouped.data(), nullptr, rows, l, s, mout, true);
     permute(k, grouped_src.dev.data(), natural.data(), bias.dev.data(), rows, l, s, mout, false);
-    // The fused GELU: forward back to natural order (with and without the bias), and its
-    // gradient to group-major from the natural output gradient `src` and the
-    // pre-activation `grouped_src`.
-    std::vector<T> gelu = emu::poisoned<T>(natural.size()), gelu_nb = emu::poisoned<T>(natural.size()),
-                   dgrp = emu::poisoned<T>(grouped.size());
-    permute(k, grouped_src.dev.data(), gelu.data(), bias.dev.data(), rows, l, s, mout, false, MP_GELU);
-    permute(k, grouped_src.dev.data(), gelu_nb.data(), nullptr, rows, l, s, mout, false, MP_GELU);
-    permute(k, src.dev.data(), dgrp.data(), bias.dev.data(), rows, l, s, mout, true, MP_GELU_GRAD,
-            grouped_src.dev.data());
-    std::vector<double> want_gelu(natural.size()), want_gelu_nb(natural.size()), want_dg(grouped.size());
     std::vector<double> want_g(grouped.size()), want_n(natural.size());
     for (int b = 0; b < rows; b++)
         for (int ll = 0; ll < l; ll++)
             for (int ss = 0; ss < s; ss++) {
                 const size_t j = ss * l + ll, g = ((size_t)b * l + ll) * s + ss;
                 want_g[g] = j < (size_t)mout ? src.ref[(size_t)b * mout + j] : 0.0;
-                if (j < (size_t)mout) {  // the sum rounded to T, as the kernel stores it
-                    const size_t n = (size_t)b * mout + j;
-                    const double h = grouped_src.ref[g] + bias.ref[j];
-                    want_n[n] = emu::Elem<T>::load(emu::Elem<T>::store((float)h));
-                    want_gelu[n] = gelu_ref(h);
-                    want_gelu_nb[n] = gelu_ref(grouped_src.ref[g]);
-                    want_dg[g] = src.ref[n] * gelu_grad_ref(h);
-                }
+                if (j < (size_t)mout)  // the sum rounded to T, as the kernel stores it
+                    want_n[(size_t)b * mout + j] =
+                        emu::Elem<T>::load(emu::Elem<T>::store((float)(grouped_src.ref[g] + bias.ref[j])));
             }
-    // GELU through tanh.approx in bf16 and bf16 rounding: 1e-2 of the largest value; f32: 1e-5.
-    const double tol = std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
-    Compare cg("to group-major", 0.0), cn("back, + bias", 0.0), ce("gelu", tol), ce2("gelu, no bias", tol),
-        cd("gelu grad", tol);
+    Compare cg("to group-major", 0.0), cn("back, + bias", 0.0);
     cg.all(grouped, want_g);
     cn.all(natural, want_n);
-    ce.all(gelu, want_gelu);
-    ce2.all(gelu_nb, want_gelu_nb);
-    cd.all(dgrp, want_dg);
-    return emu::report(emu::fmt("permute %-4s rows=%d l=%d s=%d mout=%d", emu::Elem<T>::name, rows, l, s, mout),
-                       {&cg, &cn, &ce, &ce2, &cd});
+    int fails = emu::report(emu::fmt("permute %-4s rows=%d l=%d s=%d mout=%d", emu::Elem<T>::name, rows, l, s, mout),
+                            {&cg, &cn});
+    // Each fused activation: forward back to natural order (with and without the bias), and
+    // its gradient to group-major from the natural output gradient `src` and the
+    // pre-activation `grouped_src`. tanh.approx in bf16 and bf16 rounding: 1e-2 of the
+    // largest value; f32: 1e-5.
+    const double tol = std::is_same_v<T, bf16> ? 1e-2 : 1e-5;
+    for (int fn : {MP_GELU_TANH, MP_GELU_ERF, MP_RELU}) {
+        std::vector<T> act = emu::poisoned<T>(natural.size()), act_nb = emu::poisoned<T>(natural.size()),
+                       dgrp = emu::poisoned<T>(grouped.size());
+        permute(k, grouped_src.dev.data(), act.data(), bias.dev.data(), rows, l, s, mout, false, MP_ACT, nullptr, fn);
+        permute(k, grouped_src.dev.data(), act_nb.data(), nullptr, rows, l, s, mout, false, MP_ACT, nullptr, fn);
+        permute(k, src.dev.data(), dgrp.data(), bias.dev.data(), rows, l, s, mout, true, MP_ACT_GRAD,
+                grouped_src.dev.data(), fn);
+        std::vector<double> want_a(natural.size()), want_nb(natural.size()), want_d(grouped.size(), 0.0);
+        for (int b = 0; b < rows; b++)
+            for (int ll = 0; ll < l; ll++)
+                for (int ss = 0; ss < s; ss++) {
+                    const size_t j = ss * l + ll, g = ((size_t)b * l + ll) * s + ss, n = (size_t)b * mout + j;
+                    if (j >= (size_t)mout) continue;
+                    const double h = grouped_src.ref[g] + bias.ref[j];
+                    want_a[n] = act_ref(fn, h);
+                    want_nb[n] = act_ref(fn, grouped_src.ref[g]);
+                    want_d[g] = src.ref[n] * act_grad_ref(fn, h);
+                }
+        Compare ca("act", tol), cb("act, no bias", tol), cd("act grad", tol);
+        ca.all(act, want_a);
+        cb.all(act_nb, want_nb);
+        cd.all(dgrp, want_d);
+        fails += emu::report(emu::fmt("permute %-4s rows=%d l=%d s=%d mout=%d %s fused", emu::Elem<T>::name, rows, l, s,
+                                      mout, act_name(fn)),
+                             {&ca, &cb, &cd});
+    }
+    return fails;
 }
 
 static GemmOperand op(const void* p, i64 sg, i64 sx, i64 sy, i64 col_lim, int row_dim) {
@@ -227,15 +247,15 @@ struct Dims {
 
 /// How the launcher lays out the permuted rows: its default, MONARCH_GROUP_MAJOR=0 (no
 /// group-major copies) or MONARCH_STRIDED_STORES=1 (copies for the rows read only); or
-/// the default with the tanh-GELU fused into the output's permutations
-/// (monarch_forward_gelu / monarch_backward_gelu: `dout` is then the GELU output's
+/// the default with an activation (`fn`) fused into the output's permutations
+/// (monarch_forward_act / monarch_backward_act: `dout` is then the activation output's
 /// gradient).
-enum class Rows { Default, InPlace, StridedStores, FusedGelu };
+enum class Rows { Default, InPlace, StridedStores, FusedAct };
 
 /// monarch_forward then monarch_backward with the launcher's six descriptors.
 template <typename T>
 static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, double tol, uint64_t seed,
-                        Rows rows = Rows::Default) {
+                        Rows rows = Rows::Default, int fn = MP_GELU_TANH) {
     if (d.l * d.r != d.k * d.q || d.n_in > d.k * d.p || d.m_out > d.l * d.s) emu::die("inconsistent Monarch sizes");
     emu::Rng rng(seed);
     const int kq = d.k * d.q, nin = d.n_in, mout = d.m_out, B = d.batch;
@@ -270,16 +290,16 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     if (io_g) y_c = out(yg.data(), d.s, (i64)d.l * d.s, 1, NO_LIMIT, 1);
     grouped_gemm<T>(dev, kern, op(out1.data(), mid_sg, kq, mid_srr, NO_LIMIT, 1),
                     op(w2.dev.data(), d.s * d.r, d.r, 1, NO_LIMIT, 0), y_c, false, B, d.s, d.r, d.l);
-    const bool gelu = rows == Rows::FusedGelu;
-    if (gelu && !io_g) emu::die("the fused GELU needs the group-major layout");
-    if (io_g) permute(kern, yg.data(), y.data(), bias.dev.data(), B, d.l, d.s, mout, false, gelu ? MP_GELU : 0);
+    const bool gelu = rows == Rows::FusedAct;
+    if (gelu && !io_g) emu::die("the fused activation needs the group-major layout");
+    if (io_g) permute(kern, yg.data(), y.data(), bias.dev.data(), B, d.l, d.s, mout, false, gelu ? MP_ACT : 0, nullptr, fn);
     // monarch_backward: dout group-major ([b, ll·s+ss], zero past m_out) likewise; with
-    // the GELU, times GELU' at the kept pre-activation yg plus the bias.
+    // the activation, times its derivative at the kept pre-activation yg plus the bias.
     const bool dg = grouped;
     std::vector<T> doutg = emu::poisoned<T>(dg ? (size_t)B * d.l * d.s : 0);
     if (dg)
         permute(kern, dout.dev.data(), doutg.data(), gelu ? bias.dev.data() : nullptr, B, d.l, d.s, mout, true,
-                gelu ? MP_GELU_GRAD : 0, gelu ? yg.data() : nullptr);
+                gelu ? MP_ACT_GRAD : 0, gelu ? yg.data() : nullptr, fn);
     const T* dptr = dg ? doutg.data() : dout.dev.data();
     const i64 d_sg = dg ? d.s : 1, d_sb = dg ? d.l * d.s : mout, d_sss = dg ? 1 : d.l, d_lim = dg ? NO_LIMIT : mout;
     // The first product writes dout1 group-major ([b, ll·r+rr]) when grouped, permuted
@@ -308,7 +328,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
         return emu::Elem<T>::load(yg[(size_t)b * d.l * d.s + (size_t)(c % d.l) * d.s + c / d.l]) + bias.ref[c];
     };
     auto DO = [&](int b, int c) {
-        return c < mout ? dout.ref[(size_t)b * mout + c] * (gelu ? gelu_grad_ref(Z(b, c)) : 1.0) : 0.0;
+        return c < mout ? dout.ref[(size_t)b * mout + c] * (gelu ? act_grad_ref(fn, Z(b, c)) : 1.0) : 0.0;
     };
     auto W1 = [&](int kk, int qq, int pp) { return w1.ref[((size_t)kk * d.q + qq) * d.p + pp]; };
     auto W2 = [&](int ll, int ss, int rr) { return w2.ref[((size_t)ll * d.s + ss) * d.r + rr]; };
@@ -331,7 +351,7 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
                 double s = 0;
                 for (int rr = 0; rr < d.r; rr++) s += W2(ll, ss, rr) * O1(b, rr * d.l + ll);
                 const double z = s + bias.ref[ss * d.l + ll];
-                r_y[(size_t)b * mout + ss * d.l + ll] = gelu ? gelu_ref(z) : z;
+                r_y[(size_t)b * mout + ss * d.l + ll] = gelu ? act_ref(fn, z) : z;
             }
         for (int ll = 0; ll < d.l; ll++)
             for (int rr = 0; rr < d.r; rr++) {
@@ -369,22 +389,23 @@ static int monarch_case(Dims d, bool accumulate, unsigned sm, GemmKernels kern, 
     return emu::report(emu::fmt("monarch %-4s batch=%d n_in=%d m_out=%d k,q,p=%d,%d,%d l,s,r=%d,%d,%d acc=%d "
                                 "dw-splits=%d,%d out1 %s",
                                 emu::Elem<T>::name, B, nin, mout, d.k, d.q, d.p, d.l, d.s, d.r, accumulate, s1, s2,
-                                grouped ? (io_g ? (gelu ? "group-major, gelu fused" : "group-major") : "group-major, stores in place") : "natural"),
+                                grouped ? (io_g ? (gelu ? act_name(fn) : "group-major") : "group-major, stores in place") : "natural"),
                        {&c1, &cy, &cd1, &cx, &cw1, &cw2});
 }
 
 int main() {
     int fails = 0;
     const GemmKernels f32{grouped_gemm_f32, grouped_gemm_splits_f32,
-                          [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act) {
+                          [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act,
+                             int fn) {
                               monarch_permute_f32(static_cast<const float*>(a), static_cast<float*>(b),
                                                   static_cast<const float*>(c), static_cast<const float*>(x), l, s, m,
-                                                  g, act);
+                                                  g, act, fn);
                           }},
         bf{grouped_gemm_bf16, grouped_gemm_splits_bf16,
-           [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act) {
+           [](const void* a, void* b, const void* c, const void* x, int l, int s, int m, int g, int act, int fn) {
                monarch_permute_bf16(static_cast<const bf16*>(a), static_cast<bf16*>(b), static_cast<const bf16*>(c),
-                                    static_cast<const bf16*>(x), l, s, m, g, act);
+                                    static_cast<const bf16*>(x), l, s, m, g, act, fn);
            }};
     fails += permute_case<bf16>(3, 3, 1500, 3 * 1500 - 7, bf, 30);  // element by element
     fails += permute_case<float>(2, 4, 600, 2400, f32, 31);        // 16-byte chunks both sides
@@ -440,10 +461,11 @@ int main() {
     fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, true, 132, bf, tb, 30, Rows::StridedStores);
     fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 31, Rows::StridedStores);
     fails += monarch_case<float>({300, 64, 64, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 32, Rows::StridedStores);
-    // The fused GELU: the MLP block's l = k = 4 in bf16, a truncated output in f32, and
-    // ragged q % l != 0.
-    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 33, Rows::FusedGelu);
-    fails += monarch_case<float>({300, 60, 62, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 34, Rows::FusedGelu);
-    fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 35, Rows::FusedGelu);
+    // The fused activations: the MLP block's l = k = 4 in bf16 (tanh-GELU), a truncated
+    // output in f32 (erf-GELU), ragged q % l != 0 (ReLU).
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, false, 132, bf, tb, 33, Rows::FusedAct);
+    fails += monarch_case<float>({300, 60, 62, 4, 8, 16, 4, 16, 8}, true, 132, f32, tf, 34, Rows::FusedAct, MP_GELU_ERF);
+    fails += monarch_case<bf16>({70, 50, 55, 4, 9, 16, 6, 10, 6}, false, 132, bf, tb, 35, Rows::FusedAct, MP_RELU);
+    fails += monarch_case<bf16>({260, 96, 192, 4, 24, 24, 4, 48, 24}, true, 132, bf, tb, 36, Rows::FusedAct, MP_GELU_ERF);
     return fails ? 1 : 0;
 }

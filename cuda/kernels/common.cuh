@@ -76,6 +76,17 @@ __device__ __forceinline__ float gelu_tanh_df(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * sech2 * SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_C * x2);
 }
 
+#define FRAC_1_SQRT_2 0.7071067811865476f
+#define FRAC_1_SQRT_2PI 0.3989422804014327f
+
+/// GELU, exact form: 0.5·x·(1 + erf(x/√2)).
+__device__ __forceinline__ float gelu_erf_f(float x) { return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2)); }
+
+/// d/dx of gelu_erf_f: Φ(x) + x·φ(x).
+__device__ __forceinline__ float gelu_erf_df(float x) {
+    return 0.5f * (1.0f + erff(x * FRAC_1_SQRT_2)) + x * expf(-0.5f * x * x) * FRAC_1_SQRT_2PI;
+}
+
 #define NEG_INF __int_as_float(0xff800000)
 #define POS_INF __int_as_float(0x7f800000)
 

@@ -218,32 +218,47 @@ template <typename T> __device__ void grouped_gemm_splits_run(const GroupedGemm&
 /// MP_CHUNK / l values of ss): both sides of a chunk are l*n or n contiguous elements,
 /// read and written coalesced through shared memory. Grid rows * ceil(s / (MP_CHUNK / l))
 /// on x, 256 threads.
-/// `act` fuses the tanh-GELU that follows a Monarch layer: 1 (back only) stores
-/// gelu(src + bias) instead of src + bias; 2 (to group-major only) stores dh =
-/// src · gelu'(aux + bias), src the natural gradient of the GELU's output and aux the
-/// group-major pre-activation that act 1 read (bias not added), 0 past mout.
+/// `act` fuses the activation `fn` that follows a Monarch layer (MP_GELU_TANH,
+/// MP_GELU_ERF, MP_RELU): MP_ACT (back only) stores f(src + bias) instead of src + bias;
+/// MP_ACT_GRAD (to group-major only) stores dh = src · f'(aux + bias), src the natural
+/// gradient of the activation's output and aux the group-major pre-activation that
+/// MP_ACT read (bias not added), 0 past mout.
 #define MP_CHUNK 2048
-#define MP_GELU 1
-#define MP_GELU_GRAD 2
+#define MP_ACT 1
+#define MP_ACT_GRAD 2
+#define MP_GELU_TANH 0
+#define MP_GELU_ERF 1
+#define MP_RELU 2
 
-/// The act-2 value of group-major entry gi (natural column j) of one row.
-template <typename T>
-__device__ __forceinline__ T gelu_grad_at(T da, const T* __restrict__ aux_row, const T* __restrict__ bias, i64 gi, i64 j,
-                                          int mout) {
-    if (j >= mout) return from_f32<T>(0.0f);
-    const float h = to_f32(aux_row[gi]) + (bias ? to_f32(bias[j]) : 0.0f);
-    return from_f32<T>(to_f32(da) * gelu_tanh_df(h));
+/// The activation `fn` at x; A as for tanh_of.
+template <bool A> __device__ __forceinline__ float act_f(int fn, float x) {
+    return fn == MP_GELU_TANH ? gelu_tanh_f<A>(x) : fn == MP_GELU_ERF ? gelu_erf_f(x) : fmaxf(x, 0.0f);
 }
 
-/// The back-permuted value v plus its bias b, through the GELU when act is 1.
-template <typename T> __device__ __forceinline__ T biased(T v, float b, int act) {
+/// Its derivative at x.
+__device__ __forceinline__ float act_df(int fn, float x) {
+    return fn == MP_GELU_TANH ? gelu_tanh_df(x) : fn == MP_GELU_ERF ? gelu_erf_df(x) : (x > 0.0f ? 1.0f : 0.0f);
+}
+
+/// The MP_ACT_GRAD value of group-major entry gi (natural column j) of one row.
+template <typename T>
+__device__ __forceinline__ T act_grad_at(T da, const T* __restrict__ aux_row, const T* __restrict__ bias, i64 gi, i64 j,
+                                         int mout, int fn) {
+    if (j >= mout) return from_f32<T>(0.0f);
+    const float h = to_f32(aux_row[gi]) + (bias ? to_f32(bias[j]) : 0.0f);
+    return from_f32<T>(to_f32(da) * act_df(fn, h));
+}
+
+/// The back-permuted value v plus its bias b, through the activation with MP_ACT.
+template <typename T> __device__ __forceinline__ T biased(T v, float b, int act, int fn) {
     const float x = to_f32(v) + b;
-    return from_f32<T>(act == MP_GELU ? gelu_tanh_f<sizeof(T) == 2>(x) : x);
+    return from_f32<T>(act == MP_ACT ? act_f<sizeof(T) == 2>(fn, x) : x);
 }
 
 template <typename T>
 __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ dst, const T* __restrict__ bias,
-                                    const T* __restrict__ aux, int l, int s, int mout, int to_group, int act) {
+                                    const T* __restrict__ aux, int l, int s, int mout, int to_group, int act,
+                                    int fn) {
     constexpr int V = 16 / sizeof(T);
     typedef Pack<T, V> P;
     __shared__ __align__(16) T tile[MP_CHUNK];  // the chunk in natural order: tile[ss*l + ll]
@@ -303,7 +318,9 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
 #pragma unroll
             for (int e = 0; e < V; e++) {
                 const T t = tile[(ss + e) * l + ll];
-                v.v[e] = act == MP_GELU_GRAD ? gelu_grad_at(t, aux_row, bias, gi + e, (i64)(s0 + ss + e) * l + ll, mout) : t;
+                v.v[e] = act == MP_ACT_GRAD
+                             ? act_grad_at(t, aux_row, bias, gi + e, (i64)(s0 + ss + e) * l + ll, mout, fn)
+                             : t;
             }
             *reinterpret_cast<P*>(out + gi) = v;
         }
@@ -314,7 +331,7 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
                 P bv;
                 if (bias) bv = reinterpret_cast<const P*>(bias + (i64)s0 * l)[i];
 #pragma unroll
-                for (int e = 0; e < V; e++) v.v[e] = biased(v.v[e], bias ? to_f32(bv.v[e]) : 0.0f, act);
+                for (int e = 0; e < V; e++) v.v[e] = biased(v.v[e], bias ? to_f32(bv.v[e]) : 0.0f, act, fn);
             }
             reinterpret_cast<P*>(nat_out)[i] = v;
         }
@@ -327,10 +344,10 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
             const int ll = i / n, ss = i % n;
             const i64 gi = (i64)ll * s + s0 + ss;
             const T t = tile[ss * l + ll];
-            out[gi] = act == MP_GELU_GRAD ? gelu_grad_at(t, aux_row, bias, gi, (i64)(s0 + ss) * l + ll, mout) : t;
+            out[gi] = act == MP_ACT_GRAD ? act_grad_at(t, aux_row, bias, gi, (i64)(s0 + ss) * l + ll, mout, fn) : t;
         } else {
             const int j = s0 * l + i;
-            if (j < mout) nat_out[i] = bias || act ? biased(tile[i], bias ? to_f32(bias[j]) : 0.0f, act) : tile[i];
+            if (j < mout) nat_out[i] = bias || act ? biased(tile[i], bias ? to_f32(bias[j]) : 0.0f, act, fn) : tile[i];
         }
     }
 }
@@ -341,8 +358,8 @@ __device__ void monarch_permute_run(const T* __restrict__ src, T* __restrict__ d
     }                                                                                                            \
     extern "C" __global__ void grouped_gemm_splits_##SUF(GroupedGemm p) { grouped_gemm_splits_run<T>(p); }     \
     extern "C" __global__ void monarch_permute_##SUF(const T* src, T* dst, const T* bias, const T* aux, int l,     \
-                                                     int s, int mout, int to_group, int act) {                    \
-        monarch_permute_run<T>(src, dst, bias, aux, l, s, mout, to_group, act);                                  \
+                                                     int s, int mout, int to_group, int act, int fn) {            \
+        monarch_permute_run<T>(src, dst, bias, aux, l, s, mout, to_group, act, fn);                              \
     }
 
 MONARCH_KERNELS(float, f32)

@@ -5,8 +5,6 @@
 // (powf: exponent; affine: mul, add; clamp: min, max). Contiguous data, grid-stride,
 // 16-byte vector accesses when both pointers allow.
 
-#define FRAC_1_SQRT_2 0.7071067811865476f
-#define FRAC_1_SQRT_2PI 0.3989422804014327f
 
 /// f(x); A (bf16 data): tanh through `tanh_of<true>`, whose error is below bf16's rounding.
 template <int OP, bool A> __device__ __forceinline__ float unary_f(float x, float p0, float p1) {
@@ -20,7 +18,7 @@ template <int OP, bool A> __device__ __forceinline__ float unary_f(float x, floa
         case 6: return 1.0f / (1.0f + expf(-x));
         case 7: return fmaxf(x, 0.0f);
         case 8: return gelu_tanh_f<A>(x);
-        case 9: return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2));
+        case 9: return gelu_erf_f(x);
         case 10: return x / (1.0f + expf(-x));
         case 11: return fabsf(x);
         case 12: return x * x;
@@ -43,10 +41,7 @@ template <int OP, bool A> __device__ __forceinline__ float unary_df(float s, flo
         case 6: return s * (1.0f - s);
         case 7: return s > 0.0f ? 1.0f : 0.0f;
         case 8: return gelu_tanh_df(s);
-        case 9: {
-            const float cdf = 0.5f * (1.0f + erff(s * FRAC_1_SQRT_2));
-            return cdf + s * expf(-0.5f * s * s) * FRAC_1_SQRT_2PI;
-        }
+        case 9: return gelu_erf_df(s);
         case 10: {
             const float sig = 1.0f / (1.0f + expf(-s));
             return sig * (1.0f + s * (1.0f - sig));

@@ -4,7 +4,7 @@
 use crate::structured::{LinearKind, LinearLayer};
 use crate::{Ctx, Module, NamedParams, prefixed};
 use monarch_autograd::Var;
-use monarch_tensor::Result;
+use monarch_tensor::{Result, UnaryOp};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -22,13 +22,18 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The elementwise op.
+    pub fn op(self) -> UnaryOp {
+        match self {
+            Activation::GeluTanh => UnaryOp::GeluTanh,
+            Activation::GeluErf => UnaryOp::GeluErf,
+            Activation::Relu => UnaryOp::Relu,
+        }
+    }
+
     /// Applies the nonlinearity.
     pub fn apply(self, x: &Var) -> Result<Var> {
-        match self {
-            Activation::GeluTanh => x.gelu_tanh(),
-            Activation::GeluErf => x.gelu_erf(),
-            Activation::Relu => x.relu(),
-        }
+        x.unary(self.op())
     }
 }
 
@@ -70,10 +75,7 @@ impl Mlp {
 
     /// Applies the block to `x` of shape (.., in).
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let h = match self.act {
-            Activation::GeluTanh => self.fc1.forward_gelu_tanh(x)?,
-            act => act.apply(&self.fc1.forward(x)?)?,
-        };
+        let h = self.fc1.forward_act(x, self.act)?;
         self.fc2.forward(&ctx.dropout(&h, self.dropout)?)
     }
 

@@ -28,7 +28,7 @@ pub use masks::{BlockMask, FlatButterfly};
 pub use monarch_cuda::{KernelTime, MemoryStats, WarmedKernel, format_kernel_times};
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};
-pub use ops::{BlockSparsePlan, MonarchGeluOut, MonarchOut, MonarchShape};
+pub use ops::{BlockSparsePlan, MONARCH_FUSED_ACTS, MonarchActOut, MonarchOut, MonarchShape};
 pub use safetensors_io::{SafetensorsFile, load_safetensors, load_safetensors_where, save_safetensors, write_atomic};
 pub use shape::{Dim, Dims, Shape};
 pub use storage::{CpuStorage, Storage};

@@ -3,7 +3,7 @@
 //! `cargo test -p monarch-tests --release --test cuda_tensors`.
 
 use monarch_autograd::{Gradients, Var};
-use monarch_nn::{LinearKind, SeedableRng, StdRng};
+use monarch_nn::{Activation, LinearKind, SeedableRng, StdRng};
 use monarch_tensor::{
     AdamW, AttentionOpts, BlockMask, CmpOp, CrossEntropy, DType, Device, Error, Tensor, UnaryOp, cuda_device,
 };
@@ -181,11 +181,15 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
             let dev = kind.build(inp, out, true, &mut StdRng::seed_from_u64(10)).unwrap();
             monarch_nn::to_device(&*dev, GPU).unwrap();
             let (x, dy) = (rnd(&[2, 7, inp], 11), rnd(&[2, 7, out], 12));
-            // The layer alone, then with its tanh-GELU (fused for Monarch on the GPU).
-            for gelu in [false, true] {
+            // The layer alone, then with each MLP activation (fused for Monarch).
+            for act in [None, Some(Activation::GeluTanh), Some(Activation::GeluErf), Some(Activation::Relu)] {
                 let run = |layer: &dyn monarch_nn::LinearLayer, d: Device| {
                     let xv = Var::leaf(x.to_device(d).unwrap());
-                    let y = if gelu { layer.forward_gelu_tanh(&xv) } else { layer.forward(&xv) }.unwrap();
+                    let y = match act {
+                        Some(a) => layer.forward_act(&xv, a),
+                        None => layer.forward(&xv),
+                    }
+                    .unwrap();
                     let mut grads = Gradients::new();
                     y.backward_with(dy.to_device(d).unwrap(), &mut grads).unwrap();
                     let mut all = vec![y.value().clone(), grads.get(&xv).unwrap().clone()];
@@ -195,7 +199,7 @@ fn layers_train_on_the_gpu_as_on_the_cpu() {
                 };
                 let ((on_gpu, gpu_norm), (on_cpu, cpu_norm)) = (run(&*dev, GPU), run(&*cpu, Device::Cpu));
                 for (i, (g, c)) in on_gpu.iter().zip(on_cpu).enumerate() {
-                    assert_eq!(g.device(), GPU, "{kind:?} gelu {gelu} output {i}");
+                    assert_eq!(g.device(), GPU, "{kind:?} {act:?} output {i}");
                     close(g, &c, 1e-4);
                 }
                 assert!((gpu_norm - cpu_norm).abs() <= 1e-4 * cpu_norm, "{kind:?}: norm {gpu_norm} vs {cpu_norm}");
@@ -224,32 +228,36 @@ fn bf16_monarch_layers_on_the_gpu_match_the_cpu() {
         }
         monarch_nn::to_device(&*dev, GPU).unwrap();
         let (x, dy) = (round(&rnd(&[64, inp], 21)), round(&rnd(&[64, out], 22)));
-        let run = |layer: &dyn monarch_nn::LinearLayer, d: Device, dt: DType, gelu: bool| {
+        let run = |layer: &dyn monarch_nn::LinearLayer, d: Device, dt: DType, act: Option<Activation>| {
             let xv = Var::leaf(x.to_dtype(dt).unwrap().to_device(d).unwrap());
-            let y = if gelu { layer.forward_gelu_tanh(&xv) } else { layer.forward(&xv) }.unwrap();
+            let y = match act {
+                Some(a) => layer.forward_act(&xv, a),
+                None => layer.forward(&xv),
+            }
+            .unwrap();
             let mut grads = Gradients::new();
             y.backward_with(dy.to_dtype(dt).unwrap().to_device(d).unwrap(), &mut grads).unwrap();
             let mut all = vec![y.value().clone(), grads.get(&xv).unwrap().clone()];
             all.extend(layer.named_params().iter().map(|(_, p)| grads.get(p).unwrap().clone()));
             all
         };
-        // The layer alone, then with its tanh-GELU: fused into the permutation passes in
-        // the default layout (the pre-activation kept group-major for the backward).
-        for gelu in [false, true] {
-            let want = run(&*cpu, Device::Cpu, DType::F32, gelu);
-            for (i, (g, c)) in run(&*dev, GPU, DType::BF16, gelu).iter().zip(&want).enumerate() {
-                assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16), "{inp}->{out} gelu {gelu} output {i}");
+        // The layer alone, then with the GELUs: fused into the permutation passes in the
+        // default layout (the pre-activation kept group-major for the backward).
+        for act in [None, Some(Activation::GeluTanh), Some(Activation::GeluErf)] {
+            let want = run(&*cpu, Device::Cpu, DType::F32, act);
+            for (i, (g, c)) in run(&*dev, GPU, DType::BF16, act).iter().zip(&want).enumerate() {
+                assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16), "{inp}->{out} {act:?} output {i}");
                 // Relative to the output's largest magnitude: bf16 products of 192-768 terms.
                 let scale = c.to_vec_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
                 close(&g.mul_scalar(1.0 / scale as f64).unwrap(), &c.mul_scalar(1.0 / scale as f64).unwrap(), 2e-2);
             }
         }
-        // Without the layout switches, the GELU is fused (not composed) here.
+        // Without the layout switches, the activation is fused (not composed) here.
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         if env("MONARCH_GROUP_MAJOR") != "0" && env("MONARCH_STRIDED_STORES") != "1" {
             let p: Vec<Tensor> = dev.named_params().iter().map(|(_, p)| p.value()).collect();
             let xg = x.to_dtype(DType::BF16).unwrap().to_device(GPU).unwrap();
-            assert!(xg.monarch_linear_gelu(&p[0], &p[1], p.get(2), out).unwrap().is_some());
+            assert!(xg.monarch_linear_act(&p[0], &p[1], p.get(2), out, UnaryOp::GeluTanh).unwrap().is_some());
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Monarch product and the Monarch layer.
 
 use crate::{Var, autocast};
+use monarch_tensor::ops::UnaryOp;
 use monarch_tensor::{Result, Tensor};
 
 impl Var {
@@ -44,30 +45,32 @@ impl Var {
             Ok(grads)
         })
     }
-    /// `gelu_tanh(self.monarch_linear(w1, w2, bias, out))`: one op with the activation
-    /// fused into the Monarch layer's output permutation forward and into its gradient's
-    /// backward where [`Tensor::monarch_linear_gelu`] can (the CPU, and a GPU in the
+    /// `self.monarch_linear(w1, w2, bias, out)` followed by `act`: one op with the
+    /// activation fused into the Monarch layer's output permutation forward and into its
+    /// gradient's backward where [`Tensor::monarch_linear_act`] can (the MLP activations
+    /// of [`monarch_tensor::MONARCH_FUSED_ACTS`], on the CPU and on a GPU in the
     /// group-major layout); the two ops composed elsewhere. The same function either way.
-    pub fn monarch_linear_gelu(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize) -> Result<Var> {
+    pub fn monarch_linear_act(&self, w1: &Var, w2: &Var, bias: Option<&Var>, out: usize, act: UnaryOp) -> Result<Var> {
         let low = match bias {
             Some(b) => {
-                autocast::cast([self, w1, w2, b], |[x, w1, w2, b]| x.monarch_linear_gelu(&w1, &w2, Some(&b), out))
+                autocast::cast([self, w1, w2, b], |[x, w1, w2, b]| x.monarch_linear_act(&w1, &w2, Some(&b), out, act))
             }
-            None => autocast::cast([self, w1, w2], |[x, w1, w2]| x.monarch_linear_gelu(&w1, &w2, None, out)),
+            None => autocast::cast([self, w1, w2], |[x, w1, w2]| x.monarch_linear_act(&w1, &w2, None, out, act)),
         };
         if let Some(r) = low {
             return r;
         }
         let bias_t = bias.map(|b| b.value().clone());
-        let Some(res) = self.value().monarch_linear_gelu(w1.value(), w2.value(), bias_t.as_ref(), out)? else {
-            return self.monarch_linear(w1, w2, bias, out)?.gelu_tanh();
+        let Some(res) = self.value().monarch_linear_act(w1.value(), w2.value(), bias_t.as_ref(), out, act)? else {
+            return self.monarch_linear(w1, w2, bias, out)?.unary(act);
         };
         let (x, a, b, mid, pre) = (self.value().clone(), w1.value().clone(), w2.value().clone(), res.mid, res.pre);
         let mut inputs = vec![self, w1, w2];
         inputs.extend(bias);
-        Var::record_n("monarch_linear_gelu", res.y, &inputs, move |g, needs| {
+        Var::record_n("monarch_linear_act", res.y, &inputs, move |g, needs| {
             let want = [needs[0], needs[1], needs[2], needs.get(3).copied().unwrap_or(false)];
-            let [dx, dw1, dw2, db] = Tensor::monarch_gelu_backward(&x, &a, &b, bias_t.as_ref(), &mid, &pre, g, want)?;
+            let saved = [&mid, &pre];
+            let [dx, dw1, dw2, db] = Tensor::monarch_act_backward(&x, &a, &b, bias_t.as_ref(), saved, g, act, want)?;
             let mut grads = smallvec::smallvec![dx, dw1, dw2];
             if needs.len() == 4 {
                 grads.push(db);

@@ -2,8 +2,8 @@
 //! forward, four backward), on group-major copies of the permuted rows made by
 //! `monarch_permute` passes ([`MonarchDims::group_major`]) or with the permutations
 //! folded into the index arithmetic; optionally the products on cuBLASLt
-//! ([`CUBLAS_ENV`]) and a following tanh-GELU fused into the permutation passes
-//! ([`monarch_forward_gelu`], [`monarch_backward_gelu`]).
+//! ([`CUBLAS_ENV`]) and a following activation fused into the permutation passes
+//! ([`monarch_forward_act`], [`monarch_backward_act`]).
 
 use crate::buffer::Check;
 use crate::device::Arg;
@@ -314,13 +314,14 @@ pub fn monarch_forward(
     forward(d, [x, w1, w2], bias, out1, None, out)
 }
 
-/// [`monarch_forward`] followed by the tanh-GELU, fused into the output's permutation
-/// pass: `out = gelu(blkdiag2 ⊙ P(out1) + bias)`, with the pre-activation saved in
-/// `pre` (batch, l·s) group-major, bias not added, for [`monarch_backward_gelu`]. Needs
+/// [`monarch_forward`] followed by `act`, fused into the output's permutation pass:
+/// `out = act(blkdiag2 ⊙ P(out1) + bias)`, with the pre-activation saved in `pre`
+/// (batch, l·s) group-major, bias not added, for [`monarch_backward_act`]. Needs
 /// [`MonarchDims::grouped_stores`].
 #[allow(clippy::too_many_arguments)]
-pub fn monarch_forward_gelu(
+pub fn monarch_forward_act(
     d: MonarchDims,
+    act: Act,
     x: View<'_>,
     w1: View<'_>,
     w2: View<'_>,
@@ -329,28 +330,33 @@ pub fn monarch_forward_gelu(
     pre: ViewMut<'_>,
     out: ViewMut<'_>,
 ) -> Result<()> {
-    forward(d, [x, w1, w2], bias, out1, Some(pre), out)
+    forward(d, [x, w1, w2], bias, out1, Some((act, pre)), out)
 }
 
-/// The refusal of a fused GELU where the output is not written group-major.
+/// The refusal of a fused activation where the output is not written group-major.
 fn needs_grouped_stores(d: &MonarchDims, op: &'static str) -> Result<()> {
     if !d.grouped_stores() {
-        crate::error::bail!(op, "the fused GELU needs the group-major layout (2 ≤ l ≤ 64, {STRIDED_STORES_ENV} unset)");
+        crate::error::bail!(
+            op,
+            "the fused activation needs the group-major layout (2 ≤ l ≤ 64, {STRIDED_STORES_ENV} unset)"
+        );
     }
     Ok(())
 }
 
-/// [`monarch_forward`], with the GELU fused and its pre-activation saved in `pre` if given.
+/// [`monarch_forward`], with an activation fused and its pre-activation saved in `pre`
+/// if given.
 fn forward(
     d: MonarchDims,
     [x, w1, w2]: [View<'_>; 3],
     bias: Option<View<'_>>,
     out1: ViewMut<'_>,
-    pre: Option<ViewMut<'_>>,
+    fused: Option<(Act, ViewMut<'_>)>,
     out: ViewMut<'_>,
 ) -> Result<()> {
     d.check()?;
-    let c = Check { op: if pre.is_some() { "monarch_forward_gelu" } else { "monarch_forward" } };
+    let (act, pre) = fused.map_or((None, None), |(a, p)| (Some(a), Some(p)));
+    let c = Check { op: if pre.is_some() { "monarch_forward_act" } else { "monarch_forward" } };
     let dt = x.dtype();
     c.input("x", &x, dt, d.batch * d.n_in)?;
     c.input("blkdiag1", &w1, dt, d.k * d.q * d.p)?;
@@ -384,7 +390,7 @@ fn forward(
     }
     run_gemm(&dev, dt, &second, d.cublas())?;
     if stores {
-        let fused = if pre.is_some() { Fused::Gelu } else { Fused::Nothing };
+        let fused = act.map_or(Fused::Nothing, Fused::Act);
         permute(&dev, dt, d.io_sizes(), [y, out.ptr(), bias, 0], false, fused)?;
     }
     Ok(())
@@ -449,10 +455,12 @@ pub fn monarch_backward(
     backward(d, [x, w1, w2, out1], dout, None, [dx, dw1, dw2], accumulate)
 }
 
-/// What [`monarch_backward_gelu`] needs of the fused GELU: the forward's `pre` and
-/// `bias`, and where the pre-activation's gradient goes.
-pub struct GeluGrad<'a> {
-    /// The pre-activation [`monarch_forward_gelu`] saved (batch, l·s), group-major.
+/// What [`monarch_backward_act`] needs of the fused activation: which it was, the
+/// forward's `pre` and `bias`, and where the pre-activation's gradient goes.
+pub struct ActGrad<'a> {
+    /// The activation.
+    pub act: Act,
+    /// The pre-activation [`monarch_forward_act`] saved (batch, l·s), group-major.
     pub pre: View<'a>,
     /// The forward's bias (m_out), if it had one.
     pub bias: Option<View<'a>>,
@@ -461,35 +469,35 @@ pub struct GeluGrad<'a> {
     pub dpre: ViewMut<'a>,
 }
 
-/// The backward of [`monarch_forward_gelu`] from the GELU output's gradient `dout`
-/// (batch, m_out): the GELU's derivative is fused into `dout`'s permutation pass, which
-/// writes `gelu.dpre`; then the four products of [`monarch_backward`].
+/// The backward of [`monarch_forward_act`] from the activation output's gradient `dout`
+/// (batch, m_out): the activation's derivative is fused into `dout`'s permutation pass,
+/// which writes `act.dpre`; then the four products of [`monarch_backward`].
 #[allow(clippy::too_many_arguments)]
-pub fn monarch_backward_gelu(
+pub fn monarch_backward_act(
     d: MonarchDims,
     x: View<'_>,
     w1: View<'_>,
     w2: View<'_>,
     out1: View<'_>,
     dout: View<'_>,
-    gelu: GeluGrad<'_>,
+    act: ActGrad<'_>,
     [dx, dw1, dw2]: [ViewMut<'_>; 3],
     accumulate: bool,
 ) -> Result<()> {
-    backward(d, [x, w1, w2, out1], dout, Some(gelu), [dx, dw1, dw2], accumulate)
+    backward(d, [x, w1, w2, out1], dout, Some(act), [dx, dw1, dw2], accumulate)
 }
 
-/// [`monarch_backward`], through the fused GELU's derivative when `gelu` is given.
+/// [`monarch_backward`], through the fused activation's derivative when `fused` is given.
 fn backward(
     d: MonarchDims,
     [x, w1, w2, out1]: [View<'_>; 4],
     dout: View<'_>,
-    gelu: Option<GeluGrad<'_>>,
+    fused: Option<ActGrad<'_>>,
     [dx, dw1, dw2]: [ViewMut<'_>; 3],
     accumulate: bool,
 ) -> Result<()> {
     d.check()?;
-    let c = Check { op: if gelu.is_some() { "monarch_backward_gelu" } else { "monarch_backward" } };
+    let c = Check { op: if fused.is_some() { "monarch_backward_act" } else { "monarch_backward" } };
     let dt = x.dtype();
     c.input("x", &x, dt, d.batch * d.n_in)?;
     c.input("blkdiag1", &w1, dt, d.k * d.q * d.p)?;
@@ -504,7 +512,7 @@ fn backward(
         &dev,
         [w1.device(), w2.device(), out1.device(), dout.device(), dx.device(), dw1.device(), dw2.device()],
     )?;
-    if let Some(g) = &gelu {
+    if let Some(g) = &fused {
         needs_grouped_stores(&d, c.op)?;
         c.input("pre", &g.pre, dt, d.batch * d.l * d.s)?;
         c.output("dpre", &g.dpre, dt, d.batch * d.l * d.s)?;
@@ -516,19 +524,19 @@ fn backward(
     }
     dt.kernel_suffix(c.op)?;
     let dout1 = dev.alloc(dt, d.batch * d.mid())?;
-    // Group-major copies of dout (read by the first and last products; with the GELU,
+    // Group-major copies of dout (read by the first and last products; with the activation,
     // dpre) and of the first product's output dout1 (permuted to natural order for the
     // second and third).
     let (grouped, stores) = (d.group_major(), d.grouped_stores());
     let (doutg, dout1g) = (
-        scratch(&dev, dt, grouped && gelu.is_none(), d.batch * d.l * d.s)?,
+        scratch(&dev, dt, grouped && fused.is_none(), d.batch * d.l * d.s)?,
         scratch(&dev, dt, stores, d.batch * d.mid())?,
     );
-    let dout_ptr = gelu.as_ref().map_or(ptr_or(&doutg, dout.ptr()), |g| g.dpre.ptr());
+    let dout_ptr = fused.as_ref().map_or(ptr_or(&doutg, dout.ptr()), |g| g.dpre.ptr());
     let dout1g_ptr = ptr_or(&dout1g, 0);
-    if let Some(g) = &gelu {
+    if let Some(g) = &fused {
         let (bias, pre) = (g.bias.as_ref().map_or(0, |b| b.ptr()), g.pre.ptr());
-        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, bias, pre], true, Fused::GeluGrad)?;
+        permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, bias, pre], true, Fused::Grad(g.act))?;
     } else if grouped {
         permute(&dev, dt, d.io_sizes(), [dout.ptr(), dout_ptr, 0, 0], true, Fused::Nothing)?;
     }
@@ -552,16 +560,38 @@ fn ptr_or(b: &Option<crate::DeviceBuffer>, or: u64) -> u64 {
     b.as_ref().map_or(or, |b| b.device_ptr())
 }
 
-/// What a permutation pass fuses (the kernel's `act`).
+/// An activation that the permutation passes apply on the way (the kernel's `fn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// GELU, tanh approximation.
+    GeluTanh = 0,
+    /// GELU, exact erf form.
+    GeluErf = 1,
+    /// ReLU.
+    Relu = 2,
+}
+
+/// What a permutation pass fuses (the kernel's `act` and `fn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fused {
     /// Nothing (a bias, if given, when going back to natural order).
-    Nothing = 0,
-    /// Back to natural order: the tanh-GELU of the value plus the bias.
-    Gelu = 1,
-    /// To group-major: the natural gradient times GELU' at the saved pre-activation
-    /// (`aux`) plus the bias.
-    GeluGrad = 2,
+    Nothing,
+    /// Back to natural order: the activation of the value plus the bias.
+    Act(Act),
+    /// To group-major: the natural gradient times the activation's derivative at the
+    /// saved pre-activation (`aux`) plus the bias.
+    Grad(Act),
+}
+
+impl Fused {
+    /// The kernel's `(act, fn)`.
+    fn codes(self) -> (i32, i32) {
+        match self {
+            Fused::Nothing => (0, 0),
+            Fused::Act(a) => (1, a as i32),
+            Fused::Grad(a) => (2, a as i32),
+        }
+    }
 }
 
 /// `monarch_permute_*` over `[src, dst, bias, aux]` (0: none) for `(rows, l, s, mout)`:
@@ -580,7 +610,8 @@ fn permute(
     if i32::try_from(blocks).is_err() || i32::try_from(l * s).is_err() {
         crate::error::bail!("monarch", "{rows} rows of {} are too many for the permutation kernel", l * s);
     }
-    let (l, s, mout, to_group, act) = (l as i32, s as i32, mout as i32, to_group as i32, fused as i32);
+    let (l, s, mout, to_group) = (l as i32, s as i32, mout as i32, to_group as i32);
+    let (act, func) = fused.codes();
     let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
     let args = [
         Arg::of(&src),
@@ -592,6 +623,7 @@ fn permute(
         Arg::of(&mout),
         Arg::of(&to_group),
         Arg::of(&act),
+        Arg::of(&func),
     ];
     dev.launch(&f, super::cfg_1d(blocks as u32, 256), &args)
 }

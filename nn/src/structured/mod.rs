@@ -39,10 +39,10 @@ use monarch_tensor::{DType, Result, Tensor};
 pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     /// Applies the layer to `x` of shape (.., in).
     fn forward(&self, x: &Var) -> Result<Var>;
-    /// `gelu_tanh(self.forward(x))`; a layer whose last pass can apply the activation
-    /// on the way (Monarch) overrides it.
-    fn forward_gelu_tanh(&self, x: &Var) -> Result<Var> {
-        self.forward(x)?.gelu_tanh()
+    /// `act` applied to `self.forward(x)`; a layer whose last pass can apply the
+    /// activation on the way (Monarch) overrides it.
+    fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
+        act.apply(&self.forward(x)?)
     }
     /// Input features.
     fn in_features(&self) -> usize;

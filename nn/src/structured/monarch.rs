@@ -142,10 +142,10 @@ impl LinearLayer for MonarchLinear {
         let bias = self.bias.as_ref().map(|b| b.var());
         x.monarch_linear(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features)
     }
-    fn forward_gelu_tanh(&self, x: &Var) -> Result<Var> {
+    fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
         self.check_input(x)?;
         let bias = self.bias.as_ref().map(|b| b.var());
-        x.monarch_linear_gelu(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features)
+        x.monarch_linear_act(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features, act.op())
     }
     fn in_features(&self) -> usize {
         self.in_features

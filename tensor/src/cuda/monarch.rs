@@ -1,11 +1,11 @@
 //! The Monarch layer on CUDA tensors (`monarch_cuda::ops::monarch`), and its fused
-//! tanh-GELU: the activation folded into the output's permutation pass forward and into
+//! activation: folded into the output's permutation pass forward and into
 //! the output gradient's backward.
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
 use crate::ops::monarch::bias_grad;
-use crate::ops::{MonarchGeluOut, MonarchShape};
+use crate::ops::{MonarchActOut, MonarchShape, UnaryOp};
 use crate::{DType, Result, Tensor};
 use monarch_cuda::ops::monarch as km;
 
@@ -78,17 +78,19 @@ impl Tensor {
         let keep = |t: Tensor, w: bool| w.then_some(t);
         Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2])])
     }
-    /// The fused [`Tensor::monarch_linear_gelu`] on the device, or `None` where the
+    /// The fused [`Tensor::monarch_linear_act`] on the device, or `None` where the
     /// layout has no output permutation pass to fuse into.
-    pub(crate) fn cuda_monarch_gelu(
+    pub(crate) fn cuda_monarch_act(
         &self,
         w1: &Tensor,
         w2: &Tensor,
         bias: Option<&Tensor>,
         sh: MonarchShape,
         out: usize,
-    ) -> Result<Option<MonarchGeluOut>> {
-        let op = "monarch_linear_gelu";
+        act: UnaryOp,
+    ) -> Result<Option<MonarchActOut>> {
+        let op = "monarch_linear_act";
+        let Some(act) = kernel_act(act) else { return Ok(None) };
         let inp = *self.dims().last().unwrap_or(&0);
         let d = dims(sh, self.elem_count() / inp.max(1), inp, out);
         if !d.grouped_stores() || !matches!(self.dtype(), DType::F32 | DType::BF16) {
@@ -108,20 +110,24 @@ impl Tensor {
         let (xv, av, bv) = (x.cuda_view(op)?, w1.cuda_view(op)?, w2.cuda_view(op)?);
         let biv = bias.as_ref().map(|b| b.cuda_view(op)).transpose()?;
         let (o1, pv, yv) = (out_mut(&mut out1, op)?, out_mut(&mut pre, op)?, out_mut(&mut y, op)?);
-        km::monarch_forward_gelu(d, xv, av, bv, biv, o1, pv, yv).map_err(cuda_err(op))?;
-        Ok(Some(MonarchGeluOut { y, mid: out1, pre }))
+        km::monarch_forward_act(d, act, xv, av, bv, biv, o1, pv, yv).map_err(cuda_err(op))?;
+        Ok(Some(MonarchActOut { y, mid: out1, pre }))
     }
 
-    /// Gradients `[dx, dw1, dw2, dbias]` of [`Tensor::cuda_monarch_gelu`] from `[x, w1,
+    /// Gradients `[dx, dw1, dw2, dbias]` of [`Tensor::cuda_monarch_act`] from `[x, w1,
     /// w2, mid, pre, dy]`: the bias gradient is the column sums of the pre-activation's
     /// gradient, taken back from group-major to natural order.
-    pub(crate) fn cuda_monarch_gelu_backward(
+    pub(crate) fn cuda_monarch_act_backward(
         [x, w1, w2, mid, pre, dy]: [&Tensor; 6],
         bias: Option<&Tensor>,
         sh: MonarchShape,
+        act: UnaryOp,
         want: [bool; 4],
     ) -> Result<[Option<Tensor>; 4]> {
-        let op = "monarch_gelu_backward";
+        let op = "monarch_act_backward";
+        let Some(act) = kernel_act(act) else {
+            crate::bail!(op, "{} is not an activation the Monarch kernels fuse", act.name());
+        };
         same_device(op, x, &[w1, w2, mid, pre, dy])?;
         if let Some(b) = bias {
             same_device(op, x, &[b])?;
@@ -136,18 +142,29 @@ impl Tensor {
         let mut dw1 = alloc(&xc, x.dtype(), w1.shape().clone(), op)?;
         let mut dw2 = alloc(&xc, x.dtype(), w2.shape().clone(), op)?;
         let mut dpre = alloc(&xc, x.dtype(), [d.batch, d.l * d.s], op)?;
-        let gelu = km::GeluGrad {
+        let fused = km::ActGrad {
+            act,
             pre: pc.cuda_view(op)?,
             bias: bias.as_ref().map(|b| b.cuda_view(op)).transpose()?,
             dpre: out_mut(&mut dpre, op)?,
         };
         let grads = [out_mut(&mut dx, op)?, out_mut(&mut dw1, op)?, out_mut(&mut dw2, op)?];
         let views = (xc.cuda_view(op)?, w1c.cuda_view(op)?, w2c.cuda_view(op)?, o1.cuda_view(op)?, g.cuda_view(op)?);
-        km::monarch_backward_gelu(d, views.0, views.1, views.2, views.3, views.4, gelu, grads, false)
+        km::monarch_backward_act(d, views.0, views.1, views.2, views.3, views.4, fused, grads, false)
             .map_err(cuda_err(op))?;
         let dbias = if want[3] && bias.is_some() { Some(bias_grad(&dpre, d.l, d.s, out)?) } else { None };
         let keep = |t: Tensor, w: bool| w.then_some(t);
         Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2]), dbias])
+    }
+}
+
+/// The kernels' name for an activation they fuse.
+fn kernel_act(act: UnaryOp) -> Option<km::Act> {
+    match act {
+        UnaryOp::GeluTanh => Some(km::Act::GeluTanh),
+        UnaryOp::GeluErf => Some(km::Act::GeluErf),
+        UnaryOp::Relu => Some(km::Act::Relu),
+        _ => None,
     }
 }
 

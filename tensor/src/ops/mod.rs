@@ -28,7 +28,7 @@ pub use block_sparse::BlockSparsePlan;
 pub use dropout::counter_uniform;
 pub use init::{Init, fans};
 pub use loss::CrossEntropy;
-pub use monarch::{MonarchGeluOut, MonarchOut, MonarchShape};
+pub use monarch::{MONARCH_FUSED_ACTS, MonarchActOut, MonarchOut, MonarchShape};
 pub use norm::LayerNormOut;
 pub use optim::{AdamW, sgd_step};
 pub use reduce::ReduceOp;

@@ -86,10 +86,10 @@ pub struct MonarchOut {
     pub mid: Tensor,
 }
 
-/// The results of [`Tensor::monarch_linear_gelu`] (GPU layouts).
+/// The results of [`Tensor::monarch_linear_act`].
 #[derive(Clone, Debug)]
-pub struct MonarchGeluOut {
-    /// `gelu_tanh(monarch_linear(x) + bias)`, (.., out).
+pub struct MonarchActOut {
+    /// `act(monarch_linear(x) + bias)`, (.., out).
     pub y: Tensor,
     /// As [`MonarchOut::mid`] on a GPU.
     pub mid: Tensor,
@@ -98,6 +98,10 @@ pub struct MonarchGeluOut {
     /// unused).
     pub pre: Tensor,
 }
+
+/// The activations [`Tensor::monarch_linear_act`] fuses: those of MLP blocks, whose
+/// derivative depends on the pre-activation alone.
+pub const MONARCH_FUSED_ACTS: [UnaryOp; 3] = [UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Relu];
 
 /// Whether a product is big enough to spread over threads.
 fn par(work: usize) -> Parallelism {
@@ -117,8 +121,8 @@ struct Sizes {
     sh: MonarchShape,
 }
 
-/// The Monarch layer: `(y, yt)`, and with `gelu` also `zt` (the group-major
-/// pre-activation `[b, ll·s + ss]`, bias not added), `y` then being the tanh-GELU of the
+/// The Monarch layer: `(y, yt)`, and with `act` also `zt` (the group-major
+/// pre-activation `[b, ll·s + ss]`, bias not added), `y` then being the activation of the
 /// output plus bias, applied in the output permutation's pass.
 fn forward<T: GemmElem + Float>(
     x: &[T],
@@ -126,7 +130,7 @@ fn forward<T: GemmElem + Float>(
     w2: &[T],
     bias: Option<&[T]>,
     z: Sizes,
-    gelu: bool,
+    act: Option<UnaryOp>,
 ) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
@@ -175,7 +179,7 @@ fn forward<T: GemmElem + Float>(
         gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
     }
     let mut y = vec![T::ZERO; rows * z.out];
-    let act = |v: T| if gelu { UnaryOp::GeluTanh.f(v) } else { v };
+    let f = |v: T| act.map_or(v, |a| a.f(v));
     for_rows(&mut y, z.out, |b, yr| {
         // Output ss·l + ll is zt[b, ll, ss]: row chunks of l outputs share one ss.
         let zr = &zt[b * l * s..(b + 1) * l * s];
@@ -183,20 +187,20 @@ fn forward<T: GemmElem + Float>(
             Some(bias) => {
                 for (ss, (ys, bs)) in yr.chunks_mut(l).zip(bias.chunks(l)).enumerate() {
                     for (ll, (v, &c)) in ys.iter_mut().zip(bs).enumerate() {
-                        *v = act(zr[ll * s + ss] + c);
+                        *v = f(zr[ll * s + ss] + c);
                     }
                 }
             }
             None => {
                 for (ss, ys) in yr.chunks_mut(l).enumerate() {
                     for (ll, v) in ys.iter_mut().enumerate() {
-                        *v = act(zr[ll * s + ss]);
+                        *v = f(zr[ll * s + ss]);
                     }
                 }
             }
         }
     });
-    if gelu {
+    if act.is_some() {
         return (y, yt, Some(zt));
     }
     give_scratch(zt);
@@ -251,28 +255,29 @@ fn for_rows<T: GemmElem>(buf: &mut [T], width: usize, f: impl Fn(usize, &mut [T]
     }
 }
 
-/// What the backward of the fused GELU reads: the forward's `zt` and bias.
-type GeluSaved<'a, T> = (&'a [T], Option<&'a [T]>);
+/// What the backward of a fused activation reads: the forward's `zt`, bias and activation.
+type ActSaved<'a, T> = (&'a [T], Option<&'a [T]>, UnaryOp);
 
-/// Gradients `[dx, dw1, dw2]`, each only when wanted. With `gelu`, `dy` is the GELU
-/// output's gradient: it is multiplied by GELU' at `zt + bias` in the pass that undoes
+/// Gradients `[dx, dw1, dw2]`, each only when wanted. With `fused`, `dy` is the
+/// activation output's gradient: it is multiplied by the activation's derivative at
+/// `zt + bias` in the pass that undoes
 /// the output permutation, and that product (`dzt`, the pre-activation's gradient) is
 /// returned too.
 fn backward<T: GemmElem + Float>(
     [x, w1, w2, yt, dy]: [&[T]; 5],
     z: Sizes,
     want: [bool; 3],
-    gelu: Option<GeluSaved<'_, T>>,
+    fused: Option<ActSaved<'_, T>>,
 ) -> ([Option<Vec<T>>; 3], Option<Vec<T>>) {
     let MonarchShape { k, q, p, l, s, r } = z.sh;
     let (rows, kq) = (z.rows, k * q);
     // dzt[b, ll, ss] = dy[b, ss·l+ll]: the output permutation undone in one pass within
     // each row, so that the GEMMs below read blocks with contiguous rows. Entries past the
-    // output (ss ≥ out_count) are never read, and with the GELU are zero.
+    // output (ss ≥ out_count) are never read, and with an activation are zero.
     let mut dzt = take_scratch::<T>(rows * l * s);
     for_rows(&mut dzt, l * s, |b, row| {
         let dyr = &dy[b * z.out..(b + 1) * z.out];
-        match gelu {
+        match fused {
             None => {
                 for (ss, gs) in dyr.chunks(l).enumerate() {
                     for (ll, &g) in gs.iter().enumerate() {
@@ -280,13 +285,13 @@ fn backward<T: GemmElem + Float>(
                     }
                 }
             }
-            Some((zt, bias)) => {
+            Some((zt, bias, act)) => {
                 row.fill(T::ZERO);
                 let zr = &zt[b * l * s..(b + 1) * l * s];
                 for (ss, gs) in dyr.chunks(l).enumerate() {
                     for (ll, &g) in gs.iter().enumerate() {
                         let c = bias.map_or(T::ZERO, |bias| bias[ss * l + ll]);
-                        row[ll * s + ss] = g * UnaryOp::GeluTanh.df(zr[ll * s + ss] + c);
+                        row[ll * s + ss] = g * act.df(zr[ll * s + ss] + c);
                     }
                 }
             }
@@ -311,8 +316,8 @@ fn backward<T: GemmElem + Float>(
             gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, par(rows * r * cnt));
         }
     }
-    // Kept for the fused GELU's bias gradient, else back to scratch for the buffers below.
-    let dzt = keep_dzt(dzt, gelu.is_some());
+    // Kept for the fused activation's bias gradient, else back to scratch for the buffers below.
+    let dzt = keep_dzt(dzt, fused.is_some());
     let mut dw1 = want[1].then(|| vec![T::ZERO; k * q * p]);
     let mut dx = want[0].then(|| vec![T::ZERO; rows * z.inp]);
     if q % l == 0 {
@@ -370,7 +375,7 @@ fn backward<T: GemmElem + Float>(
     ([dx, dw1, dw2], dzt)
 }
 
-/// `dzt` when the caller wants it (the fused GELU's bias gradient), else back to scratch.
+/// `dzt` when the caller wants it (the fused activation's bias gradient), else back to scratch.
 fn keep_dzt<T: GemmElem>(dzt: Vec<T>, keep: bool) -> Option<Vec<T>> {
     if keep {
         return Some(dzt);
@@ -454,42 +459,47 @@ impl Tensor {
             let (y, mid) = self.cuda_monarch(w1, w2, bias, z.sh, out)?;
             return Ok(MonarchOut { y, mid });
         }
-        let (y, mid, _) = self.cpu_monarch(w1, w2, bias, z, false, op)?;
+        let (y, mid, _) = self.cpu_monarch(w1, w2, bias, z, None, op)?;
         Ok(MonarchOut { y, mid })
     }
 
-    /// `gelu_tanh` of [`monarch_linear`](Self::monarch_linear), with the activation
-    /// applied in the pass that permutes the output (and its derivative in the pass that
-    /// permutes the output gradient, see
-    /// [`monarch_gelu_backward`](Self::monarch_gelu_backward)) instead of a pass of its
-    /// own each way. `None` where the layout has no such pass to fuse into: on a GPU
-    /// when the products do not write group-major copies (`MonarchDims::grouped_stores`:
-    /// l outside 2..=64, or strided stores); compose the two ops there.
-    pub fn monarch_linear_gelu(
+    /// `act` of [`monarch_linear`](Self::monarch_linear) for the activations of MLP
+    /// blocks (`GeluTanh`, `GeluErf`, `Relu`; see [`MONARCH_FUSED_ACTS`]), applied in the
+    /// pass that permutes the output (and its derivative in the pass that permutes the
+    /// output gradient, see [`monarch_act_backward`](Self::monarch_act_backward)) instead
+    /// of a pass of its own each way. `None` for other activations, and where the layout
+    /// has no such pass: on a GPU when the products do not write group-major copies
+    /// (`MonarchDims::grouped_stores`: l outside 2..=64, or strided stores). Compose the
+    /// two ops then.
+    pub fn monarch_linear_act(
         &self,
         w1: &Tensor,
         w2: &Tensor,
         bias: Option<&Tensor>,
         out: usize,
-    ) -> Result<Option<MonarchGeluOut>> {
-        let op = "monarch_linear_gelu";
+        act: UnaryOp,
+    ) -> Result<Option<MonarchActOut>> {
+        let op = "monarch_linear_act";
         let z = self.monarch_sizes(w1, w2, out, op)?;
         check_bias(self, bias, out, op)?;
-        if self.device() != crate::Device::Cpu {
-            return self.cuda_monarch_gelu(w1, w2, bias, z.sh, out);
+        if !MONARCH_FUSED_ACTS.contains(&act) {
+            return Ok(None);
         }
-        let (y, mid, pre) = self.cpu_monarch(w1, w2, bias, z, true, op)?;
-        Ok(pre.map(|pre| MonarchGeluOut { y, mid, pre }))
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_monarch_act(w1, w2, bias, z.sh, out, act);
+        }
+        let (y, mid, pre) = self.cpu_monarch(w1, w2, bias, z, Some(act), op)?;
+        Ok(pre.map(|pre| MonarchActOut { y, mid, pre }))
     }
 
-    /// The CPU forward: `(y, mid, pre)`, `pre` with `gelu` only.
+    /// The CPU forward: `(y, mid, pre)`, `pre` with `act` only.
     fn cpu_monarch(
         &self,
         w1: &Tensor,
         w2: &Tensor,
         bias: Option<&Tensor>,
         z: Sizes,
-        gelu: bool,
+        act: Option<UnaryOp>,
         op: &'static str,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let mut out_dims = self.dims().to_vec();
@@ -499,7 +509,7 @@ impl Tensor {
             let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
             let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
-            let (y, mid, pre) = forward::<T>(x, a, b, bias, z, gelu);
+            let (y, mid, pre) = forward::<T>(x, a, b, bias, z, act);
             (CpuStorage::from(y), CpuStorage::from(mid), pre.map(CpuStorage::from))
         });
         let pre = pre.map(|p| Tensor::from_cpu(p, [z.rows, z.sh.l * z.sh.s]));
@@ -510,33 +520,36 @@ impl Tensor {
         ))
     }
 
-    /// Gradients `[dx, dw1, dw2, dbias]` of [`monarch_linear_gelu`](Self::monarch_linear_gelu)
-    /// from the output gradient `dy` and the saved `mid` and `pre`, each computed only
-    /// when `want`ed (`dbias` needs `bias`).
+    /// Gradients `[dx, dw1, dw2, dbias]` of [`monarch_linear_act`](Self::monarch_linear_act)
+    /// with `act` from the output gradient `dy` and the saved `mid` and `pre`, each
+    /// computed only when `want`ed (`dbias` needs `bias`).
     #[allow(clippy::too_many_arguments)]
-    pub fn monarch_gelu_backward(
+    pub fn monarch_act_backward(
         x: &Tensor,
         w1: &Tensor,
         w2: &Tensor,
         bias: Option<&Tensor>,
-        mid: &Tensor,
-        pre: &Tensor,
+        [mid, pre]: [&Tensor; 2],
         dy: &Tensor,
+        act: UnaryOp,
         want: [bool; 4],
     ) -> Result<[Option<Tensor>; 4]> {
-        let op = "monarch_gelu_backward";
+        let op = "monarch_act_backward";
         let out = *dy.dims().last().unwrap_or(&0);
         let z = x.monarch_sizes(w1, w2, out, op)?;
         check_bias(x, bias, out, op)?;
+        if !MONARCH_FUSED_ACTS.contains(&act) {
+            crate::bail!(op, "{} is not an activation the Monarch op fuses", act.name());
+        }
         if !z.backward_shapes_fit(x, mid, dy) || pre.dims() != [z.rows, z.sh.l * z.sh.s] {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
         if x.device() != crate::Device::Cpu {
-            return Tensor::cuda_monarch_gelu_backward([x, w1, w2, mid, pre, dy], bias, z.sh, want);
+            return Tensor::cuda_monarch_act_backward([x, w1, w2, mid, pre, dy], bias, z.sh, act, want);
         }
         let grads = [want[0], want[1], want[2]];
-        let ([dx, dw1, dw2], dpre) =
-            Tensor::cpu_monarch_backward([x, w1, w2, mid, dy], z, grads, Some((pre, bias)), op)?;
+        let fused = Some((pre, bias, act));
+        let ([dx, dw1, dw2], dpre) = Tensor::cpu_monarch_backward([x, w1, w2, mid, dy], z, grads, fused, op)?;
         let dbias = match (want[3] && bias.is_some(), dpre) {
             (true, Some(d)) => Some(bias_grad(&d, z.sh.l, z.sh.s, out)?.to_dtype(x.dtype())?),
             _ => None,
@@ -567,13 +580,14 @@ impl Tensor {
         Ok(Tensor::cpu_monarch_backward([x, w1, w2, mid, dy], z, want, None, op)?.0)
     }
 
-    /// The CPU backward over `[x, w1, w2, mid, dy]`; with `gelu` (`pre`, `bias`) through
-    /// the GELU's derivative, returning the pre-activation's gradient (rows, l·s) too.
+    /// The CPU backward over `[x, w1, w2, mid, dy]`; with `fused` (`pre`, `bias`, the
+    /// activation) through the activation's derivative, returning the pre-activation's
+    /// gradient (rows, l·s) too.
     fn cpu_monarch_backward(
         [x, w1, w2, mid, dy]: [&Tensor; 5],
         z: Sizes,
         want: [bool; 3],
-        gelu: Option<(&Tensor, Option<&Tensor>)>,
+        fused: Option<(&Tensor, Option<&Tensor>, UnaryOp)>,
         op: &'static str,
     ) -> Result<([Option<Tensor>; 3], Option<Tensor>)> {
         let ([dx, dw1, dw2], dpre) = by_float!(x, op, T => {
@@ -581,11 +595,12 @@ impl Tensor {
             let ((oc, oo), (gc, go)) = (data::<T>(mid, op)?, data::<T>(dy, op)?);
             let (xs, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
             let (o1, g) = (&oc.cpu_slice::<T>(op)?[oo..], &gc.cpu_slice::<T>(op)?[go..]);
-            let pre = gelu.map(|(p, _)| data::<T>(p, op)).transpose()?;
-            let bias = gelu.and_then(|(_, b)| b).map(|b| data::<T>(b, op)).transpose()?;
+            let pre = fused.map(|(p, _, _)| data::<T>(p, op)).transpose()?;
+            let bias = fused.and_then(|(_, b, _)| b).map(|b| data::<T>(b, op)).transpose()?;
             let pre = pre.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
-            let (grads, dpre) = backward::<T>([xs, a, b, o1, g], z, want, pre.map(|p| (p, bias)));
+            let act = fused.map(|(_, _, a)| a);
+            let (grads, dpre) = backward::<T>([xs, a, b, o1, g], z, want, pre.zip(act).map(|(p, a)| (p, bias, a)));
             (grads.map(|v| v.map(CpuStorage::from)), dpre.map(CpuStorage::from))
         });
         let wrap = |s: Option<CpuStorage>, shape: &Shape| {

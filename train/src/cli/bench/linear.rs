@@ -6,7 +6,7 @@ use super::{CliError, Placement, Timing};
 use crate::cli::LinearFlags;
 use clap::{Args, ValueEnum};
 use monarch_autograd::{Gradients, Var, no_grad};
-use monarch_nn::{LinearKind, LinearLayer, SeedableRng, StdRng, param_count};
+use monarch_nn::{Activation, LinearKind, LinearLayer, SeedableRng, StdRng, param_count};
 use monarch_tensor::{DType, Device, Tensor};
 use std::time::Instant;
 
@@ -70,7 +70,11 @@ impl Case {
         // A tanh-GELU after every layer but the last (fused where the layer can).
         let mut y = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            y = if i + 1 < self.layers.len() { layer.forward_gelu_tanh(&y)? } else { layer.forward(&y)? };
+            y = if i + 1 < self.layers.len() {
+                layer.forward_act(&y, Activation::GeluTanh)?
+            } else {
+                layer.forward(&y)?
+            };
         }
         Ok(y)
     }
