@@ -78,6 +78,7 @@ impl Tensor {
         let keep = |t: Tensor, w: bool| w.then_some(t);
         Ok([keep(dx, want[0]), keep(dw1, want[1]), keep(dw2, want[2])])
     }
+
     /// The fused [`Tensor::monarch_linear_act`] on the device, or `None` where the
     /// layout has no output permutation pass to fuse into.
     pub(crate) fn cuda_monarch_act(
