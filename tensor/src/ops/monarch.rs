@@ -20,7 +20,7 @@ use super::matmul::{GemmElem, Mat};
 use super::strided_gemm::gemm_strided;
 use super::{UnaryOp, compute_dtype, same_dtype};
 use crate::cpu::items_per_task;
-use crate::{CpuStorage, Error, Float, Result, Shape, Tensor};
+use crate::{CpuStorage, Error, Float, Result, Shape, Tensor, simd_dispatch};
 use gemm::Parallelism;
 
 /// The factor dimensions of a Monarch product: `w1` is (k, q, p), `w2` is (l, s, r).
@@ -94,8 +94,8 @@ pub struct MonarchActOut {
     /// As [`MonarchOut::mid`] on a GPU.
     pub mid: Tensor,
     /// The pre-activation without the bias, (rows, l·s), group-major: entry
-    /// `[b, ll·s + ss]` is output column `ss·l + ll` (columns past `out` are computed but
-    /// unused).
+    /// `[b, ll·s + ss]` is output column `ss·l + ll` (columns past `out` are unused: 0 on
+    /// the CPU, computed on a GPU).
     pub pre: Tensor,
 }
 
@@ -178,8 +178,15 @@ fn forward<T: GemmElem + Float>(
         let d = row_major(ll * s, l * s);
         gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
     }
+    if act.is_some() && z.out < l * s {
+        // The kept pre-activation is whole: zeros past the output (scratch holds anything).
+        for_rows(&mut zt, l * s, |_, row| {
+            for (ll, block) in row.chunks_mut(s).enumerate() {
+                block[z.sh.out_count(ll, z.out)..].fill(T::ZERO);
+            }
+        });
+    }
     let mut y = vec![T::ZERO; rows * z.out];
-    let f = |v: T| act.map_or(v, |a| a.f(v));
     for_rows(&mut y, z.out, |b, yr| {
         // Output ss·l + ll is zt[b, ll, ss]: row chunks of l outputs share one ss.
         let zr = &zt[b * l * s..(b + 1) * l * s];
@@ -187,17 +194,21 @@ fn forward<T: GemmElem + Float>(
             Some(bias) => {
                 for (ss, (ys, bs)) in yr.chunks_mut(l).zip(bias.chunks(l)).enumerate() {
                     for (ll, (v, &c)) in ys.iter_mut().zip(bs).enumerate() {
-                        *v = f(zr[ll * s + ss] + c);
+                        *v = zr[ll * s + ss] + c;
                     }
                 }
             }
             None => {
                 for (ss, ys) in yr.chunks_mut(l).enumerate() {
                     for (ll, v) in ys.iter_mut().enumerate() {
-                        *v = f(zr[ll * s + ss]);
+                        *v = zr[ll * s + ss];
                     }
                 }
             }
+        }
+        // The activation on the row while it is in L1, vectorised (contiguous).
+        if let Some(a) = act {
+            act_row(yr, a);
         }
     });
     if act.is_some() {
@@ -275,6 +286,11 @@ fn backward<T: GemmElem + Float>(
     // each row, so that the GEMMs below read blocks with contiguous rows. Entries past the
     // output (ss ≥ out_count) are never read, and with an activation are zero.
     let mut dzt = take_scratch::<T>(rows * l * s);
+    // The fused activation's bias in group-major order, `bias_g[ll·s + ss] = bias[ss·l + ll]`
+    // (0 past the output).
+    let bias_g = fused
+        .and_then(|(_, bias, _)| bias)
+        .map(|bias| (0..l * s).map(|i| bias.get((i % s) * l + i / s).copied().unwrap_or(T::ZERO)).collect::<Vec<T>>());
     for_rows(&mut dzt, l * s, |b, row| {
         let dyr = &dy[b * z.out..(b + 1) * z.out];
         match fused {
@@ -285,15 +301,17 @@ fn backward<T: GemmElem + Float>(
                     }
                 }
             }
-            Some((zt, bias, act)) => {
+            Some((zt, _, act)) => {
                 row.fill(T::ZERO);
-                let zr = &zt[b * l * s..(b + 1) * l * s];
                 for (ss, gs) in dyr.chunks(l).enumerate() {
                     for (ll, &g) in gs.iter().enumerate() {
-                        let c = bias.map_or(T::ZERO, |bias| bias[ss * l + ll]);
-                        row[ll * s + ss] = g * act.df(zr[ll * s + ss] + c);
+                        row[ll * s + ss] = g;
                     }
                 }
+                // Times the derivative at the pre-activation, contiguous in this layout
+                // (the bias permuted alike once per call).
+                let zr = &zt[b * l * s..(b + 1) * l * s];
+                act_grad_row(row, zr, bias_g.as_deref(), act);
             }
         }
     });
@@ -373,6 +391,50 @@ fn backward<T: GemmElem + Float>(
     }
     give_scratch(dout1);
     ([dx, dw1, dw2], dzt)
+}
+
+simd_dispatch! {
+    /// `row[i] = act(row[i])`, compiled for AVX2 / AVX-512 where the CPU has them.
+    fn act_row<T: Float> = act_row_impl(row: &mut [T], act: UnaryOp)
+}
+
+/// The activation's loop for one fixed `act`, so that it vectorises.
+#[inline(always)]
+fn act_row_impl<T: Float>(row: &mut [T], act: UnaryOp) {
+    macro_rules! each {
+        ($op:expr) => {
+            row.iter_mut().for_each(|v| *v = $op.f(*v))
+        };
+    }
+    match act {
+        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
+        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
+        UnaryOp::Relu => each!(UnaryOp::Relu),
+        other => each!(other),
+    }
+}
+
+simd_dispatch! {
+    /// `row[i] *= act'(pre[i] + bias[i])` (no bias: 0), vectorised like [`act_row`].
+    fn act_grad_row<T: Float> = act_grad_row_impl(row: &mut [T], pre: &[T], bias: Option<&[T]>, act: UnaryOp)
+}
+
+#[inline(always)]
+fn act_grad_row_impl<T: Float>(row: &mut [T], pre: &[T], bias: Option<&[T]>, act: UnaryOp) {
+    macro_rules! each {
+        ($op:expr) => {
+            match bias {
+                Some(b) => row.iter_mut().zip(pre).zip(b).for_each(|((g, &x), &c)| *g *= $op.df(x + c)),
+                None => row.iter_mut().zip(pre).for_each(|(g, &x)| *g *= $op.df(x)),
+            }
+        };
+    }
+    match act {
+        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
+        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
+        UnaryOp::Relu => each!(UnaryOp::Relu),
+        other => each!(other),
+    }
 }
 
 /// `dzt` when the caller wants it (the fused activation's bias gradient), else back to scratch.
