@@ -18,9 +18,10 @@
 
 use super::matmul::{GemmElem, Mat};
 use super::strided_gemm::gemm_strided;
+use super::unary::{unary_grad_row, unary_row};
 use super::{UnaryOp, compute_dtype, same_dtype};
 use crate::cpu::items_per_task;
-use crate::{CpuStorage, Error, Float, Result, Shape, Tensor, simd_dispatch};
+use crate::{CpuStorage, Error, Float, Result, Shape, Tensor};
 use gemm::Parallelism;
 
 /// The factor dimensions of a Monarch product: `w1` is (k, q, p), `w2` is (l, s, r).
@@ -208,7 +209,7 @@ fn forward<T: GemmElem + Float>(
         }
         // The activation on the row while it is in L1, vectorised (contiguous).
         if let Some(a) = act {
-            act_row(yr, a);
+            unary_row(yr, a);
         }
     });
     if act.is_some() {
@@ -311,7 +312,7 @@ fn backward<T: GemmElem + Float>(
                 // Times the derivative at the pre-activation, contiguous in this layout
                 // (the bias permuted alike once per call).
                 let zr = &zt[b * l * s..(b + 1) * l * s];
-                act_grad_row(row, zr, bias_g.as_deref(), act);
+                unary_grad_row(row, zr, bias_g.as_deref(), act);
             }
         }
     });
@@ -391,50 +392,6 @@ fn backward<T: GemmElem + Float>(
     }
     give_scratch(dout1);
     ([dx, dw1, dw2], dzt)
-}
-
-simd_dispatch! {
-    /// `row[i] = act(row[i])`, compiled for AVX2 / AVX-512 where the CPU has them.
-    fn act_row<T: Float> = act_row_impl(row: &mut [T], act: UnaryOp)
-}
-
-/// The activation's loop for one fixed `act`, so that it vectorises.
-#[inline(always)]
-fn act_row_impl<T: Float>(row: &mut [T], act: UnaryOp) {
-    macro_rules! each {
-        ($op:expr) => {
-            row.iter_mut().for_each(|v| *v = $op.f(*v))
-        };
-    }
-    match act {
-        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
-        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
-        UnaryOp::Relu => each!(UnaryOp::Relu),
-        other => each!(other),
-    }
-}
-
-simd_dispatch! {
-    /// `row[i] *= act'(pre[i] + bias[i])` (no bias: 0), vectorised like [`act_row`].
-    fn act_grad_row<T: Float> = act_grad_row_impl(row: &mut [T], pre: &[T], bias: Option<&[T]>, act: UnaryOp)
-}
-
-#[inline(always)]
-fn act_grad_row_impl<T: Float>(row: &mut [T], pre: &[T], bias: Option<&[T]>, act: UnaryOp) {
-    macro_rules! each {
-        ($op:expr) => {
-            match bias {
-                Some(b) => row.iter_mut().zip(pre).zip(b).for_each(|((g, &x), &c)| *g *= $op.df(x + c)),
-                None => row.iter_mut().zip(pre).for_each(|(g, &x)| *g *= $op.df(x)),
-            }
-        };
-    }
-    match act {
-        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
-        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
-        UnaryOp::Relu => each!(UnaryOp::Relu),
-        other => each!(other),
-    }
 }
 
 /// `dzt` when the caller wants it (the fused activation's bias gradient), else back to scratch.
