@@ -82,6 +82,8 @@ PY="timeout 120 python3"
     $M bench attention --device cuda --impl flash --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 3 --runs 20 --json
     $PY scripts/peers/torch_attention.py --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16
   done
+  # Scatterbrain composed on the device (block-sparse band + batched low-rank products).
+  $M bench attention --device cuda --impl scatterbrain --features 256 --block 128 --window 1 --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 2 --runs 10 --json
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
 # embedded corpus for 20 steps of 16×1024 tokens (with the config's dropout 0.1, attention's included).
@@ -147,6 +149,6 @@ fi
 if command -v compute-sanitizer >/dev/null; then
   {
     timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-gpu_kernels --test-threads 1
-    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention layers_train
+    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention scatterbrain_composed layers_train
   } > "$OUT/memcheck.txt" 2>&1
 fi

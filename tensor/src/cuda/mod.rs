@@ -1,8 +1,9 @@
 //! Tensors in CUDA memory: the buffer behind [`Storage::Cuda`](crate::Storage::Cuda),
 //! the devices opened so far (one per ordinal, shared by every tensor on it), copies
-//! between host and device, and the ops with a CUDA kernel (`ops`). The two without one
-//! (Scatterbrain attention and the fused butterfly product) run [`through_host`], saying
-//! so once; the CPU path never touches the CUDA libraries, which are loaded only when a
+//! between host and device, and the ops with a CUDA kernel (`ops`). Scatterbrain
+//! attention is composed of device ops (`scatterbrain`); the fused butterfly product, and
+//! Scatterbrain at sizes its band kernels do not take, run [`through_host`], saying so
+//! once. The CPU path never touches the CUDA libraries, which are loaded only when a
 //! tensor is first moved.
 
 mod attention;
@@ -14,6 +15,7 @@ mod ops;
 mod optim;
 pub(crate) use optim::sgd_step;
 mod rows;
+pub(crate) mod scatterbrain;
 
 use crate::{CpuStorage, DType, Device, Error, Layout, Result, Storage, Tensor};
 use monarch_cuda::{CudaDevice, CudaError, DeviceBuffer, KernelCache, KernelTime, MemoryStats, View, WarmedKernel};
@@ -183,15 +185,15 @@ pub(crate) fn off_host(op: &'static str, ts: &[&Tensor]) -> Result<Option<Device
     Ok((first.device() != Device::Cpu).then(|| first.device()))
 }
 
-/// Copies `ts` to the host for an op that has no CUDA kernel (Scatterbrain attention,
-/// the fused butterfly), saying once per op on stderr that it runs on the CPU; the
-/// caller moves the results back.
-pub(crate) fn through_host<const N: usize>(op: &'static str, ts: [&Tensor; N]) -> Result<[Tensor; N]> {
+/// Copies `ts` to the host for an op that has no CUDA path for them (the fused
+/// butterfly; Scatterbrain at some sizes), saying once per op on stderr that it runs on
+/// the CPU and why (`why` follows the op's name); the caller moves the results back.
+pub(crate) fn through_host<const N: usize>(op: &'static str, why: &str, ts: [&Tensor; N]) -> Result<[Tensor; N]> {
     static WARNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
     if !warned.contains(&op) {
         warned.push(op);
-        eprintln!("warning: {op} has no CUDA kernel; it runs on the CPU (inputs and results are copied)");
+        eprintln!("warning: {op} {why}; this call runs on the CPU (inputs and results are copied)");
     }
     let mut out: [Tensor; N] = std::array::from_fn(|i| ts[i].clone());
     for t in out.iter_mut() {

@@ -155,7 +155,7 @@ impl Tensor {
         let op = "butterfly_mul";
         let z = self.butterfly_sizes(twiddle, out, op)?;
         if let Some(dev) = crate::cuda::off_host(op, &[self, twiddle])? {
-            let [x, t] = crate::cuda::through_host(op, [self, twiddle])?;
+            let [x, t] = crate::cuda::through_host(op, "has no CUDA kernel", [self, twiddle])?;
             return x.butterfly_mul(&t, out)?.to_device(dev);
         }
         let (x, t) = (compute_dtype(self, op)?.contiguous()?, compute_dtype(twiddle, op)?.contiguous()?);
@@ -179,7 +179,7 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
         if let Some(dev) = crate::cuda::off_host(op, &[x, twiddle, dy])? {
-            let [x, t, g] = crate::cuda::through_host(op, [x, twiddle, dy])?;
+            let [x, t, g] = crate::cuda::through_host(op, "has no CUDA kernel", [x, twiddle, dy])?;
             let (dx, dt) = Tensor::butterfly_backward(&x, &t, &g)?;
             return Ok((dx.to_device(dev)?, dt.to_device(dev)?));
         }

@@ -54,7 +54,7 @@ impl Scatterbrain {
 
     /// The (features × d) projection: blocks of d orthonormal Gaussian directions, each
     /// row scaled by the norm of an independent Gaussian vector (Performer's ORF).
-    pub(super) fn projection<T: AttnFloat>(&self, d: usize) -> Result<Vec<T>> {
+    pub(crate) fn projection<T: AttnFloat>(&self, d: usize) -> Result<Vec<T>> {
         let m = self.features;
         let g = Tensor::randn([2 * m, d], 0.0, 1.0, self.seed)?.to_vec_f64()?;
         let (dirs, norms) = g.split_at(m * d);
@@ -78,6 +78,10 @@ impl Scatterbrain {
 }
 
 const SEQ: Parallelism = Parallelism::None;
+
+/// Why a GPU call runs on the CPU: sizes outside the band kernels'.
+const THROUGH_HOST: &str =
+    "runs on the GPU for as many queries as keys, head_dim 32, 64 or 128 and blocks of a multiple of 64";
 
 fn dense(cols: usize) -> Mat {
     Mat { offset: 0, rs: cols, cs: 1 }
@@ -357,7 +361,10 @@ impl Tensor {
         let dims = Dims::check(self, k, v, opts, op)?;
         cfg.check(dims, opts, op)?;
         if let Some(dev) = crate::cuda::off_host(op, &[self, k, v])? {
-            let [q, k, v] = crate::cuda::through_host(op, [self, k, v])?;
+            if crate::cuda::scatterbrain::composable(dims, cfg) {
+                return crate::cuda::scatterbrain::forward(self, k, v, cfg, opts);
+            }
+            let [q, k, v] = crate::cuda::through_host(op, THROUGH_HOST, [self, k, v])?;
             let r = q.scatterbrain_attention(&k, &v, cfg, opts)?;
             return Ok(AttentionOut { out: r.out.to_device(dev)?, lse: r.lse.to_device(dev)? });
         }
@@ -399,7 +406,11 @@ impl Tensor {
             crate::bail!(op, "saved log-sum-exp of shape {} does not match the inputs", fwd.lse.shape());
         }
         if let Some(dev) = crate::cuda::off_host(op, &[q, k, v, &fwd.out, &fwd.lse, dout])? {
-            let [q, k, v, out, lse, dout] = crate::cuda::through_host(op, [q, k, v, &fwd.out, &fwd.lse, dout])?;
+            if crate::cuda::scatterbrain::composable(dims, cfg) {
+                return crate::cuda::scatterbrain::backward([q, k, v], cfg, fwd, dout, opts);
+            }
+            let saved = [q, k, v, &fwd.out, &fwd.lse, dout];
+            let [q, k, v, out, lse, dout] = crate::cuda::through_host(op, THROUGH_HOST, saved)?;
             let g = Tensor::scatterbrain_attention_backward(&q, &k, &v, cfg, &AttentionOut { out, lse }, &dout, opts)?;
             return Ok(AttentionGrads { dq: g.dq.to_device(dev)?, dk: g.dk.to_device(dev)?, dv: g.dv.to_device(dev)? });
         }

@@ -67,7 +67,8 @@ pub struct AttentionArgs {
     /// Also report the output's relative error against naive attention (Frobenius norm).
     #[arg(long)]
     error: bool,
-    /// Where to run (naive, flash and block_sparse with 64-blocks have GPU paths).
+    /// Where to run (GPU paths: naive, flash, and block_sparse and scatterbrain with blocks
+    /// of a multiple of 64).
     #[command(flatten)]
     on: Placement,
     #[command(flatten)]
