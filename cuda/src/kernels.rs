@@ -41,6 +41,7 @@ sources! {
     MONARCH => "monarch",
     BLOCK_SPARSE => "block_sparse",
     FLASH_ATTENTION => "flash_attention",
+    BUTTERFLY => "butterfly",
 }
 
 impl KernelSource {

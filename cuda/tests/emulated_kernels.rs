@@ -122,3 +122,8 @@ fn adamw_steps() {
 fn sgd_steps() {
     emulate("sgd");
 }
+
+#[test]
+fn butterfly_forward_and_backward() {
+    emulate("butterfly");
+}

@@ -543,6 +543,47 @@ fn scatterbrain_composed_on_the_gpu_matches_the_cpu() {
     }
 }
 
+/// The butterfly product's kernels against the CPU: f32 and bf16 (the CPU in f32 on the
+/// same bf16-rounded inputs), inputs padded to the size, stacks truncated or unused,
+/// leading dimensions, several rows a block and one row a block (n = 8192); a size over
+/// the kernels' runs through the host, its results back on the device.
+#[test]
+fn butterfly_on_the_gpu_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    // (leading dims, inputs, log2 n, stacks, outputs)
+    let cases: [(&[usize], usize, usize, usize, usize); 5] = [
+        (&[3, 5], 13, 4, 2, 20),
+        (&[70], 64, 6, 2, 50),
+        (&[300], 768, 10, 3, 3072),
+        (&[4], 8192, 13, 1, 8000),
+        (&[2], 9000, 14, 1, 16384),
+    ];
+    for (lead, inp, log_n, stacks, out) in cases {
+        for dtype in [DType::F32, DType::BF16] {
+            let (tol, gtol) = if dtype == DType::F32 { (1e-4, 1e-3) } else { (2e-2, 5e-2) };
+            let low = |t: Tensor| t.to_dtype(dtype).unwrap();
+            let n = 1usize << log_n;
+            let xs: Vec<usize> = lead.iter().copied().chain([inp]).collect();
+            let gs: Vec<usize> = lead.iter().copied().chain([out]).collect();
+            // Twiddles of variance 1/2: values keep their size through the factors.
+            let tw = low(rnd(&[stacks, log_n, n / 2, 2, 2], 61).affine(std::f64::consts::FRAC_1_SQRT_2, 0.0).unwrap());
+            let (x, dy) = (low(rnd(&xs, 60)), low(rnd(&gs, 62)));
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = f32s(&x).butterfly_mul(&f32s(&tw), out).unwrap();
+            let got = x.to_device(GPU).unwrap().butterfly_mul(&tw.to_device(GPU).unwrap(), out).unwrap();
+            assert_eq!((got.device(), got.dtype()), (GPU, dtype));
+            close(&got, &want, tol);
+            let (wx, wt) = Tensor::butterfly_backward(&f32s(&x), &f32s(&tw), &f32s(&dy)).unwrap();
+            let on = |t: &Tensor| t.to_device(GPU).unwrap();
+            let (gx, gt) = Tensor::butterfly_backward(&on(&x), &on(&tw), &on(&dy)).unwrap();
+            close(&gx, &wx, gtol);
+            close(&gt, &wt, gtol);
+        }
+    }
+}
+
 #[test]
 fn a_gpt2_step_on_the_gpu_matches_the_cpu() {
     if !gpu() {

@@ -126,6 +126,14 @@ fn block_sparse(d: Device, t: DType) -> Vec<Tensor> {
     vec![y, dx.unwrap(), dv.unwrap()]
 }
 
+fn butterfly(d: Device, t: DType) -> Vec<Tensor> {
+    // 13 inputs padded to 16; two stacks of 16 truncated to 20 outputs.
+    let (x, tw, g) = (input(&[7, 13], 42, d, t), input(&[2, 4, 8, 2, 2], 43, d, t), input(&[7, 20], 44, d, t));
+    let y = x.butterfly_mul(&tw, 20).unwrap();
+    let (dx, dtw) = Tensor::butterfly_backward(&x, &tw, &g).unwrap();
+    vec![y, dx, dtw]
+}
+
 fn flash_attention(d: Device, t: DType) -> Vec<Tensor> {
     let shape = [1, 2, 128, 32];
     let (q, k, v, g) =
@@ -165,7 +173,7 @@ fn sgd(d: Device, _: DType) -> Vec<Tensor> {
     vec![p, buf, plain]
 }
 
-const CASES: [(&str, Case); 17] = [
+const CASES: [(&str, Case); 18] = [
     ("copy", copy),
     ("binary", binary),
     ("select", select),
@@ -179,6 +187,7 @@ const CASES: [(&str, Case); 17] = [
     ("matmul", matmul),
     ("monarch", monarch),
     ("block_sparse", block_sparse),
+    ("butterfly", butterfly),
     ("flash_attention", flash_attention),
     ("dropout", dropout),
     ("adamw", adamw),

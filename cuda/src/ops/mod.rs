@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod binary;
 pub mod block_sparse;
+pub mod butterfly;
 pub mod copy;
 pub mod cross_entropy;
 pub mod dropout;

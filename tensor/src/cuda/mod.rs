@@ -1,13 +1,14 @@
 //! Tensors in CUDA memory: the buffer behind [`Storage::Cuda`](crate::Storage::Cuda),
 //! the devices opened so far (one per ordinal, shared by every tensor on it), copies
 //! between host and device, and the ops with a CUDA kernel (`ops`). Scatterbrain
-//! attention is composed of device ops (`scatterbrain`); the fused butterfly product, and
-//! Scatterbrain at sizes its band kernels do not take, run [`through_host`], saying so
-//! once. The CPU path never touches the CUDA libraries, which are loaded only when a
+//! attention is composed of device ops (`scatterbrain`); the ops at sizes their kernels
+//! do not take (a butterfly over 8192, Scatterbrain blocks not a multiple of 64) run
+//! [`through_host`], saying so once. The CPU path never touches the CUDA libraries, which are loaded only when a
 //! tensor is first moved.
 
 mod attention;
 mod block_sparse;
+pub(crate) mod butterfly;
 pub(crate) use block_sparse::DevicePlans;
 mod lookup;
 mod monarch;
@@ -185,8 +186,8 @@ pub(crate) fn off_host(op: &'static str, ts: &[&Tensor]) -> Result<Option<Device
     Ok((first.device() != Device::Cpu).then(|| first.device()))
 }
 
-/// Copies `ts` to the host for an op that has no CUDA path for them (the fused
-/// butterfly; Scatterbrain at some sizes), saying once per op on stderr that it runs on
+/// Copies `ts` to the host for an op that has no CUDA path for them (sizes its kernels
+/// do not take), saying once per op on stderr that it runs on
 /// the CPU and why (`why` follows the op's name); the caller moves the results back.
 pub(crate) fn through_host<const N: usize>(op: &'static str, why: &str, ts: [&Tensor; N]) -> Result<[Tensor; N]> {
     static WARNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());

@@ -21,6 +21,19 @@ struct Sizes {
     stacks: usize,
 }
 
+impl Sizes {
+    /// The kernels' sizes for an input of `elems` elements.
+    fn kernel(&self, elems: usize) -> monarch_cuda::ops::butterfly::ButterflyDims {
+        let Sizes { inp, out, log_n, stacks, .. } = *self;
+        monarch_cuda::ops::butterfly::ButterflyDims { rows: elems / inp.max(1), inp, out, log_n, stacks }
+    }
+}
+
+/// Why a GPU call runs on the CPU.
+fn too_large() -> String {
+    format!("runs on the GPU for butterflies of size up to {}", monarch_cuda::ops::butterfly::BUTTERFLY_MAX_N)
+}
+
 /// Applies factor `f` of one stack's twiddles `t` (log_n, n/2, 2, 2) to `x`, into `y`.
 fn factor<T: Float>(t: &[T], f: usize, x: &[T], y: &mut [T]) {
     let (n, h) = (x.len(), 1 << f);
@@ -155,7 +168,10 @@ impl Tensor {
         let op = "butterfly_mul";
         let z = self.butterfly_sizes(twiddle, out, op)?;
         if let Some(dev) = crate::cuda::off_host(op, &[self, twiddle])? {
-            let [x, t] = crate::cuda::through_host(op, "has no CUDA kernel", [self, twiddle])?;
+            if crate::cuda::butterfly::fits(z.n) {
+                return self.cuda_butterfly(twiddle, z.kernel(self.elem_count()));
+            }
+            let [x, t] = crate::cuda::through_host(op, &too_large(), [self, twiddle])?;
             return x.butterfly_mul(&t, out)?.to_device(dev);
         }
         let (x, t) = (compute_dtype(self, op)?.contiguous()?, compute_dtype(twiddle, op)?.contiguous()?);
@@ -179,7 +195,10 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op, lhs: x.shape().clone(), rhs: dy.shape().clone() });
         }
         if let Some(dev) = crate::cuda::off_host(op, &[x, twiddle, dy])? {
-            let [x, t, g] = crate::cuda::through_host(op, "has no CUDA kernel", [x, twiddle, dy])?;
+            if crate::cuda::butterfly::fits(z.n) {
+                return Tensor::cuda_butterfly_backward(x, twiddle, dy, z.kernel(x.elem_count()));
+            }
+            let [x, t, g] = crate::cuda::through_host(op, &too_large(), [x, twiddle, dy])?;
             let (dx, dt) = Tensor::butterfly_backward(&x, &t, &g)?;
             return Ok((dx.to_device(dev)?, dt.to_device(dev)?));
         }
