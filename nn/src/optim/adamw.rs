@@ -5,6 +5,7 @@ use crate::NamedParams;
 use monarch_autograd::{Gradients, VarId};
 use monarch_tensor::{DType, Error, Result, Tensor};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// AdamW (as `torch.optim.AdamW`); weight decay applies only where
 /// [`decays`](super::decays) says so (not to biases, norms or embeddings).
@@ -26,11 +27,13 @@ impl Optimizer for AdamW {
         for (name, p) in params {
             let Some(g) = grads.get(p) else { continue };
             let (shape, device) = (p.value().shape().clone(), p.value().device());
-            let (m, v, t) = self
-                .moments
-                .entry(p.id())
-                .or_insert_with(|| (Tensor::zeros(&shape, DType::F32), Tensor::zeros(&shape, DType::F32), 0));
-            // Fresh or restored moments live where the parameter does.
+            // Fresh moments are made where the parameter lives (on a GPU, not copied).
+            let zeros = || Tensor::zeros_on(&shape, DType::F32, device);
+            let (m, v, t) = match self.moments.entry(p.id()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert((zeros()?, zeros()?, 0)),
+            };
+            // Restored moments (a checkpoint's, on the host) move to the parameter's device.
             if m.device() != device {
                 (*m, *v) = (m.to_device(device)?, v.to_device(device)?);
             }

@@ -5,6 +5,7 @@ use crate::NamedParams;
 use monarch_autograd::{Gradients, VarId};
 use monarch_tensor::{DType, Result, Tensor};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// SGD with momentum and L2 weight decay, as `torch.optim.SGD`.
 pub struct Sgd {
@@ -30,8 +31,12 @@ impl Optimizer for Sgd {
             let Some(g) = grads.get(p) else { continue };
             let buf = if self.momentum > 0.0 {
                 let (shape, device) = (p.value().shape().clone(), p.value().device());
-                let v = self.velocity.entry(p.id()).or_insert_with(|| Tensor::zeros(&shape, DType::F32));
-                // A fresh or restored buffer is on the host; it follows the parameter.
+                // A fresh buffer is made where the parameter lives (on a GPU, not copied).
+                let v = match self.velocity.entry(p.id()) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => e.insert(Tensor::zeros_on(&shape, DType::F32, device)?),
+                };
+                // A restored buffer (a checkpoint's, on the host) follows the parameter.
                 if v.device() != device {
                     *v = v.to_device(device)?;
                 }

@@ -246,21 +246,25 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         let lr = schedule.lr(step);
         opt.set_lr(lr);
         let mut grads = Gradients::new();
-        let mut loss_sum = 0.0;
+        // Summed where the losses are (on a GPU, without waiting for each micro-batch) and
+        // read once per step; a non-finite loss stops the run before the update.
+        let mut loss_sum: Option<monarch_tensor::Tensor> = None;
         for micro in 0..cfg.grad_accum {
             let ctx = Ctx::train(
                 cfg.seed ^ (step * cfg.grad_accum as u64 + micro as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
             );
             let _precision = autocast(cfg.precision.autocast());
             let (loss, items) = task.train_batch(&ctx)?;
-            let value = loss.value().to_scalar_f64()?;
-            finite_or_stop(step, value, dir)?;
-            loss_sum += value;
+            loss_sum = Some(match loss_sum {
+                Some(sum) => sum.add(loss.value())?,
+                None => loss.value().clone(),
+            });
             window_items += items;
             total_items += items;
             loss.mul_scalar(1.0 / cfg.grad_accum as f64)?.backward_into(&mut grads)?;
         }
-        let loss = loss_sum / cfg.grad_accum as f64;
+        let loss = loss_sum.map_or(Ok(0.0), |s| s.to_scalar_f64())? / cfg.grad_accum as f64;
+        finite_or_stop(step, loss, dir)?;
         let grad_norm = if cfg.clip > 0.0 { grads.clip_global_norm(cfg.clip)? } else { grads.global_norm()? };
         finite_or_stop(step, grad_norm, dir)?;
         opt.step(&task.params(), &grads)?;
@@ -334,11 +338,13 @@ mod tests {
     use monarch_autograd::Param;
     use monarch_tensor::Tensor;
 
-    /// Fits w to 3 by least squares; its loss turns NaN from step `nan_from` on.
+    /// Fits w to 3 by least squares, the targets alternating 3 ± `spread` from batch to
+    /// batch; its loss turns NaN from batch `nan_from` on.
     struct Toy {
         w: Param,
         step: u64,
         nan_from: u64,
+        spread: f32,
     }
 
     impl Task for Toy {
@@ -356,7 +362,8 @@ mod tests {
         }
         fn train_batch(&mut self, _: &Ctx) -> Result<(Var, usize), TrainError> {
             self.step += 1;
-            let target = if self.step >= self.nan_from { f32::NAN } else { 3.0 };
+            let side = if self.step % 2 == 1 { -1.0 } else { 1.0 };
+            let target = if self.step >= self.nan_from { f32::NAN } else { 3.0 + side * self.spread };
             let d = self.w.var().sub(&Var::constant(Tensor::from_vec(vec![target], 1)?))?;
             Ok((d.sqr()?.sum_all()?, 1))
         }
@@ -401,25 +408,63 @@ mod tests {
             log_every: 5,
             ..Default::default()
         };
-        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: u64::MAX };
+        let mut toy = Toy {
+            w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)),
+            step: 0,
+            nan_from: u64::MAX,
+            spread: 0.0,
+        };
         let done = run(&mut toy, &cfg, &opts(dir.path())).unwrap();
         assert_eq!(done.step, 40);
         assert!(done.eval.unwrap().loss < 0.1, "w did not approach 3");
         assert!(done.losses[39] < done.losses[0]);
         let sgd = TrainConfig { optimizer: OptimizerKind::Sgd, lr: 0.05, min_lr: 0.001, ..cfg.clone() };
         let dir_sgd = tempfile::tempdir().unwrap();
-        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: u64::MAX };
+        let mut toy = Toy {
+            w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)),
+            step: 0,
+            nan_from: u64::MAX,
+            spread: 0.0,
+        };
         assert!(run(&mut toy, &sgd, &opts(dir_sgd.path())).unwrap().eval.unwrap().loss < 0.1, "SGD did not fit");
         let ck = checkpoint::load(&checkpoint::latest(dir_sgd.path()).unwrap().unwrap()).unwrap();
         assert!(ck.optimizer.contains_key("w.momentum_buffer"));
 
         let dir = tempfile::tempdir().unwrap();
-        let mut toy = Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: 13 };
+        let mut toy =
+            Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: 13, spread: 0.0 };
         let err = run(&mut toy, &cfg, &opts(dir.path())).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, TrainError::NonFinite { step: 12, .. }), "{msg}");
         assert!(msg.contains("ckpt-00000010.safetensors"), "{msg}");
         // Nothing after the last good checkpoint was written.
         assert_eq!(checkpoint::list(dir.path()).unwrap().last().unwrap().0, 10);
+    }
+
+    #[test]
+    fn accumulated_steps_report_the_mean_loss_and_take_the_mean_gradient() {
+        // From w = 0, micro-batches with targets 2 and 4: losses 4 and 16, gradients −4
+        // and −8. One SGD step of lr 0.1 on their mean: loss 10, w = 0.6.
+        let cfg = TrainConfig {
+            steps: 1,
+            grad_accum: 2,
+            clip: 0.0,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.1,
+            min_lr: 0.1,
+            warmup: 0,
+            weight_decay: 0.0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            log_every: 1,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let w = Param::new(Tensor::zeros(1, monarch_tensor::DType::F32));
+        let mut toy = Toy { w: w.clone(), step: 0, nan_from: u64::MAX, spread: 1.0 };
+        let done = run(&mut toy, &cfg, &opts(dir.path())).unwrap();
+        assert_eq!(done.losses, vec![10.0]);
+        let w = w.value().to_vec::<f32>().unwrap()[0];
+        assert!((w - 0.6).abs() < 1e-6, "w = {w}");
     }
 }
