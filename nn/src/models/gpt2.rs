@@ -11,7 +11,7 @@ use crate::structured::{LinearKind, LinearLayer};
 use crate::swap::{SwapLinears, prefixed_linears};
 use crate::{AttentionImpl, Ctx, Embedding, LayerNorm, Module, NamedParams, prefixed};
 use monarch_autograd::Var;
-use monarch_tensor::{CrossEntropy, DType, Result, Tensor, bail};
+use monarch_tensor::{CrossEntropy, Result, Tensor, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -180,8 +180,9 @@ impl Gpt2 {
         if t == 0 || t > self.cfg.block_size {
             bail!("Gpt2", "sequence length {t} is not in 1..={}", self.cfg.block_size);
         }
-        let pos = Tensor::arange(0.0, t as f64, 1.0, DType::I64)?;
-        let mut x = ctx.dropout(&self.wte.forward(ids)?.add(&self.wpe.forward(&pos)?)?, self.cfg.dropout)?;
+        // Positions 0..t are the first t rows of the position table (a view, no lookup).
+        let pos = self.wpe.weight.var().narrow(0, 0, t)?;
+        let mut x = ctx.dropout(&self.wte.forward(ids)?.add(&pos)?, self.cfg.dropout)?;
         for block in &self.h {
             x = block.forward(&x, ctx)?;
         }

@@ -191,11 +191,13 @@ impl<M: ImageModel> ImageTask<M> {
     }
 
     fn loss(&self, batch: &ImageBatch, ctx: &Ctx) -> Result<(Var, Var), TrainError> {
-        // Images are decoded on the host; they go where the parameters are.
+        // Images are decoded on the host; they and the labels go where the parameters are,
+        // together, before any of the step's work is queued (each copy waits for the device).
         let device = self.model.named_params().first().map_or(monarch_tensor::Device::Cpu, |(_, p)| p.value().device());
-        let logits = self.model.forward(&Var::constant(batch.images.to_device(device)?), ctx)?;
+        let (images, labels) = (batch.images.to_device(device)?, batch.labels.to_device(device)?);
+        let logits = self.model.forward(&Var::constant(images), ctx)?;
         let ce = CrossEntropy { ignore_index: None, label_smoothing: 0.0 };
-        Ok((logits.cross_entropy(&batch.labels, ce)?, logits))
+        Ok((logits.cross_entropy(&labels, ce)?, logits))
     }
 }
 
