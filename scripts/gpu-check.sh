@@ -37,8 +37,9 @@ timeout 240 gpu-bin/test-nvrtc_compile --nocapture > "$OUT/nvrtc_compile.log" 2>
     timeout 240 "$t" --test-threads 1 --nocapture $filter 2>&1 || echo "FAILED or timed out: $t (rc $?)"
   done
   # The Monarch layers again with every product strided in place, with only the
-  # products' stores strided, and with the products on cuBLASLt.
-  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1 MONARCH_CUBLAS=1; do
+  # products' stores strided, and with the products on cuBLASLt; the tensor tests again
+  # with every host-to-device copy synchronous (against the pinned staging).
+  for v in MONARCH_GROUP_MAJOR=0 MONARCH_STRIDED_STORES=1 MONARCH_CUBLAS=1 MONARCH_SYNC_UPLOADS=1; do
     echo "== gpu-bin/test-cuda_tensors with $v"
     env $v timeout 120 gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch layers_train 2>&1 ||
       echo "FAILED or timed out: Monarch with $v (rc $?)"

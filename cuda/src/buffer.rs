@@ -105,13 +105,7 @@ impl DeviceBuffer {
         if bytes.is_empty() {
             return Ok(());
         }
-        // SAFETY: the destination holds exactly `bytes.len()` bytes; the copy is synchronised
-        // before returning because `data` may be freed right after.
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(self.ptr, bytes, self.device.stream().cu_stream())
-                .map_err(CudaError::driver("memcpy_htod"))?;
-        }
-        self.device.synchronize()
+        self.device.copy_to_device(self.ptr, bytes)
     }
 
     /// The buffer's elements on the host (waits for queued work).

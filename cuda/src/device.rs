@@ -6,6 +6,7 @@ use crate::buffer::DeviceBuffer;
 use crate::cache::KernelCache;
 use crate::kernel_times::{KernelTime, KernelTimes};
 use crate::kernels::KernelSource;
+use crate::staging::Staging;
 use crate::{CudaError, DType, Element, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
 use std::collections::HashMap;
@@ -24,6 +25,15 @@ impl RawAlloc for DriverAlloc {
     }
 }
 
+/// Set (to anything but `0`) to make every host-to-device copy wait for the stream
+/// instead of staging it through pinned memory: a check on the staging.
+pub const SYNC_UPLOADS_ENV: &str = "MONARCH_SYNC_UPLOADS";
+
+fn sync_uploads() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(SYNC_UPLOADS_ENV).is_ok_and(|v| v != "0"))
+}
+
 /// Whether a CUDA driver library can be loaded on this machine (no GPU is touched).
 pub fn driver_present() -> bool {
     // SAFETY: only probes whether the library can be opened.
@@ -40,6 +50,8 @@ pub fn device_count() -> Result<usize> {
 
 /// One GPU with its stream, allocator and loaded kernels. Cheap to share as `Arc`.
 pub struct CudaDevice {
+    /// Pinned buffers for host-to-device copies (first: freed before the context).
+    staging: Mutex<Staging>,
     ordinal: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -88,6 +100,7 @@ impl CudaDevice {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(CudaError::driver("attribute"))? as usize;
         Ok(Arc::new(CudaDevice {
+            staging: Mutex::new(Staging::new(ctx.clone())),
             ordinal,
             pool: CachingAllocator::new(DriverAlloc { stream: stream.clone() }),
             ctx,
@@ -180,6 +193,28 @@ impl CudaDevice {
         let mut b = self.alloc(dtype, len)?;
         b.fill_zero()?;
         Ok(b)
+    }
+
+    /// Queues a copy of `bytes` to device address `dst` (holding at least that many
+    /// bytes of this device's memory). Copies up to 16 MiB go through a pinned staging
+    /// buffer and return at once; larger ones (or all, with [`SYNC_UPLOADS_ENV`] set)
+    /// wait for the stream, since their source may be freed right after.
+    pub(crate) fn copy_to_device(&self, dst: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream.cu_stream();
+        if !sync_uploads() {
+            let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: the caller guarantees `dst`; the stream is this device's.
+            if unsafe { staging.copy(stream, dst, bytes) }? {
+                return Ok(());
+            }
+        }
+        // SAFETY: as above; the copy finishes before returning (the source may be freed).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, bytes, stream) }
+            .map_err(CudaError::driver("memcpy_htod"))?;
+        self.synchronize()
     }
 
     /// A buffer holding a copy of `data`.

@@ -11,7 +11,8 @@
 //!
 //! Every op is asynchronous on the device's one stream; results are visible to later
 //! ops at once and to the host after [`DeviceBuffer::to_host`] or
-//! [`CudaDevice::synchronize`].
+//! [`CudaDevice::synchronize`]. Host-to-device copies up to 16 MiB are staged through
+//! pinned memory and do not wait for the stream either.
 
 mod alloc;
 mod buffer;
@@ -24,11 +25,12 @@ mod kernel_times;
 pub mod kernels;
 pub mod nvrtc;
 pub mod ops;
+mod staging;
 
 pub use alloc::{CachingAllocator, MemoryStats, Pooled, RawAlloc, bucket};
 pub use buffer::{DeviceBuffer, View, ViewMut};
 pub use cache::{CACHE_ENV, KernelCache, WarmedKernel};
-pub use device::{CudaDevice, DriverAlloc, device_count, driver_present};
+pub use device::{CudaDevice, DriverAlloc, SYNC_UPLOADS_ENV, device_count, driver_present};
 pub use dtype::{DType, Element};
 pub use error::{CudaError, Result};
 pub use kernel_times::{KERNEL_TIMES_ENV, KernelTime, format_kernel_times};

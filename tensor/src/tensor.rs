@@ -64,8 +64,8 @@ impl Tensor {
     }
 
     /// A tensor filled with `value` (converted to `dtype` as [`Tensor::full`] converts it)
-    /// on `device`, written there by a kernel: on a GPU nothing is copied from the host,
-    /// so the host does not wait for work queued before it.
+    /// on `device`, written there by a kernel: on a GPU nothing is built on the host or
+    /// copied from it.
     pub fn full_on(value: f64, shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Self> {
         match device {
             Device::Cpu => Ok(Self::full(value, shape, dtype)),

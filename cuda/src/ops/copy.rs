@@ -68,7 +68,7 @@ pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: View
 
 /// Sets every element of `dst` to `value`, converted to its dtype as the host's
 /// `Tensor::full` converts it (bf16 to nearest, integers truncated). The value travels as
-/// a kernel argument: no host-to-device copy, so the host does not wait for the stream.
+/// a kernel argument: no host buffer, no host-to-device copy.
 /// Kernel `fill_{f32,bf16,i64,u8}(dst, value, n)`, 256 threads, grid-stride.
 pub fn fill(dst: ViewMut<'_>, value: f64) -> Result<()> {
     let (name, v) = match dst.dtype() {

@@ -71,7 +71,7 @@ const KEPT_MASKS: usize = 8;
 
 /// The tile masks uploaded last (device, flags, the flags on that device), the most
 /// recently used last. A model's layers share one mask and call forward and backward with
-/// it at every step; an upload makes the host wait for the stream, so each is done once.
+/// it at every step, so each is built and copied to the device once.
 static KEPT_TILE_MASKS: Mutex<Vec<(Device, Vec<bool>, Tensor)>> = Mutex::new(Vec::new());
 
 impl Tensor {

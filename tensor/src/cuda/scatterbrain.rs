@@ -38,8 +38,8 @@ enum Kept {
 const KEPT_MAX: usize = 16;
 
 /// The constants built last (key, dtype, device, tensor), the most recently used last.
-/// Every layer calls forward and backward with the same ones at every step; each upload
-/// makes the host wait for the stream, so each is made once.
+/// Every layer calls forward and backward with the same ones at every step, so each is
+/// built and copied to the device once.
 static KEPT: Mutex<Vec<(Kept, DType, Device, Tensor)>> = Mutex::new(Vec::new());
 
 /// The constant `key` in `dtype` on `device`, made by `make` (on the host) when not kept.

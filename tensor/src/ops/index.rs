@@ -197,7 +197,7 @@ impl Tensor {
     }
 
     /// [`tril_mask`](Self::tril_mask) made on `device` (on a GPU by a kernel: nothing
-    /// is uploaded, so the host does not wait for the stream).
+    /// is built on the host or copied).
     pub fn tril_mask_on(rows: usize, cols: usize, diagonal: i64, device: crate::Device) -> Result<Tensor> {
         match device {
             crate::Device::Cpu => Ok(Tensor::tril_mask(rows, cols, diagonal)),

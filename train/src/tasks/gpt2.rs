@@ -98,8 +98,8 @@ impl Task for Gpt2Task {
 
     fn train_batch(&mut self, ctx: &Ctx) -> Result<(Var, usize), TrainError> {
         let b = self.loader.next_batch()?;
-        // Ids and targets go to the parameters' device together, before any of the step's
-        // work is queued: each copy waits for the device, which then has nothing to finish.
+        // Ids and targets go to the parameters' device together, before the step's work is
+        // queued (a copy over the staging limit waits for the stream, then empty).
         let device = self.model.wte.weight.value().device();
         let (inputs, targets) = (b.inputs.to_device(device)?, b.targets.to_device(device)?);
         let loss = self.model.loss(&inputs, &targets, IGNORE_INDEX, ctx)?;

@@ -192,7 +192,8 @@ impl<M: ImageModel> ImageTask<M> {
 
     fn loss(&self, batch: &ImageBatch, ctx: &Ctx) -> Result<(Var, Var), TrainError> {
         // Images are decoded on the host; they and the labels go where the parameters are,
-        // together, before any of the step's work is queued (each copy waits for the device).
+        // together, before the step's work is queued (a copy over the staging limit waits
+        // for the stream, then empty).
         let device = self.model.named_params().first().map_or(monarch_tensor::Device::Cpu, |(_, p)| p.value().device());
         let (images, labels) = (batch.images.to_device(device)?, batch.labels.to_device(device)?);
         let logits = self.model.forward(&Var::constant(images), ctx)?;
