@@ -207,8 +207,19 @@ impl CudaDevice {
         if !sync_uploads() {
             let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: the caller guarantees `dst`; the stream is this device's.
-            if unsafe { staging.copy(stream, dst, bytes) }? {
-                return Ok(());
+            match unsafe { staging.copy(stream, dst, bytes) } {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => {
+                    // Pinned memory may be short: copy synchronously instead, after
+                    // whatever the failed attempt queued.
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        eprintln!("warning: staging a host-to-device copy failed ({e}); copying synchronously")
+                    });
+                    drop(staging);
+                    self.synchronize()?;
+                }
             }
         }
         // SAFETY: as above; the copy finishes before returning (the source may be freed).
