@@ -25,6 +25,7 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layout::Layout;
 pub use masks::{BlockMask, FlatButterfly};
+pub use monarch_cuda::ops::butterfly::BUTTERFLY_MAX_N;
 pub use monarch_cuda::{KernelTime, MemoryStats, WarmedKernel, format_kernel_times};
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};

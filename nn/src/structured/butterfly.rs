@@ -3,7 +3,7 @@
 use super::{LinearKind, LinearLayer, dense_weight, f64_of, init_bias};
 use crate::{Linear, Module, NamedParams};
 use monarch_autograd::{Param, Var};
-use monarch_tensor::{DType, Device, Init, Result, Tensor};
+use monarch_tensor::{BUTTERFLY_MAX_N, DType, Device, Init, Result, Tensor};
 use rand::Rng;
 
 /// Inputs zero-padded to `n = 2^⌈log₂ in⌉`; `⌈out/n⌉` stacked butterflies of size n,
@@ -33,7 +33,7 @@ impl ButterflyLinear {
 }
 
 /// The butterfly product from primitive ops (reshape, broadcast multiply, sum), for
-/// devices without the fused kernel: factor `f` views each row as (n/2h blocks, 2, h)
+/// butterflies larger than the GPU kernels take ([`BUTTERFLY_MAX_N`]): factor `f` views each row as (n/2h blocks, 2, h)
 /// and sums the 2×2 twiddles against it, `y[blk, s', i] = Σ_s t[blk·h+i, s', s] · x[blk, s, i]`.
 pub fn composed(x: &Var, twiddle: &Var, out: usize) -> Result<Var> {
     let &[stacks, log_n, half, 2, 2] = twiddle.dims() else {
@@ -86,8 +86,9 @@ impl LinearLayer for ButterflyLinear {
                 self.in_features
             );
         }
-        // The fused kernel is the CPU's; elsewhere the factors are broadcast products.
-        let y = if x.value().device() == Device::Cpu {
+        // The fused kernels; on a GPU past their size, the factors as broadcast products.
+        let n = 2 * self.twiddle.value().dims()[2];
+        let y = if x.value().device() == Device::Cpu || n <= BUTTERFLY_MAX_N {
             x.butterfly_mul(&self.twiddle.var(), self.out_features)?
         } else {
             composed(x, &self.twiddle.var(), self.out_features)?
