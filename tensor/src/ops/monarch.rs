@@ -109,6 +109,10 @@ fn par(work: usize) -> Parallelism {
     if work >= 1 << 18 { Parallelism::Rayon(0) } else { Parallelism::None }
 }
 
+/// Multiply-adds of the largest single GEMM under which a layer's rows are split over
+/// threads rather than each GEMM: small products spend more on spreading than they gain.
+const ROW_SPLIT_MACS: usize = 1 << 23;
+
 fn row_major(offset: usize, rs: usize) -> Mat {
     Mat { offset, rs, cs: 1 }
 }
@@ -120,6 +124,46 @@ struct Sizes {
     inp: usize,
     out: usize,
     sh: MonarchShape,
+    /// Whether the GEMMs may spread over threads (not inside a row chunk, which has its
+    /// own thread).
+    threads: bool,
+}
+
+/// [`forward`], with the rows split over threads where [`Sizes::row_chunk`] says so:
+/// each chunk runs whole on one thread, then `yt` (`[ll, b, rr]`) is assembled from the
+/// chunks' blocks; `y` and `zt` are the chunks' rows in order.
+fn forward_rows<T: GemmElem + Float>(
+    x: &[T],
+    w1: &[T],
+    w2: &[T],
+    bias: Option<&[T]>,
+    z: Sizes,
+    act: Option<UnaryOp>,
+) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
+    let Some(chunk) = z.row_chunk() else { return forward(x, w1, w2, bias, z, act) };
+    use rayon::prelude::*;
+    let (l, r, ls) = (z.sh.l, z.sh.r, z.sh.l * z.sh.s);
+    let starts: Vec<usize> = (0..z.rows).step_by(chunk).collect();
+    let parts: Vec<_> = starts
+        .par_iter()
+        .map(|&lo| {
+            let hi = (lo + chunk).min(z.rows);
+            forward(&x[lo * z.inp..hi * z.inp], w1, w2, bias, z.rows_of(lo, hi), act)
+        })
+        .collect();
+    let (mut y, mut yt) = (Vec::with_capacity(z.rows * z.out), vec![T::ZERO; l * z.rows * r]);
+    let mut zt = act.map(|_| Vec::with_capacity(z.rows * ls));
+    for (&lo, (py, pyt, pzt)) in starts.iter().zip(parts) {
+        let n = py.len() / z.out.max(1);
+        y.extend_from_slice(&py);
+        for ll in 0..l {
+            yt[(ll * z.rows + lo) * r..(ll * z.rows + lo + n) * r].copy_from_slice(&pyt[ll * n * r..(ll + 1) * n * r]);
+        }
+        if let (Some(zt), Some(p)) = (zt.as_mut(), pzt) {
+            zt.extend_from_slice(&p);
+        }
+    }
+    (y, yt, zt)
 }
 
 /// The Monarch layer: `(y, yt)`, and with `act` also `zt` (the group-major
@@ -146,7 +190,7 @@ fn forward<T: GemmElem + Float>(
             for ll in 0..l {
                 let w1t = Mat { offset: (kk * q + ll) * p, rs: 1, cs: l * p };
                 let d = row_major(ll * rows * r + kk * q / l, r);
-                gemm_strided((rows, q / l, w), &mut yt, d, x, a, w1, w1t, false, par(rows * q / l * w));
+                gemm_strided((rows, q / l, w), &mut yt, d, x, a, w1, w1t, false, z.par(rows * q / l * w));
             }
         }
     } else {
@@ -156,7 +200,7 @@ fn forward<T: GemmElem + Float>(
             // out1[b, kk·q+qq] = Σ_pp x[b, kk·p+pp] · w1[kk, qq, pp]
             let w1t = Mat { offset: kk * q * p, rs: 1, cs: p };
             let (a, d) = (row_major(kk * p, z.inp), row_major(kk * q, kq));
-            gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, par(rows * q * w));
+            gemm_strided((rows, q, w), &mut out1, d, x, a, w1, w1t, false, z.par(rows * q * w));
         }
         // yt[ll, b, rr] = out1[b, rr·l+ll]: the middle permutation in one pass, so that the
         // second factor's GEMMs (here and in backward, which keeps yt) read contiguous blocks.
@@ -177,7 +221,7 @@ fn forward<T: GemmElem + Float>(
         let a = row_major(ll * rows * r, r);
         let w2t = Mat { offset: ll * s * r, rs: 1, cs: r };
         let d = row_major(ll * s, l * s);
-        gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, par(rows * cnt * r));
+        gemm_strided((rows, cnt, r), &mut zt, d, &yt, a, w2, w2t, false, z.par(rows * cnt * r));
     }
     if act.is_some() && z.out < l * s {
         // The kept pre-activation is whole: zeros past the output (scratch holds anything).
@@ -270,6 +314,54 @@ fn for_rows<T: GemmElem>(buf: &mut [T], width: usize, f: impl Fn(usize, &mut [T]
 /// What the backward of a fused activation reads: the forward's `zt`, bias and activation.
 type ActSaved<'a, T> = (&'a [T], Option<&'a [T]>, UnaryOp);
 
+/// [`backward`], with the rows split over threads where [`Sizes::row_chunk`] says so:
+/// each chunk gathers its rows of `yt` and runs whole on one thread; `dx` and `dzt` are the
+/// chunks' rows in order, `dw1` and `dw2` the sums of the chunks' (in chunk order).
+fn backward_rows<T: GemmElem + Float>(
+    [x, w1, w2, yt, dy]: [&[T]; 5],
+    z: Sizes,
+    want: [bool; 3],
+    fused: Option<ActSaved<'_, T>>,
+) -> ([Option<Vec<T>>; 3], Option<Vec<T>>) {
+    let Some(chunk) = z.row_chunk() else { return backward([x, w1, w2, yt, dy], z, want, fused) };
+    use rayon::prelude::*;
+    let (l, r, ls) = (z.sh.l, z.sh.r, z.sh.l * z.sh.s);
+    let starts: Vec<usize> = (0..z.rows).step_by(chunk).collect();
+    let parts: Vec<_> = starts
+        .par_iter()
+        .map(|&lo| {
+            let hi = (lo + chunk).min(z.rows);
+            let n = hi - lo;
+            let mut pyt = Vec::with_capacity(l * n * r);
+            for ll in 0..l {
+                pyt.extend_from_slice(&yt[(ll * z.rows + lo) * r..(ll * z.rows + hi) * r]);
+            }
+            let pf = fused.map(|(zt, bias, act)| (&zt[lo * ls..hi * ls], bias, act));
+            let (px, pg) = (&x[lo * z.inp..hi * z.inp], &dy[lo * z.out..hi * z.out]);
+            backward([px, w1, w2, &pyt, pg], z.rows_of(lo, hi), want, pf)
+        })
+        .collect();
+    let mut dx = want[0].then(|| Vec::with_capacity(z.rows * z.inp));
+    let (mut dw1, mut dw2): (Option<Vec<T>>, Option<Vec<T>>) = (None, None);
+    let mut dzt = fused.map(|_| Vec::with_capacity(z.rows * ls));
+    let add = |sum: &mut Option<Vec<T>>, part: Option<Vec<T>>| match (sum.as_mut(), part) {
+        (Some(s), Some(p)) => s.iter_mut().zip(p).for_each(|(a, b)| *a += b),
+        (None, p) => *sum = p,
+        (Some(_), None) => {}
+    };
+    for ([pdx, pdw1, pdw2], pdzt) in parts {
+        if let (Some(dx), Some(p)) = (dx.as_mut(), pdx) {
+            dx.extend_from_slice(&p);
+        }
+        add(&mut dw1, pdw1);
+        add(&mut dw2, pdw2);
+        if let (Some(d), Some(p)) = (dzt.as_mut(), pdzt) {
+            d.extend_from_slice(&p);
+        }
+    }
+    ([dx, dw1, dw2], dzt)
+}
+
 /// Gradients `[dx, dw1, dw2]`, each only when wanted. With `fused`, `dy` is the
 /// activation output's gradient: it is multiplied by the activation's derivative at
 /// `zt + bias` in the pass that undoes
@@ -326,13 +418,13 @@ fn backward<T: GemmElem + Float>(
             // dw2[ll, ss, rr] = Σ_b dy[b, ss·l+ll] · yt[ll, b, rr]
             let dzt_t = Mat { offset: ll * s, rs: 1, cs: l * s };
             let d = row_major(ll * s * r, r);
-            gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, yt, y_ll, false, par(cnt * r * rows));
+            gemm_strided((cnt, r, rows), dw2, d, &dzt, dzt_t, yt, y_ll, false, z.par(cnt * r * rows));
         }
         if need_dout1 {
             // dyt[ll, b, rr] = Σ_ss dy[b, ss·l+ll] · w2[ll, ss, rr]
             let (a, w) = (row_major(ll * s, l * s), row_major(ll * s * r, r));
             let d = row_major(ll * rows * r, r);
-            gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, par(rows * r * cnt));
+            gemm_strided((rows, r, cnt), &mut dyt, d, &dzt, a, w2, w, false, z.par(rows * r * cnt));
         }
     }
     // Kept for the fused activation's bias gradient, else back to scratch for the buffers below.
@@ -350,11 +442,11 @@ fn backward<T: GemmElem + Float>(
                 if let Some(dw1) = dw1.as_mut() {
                     // dw1[kk, ll + l·t, pp] = Σ_b dyt[ll, b, kk·q/l + t] · x[b, kk·p+pp]
                     let dt = Mat { offset: run, rs: 1, cs: r };
-                    gemm_strided((q / l, w, rows), dw1, w1_rows, &dyt, dt, x, x_kk, false, par(q / l * w * rows));
+                    gemm_strided((q / l, w, rows), dw1, w1_rows, &dyt, dt, x, x_kk, false, z.par(q / l * w * rows));
                 }
                 if let Some(dx) = dx.as_mut() {
                     // dx[b, kk·p+pp] += Σ_t dyt[ll, b, kk·q/l + t] · w1[kk, ll + l·t, pp]
-                    let work = par(rows * w * q / l);
+                    let work = z.par(rows * w * q / l);
                     gemm_strided((rows, w, q / l), dx, x_kk, &dyt, row_major(run, r), w1, w1_rows, ll > 0, work);
                 }
             }
@@ -382,12 +474,12 @@ fn backward<T: GemmElem + Float>(
         if let Some(dw1) = dw1.as_mut() {
             // dw1[kk, qq, pp] = Σ_b dout1[b, kk·q+qq] · x[b, kk·p+pp]
             let dt = Mat { offset: kk * q, rs: 1, cs: kq };
-            gemm_strided((q, w, rows), dw1, w1_kk, &dout1, dt, x, x_kk, false, par(q * w * rows));
+            gemm_strided((q, w, rows), dw1, w1_kk, &dout1, dt, x, x_kk, false, z.par(q * w * rows));
         }
         if let Some(dx) = dx.as_mut() {
             // dx[b, kk·p+pp] = Σ_qq dout1[b, kk·q+qq] · w1[kk, qq, pp]
             let d1 = row_major(kk * q, kq);
-            gemm_strided((rows, w, q), dx, x_kk, &dout1, d1, w1, w1_kk, false, par(rows * w * q));
+            gemm_strided((rows, w, q), dx, x_kk, &dout1, d1, w1, w1_kk, false, z.par(rows * w * q));
         }
     }
     give_scratch(dout1);
@@ -453,7 +545,7 @@ impl Tensor {
         if out > sh.m() {
             crate::bail!(op, "{out} outputs asked but the factors give {}", sh.m());
         }
-        Ok(Sizes { rows: self.elem_count() / inp.max(1), inp, out, sh })
+        Ok(Sizes { rows: self.elem_count() / inp.max(1), inp, out, sh, threads: true })
     }
 
     /// The Monarch product of `x` (.., k·p) with factors `w1` (k, q, p) and `w2`
@@ -528,7 +620,7 @@ impl Tensor {
             let bias = bias.map(|b| data::<T>(b, op)).transpose()?;
             let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let (x, a, b) = (&xc.cpu_slice::<T>(op)?[xo..], &ac.cpu_slice::<T>(op)?[ao..], &bc.cpu_slice::<T>(op)?[bo..]);
-            let (y, mid, pre) = forward::<T>(x, a, b, bias, z, act);
+            let (y, mid, pre) = forward_rows::<T>(x, a, b, bias, z, act);
             (CpuStorage::from(y), CpuStorage::from(mid), pre.map(CpuStorage::from))
         });
         let pre = pre.map(|p| Tensor::from_cpu(p, [z.rows, z.sh.l * z.sh.s]));
@@ -619,7 +711,7 @@ impl Tensor {
             let pre = pre.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let bias = bias.as_ref().map(|(t, o)| t.cpu_slice::<T>(op).map(|s| &s[*o..])).transpose()?;
             let act = fused.map(|(_, _, a)| a);
-            let (grads, dpre) = backward::<T>([xs, a, b, o1, g], z, want, pre.zip(act).map(|(p, a)| (p, bias, a)));
+            let (grads, dpre) = backward_rows::<T>([xs, a, b, o1, g], z, want, pre.zip(act).map(|(p, a)| (p, bias, a)));
             (grads.map(|v| v.map(CpuStorage::from)), dpre.map(CpuStorage::from))
         });
         let wrap = |s: Option<CpuStorage>, shape: &Shape| {
@@ -631,6 +723,30 @@ impl Tensor {
 }
 
 impl Sizes {
+    /// How a product of `work` multiply-adds runs: over threads when this call may and
+    /// the product is big enough.
+    fn par(&self, work: usize) -> Parallelism {
+        if self.threads { par(work) } else { Parallelism::None }
+    }
+
+    /// Rows per chunk when this call's rows are split over threads (each chunk's GEMMs
+    /// on one thread): when every GEMM is under [`ROW_SPLIT_MACS`] and each of at least
+    /// two threads gets 64 rows or more. `None`: one call, each GEMM spread itself.
+    fn row_chunk(&self) -> Option<usize> {
+        let MonarchShape { q, p, l, s, r, .. } = self.sh;
+        let threads = rayon::current_num_threads();
+        // The first factor's GEMMs are q/l wide when l | q (see `forward`), else q.
+        let first = if l > 0 && q % l == 0 { q / l } else { q };
+        let per_gemm = self.rows * (first * p).max(s * r);
+        let chunk = self.rows.div_ceil(threads.max(1));
+        (self.threads && threads > 1 && chunk >= 64 && per_gemm < ROW_SPLIT_MACS && l > 0).then_some(chunk)
+    }
+
+    /// These sizes for rows `lo..hi`, its GEMMs on the calling thread.
+    fn rows_of(&self, lo: usize, hi: usize) -> Sizes {
+        Sizes { rows: hi - lo, threads: false, ..*self }
+    }
+
     /// Whether `dy` has `x`'s rows and `mid` the layout of `x`'s device (CPU: (l, rows,
     /// r); GPU: (rows, k·q)).
     fn backward_shapes_fit(&self, x: &Tensor, mid: &Tensor, dy: &Tensor) -> bool {
@@ -699,6 +815,40 @@ mod tests {
                     assert!((yv[row * l * s + o] - want).abs() < 1e-10, "shape {i} row {row} out {o}");
                 }
             }
+        }
+    }
+
+    /// Rows split over two threads give what one call gives: forward (with and without a
+    /// fused activation, with the middle permutation in the GEMMs or as a pass) and every
+    /// gradient, on a ragged split (1003 rows), padded inputs and truncated outputs.
+    #[test]
+    fn rows_split_over_threads_match_one_call() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // (k, q, p, l, s, r, inputs, outputs): l | q, and l ∤ q.
+        for (k, q, p, l, s, r, inp, out) in [(4, 16, 16, 4, 16, 16, 60, 62), (3, 8, 10, 4, 6, 6, 30, 24)] {
+            let (w1, w2) = (rnd(&[k, q, p], 1), rnd(&[l, s, r], 2));
+            let (x, dy, b) = (rnd(&[1003, inp], 3), rnd(&[1003, out], 4), rnd(&[out], 5));
+            let f = |t: &Tensor| t.contiguous().unwrap().to_vec::<f64>().unwrap();
+            let (xv, w1v, w2v, dyv, bv) = (f(&x), f(&w1), f(&w2), f(&dy), f(&b));
+            let sh = MonarchShape { k, q, p, l, s, r };
+            let z = Sizes { rows: 1003, inp, out, sh, threads: true };
+            pool.install(|| {
+                assert!(z.row_chunk().is_some(), "the split is not taken");
+                for act in [None, Some(UnaryOp::GeluTanh)] {
+                    let whole = forward(&xv, &w1v, &w2v, Some(&bv), z, act);
+                    let split = forward_rows(&xv, &w1v, &w2v, Some(&bv), z, act);
+                    assert_eq!((&whole.0, &whole.1, &whole.2), (&split.0, &split.1, &split.2));
+                    let fused = whole.2.as_deref().map(|zt| (zt, Some(&bv[..]), UnaryOp::GeluTanh));
+                    let inputs = [&xv[..], &w1v, &w2v, &whole.1, &dyv];
+                    let (one, one_dzt) = backward(inputs, z, [true; 3], fused);
+                    let (two, two_dzt) = backward_rows(inputs, z, [true; 3], fused);
+                    assert_eq!((&one[0], &one_dzt), (&two[0], &two_dzt), "dx and dzt are row by row");
+                    for (a, b) in one[1..].iter().zip(&two[1..]) {
+                        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+                        assert!(a.iter().zip(b).all(|(u, v)| (u - v).abs() <= 1e-10 * (1.0 + u.abs())));
+                    }
+                }
+            });
         }
     }
 
