@@ -19,11 +19,29 @@
 
 __device__ __forceinline__ i64 bf_pair(i64 j, int f) { return ((j >> f) << (f + 1)) | (j & ((1ll << f) - 1)); }
 
+// Factor f of one stack's twiddles t on rn rows: row r's input at in + r * stride, its
+// output at out + r * stride (in place when in == out: both ends of a pair belong to one
+// (row, pair) item). The caller puts a barrier after it.
+template <typename T>
+__device__ void bf_factor(const T* t, int f, int log_n, int rn, const float* in, float* out, i64 stride) {
+    const i64 half = 1ll << (log_n - 1), h = 1ll << f;
+    for (i64 i = threadIdx.x; i < (i64)rn * half; i += blockDim.x) {
+        const i64 r = i >> (log_n - 1), j = i & (half - 1);
+        const T* w = t + ((i64)f * half + j) * 4;
+        const float* v = in + r * stride;
+        float* o = out + r * stride;
+        const i64 a = bf_pair(j, f);
+        const float xa = v[a], xb = v[a + h];
+        o[a] = to_f32(w[0]) * xa + to_f32(w[1]) * xb;
+        o[a + h] = to_f32(w[2]) * xa + to_f32(w[3]) * xb;
+    }
+}
+
 template <typename T>
 __device__ void bf_fwd_run(const T* __restrict__ x, const T* __restrict__ tw, T* __restrict__ y, i64 rows, i64 inp,
                            i64 out, int log_n, int per_block) {
     __shared__ float buf[BF_MAX_ELEMS];
-    const i64 n = 1ll << log_n, half = n >> 1;
+    const i64 n = 1ll << log_n;
     const int st = blockIdx.y;
     const i64 r0 = (i64)blockIdx.x * per_block;
     const int rn = (int)min((i64)per_block, rows - r0);
@@ -34,16 +52,7 @@ __device__ void bf_fwd_run(const T* __restrict__ x, const T* __restrict__ tw, T*
     __syncthreads();
     const T* t = tw + (i64)st * log_n * n * 2;
     for (int f = 0; f < log_n; f++) {
-        const i64 h = 1ll << f;
-        for (i64 i = threadIdx.x; i < (i64)rn * half; i += blockDim.x) {
-            const i64 r = i >> (log_n - 1), j = i & (half - 1);
-            const T* w = t + ((i64)f * half + j) * 4;
-            float* v = buf + r * n;
-            const i64 a = bf_pair(j, f);
-            const float xa = v[a], xb = v[a + h];
-            v[a] = to_f32(w[0]) * xa + to_f32(w[1]) * xb;
-            v[a + h] = to_f32(w[2]) * xa + to_f32(w[3]) * xb;
-        }
+        bf_factor(t, f, log_n, rn, buf, buf, n);
         __syncthreads();
     }
     const i64 lo = (i64)st * n, cnt = min(n, out - lo);
@@ -79,17 +88,7 @@ __device__ void bf_bwd_run(const T* __restrict__ x, const T* __restrict__ tw, co
                 }
             __syncthreads();
             for (int f = 0; f + 1 < log_n; f++) {
-                const i64 h = 1ll << f;
-                for (i64 i = threadIdx.x; i < (i64)rn * half; i += blockDim.x) {
-                    const i64 r = i >> (log_n - 1), j = i & (half - 1);
-                    const T* w = t + ((i64)f * half + j) * 4;
-                    const float* v = lv + (r * log_n + f) * n;
-                    float* o = lv + (r * log_n + f + 1) * n;
-                    const i64 a = bf_pair(j, f);
-                    const float xa = v[a], xb = v[a + h];
-                    o[a] = to_f32(w[0]) * xa + to_f32(w[1]) * xb;
-                    o[a + h] = to_f32(w[2]) * xa + to_f32(w[3]) * xb;
-                }
+                bf_factor(t, f, log_n, rn, lv + f * n, lv + (f + 1) * n, (i64)log_n * n);
                 __syncthreads();
             }
             const i64 lo = (i64)st * n, cnt = min(n, out - lo);

@@ -101,11 +101,7 @@ impl DeviceBuffer {
     /// Copies `data` (same dtype and length) into the buffer.
     pub fn copy_from_host<T: Element>(&mut self, data: &[T]) -> Result<()> {
         self.check_host::<T>(data.len(), "copy_from_host")?;
-        let bytes = as_bytes(data);
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.device.copy_to_device(self.ptr, bytes)
+        self.device.copy_to_device(self.ptr, as_bytes(data))
     }
 
     /// The buffer's elements on the host (waits for queued work).

@@ -135,6 +135,10 @@ struct LowRank {
     k: Features,
     /// The query features in blocks (B, H, T, block, m).
     q_blocks: Tensor,
+    /// The key features in blocks (B, H, T, block, m).
+    k_blocks: Tensor,
+    /// The values in the compute dtype, in blocks (B, H, T, block, d).
+    v_blocks: Tensor,
     /// Per query block `Σ_{j outside} φ(k_j)·v_jᵀ` (B, H, T, m, d).
     kv: Tensor,
     /// Per query block `Σ_{j outside} φ(k_j)` (B, H, T, 1, m).
@@ -148,16 +152,19 @@ struct LowRank {
 }
 
 impl LowRank {
+    /// From the inputs in any float dtype (computed in [`compute_dtype`]'s).
     fn new(q: &Tensor, k: &Tensor, v: &Tensor, cfg: &Scatterbrain, causal: bool) -> Result<LowRank> {
-        let (dtype, device, n, d) = (q.dtype(), q.device(), q.dims()[2], q.dims()[3]);
+        let (dtype, device, n, d) = (compute_dtype(q), q.device(), q.dims()[2], q.dims()[3]);
+        let (q, k, v) = (&q.to_dtype(dtype)?, &k.to_dtype(dtype)?, &v.to_dtype(dtype)?);
         let w = projection(cfg, d, dtype, device)?;
         let sel = selection(cfg, n.div_ceil(cfg.block), causal, dtype, device)?;
         let (qf, kf) = (features(q, &w, true)?, features(k, &w, false)?);
-        let k_blocks = blocked(&kf.feat, cfg.block)?;
-        let kv = outside(&k_blocks.transpose(3, 4)?.matmul(&blocked(v, cfg.block)?)?, &sel)?;
+        let (k_blocks, v_blocks) = (blocked(&kf.feat, cfg.block)?, blocked(v, cfg.block)?);
+        let kv = outside(&k_blocks.transpose(3, 4)?.matmul(&v_blocks)?, &sel)?;
         let ksum = outside(&k_blocks.sum_keepdim(3)?, &sel)?;
         let offset = qf.stab.add(&kf.stab)?;
-        Ok(LowRank { q_blocks: blocked(&qf.feat, cfg.block)?, q: qf, k: kf, kv, ksum, sel, w, offset })
+        let q_blocks = blocked(&qf.feat, cfg.block)?;
+        Ok(LowRank { q: qf, k: kf, q_blocks, k_blocks, v_blocks, kv, ksum, sel, w, offset })
     }
 
     /// Chains a feature gradient `g` (B, H, n, m) to the unscaled rows:
@@ -181,8 +188,7 @@ pub(crate) fn forward(
     let n = q.dims()[2];
     let band = q.block_sparse_attention(k, v, &cfg.local_mask(n, n)?, opts)?;
     let cdt = compute_dtype(q);
-    let (qc, kc, vc) = (q.to_dtype(cdt)?, k.to_dtype(cdt)?, v.to_dtype(cdt)?);
-    let lr = LowRank::new(&qc, &kc, &vc, cfg, opts.causal)?;
+    let lr = LowRank::new(q, k, v, cfg, opts.causal)?;
     let num = unblocked(&lr.q_blocks.matmul(&lr.kv)?, n)?;
     let den_low = unblocked(&lr.q_blocks.matmul(&lr.ksum.transpose(3, 4)?)?, n)?;
     // Each part's weight relative to the larger of the two stabilisers.
@@ -210,9 +216,8 @@ pub(crate) fn backward(
     let n = q.dims()[2];
     let band = Tensor::block_sparse_attention_backward(q, k, v, &cfg.local_mask(n, n)?, fwd, dout, opts)?;
     let cdt = compute_dtype(q);
-    let (qc, kc, vc) = (q.to_dtype(cdt)?, k.to_dtype(cdt)?, v.to_dtype(cdt)?);
     let (out, dout, lse) = (fwd.out.to_dtype(cdt)?, dout.to_dtype(cdt)?, fwd.lse.to_dtype(cdt)?.unsqueeze(-1)?);
-    let lr = LowRank::new(&qc, &kc, &vc, cfg, opts.causal)?;
+    let lr = LowRank::new(q, k, v, cfg, opts.causal)?;
     let dsum = dout.mul(&out)?.sum_keepdim(3)?;
     // g_i: the row's low-rank probability scale; 0 for a row that sees nothing.
     let seen = lse.cmp_scalar(f64::NEG_INFINITY, CmpOp::Gt)?;
@@ -226,9 +231,9 @@ pub(crate) fn backward(
     let gphi_blocks = blocked(&lr.q.feat.mul(&g)?, cfg.block)?;
     let qdo = outside(&gphi_blocks.transpose(3, 4)?.matmul(&dout_blocks)?, &sel_t)?;
     let qd = outside(&blocked(&lr.q.feat.mul(&g.mul(&dsum)?)?, cfg.block)?.sum_keepdim(3)?, &sel_t)?;
-    let dpsi = blocked(&vc, cfg.block)?.matmul(&qdo.transpose(3, 4)?)?.sub(&qd)?;
+    let dpsi = lr.v_blocks.matmul(&qdo.transpose(3, 4)?)?.sub(&qd)?;
     let dk = lr.through_features(&lr.k, &unblocked(&dpsi, n)?)?;
-    let dv = unblocked(&blocked(&lr.k.feat, cfg.block)?.matmul(&qdo)?, n)?;
+    let dv = unblocked(&lr.k_blocks.matmul(&qdo)?, n)?;
     let add = |exact: &Tensor, low: Tensor| exact.to_dtype(cdt)?.add(&low)?.to_dtype(q.dtype());
     Ok(AttentionGrads { dq: add(&band.dq, dq)?, dk: add(&band.dk, dk)?, dv: add(&band.dv, dv)? })
 }

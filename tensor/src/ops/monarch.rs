@@ -129,6 +129,14 @@ struct Sizes {
     threads: bool,
 }
 
+/// `f(lo, hi)` on the row ranges of `chunk` rows (the last ragged) that cover `rows`,
+/// over rayon; the results with their ranges, in row order.
+fn over_chunks<R: Send>(rows: usize, chunk: usize, f: impl Fn(usize, usize) -> R + Sync) -> Vec<((usize, usize), R)> {
+    use rayon::prelude::*;
+    let ranges: Vec<(usize, usize)> = (0..rows).step_by(chunk.max(1)).map(|lo| (lo, (lo + chunk).min(rows))).collect();
+    ranges.into_par_iter().map(|(lo, hi)| ((lo, hi), f(lo, hi))).collect()
+}
+
 /// [`forward`], with the rows split over threads where [`Sizes::row_chunk`] says so:
 /// each chunk runs whole on one thread, then `yt` (`[ll, b, rr]`) is assembled from the
 /// chunks' blocks; `y` and `zt` are the chunks' rows in order.
@@ -141,23 +149,16 @@ fn forward_rows<T: GemmElem + Float>(
     act: Option<UnaryOp>,
 ) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
     let Some(chunk) = z.row_chunk() else { return forward(x, w1, w2, bias, z, act) };
-    use rayon::prelude::*;
     let (l, r, ls) = (z.sh.l, z.sh.r, z.sh.l * z.sh.s);
-    let starts: Vec<usize> = (0..z.rows).step_by(chunk).collect();
-    let parts: Vec<_> = starts
-        .par_iter()
-        .map(|&lo| {
-            let hi = (lo + chunk).min(z.rows);
-            forward(&x[lo * z.inp..hi * z.inp], w1, w2, bias, z.rows_of(lo, hi), act)
-        })
-        .collect();
+    let parts =
+        over_chunks(z.rows, chunk, |lo, hi| forward(&x[lo * z.inp..hi * z.inp], w1, w2, bias, z.rows_of(lo, hi), act));
     let (mut y, mut yt) = (Vec::with_capacity(z.rows * z.out), vec![T::ZERO; l * z.rows * r]);
     let mut zt = act.map(|_| Vec::with_capacity(z.rows * ls));
-    for (&lo, (py, pyt, pzt)) in starts.iter().zip(parts) {
-        let n = py.len() / z.out.max(1);
+    for ((lo, hi), (py, pyt, pzt)) in parts {
+        let n = hi - lo;
         y.extend_from_slice(&py);
         for ll in 0..l {
-            yt[(ll * z.rows + lo) * r..(ll * z.rows + lo + n) * r].copy_from_slice(&pyt[ll * n * r..(ll + 1) * n * r]);
+            yt[(ll * z.rows + lo) * r..(ll * z.rows + hi) * r].copy_from_slice(&pyt[ll * n * r..(ll + 1) * n * r]);
         }
         if let (Some(zt), Some(p)) = (zt.as_mut(), pzt) {
             zt.extend_from_slice(&p);
@@ -324,23 +325,16 @@ fn backward_rows<T: GemmElem + Float>(
     fused: Option<ActSaved<'_, T>>,
 ) -> ([Option<Vec<T>>; 3], Option<Vec<T>>) {
     let Some(chunk) = z.row_chunk() else { return backward([x, w1, w2, yt, dy], z, want, fused) };
-    use rayon::prelude::*;
     let (l, r, ls) = (z.sh.l, z.sh.r, z.sh.l * z.sh.s);
-    let starts: Vec<usize> = (0..z.rows).step_by(chunk).collect();
-    let parts: Vec<_> = starts
-        .par_iter()
-        .map(|&lo| {
-            let hi = (lo + chunk).min(z.rows);
-            let n = hi - lo;
-            let mut pyt = Vec::with_capacity(l * n * r);
-            for ll in 0..l {
-                pyt.extend_from_slice(&yt[(ll * z.rows + lo) * r..(ll * z.rows + hi) * r]);
-            }
-            let pf = fused.map(|(zt, bias, act)| (&zt[lo * ls..hi * ls], bias, act));
-            let (px, pg) = (&x[lo * z.inp..hi * z.inp], &dy[lo * z.out..hi * z.out]);
-            backward([px, w1, w2, &pyt, pg], z.rows_of(lo, hi), want, pf)
-        })
-        .collect();
+    let parts = over_chunks(z.rows, chunk, |lo, hi| {
+        let mut pyt = Vec::with_capacity(l * (hi - lo) * r);
+        for ll in 0..l {
+            pyt.extend_from_slice(&yt[(ll * z.rows + lo) * r..(ll * z.rows + hi) * r]);
+        }
+        let pf = fused.map(|(zt, bias, act)| (&zt[lo * ls..hi * ls], bias, act));
+        let (px, pg) = (&x[lo * z.inp..hi * z.inp], &dy[lo * z.out..hi * z.out]);
+        backward([px, w1, w2, &pyt, pg], z.rows_of(lo, hi), want, pf)
+    });
     let mut dx = want[0].then(|| Vec::with_capacity(z.rows * z.inp));
     let (mut dw1, mut dw2): (Option<Vec<T>>, Option<Vec<T>>) = (None, None);
     let mut dzt = fused.map(|_| Vec::with_capacity(z.rows * ls));
@@ -349,7 +343,7 @@ fn backward_rows<T: GemmElem + Float>(
         (None, p) => *sum = p,
         (Some(_), None) => {}
     };
-    for ([pdx, pdw1, pdw2], pdzt) in parts {
+    for (_, ([pdx, pdw1, pdw2], pdzt)) in parts {
         if let (Some(dx), Some(p)) = (dx.as_mut(), pdx) {
             dx.extend_from_slice(&p);
         }

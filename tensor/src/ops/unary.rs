@@ -187,6 +187,24 @@ impl UnaryOp {
     }
 }
 
+/// `$each!(OP)` with `op` matched to a constant for the hot activations, so that the loop
+/// `$each` expands to is compiled once per op and vectorises (a loop over a runtime
+/// `op` matches inside every iteration and does not).
+macro_rules! with_fixed_op {
+    ($op:expr, $each:ident) => {
+        match $op {
+            UnaryOp::GeluTanh => $each!(UnaryOp::GeluTanh),
+            UnaryOp::GeluErf => $each!(UnaryOp::GeluErf),
+            UnaryOp::Relu => $each!(UnaryOp::Relu),
+            UnaryOp::Silu => $each!(UnaryOp::Silu),
+            UnaryOp::Exp => $each!(UnaryOp::Exp),
+            UnaryOp::Tanh => $each!(UnaryOp::Tanh),
+            UnaryOp::Sigmoid => $each!(UnaryOp::Sigmoid),
+            other => $each!(other),
+        }
+    };
+}
+
 simd_dispatch! {
     /// `row[i] = op(row[i])`, compiled for AVX2 / AVX-512 where the CPU has them.
     fn unary_row<T: Float> = unary_row_impl(row: &mut [T], op: UnaryOp)
@@ -200,16 +218,7 @@ fn unary_row_impl<T: Float>(row: &mut [T], op: UnaryOp) {
             row.iter_mut().for_each(|v| *v = $op.f(*v))
         };
     }
-    match op {
-        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
-        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
-        UnaryOp::Relu => each!(UnaryOp::Relu),
-        UnaryOp::Silu => each!(UnaryOp::Silu),
-        UnaryOp::Exp => each!(UnaryOp::Exp),
-        UnaryOp::Tanh => each!(UnaryOp::Tanh),
-        UnaryOp::Sigmoid => each!(UnaryOp::Sigmoid),
-        other => each!(other),
-    }
+    with_fixed_op!(op, each)
 }
 
 simd_dispatch! {
@@ -227,16 +236,7 @@ fn unary_grad_row_impl<T: Float>(row: &mut [T], saved: &[T], shift: Option<&[T]>
             }
         };
     }
-    match op {
-        UnaryOp::GeluTanh => each!(UnaryOp::GeluTanh),
-        UnaryOp::GeluErf => each!(UnaryOp::GeluErf),
-        UnaryOp::Relu => each!(UnaryOp::Relu),
-        UnaryOp::Silu => each!(UnaryOp::Silu),
-        UnaryOp::Exp => each!(UnaryOp::Exp),
-        UnaryOp::Tanh => each!(UnaryOp::Tanh),
-        UnaryOp::Sigmoid => each!(UnaryOp::Sigmoid),
-        other => each!(other),
-    }
+    with_fixed_op!(op, each)
 }
 
 /// `op` over a tensor's data: contiguous data in vectorised chunks (over rayon when
