@@ -1,6 +1,6 @@
 // Runs cuda/kernels/cross_entropy.cu (rows, mean, backward) in the CPU emulator,
 // launched as cuda/src/ops/cross_entropy.rs launches them (cfg_rows; one block of 1024;
-// cfg_1d(grid_for(N·256, 256), 256) with the count read at out + 1), against f64
+// cfg_1d(grid_for(N·256, 256), 256) with the count read at out + 1 and dloss by pointer), against f64
 // references from the definitions (tensor/src/ops/loss.rs): lse_r = log sum_j exp x_rj,
 // loss_r = (1 - eps)(lse_r - x_r,t) + eps (lse_r - mean_j x_rj), 0 and uncounted on
 // ignored rows; mean = sum loss / max(count, 1); dx_rj = (softmax_rj - eps/C - (1 - eps)
@@ -17,13 +17,12 @@ using emu::Data;
 
 template <typename T> struct CeKernels {
     void (*rows)(const T*, const i64*, float*, float*, i64, i64, i64, int, float);
-    void (*bwd)(const T*, const i64*, const float*, const float*, const float*, float, T*, i64, i64, i64, int, float);
+    void (*bwd)(const T*, const i64*, const float*, const float*, const float*, T*, i64, i64, i64, int, float);
 };
 
-/// One case; `dloss_on_device` passes the loss gradient by pointer, else by value.
+/// One case.
 template <typename T>
-static int run(int n, int classes, bool ignore, float eps, bool dloss_on_device, CeKernels<T> k, double tol,
-               uint64_t seed) {
+static int run(int n, int classes, bool ignore, float eps, CeKernels<T> k, double tol, uint64_t seed) {
     emu::Rng rng(seed);
     const i64 ignore_index = -100;
     Data<T> x((size_t)n * classes, rng, 3.0f);
@@ -41,8 +40,8 @@ static int run(int n, int classes, bool ignore, float eps, bool dloss_on_device,
     emu::launch({1, 1, 1}, {1024, 1, 1},
                 [&] { cross_entropy_mean(loss.data(), t.data(), out.data(), n, ignore_index, ignore); });
     emu::launch({dev.grid_for((size_t)n * 256, 256), 1, 1}, {256, 1, 1}, [&] {
-        k.bwd(x.dev.data(), t.data(), lse.data(), out.data() + 1, dloss_on_device ? &dloss : nullptr,
-              dloss_on_device ? 0.0f : dloss, dx.data(), n, classes, ignore_index, ignore, eps);
+        k.bwd(x.dev.data(), t.data(), lse.data(), out.data() + 1, &dloss, dx.data(), n, classes, ignore_index, ignore,
+              eps);
     });
 
     std::vector<double> rloss(n), rlse(n), rout(2, 0.0), rdx((size_t)n * classes, 0.0);
@@ -71,8 +70,8 @@ static int run(int n, int classes, bool ignore, float eps, bool dloss_on_device,
     cm.add(out[0], rout[0]);
     cc.add(out[1], rout[1]);
     cx.all(dx, rdx);
-    return emu::report(emu::fmt("cross_entropy %-4s N=%d C=%d ignore=%d eps=%.2f dloss-ptr=%d block=(%u,%u)",
-                                emu::Elem<T>::name, n, classes, ignore, eps, dloss_on_device, cfg.block.x, cfg.block.y),
+    return emu::report(emu::fmt("cross_entropy %-4s N=%d C=%d ignore=%d eps=%.2f block=(%u,%u)", emu::Elem<T>::name, n,
+                                classes, ignore, eps, cfg.block.x, cfg.block.y),
                        {&cl, &cs, &cm, &cc, &cx});
 }
 
@@ -81,10 +80,10 @@ int main() {
     const CeKernels<float> f32{cross_entropy_rows_f32, cross_entropy_bwd_f32};
     const CeKernels<bf16> bf{cross_entropy_rows_bf16, cross_entropy_bwd_bf16};
     const double tf = 2e-5, tb = 2e-2;
-    fails += run<float>(37, 10, true, 0.0f, false, f32, tf, 1);
-    fails += run<float>(70, 300, false, 0.1f, true, f32, tf, 2);
-    fails += run<float>(2500, 20, true, 0.1f, false, f32, tf, 3);  // grid-stride backward
-    fails += run<bf16>(37, 10, false, 0.1f, true, bf, tb, 4);
-    fails += run<bf16>(70, 300, true, 0.0f, false, bf, tb, 5);
+    fails += run<float>(37, 10, true, 0.0f, f32, tf, 1);
+    fails += run<float>(70, 300, false, 0.1f, f32, tf, 2);
+    fails += run<float>(2500, 20, true, 0.1f, f32, tf, 3);  // grid-stride backward
+    fails += run<bf16>(37, 10, false, 0.1f, bf, tb, 4);
+    fails += run<bf16>(70, 300, true, 0.0f, bf, tb, 5);
     return fails ? 1 : 0;
 }

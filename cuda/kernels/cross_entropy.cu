@@ -6,9 +6,9 @@
 // softmax.cu); `cross_entropy_mean` (one block of 1024) writes the mean over counted rows
 // and the count (f32, both): out[0] = sum loss_r / max(count, 1), out[1] = count.
 // Backward: dx_rj = (exp(x_rj - lse_r) - target_rj) * dloss / max(count, 1) with
-// target_rj = eps/C + (1 - eps)[j == t_r]; 0 on ignored rows. `dloss` is read from
-// device memory when `dloss_ptr` is not null (no host round trip), else `dloss_value`.
-// Targets are not checked on the host (that would need a copy back): an out-of-range,
+// target_rj = eps/C + (1 - eps)[j == t_r]; 0 on ignored rows. `dloss` and `count` are
+// read from device memory (no host round trip). The kernels do not bounds-check targets
+// (the callers do, see tensor/src/ops/loss.rs); should one slip through, an out-of-range,
 // non-ignored target makes its row's loss NaN, so the mean shows it.
 
 template <typename T>
@@ -67,10 +67,8 @@ extern "C" __global__ void cross_entropy_mean(const float* __restrict__ loss, co
 
 template <typename T>
 __device__ void ce_bwd_run(const T* __restrict__ x, const i64* __restrict__ t, const float* __restrict__ lse,
-                           const float* __restrict__ count, const float* __restrict__ dloss_ptr, float dloss_value,
-                           T* __restrict__ dx, i64 rows, i64 cols, i64 ignore_index, int has_ignore, float eps) {
-    const float dloss = dloss_ptr ? dloss_ptr[0] : dloss_value;
-    const float scale = dloss / fmaxf(count[0], 1.0f);
+                           const float* __restrict__ count, const float* __restrict__ dloss, T* __restrict__ dx, i64 rows, i64 cols, i64 ignore_index, int has_ignore, float eps) {
+    const float scale = dloss[0] / fmaxf(count[0], 1.0f);
     const float off = eps / (float)cols;
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const i64 target = t[row];
@@ -94,10 +92,9 @@ __device__ void ce_bwd_run(const T* __restrict__ x, const i64* __restrict__ t, c
         ce_rows_run<T>(x, t, loss, lse, rows, cols, ignore_index, has_ignore, eps);                              \
     }                                                                                                            \
     extern "C" __global__ void cross_entropy_bwd_##SUF(const T* x, const i64* t, const float* lse,              \
-                                                       const float* count, const float* dloss_ptr,              \
-                                                       float dloss_value, T* dx, i64 rows, i64 cols,            \
-                                                       i64 ignore_index, int has_ignore, float eps) {           \
-        ce_bwd_run<T>(x, t, lse, count, dloss_ptr, dloss_value, dx, rows, cols, ignore_index, has_ignore, eps); \
+                                                       const float* count, const float* dloss, T* dx, i64 rows, \
+                                                       i64 cols, i64 ignore_index, int has_ignore, float eps) { \
+        ce_bwd_run<T>(x, t, lse, count, dloss, dx, rows, cols, ignore_index, has_ignore, eps);                   \
     }
 
 CE_KERNELS(float, f32)

@@ -306,6 +306,10 @@ fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     let want = table.index_add(&ids, &src, 0).unwrap();
     close(&gt.index_add(&ids.to_device(GPU).unwrap(), &src.to_device(GPU).unwrap(), 0).unwrap(), &want, 1e-6);
     assert!(gt.index_select(&Tensor::from_vec(vec![11i64], 1).unwrap(), 0).is_err(), "index past the table");
+    let gids = Tensor::from_vec(vec![3i64, 0, 10, 3, 7, 11], 6).unwrap().to_device(GPU).unwrap();
+    let err = gt.index_select(&gids, 0).unwrap_err().to_string();
+    assert_eq!(err, "index_select: index 11 out of range for size 11");
+    close(&gt.index_select(&gids.narrow(0, 0, 5).unwrap(), 0).unwrap(), &table.index_select(&ids, 0).unwrap(), 0.0);
 
     let logits = rnd(&[9, 30], 19);
     let targets = Tensor::from_vec(vec![1i64, 29, 0, -100, 5, 5, 12, 7, 3], 9).unwrap();
@@ -314,8 +318,23 @@ fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     let ((loss, lse), (gloss, glse)) =
         (logits.cross_entropy(&targets, o).unwrap(), gl.cross_entropy(&targets, o).unwrap());
     close(&gloss, &loss, 1e-5);
-    let want = Tensor::cross_entropy_backward(&logits, &targets, &lse, 0.7, o).unwrap();
-    close(&Tensor::cross_entropy_backward(&gl, &targets, &glse, 0.7, o).unwrap(), &want, 1e-5);
+    let dloss = Tensor::scalar(0.7f32);
+    let want = Tensor::cross_entropy_backward(&logits, &targets, &lse, &dloss, o).unwrap();
+    close(&Tensor::cross_entropy_backward(&gl, &targets, &glse, &dloss, o).unwrap(), &want, 1e-5);
+    // Device targets and a device loss gradient, checked from their upload bounds.
+    let (gt, gd) = (targets.to_device(GPU).unwrap(), dloss.to_device(GPU).unwrap());
+    let (gloss, glse) = gl.cross_entropy(&gt, o).unwrap();
+    close(&gloss, &loss, 1e-5);
+    close(&Tensor::cross_entropy_backward(&gl, &gt, &glse, &gd, o).unwrap(), &want, 1e-5);
+    let plain = CrossEntropy::default();
+    assert!(gl.cross_entropy(&gt, plain).is_err(), "-100 is not ignored without ignore_index");
+    let bad = Tensor::from_vec(vec![1i64, 30, 0, 4, 5, 5, 12, 7, 3], 9).unwrap().to_device(GPU).unwrap();
+    let err = gl.cross_entropy(&bad, o).unwrap_err().to_string();
+    assert_eq!(err, "cross_entropy: index 30 out of range for size 30");
+    // A view without the bad target passes (its values are read: the bounds cannot tell).
+    let tail = Tensor::from_vec(vec![0i64, 4, 5, 5, 12, 7, 3], 7).unwrap();
+    let (want_tail, _) = logits.narrow(0, 2, 7).unwrap().cross_entropy(&tail, o).unwrap();
+    close(&gl.narrow(0, 2, 7).unwrap().cross_entropy(&bad.narrow(0, 2, 7).unwrap(), o).unwrap().0, &want_tail, 1e-5);
 
     let opt = AdamW { lr: 1e-2, ..AdamW::default() };
     let (mut p, g) = (rnd(&[1000], 20), rnd(&[1000], 21));

@@ -82,7 +82,7 @@ fn cross_entropy(d: Device, t: DType) -> Vec<Tensor> {
     let targets = Tensor::from_vec(vec![0i64, 36, 5, -100, 5, 12, 30, 7, 1, 2], 10).unwrap();
     let o = CrossEntropy { ignore_index: Some(-100), label_smoothing: 0.1 };
     let (loss, lse) = logits.cross_entropy(&targets, o).unwrap();
-    vec![loss, Tensor::cross_entropy_backward(&logits, &targets, &lse, 0.5, o).unwrap()]
+    vec![loss, Tensor::cross_entropy_backward(&logits, &targets, &lse, &Tensor::scalar(0.5f32), o).unwrap()]
 }
 
 fn embedding(d: Device, t: DType) -> Vec<Tensor> {

@@ -11,7 +11,7 @@ impl Var {
         let (loss, lse) = self.value().cross_entropy(targets, opts)?;
         let (logits, targets) = (self.value().clone(), targets.clone());
         Var::record("cross_entropy", loss, [self], move |g, [n]| {
-            Ok([need(n, || Tensor::cross_entropy_backward(&logits, &targets, &lse, g.to_scalar_f64()?, opts))?])
+            Ok([need(n, || Tensor::cross_entropy_backward(&logits, &targets, &lse, g, opts))?])
         })
     }
 }

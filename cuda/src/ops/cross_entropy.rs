@@ -77,8 +77,8 @@ pub fn cross_entropy(
 }
 
 /// The logits' gradient `(softmax - target) · dloss / count` (0 on ignored rows), from
-/// the forward's `lse` and `out` (its count is read on the device). The loss gradient is
-/// `dloss` on the device (1 f32) when given, else `dloss_value`.
+/// the forward's `lse`, with the loss gradient `dloss` and the count of rows not ignored
+/// `count` (each 1 f32) read on the device.
 /// Kernel `cross_entropy_bwd_{f32,bf16}(x, t, lse, count, dloss_ptr, dloss_value, dx, N,
 /// C, ignore_index, has_ignore, eps)`, 256 threads, one block per row (grid-stride).
 #[allow(clippy::too_many_arguments)]
@@ -86,9 +86,8 @@ pub fn cross_entropy_backward(
     logits: View<'_>,
     targets: View<'_>,
     lse: View<'_>,
-    forward_out: View<'_>,
-    dloss: Option<View<'_>>,
-    dloss_value: f32,
+    count: View<'_>,
+    dloss: View<'_>,
     n: usize,
     classes: usize,
     o: CrossEntropy,
@@ -100,13 +99,11 @@ pub fn cross_entropy_backward(
     c.input("logits", &logits, dt, n * classes)?;
     c.input("targets", &targets, DType::I64, n)?;
     c.input("lse", &lse, DType::F32, n)?;
-    c.input("forward_out", &forward_out, DType::F32, 2)?;
-    if let Some(d) = &dloss {
-        c.input("dloss", d, DType::F32, 1)?;
-    }
+    c.input("count", &count, DType::F32, 1)?;
+    c.input("dloss", &dloss, DType::F32, 1)?;
     c.output("dx", &dx, dt, n * classes)?;
     let dev = logits.device().clone();
-    c.same_device(&dev, [targets.device(), lse.device(), forward_out.device(), dx.device()])?;
+    c.same_device(&dev, [targets.device(), lse.device(), count.device(), dloss.device(), dx.device()])?;
     if n * classes == 0 {
         return Ok(());
     }
@@ -115,9 +112,9 @@ pub fn cross_entropy_backward(
         Arg::U64(logits.ptr()),
         Arg::U64(targets.ptr()),
         Arg::U64(lse.ptr()),
-        Arg::U64(forward_out.ptr() + 4),
-        Arg::U64(dloss.map_or(0, |d| d.ptr())),
-        Arg::F32(dloss_value),
+        Arg::U64(count.ptr()),
+        Arg::U64(dloss.ptr()),
+        Arg::F32(0.0),
         Arg::U64(dx.ptr()),
         Arg::len(n),
         Arg::len(classes),

@@ -1,6 +1,6 @@
-//! Embedding lookups and the cross-entropy loss on CUDA tensors. Indices and targets
-//! are bounds-checked on the host by the callers (which read them anyway), then used
-//! on the device, uploaded first when they are host tensors.
+//! Embedding lookups and the cross-entropy loss on CUDA tensors. The callers
+//! bounds-check indices and targets first: from their upload bounds when those settle
+//! it, else by reading them. Host indices are uploaded here.
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
@@ -108,31 +108,32 @@ impl Tensor {
         Ok((out.narrow(0, 0, 1)?.reshape(())?.to_dtype(dt)?, lse.to_dtype(dt)?))
     }
 
-    /// The logits' gradient of [`Tensor::cuda_cross_entropy`], scaled by `dloss`;
-    /// `count` is the number of rows not ignored.
+    /// The logits' gradient of [`Tensor::cuda_cross_entropy`], scaled by the scalar
+    /// `dloss` (uploaded when on the host), over the count of rows not ignored, taken on
+    /// the device.
     pub(crate) fn cuda_cross_entropy_backward(
         &self,
         targets: &Tensor,
         lse: &Tensor,
-        dloss: f64,
-        count: usize,
+        dloss: &Tensor,
         o: CrossEntropy,
     ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
         same_device(op, self, &[lse])?;
         let (x, t, lse) = (self.contiguous()?, self.beside(targets)?, lse.to_dtype(DType::F32)?.contiguous()?);
         let (n, c) = (x.dims()[0], x.dims()[1]);
-        // The kernel reads the count from the forward's (loss, count) pair on the device
-        // (its element 1), here filled in place rather than uploaded.
-        let pair = Tensor::full_on(count as f64, 2, DType::F32, self.device())?;
+        let dloss = self.beside(&dloss.to_dtype(DType::F32)?)?;
+        let count = match o.ignore_index {
+            Some(ignore) => t.cmp_scalar(ignore as f64, crate::CmpOp::Ne)?.to_dtype(DType::F32)?.sum_all()?,
+            None => Tensor::full_on(n as f64, (), DType::F32, self.device())?,
+        };
         let mut dx = alloc(&x, x.dtype(), x.shape().clone(), op)?;
         kx::cross_entropy_backward(
             x.cuda_view(op)?,
             t.cuda_elems(op)?,
             lse.cuda_view(op)?,
-            pair.cuda_view(op)?,
-            None,
-            dloss as f32,
+            count.cuda_elems(op)?,
+            dloss.cuda_elems(op)?,
             n,
             c,
             options(o),

@@ -9,7 +9,9 @@
 mod attention;
 mod block_sparse;
 pub(crate) mod butterfly;
+mod index_bounds;
 pub(crate) use block_sparse::DevicePlans;
+use index_bounds::IndexBounds;
 mod lookup;
 mod monarch;
 mod ops;
@@ -27,6 +29,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub struct CudaStorage {
     buf: DeviceBuffer,
     dtype: DType,
+    /// For an `I64` buffer unchanged since its upload, the bounds of its values.
+    bounds: Option<IndexBounds>,
 }
 
 impl CudaStorage {
@@ -53,6 +57,12 @@ impl CudaStorage {
     /// The device buffer.
     pub fn buffer(&self) -> &DeviceBuffer {
         &self.buf
+    }
+
+    /// The buffer for writing: the upload bounds no longer hold and are dropped.
+    fn written(&mut self) -> &mut DeviceBuffer {
+        self.bounds = None;
+        &mut self.buf
     }
 }
 
@@ -116,7 +126,17 @@ fn cuda_err(op: &'static str) -> impl Fn(CudaError) -> Error {
 impl Tensor {
     /// A contiguous tensor owning a device buffer of `dtype`.
     fn from_cuda(buf: DeviceBuffer, dtype: DType, shape: impl Into<crate::Shape>) -> Tensor {
-        Tensor::from_storage(Storage::Cuda(CudaStorage { buf, dtype }), Layout::contiguous(shape))
+        Tensor::from_storage(Storage::Cuda(CudaStorage { buf, dtype, bounds: None }), Layout::contiguous(shape))
+    }
+
+    /// Whether this is a device tensor whose upload bounds show every value to be an
+    /// index below `size` or equal to `ignore`, without reading the values (`false` on
+    /// the host, after the buffer was written, or when the bounds cannot tell).
+    pub(crate) fn cuda_indices_admitted(&self, size: usize, ignore: Option<i64>) -> bool {
+        match self.storage() {
+            Storage::Cuda(s) => s.bounds.is_some_and(|b| b.admit(size, ignore)),
+            Storage::Cpu(_) => false,
+        }
     }
 
     /// The device buffer, or an error naming `op` when the tensor is on the host.
@@ -147,9 +167,13 @@ impl Tensor {
         let dev = cuda_device(ordinal)?;
         let host = self.contiguous()?;
         let (off, n) = (host.layout().offset(), host.elem_count());
+        let mut bounds = None;
         let buf = match host.cpu(op)? {
             CpuStorage::U8(v) => dev.htod(&v[off..off + n]),
-            CpuStorage::I64(v) => dev.htod(&v[off..off + n]),
+            CpuStorage::I64(v) => {
+                bounds = Some(IndexBounds::of(&v[off..off + n]));
+                dev.htod(&v[off..off + n])
+            }
             CpuStorage::BF16(v) => dev.htod(&v[off..off + n]),
             CpuStorage::F32(v) => dev.htod(&v[off..off + n]),
             s @ (CpuStorage::F16(_) | CpuStorage::F64(_)) => {
@@ -157,7 +181,8 @@ impl Tensor {
             }
         }
         .map_err(cuda_err(op))?;
-        Ok(Tensor::from_cuda(buf, self.dtype(), self.shape()))
+        let storage = CudaStorage { buf, dtype: self.dtype(), bounds };
+        Ok(Tensor::from_storage(Storage::Cuda(storage), Layout::contiguous(self.shape().clone())))
     }
 
     /// Copies a device tensor to host memory (contiguous there): only its own elements,

@@ -2,7 +2,7 @@
 //! op: operands are checked to share one device, non-dense layouts that a kernel cannot
 //! read are made contiguous on the device first, and results are new contiguous tensors.
 
-use super::{CudaStorage, cuda_err};
+use super::cuda_err;
 use crate::ops::{BinaryOp, CmpOp, ReduceOp};
 use crate::{DType, Device, Error, Layout, Result, Shape, Storage, Tensor};
 use monarch_cuda::gemm::{self, Epilogue, GemmArgs, Precision};
@@ -27,7 +27,7 @@ pub(super) fn alloc(like: &Tensor, dtype: DType, shape: impl Into<Shape>, op: &'
 /// Write access to the whole buffer of a tensor just made by [`alloc`].
 pub(super) fn out_mut<'a>(t: &'a mut Tensor, op: &'static str) -> Result<monarch_cuda::ViewMut<'a>> {
     match t.storage_mut() {
-        Some(Storage::Cuda(CudaStorage { buf, .. })) => Ok(buf.view_mut()),
+        Some(Storage::Cuda(s)) => Ok(s.written().view_mut()),
         _ => Err(Error::invalid(op, "output buffer is shared")),
     }
 }
@@ -106,7 +106,7 @@ impl Tensor {
         for p in &moved {
             let n = p.elem_count();
             let dst = match out.storage_mut() {
-                Some(Storage::Cuda(CudaStorage { buf, .. })) => buf.slice_mut(at, n).map_err(cuda_err(op))?,
+                Some(Storage::Cuda(s)) => s.written().slice_mut(at, n).map_err(cuda_err(op))?,
                 _ => return Err(Error::invalid(op, "output buffer is shared")),
             };
             kc::copy_strided(p.cuda_view(op)?, p.dims(), p.layout().strides(), dst).map_err(cuda_err(op))?;

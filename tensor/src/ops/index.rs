@@ -12,21 +12,36 @@ fn split_at(shape: &Shape, dim: usize) -> (usize, usize, usize) {
     (d[..dim].iter().product(), d[dim], d[dim + 1..].iter().product())
 }
 
-/// Reads and bounds-checks an `I64` index tensor as `usize`s.
-fn indices(ids: &Tensor, size: usize, op: &'static str) -> Result<Vec<usize>> {
+/// Bounds-checks an `I64` index tensor (entries equal to `ignore` are allowed too) and
+/// returns its values when it had to read them: always for a host tensor. A device
+/// tensor whose upload bounds settle the check is not read (reading it would make the
+/// host wait for the GPU) and gives `None`.
+pub(crate) fn checked_indices(
+    ids: &Tensor,
+    size: usize,
+    ignore: Option<i64>,
+    op: &'static str,
+) -> Result<Option<Vec<i64>>> {
     if ids.dtype() != DType::I64 {
         return Err(Error::DTypeMismatch { op, lhs: ids.dtype(), rhs: DType::I64 });
     }
-    ids.to_vec::<i64>()?
-        .into_iter()
-        .map(|i| {
-            if (0..size as i64).contains(&i) {
-                Ok(i as usize)
-            } else {
-                Err(Error::IndexOutOfRange { op, index: i, size })
-            }
-        })
-        .collect()
+    if ids.cuda_indices_admitted(size, ignore) {
+        return Ok(None);
+    }
+    let v = ids.to_vec::<i64>()?;
+    if let Some(&bad) = v.iter().find(|&&i| Some(i) != ignore && !(0..size as i64).contains(&i)) {
+        return Err(Error::IndexOutOfRange { op, index: bad, size });
+    }
+    Ok(Some(v))
+}
+
+/// The bounds-checked values of a host index tensor as `usize`s.
+fn indices(ids: &Tensor, size: usize, op: &'static str) -> Result<Vec<usize>> {
+    let v = match checked_indices(ids, size, None, op)? {
+        Some(v) => v,
+        None => ids.to_vec::<i64>()?,
+    };
+    Ok(v.into_iter().map(|i| i as usize).collect())
 }
 
 /// Requires `index` to match `x` in every dimension but `dim`.
@@ -105,11 +120,11 @@ impl Tensor {
             crate::bail!("index_select", "indices must be 1-D, got shape {}", ids.shape());
         }
         let parts = split_at(self.shape(), d);
-        let idx = indices(ids, parts.1, "index_select")?;
         if self.device() != crate::Device::Cpu {
-            return self.cuda_index_select(ids, parts)?.reshape(self.shape().with_dim(d, idx.len()));
+            checked_indices(ids, parts.1, None, "index_select")?;
+            return self.cuda_index_select(ids, parts)?.reshape(self.shape().with_dim(d, ids.elem_count()));
         }
-        let ids = idx;
+        let ids = indices(ids, parts.1, "index_select")?;
         let x = self.contiguous()?;
         let start = x.layout().offset();
         let out = with_cpu_vec!(x.cpu("index_select")?, v => CpuStorage::from(select_rows(&v[start..], &ids, parts)));
@@ -126,11 +141,11 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: src.shape().clone() });
         }
         let parts = split_at(self.shape(), d);
-        let idx = indices(ids, parts.1, op)?;
         if self.device() != crate::Device::Cpu {
+            checked_indices(ids, parts.1, None, op)?;
             return self.cuda_index_add(ids, src, parts);
         }
-        let ids = idx;
+        let ids = indices(ids, parts.1, op)?;
         let src = compute_dtype(&src.contiguous()?, op)?;
         let s0 = src.layout().offset();
         Ok(float_map!(self, op, self.shape(), |v, l| {
@@ -146,10 +161,11 @@ impl Tensor {
         let d = dim.resolve(self.shape(), "gather")?;
         check_along(self, index, d, "gather")?;
         let (outer, size, inner) = split_at(self.shape(), d);
-        let ids = indices(index, size, "gather")?;
         if self.device() != crate::Device::Cpu {
+            checked_indices(index, size, None, "gather")?;
             return self.cuda_gather(index, (outer, size, inner));
         }
+        let ids = indices(index, size, "gather")?;
         let n = index.dims()[d];
         let x = self.contiguous()?;
         let start = x.layout().offset();
@@ -174,10 +190,11 @@ impl Tensor {
             return Err(Error::ShapeMismatch { op, lhs: index.shape().clone(), rhs: src.shape().clone() });
         }
         let (outer, size, inner) = split_at(self.shape(), d);
-        let ids = indices(index, size, op)?;
         if self.device() != crate::Device::Cpu {
+            checked_indices(index, size, None, op)?;
             return self.cuda_scatter_add(index, src, (outer, size, inner));
         }
+        let ids = indices(index, size, op)?;
         let n = index.dims()[d];
         // The offset of the converted copy (a bf16 view's own offset is not the f32 copy's).
         let src = compute_dtype(&src.contiguous()?, op)?;

@@ -2,7 +2,7 @@
 
 use super::compute_dtype;
 use crate::cpu::{PAR_MIN, items_per_task};
-use crate::{CpuStorage, DType, Error, Float, Result, Tensor, simd_dispatch};
+use crate::{CpuStorage, Error, Float, Result, Tensor, simd_dispatch};
 use rayon::prelude::*;
 
 /// Options of [`Tensor::cross_entropy`].
@@ -69,32 +69,27 @@ fn rows_loss<T: Float>(x: &[T], t: &[i64], c: usize, o: CrossEntropy) -> Vec<(f6
 }
 
 impl Tensor {
-    /// Checks (N, C) logits against (N) `I64` targets and returns the targets.
-    fn ce_targets(&self, targets: &Tensor, o: &CrossEntropy) -> Result<Vec<i64>> {
+    /// Checks (N, C) logits against (N) `I64` targets; returns the targets' values when
+    /// the check read them (device targets whose upload bounds settle it are not read).
+    fn ce_targets(&self, targets: &Tensor, o: &CrossEntropy) -> Result<Option<Vec<i64>>> {
         let op = "cross_entropy";
         o.check()?;
         let (n, c) = self.shape().matrix_dims(op)?;
         if self.rank() != 2 || targets.dims() != [n] {
             return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: targets.shape().clone() });
         }
-        if targets.dtype() != DType::I64 {
-            return Err(Error::DTypeMismatch { op, lhs: targets.dtype(), rhs: DType::I64 });
-        }
-        let t = targets.to_vec::<i64>()?;
-        if let Some(&bad) = t.iter().find(|&&v| Some(v) != o.ignore_index && !(0..c as i64).contains(&v)) {
-            return Err(Error::IndexOutOfRange { op, index: bad, size: c });
-        }
-        Ok(t)
+        super::index::checked_indices(targets, c, o.ignore_index, op)
     }
 
     /// Mean cross-entropy of (N, C) logits against (N) `I64` class targets, over the rows
     /// not ignored (0 when all are). Returns the scalar loss and the per-row
     /// log-sum-exp (N) that [`cross_entropy_backward`](Self::cross_entropy_backward) needs.
     pub fn cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
-        let t = self.ce_targets(targets, &o)?;
+        let checked = self.ce_targets(targets, &o)?;
         if self.device() != crate::Device::Cpu {
             return self.cuda_cross_entropy(targets, o);
         }
+        let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
         let c = self.dims()[1];
         let x = compute_dtype(self, "cross_entropy")?.contiguous()?;
         let s = x.layout().offset();
@@ -111,25 +106,31 @@ impl Tensor {
     }
 
     /// Gradient of the mean cross-entropy with respect to the logits, scaled by the
-    /// loss gradient `dloss`: `(softmax - target distribution) · dloss / count` on rows
-    /// not ignored, 0 on ignored rows.
+    /// loss gradient `dloss` (one element): `(softmax - target distribution) · dloss /
+    /// count` on rows not ignored, 0 on ignored rows. On a GPU, `dloss` (which may be a
+    /// host scalar) and the count are used on the device: nothing is read back.
     pub fn cross_entropy_backward(
         logits: &Tensor,
         targets: &Tensor,
         lse: &Tensor,
-        dloss: f64,
+        dloss: &Tensor,
         o: CrossEntropy,
     ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
-        let t = logits.ce_targets(targets, &o)?;
-        if lse.dims() != [t.len()] {
+        let checked = logits.ce_targets(targets, &o)?;
+        if lse.dims() != [logits.dims()[0]] {
             return Err(Error::ShapeMismatch { op, lhs: logits.shape().clone(), rhs: lse.shape().clone() });
         }
+        if dloss.elem_count() != 1 {
+            crate::bail!(op, "the loss gradient must be one element, got shape {}", dloss.shape());
+        }
+        if logits.device() != crate::Device::Cpu {
+            return logits.cuda_cross_entropy_backward(targets, lse, dloss, o);
+        }
+        let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
         let c = logits.dims()[1];
         let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
-        if logits.device() != crate::Device::Cpu {
-            return logits.cuda_cross_entropy_backward(targets, lse, dloss, count, o);
-        }
+        let dloss = dloss.to_scalar_f64()?;
         let lse = lse.to_vec_f64()?;
         let scale = dloss / count as f64;
         let x = compute_dtype(logits, op)?.contiguous()?;
@@ -182,6 +183,7 @@ fn rows_grad<T: Float>(x: &[T], t: &[i64], lse: &[f64], c: usize, scale: f64, o:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::DType;
 
     #[test]
     fn matches_the_definition_with_ignore_and_smoothing() {
@@ -193,7 +195,10 @@ mod tests {
         let row = |r: usize, t: usize| 0.9 * -lp[r * 3 + t] + 0.1 * -(lp[r * 3] + lp[r * 3 + 1] + lp[r * 3 + 2]) / 3.0;
         let want = (row(0, 1) + row(2, 0)) / 2.0;
         assert!((loss.to_scalar_f64().unwrap() - want).abs() < 1e-12);
-        let g = Tensor::cross_entropy_backward(&logits, &targets, &lse, 1.0, o).unwrap().to_vec::<f64>().unwrap();
+        let g = Tensor::cross_entropy_backward(&logits, &targets, &lse, &Tensor::scalar(1.0f64), o)
+            .unwrap()
+            .to_vec::<f64>()
+            .unwrap();
         assert_eq!(&g[3..6], &[0.0, 0.0, 0.0]);
         // Each non-ignored row of the gradient sums to zero (softmax and target both sum to 1).
         assert!((g[0] + g[1] + g[2]).abs() < 1e-12);
