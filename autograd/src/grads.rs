@@ -80,38 +80,51 @@ impl Gradients {
         Ok(())
     }
 
-    /// The L2 norm of all gradients taken together. Host gradients are summed in f64;
-    /// on a GPU (no f64 storage) each gradient's sum of squares is taken in f32 and the
-    /// sums are added there too, so the host waits for the device once per device rather
-    /// than once per gradient.
-    pub fn global_norm(&self) -> Result<f64> {
-        let mut sq = 0.0;
-        let mut per_device: Vec<(monarch_tensor::Device, Tensor)> = Vec::new();
+    /// The squared L2 norm of all gradients taken together, in parts: the host
+    /// gradients' sum of squares (in f64) and, per GPU, the f32 sum of its gradients'
+    /// squares as a scalar still on that device, for the caller to read when it likes
+    /// (with [`Tensor::read_scalars`], together with other results: reading waits for
+    /// the device).
+    pub fn squared_norm_parts(&self) -> Result<(f64, Vec<Tensor>)> {
+        let mut host = 0.0;
+        let mut per_device: Vec<Tensor> = Vec::new();
         for g in self.map.values() {
-            let device = g.device();
-            if device == monarch_tensor::Device::Cpu {
-                sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar_f64()?;
+            if g.device() == monarch_tensor::Device::Cpu {
+                host += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar_f64()?;
                 continue;
             }
             let part = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
-            match per_device.iter_mut().find(|(d, _)| *d == device) {
-                Some((_, total)) => *total = total.add(&part)?,
-                None => per_device.push((device, part)),
+            match per_device.iter_mut().find(|t| t.device() == g.device()) {
+                Some(total) => *total = total.add(&part)?,
+                None => per_device.push(part),
             }
         }
-        for (_, total) in per_device {
-            sq += total.to_scalar_f64()?;
-        }
+        Ok((host, per_device))
+    }
+
+    /// The L2 norm of all gradients taken together (see
+    /// [`squared_norm_parts`](Self::squared_norm_parts)): the host waits for each GPU
+    /// once, not once per gradient.
+    pub fn global_norm(&self) -> Result<f64> {
+        let (host, parts) = self.squared_norm_parts()?;
+        let sq = host + Tensor::read_scalars(&parts.iter().collect::<Vec<_>>())?.iter().sum::<f64>();
         Ok(sq.sqrt())
+    }
+
+    /// Scales all gradients so their global norm, `norm` (as [`global_norm`](Self::global_norm)
+    /// gives it), is at most `max_norm`; a non-finite norm leaves them as they are.
+    pub fn clip_to_norm(&mut self, max_norm: f64, norm: f64) -> Result<()> {
+        if norm > max_norm && norm.is_finite() {
+            self.scale(max_norm / norm)?;
+        }
+        Ok(())
     }
 
     /// Scales all gradients so their global norm is at most `max_norm`; returns the norm
     /// before clipping.
     pub fn clip_global_norm(&mut self, max_norm: f64) -> Result<f64> {
         let norm = self.global_norm()?;
-        if norm > max_norm && norm.is_finite() {
-            self.scale(max_norm / norm)?;
-        }
+        self.clip_to_norm(max_norm, norm)?;
         Ok(norm)
     }
 }

@@ -219,6 +219,34 @@ impl Tensor {
         Ok(self.to_vec_f64()?[0])
     }
 
+    /// The single elements of one-element tensors, as f64, in order. The ones on a GPU
+    /// are gathered there and copied back together, so the host waits for each device
+    /// once rather than once per tensor; on a GPU they pass through f32 (device
+    /// tensors have no f64).
+    pub fn read_scalars(ts: &[&Tensor]) -> Result<Vec<f64>> {
+        let mut out = vec![0.0; ts.len()];
+        let mut devices: Vec<Device> = Vec::new();
+        for (i, t) in ts.iter().enumerate() {
+            if t.device() == Device::Cpu {
+                out[i] = t.to_scalar_f64()?;
+            } else if t.elem_count() != 1 {
+                crate::bail!("read_scalars", "tensor of shape {} is not a single element", t.shape());
+            } else if !devices.contains(&t.device()) {
+                devices.push(t.device());
+            }
+        }
+        for d in devices {
+            let at: Vec<usize> = (0..ts.len()).filter(|&i| ts[i].device() == d).collect();
+            let flat: Vec<Tensor> =
+                at.iter().map(|&i| ts[i].to_dtype(DType::F32)?.reshape(1)).collect::<Result<_>>()?;
+            let values = Tensor::cat(&flat.iter().collect::<Vec<_>>(), 0)?.to_vec_f32()?;
+            for (&i, v) in at.iter().zip(values) {
+                out[i] = f64::from(v);
+            }
+        }
+        Ok(out)
+    }
+
     /// A copy with elements converted to `dtype` (a cheap clone when already `dtype`).
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
@@ -317,5 +345,22 @@ impl std::fmt::Debug for Tensor {
             write!(f, " [{}{}]", shown.join(", "), if v.len() > 8 { ", ..." } else { "" })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_scalars_keeps_the_order_and_rejects_longer_tensors() {
+        let (a, b, c) = (
+            Tensor::scalar(1.5f64),
+            Tensor::from_vec(vec![-7i64], 1).unwrap(),
+            Tensor::full(0.25, [1, 1], DType::BF16),
+        );
+        assert_eq!(Tensor::read_scalars(&[&a, &b, &c]).unwrap(), vec![1.5, -7.0, 0.25]);
+        assert!(Tensor::read_scalars(&[]).unwrap().is_empty());
+        assert!(Tensor::read_scalars(&[&a, &Tensor::zeros(2, DType::F32)]).is_err());
     }
 }

@@ -108,6 +108,14 @@ fn broadcasting_arithmetic_and_reductions_match_the_cpu() {
     close(&gx.sum(1).unwrap(), &x.sum(1).unwrap(), 1e-5);
     close(&gx.max(1).unwrap(), &x.max(1).unwrap(), 0.0);
     assert_eq!(gx.argmax(0).unwrap().to_vec::<i64>().unwrap(), x.argmax(0).unwrap().to_vec::<i64>().unwrap());
+    // Scalars from the host and the device (one copy for the device's), in order.
+    let (s0, s1) = (x.sum_all().unwrap(), gx.max(0).unwrap().max(0).unwrap());
+    let s2 = gx.sum_all().unwrap().to_dtype(DType::BF16).unwrap();
+    let got = Tensor::read_scalars(&[&s1, &s0, &s2]).unwrap();
+    let want = [x.max(0).unwrap().max(0).unwrap().to_scalar_f64().unwrap(), s0.to_scalar_f64().unwrap()];
+    assert_eq!(&got[..2], &want, "device max, host sum");
+    assert!((got[2] - want[1]).abs() <= 1e-2 * want[1].abs().max(1.0), "bf16 sum {} against {}", got[2], want[1]);
+    assert!(Tensor::read_scalars(&[&gx]).is_err(), "not a scalar");
     // Full reductions of long rows fold into column partials first (with and without a tail).
     for n in [1 << 17, (1 << 17) + 333] {
         let x = rnd(&[n], 12);

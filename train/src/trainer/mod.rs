@@ -42,12 +42,15 @@ pub enum TrainError {
     /// A configuration file or flag is invalid.
     #[error("configuration: {0}")]
     Config(String),
-    /// The loss became NaN or infinite; the run stopped without saving.
-    #[error("loss is {value} at step {step}; the run stopped. Last good checkpoint: {last}")]
+    /// The loss or the gradient norm became NaN or infinite; the run stopped before
+    /// the update, without saving.
+    #[error("{what} is {value} at step {step}; the run stopped. Last good checkpoint: {last}")]
     NonFinite {
-        /// The step whose loss was not finite.
+        /// What was not finite: "loss" or "gradient norm".
+        what: &'static str,
+        /// The step it happened at.
         step: u64,
-        /// The loss.
+        /// Its value.
         value: f64,
         /// The newest checkpoint on disk, or "none".
         last: String,
@@ -150,12 +153,25 @@ fn warm_kernels(ordinal: usize) {
     }
 }
 
-fn finite_or_stop(step: u64, value: f64, dir: &Path) -> Result<(), TrainError> {
+fn finite_or_stop(what: &'static str, step: u64, value: f64, dir: &Path) -> Result<(), TrainError> {
     if value.is_finite() {
         return Ok(());
     }
     let last = checkpoint::latest(dir)?.map_or("none".into(), |p| p.display().to_string());
-    Err(TrainError::NonFinite { step, value, last })
+    Err(TrainError::NonFinite { what, step, value, last })
+}
+
+/// A step's summed loss (0 without micro-batches) and its global gradient norm, read
+/// together: on a GPU, one wait for the device per step.
+fn loss_and_grad_norm(loss_sum: Option<&monarch_tensor::Tensor>, grads: &Gradients) -> Result<(f64, f64), TrainError> {
+    let (host_sq, parts) = grads.squared_norm_parts()?;
+    let reads: Vec<&monarch_tensor::Tensor> = loss_sum.into_iter().chain(&parts).collect();
+    let values = monarch_tensor::Tensor::read_scalars(&reads)?;
+    let (loss, sq) = match loss_sum {
+        Some(_) => (values[0], &values[1..]),
+        None => (0.0, &values[..]),
+    };
+    Ok((loss, (host_sq + sq.iter().sum::<f64>()).sqrt()))
 }
 
 /// Runs (or resumes) training of `task` under `cfg`.
@@ -247,7 +263,8 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
         opt.set_lr(lr);
         let mut grads = Gradients::new();
         // Summed where the losses are (on a GPU, without waiting for each micro-batch) and
-        // read once per step; a non-finite loss stops the run before the update.
+        // read once per step with the gradient norm; a non-finite loss or norm stops the
+        // run before the update.
         let mut loss_sum: Option<monarch_tensor::Tensor> = None;
         for micro in 0..cfg.grad_accum {
             let ctx = Ctx::train(
@@ -263,10 +280,13 @@ pub fn run(task: &mut dyn Task, cfg: &TrainConfig, opts: &RunOptions) -> Result<
             total_items += items;
             loss.mul_scalar(1.0 / cfg.grad_accum as f64)?.backward_into(&mut grads)?;
         }
-        let loss = loss_sum.map_or(Ok(0.0), |s| s.to_scalar_f64())? / cfg.grad_accum as f64;
-        finite_or_stop(step, loss, dir)?;
-        let grad_norm = if cfg.clip > 0.0 { grads.clip_global_norm(cfg.clip)? } else { grads.global_norm()? };
-        finite_or_stop(step, grad_norm, dir)?;
+        let (loss_sum, grad_norm) = loss_and_grad_norm(loss_sum.as_ref(), &grads)?;
+        let loss = loss_sum / cfg.grad_accum as f64;
+        finite_or_stop("loss", step, loss, dir)?;
+        finite_or_stop("gradient norm", step, grad_norm, dir)?;
+        if cfg.clip > 0.0 {
+            grads.clip_to_norm(cfg.clip, grad_norm)?;
+        }
         opt.step(&task.params(), &grads)?;
         drop(grads);
         let secs = step_start.elapsed().as_secs_f64();
@@ -435,7 +455,7 @@ mod tests {
             Toy { w: Param::new(Tensor::zeros(1, monarch_tensor::DType::F32)), step: 0, nan_from: 13, spread: 0.0 };
         let err = run(&mut toy, &cfg, &opts(dir.path())).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, TrainError::NonFinite { step: 12, .. }), "{msg}");
+        assert!(matches!(err, TrainError::NonFinite { what: "loss", step: 12, .. }), "{msg}");
         assert!(msg.contains("ckpt-00000010.safetensors"), "{msg}");
         // Nothing after the last good checkpoint was written.
         assert_eq!(checkpoint::list(dir.path()).unwrap().last().unwrap().0, 10);
