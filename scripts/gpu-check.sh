@@ -85,6 +85,11 @@ PY="timeout 120 python3"
   done
   # Scatterbrain composed on the device (block-sparse band + batched low-rank products).
   $M bench attention --device cuda --impl scatterbrain --features 256 --block 128 --window 1 --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 2 --runs 10 --json
+  # GPT-2 small's tied head and its loss over a 16K-token micro-batch: fused over row
+  # chunks (the default 4096, and 8192) against all the logits at once.
+  for kind in "separate" "fused" "fused --chunk 8192"; do
+    $M bench head --device cuda --bf16 --rows 16384 --dim 768 --vocab 50257 --kind $kind --warmup 2 --runs 10 --json
+  done
 } 2>&1 | tee "$OUT/bench.jsonl"
 # Training on the GPU: the default run for 50 steps, then GPT-2 small (124M) on the
 # embedded corpus for 20 steps of 16×1024 tokens (with the config's dropout 0.1, attention's included).

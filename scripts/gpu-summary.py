@@ -112,6 +112,14 @@ def summary(folder):
                        o and f"{o['median_ms']:.3f} ms", p and f"{p['median_ms']:.3f} ms",
                        r and f"{r:.2f}× the time", "≤ 1.3×", verdict(r and r <= 1.3)))
 
+    sep = find(recs, False, op="head", kind="separate", rows=16384)
+    fused = [r for r in recs if r.get("op") == "head" and r.get("kind") == "fused" and "peer" not in r]
+    for f in fused:
+        r = f["median_ms"] / sep["median_ms"] if sep else None
+        mem = f"; peak {f['peak_bytes'] / sep['peak_bytes']:.2f}× the memory" if sep and sep["peak_bytes"] else ""
+        out.append(row(f"fused head + loss (chunks of {f['chunk']}) vs separate, bf16 16K×768·768×50257",
+                       f"{f['median_ms']:.3f} ms", sep and f"{sep['median_ms']:.3f} ms (ours, separate)",
+                       r and f"{r:.2f}× the time{mem}", "informational", ""))
     train = [json.loads(l) for l in lines(os.path.join(folder, "train.log")) if l.startswith("{")]
     mfu = next((t for t in reversed(train) if "mfu_vs_measured_bf16" in t), None)
     out.append(row("GPT-2 small training (bf16)",

@@ -136,3 +136,16 @@ fn softmax_loss_norm_dropout() {
     check(|v| v[0].layer_norm(Some(&v[1]), None, 1e-5), &[rnd(&[3, 5], 38), w]);
     check(|v| v[0].dropout(0.3, 42), &[rnd(&[6, 7], 39)]);
 }
+
+#[test]
+fn linear_cross_entropy_over_chunks() {
+    // Seven rows in chunks of 3 (a ragged last chunk), the second chunk all ignored.
+    let targets = Tensor::from_vec(vec![4i64, 0, 2, -1, -1, -1, 3], 7).unwrap();
+    let o = CrossEntropy { ignore_index: Some(-1), label_smoothing: 0.2 };
+    for chunk in [1, 3, 7, 10] {
+        check(
+            |v| v[0].t()?.linear_cross_entropy(&v[1], &targets, o, Some(chunk))?.mul_scalar(2.0),
+            &[rnd(&[4, 7], 40), rnd(&[5, 4], 41)],
+        );
+    }
+}

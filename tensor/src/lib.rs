@@ -30,6 +30,7 @@ pub use monarch_cuda::{KernelTime, MemoryStats, WarmedKernel, format_kernel_time
 pub use ops::{AdamW, BinaryOp, CmpOp, CrossEntropy, Init, LayerNormOut, ReduceOp, UnaryOp};
 pub use ops::{AttentionGrads, AttentionOpts, AttentionOut, NaiveAttention, Scatterbrain};
 pub use ops::{BlockSparsePlan, MONARCH_FUSED_ACTS, MonarchActOut, MonarchOut, MonarchShape};
+pub use ops::{LinearCrossEntropy, linear_cross_entropy_chunk_rows};
 pub use safetensors_io::{SafetensorsFile, load_safetensors, load_safetensors_where, save_safetensors, write_atomic};
 pub use shape::{Dim, Dims, Shape};
 pub use storage::{CpuStorage, Storage};

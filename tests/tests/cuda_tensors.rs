@@ -302,6 +302,29 @@ fn elementwise_softmax_and_layer_norm_with_their_gradients_match_the_cpu() {
 }
 
 #[test]
+fn the_fused_head_on_the_gpu_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    // 300 rows in chunks of 128 (a ragged last chunk), ignored targets, device targets.
+    let (x, w) = (rnd(&[300, 64], 40), rnd(&[1000, 64], 41).mul_scalar(0.1).unwrap());
+    let ids: Vec<i64> = (0..300).map(|i| if i % 7 == 3 { -100 } else { i * 37 % 1000 }).collect();
+    let targets = Tensor::from_vec(ids, 300).unwrap();
+    let o = CrossEntropy { ignore_index: Some(-100), label_smoothing: 0.0 };
+    let want = Tensor::linear_cross_entropy(&x, &w, &targets, o, 128, [true, true]).unwrap();
+    let on = |t: &Tensor, dt: DType| t.to_dtype(dt).unwrap().to_device(GPU).unwrap();
+    for (dt, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        let got =
+            Tensor::linear_cross_entropy(&on(&x, dt), &on(&w, dt), &on(&targets, DType::I64), o, 128, [true, true])
+                .unwrap();
+        assert_eq!(got.loss.dtype(), DType::F32);
+        close(&got.loss, &want.loss, tol);
+        close(got.dx.as_ref().unwrap(), want.dx.as_ref().unwrap(), tol);
+        close(got.dw.as_ref().unwrap(), want.dw.as_ref().unwrap(), tol);
+    }
+}
+
+#[test]
 fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     if !gpu() {
         return;

@@ -204,10 +204,10 @@ impl Gpt2 {
                 rhs: targets.shape().clone(),
             });
         }
-        let logits = self.forward(ids, ctx)?;
-        let rows = ids.elem_count();
+        // The tied head and the loss in one op: the (rows, vocab) logits never exist whole.
+        let hidden = self.hidden(ids, ctx)?.reshape([ids.elem_count(), self.cfg.n_embd])?;
         let ce = CrossEntropy { ignore_index: Some(ignore_index), label_smoothing: 0.0 };
-        logits.reshape([rows, self.cfg.vocab_size])?.cross_entropy(&targets.flatten_all()?, ce)
+        hidden.linear_cross_entropy(&self.wte.weight.var(), &targets.flatten_all()?, ce, None)
     }
 
     /// Training FLOPs (forward + backward = 3 × forward) per token at sequence length

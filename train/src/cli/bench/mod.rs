@@ -3,6 +3,7 @@
 
 mod attention;
 mod data;
+mod head;
 mod linear;
 mod matmul;
 
@@ -26,6 +27,9 @@ enum BenchOp {
     Linear(linear::LinearArgs),
     /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak memory.
     Attention(attention::AttentionArgs),
+    /// An output layer and its cross-entropy, fused over row chunks or separate: median
+    /// time and peak memory.
+    Head(head::HeadArgs),
     /// Token loader batches/s and tokens/s from a memory-mapped shard.
     Tokens(data::TokensArgs),
     /// GPT-2 tokenisation MB/s.
@@ -103,6 +107,7 @@ impl BenchArgs {
             BenchOp::Matmul(a) => a.run(),
             BenchOp::Linear(a) => a.run(),
             BenchOp::Attention(a) => a.run(),
+            BenchOp::Head(a) => a.run(),
             BenchOp::Tokens(a) => a.run(),
             BenchOp::Tokenize(a) => a.run(),
             BenchOp::Images(a) => a.run(),
