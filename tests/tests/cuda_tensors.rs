@@ -322,6 +322,13 @@ fn the_fused_head_on_the_gpu_matches_the_cpu() {
         close(got.dx.as_ref().unwrap(), want.dx.as_ref().unwrap(), tol);
         close(got.dw.as_ref().unwrap(), want.dw.as_ref().unwrap(), tol);
     }
+    // Targets made on the device (no upload bounds: read once for the check).
+    let gt = on(&targets, DType::I64);
+    let made = gt.cmp_scalar(0.0, CmpOp::Ge).unwrap().where_cond(&gt, &gt).unwrap();
+    let got =
+        Tensor::linear_cross_entropy(&on(&x, DType::F32), &on(&w, DType::F32), &made, o, 128, [true, true]).unwrap();
+    close(&got.loss, &want.loss, 1e-4);
+    close(got.dw.as_ref().unwrap(), want.dw.as_ref().unwrap(), 1e-4);
 }
 
 #[test]

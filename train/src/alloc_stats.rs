@@ -128,9 +128,13 @@ pub fn peak_growth<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (r, peak_bytes().saturating_sub(base))
 }
 
-/// The peak growth of `device`'s memory while `f` runs (its caching allocator's counters,
-/// as [`peak_growth`] is for the heap), with `f`'s result; 0 on the CPU.
-pub fn device_peak_growth<R>(device: Device, f: impl FnOnce() -> R) -> monarch_tensor::Result<(R, usize)> {
+/// The peak growth of the memory `device`'s tensors live in while `f` runs, with `f`'s
+/// result: the heap's ([`peak_growth`]) on the CPU, the caching allocator's counters on a
+/// GPU.
+pub fn peak_growth_on<R>(device: Device, f: impl FnOnce() -> R) -> monarch_tensor::Result<(R, usize)> {
+    if device == Device::Cpu {
+        return Ok(peak_growth(f));
+    }
     let base = device.memory_stats()?.map_or(0, |s| s.current);
     device.reset_peak_memory()?;
     let r = f();

@@ -62,9 +62,14 @@ impl Tensor {
             crate::bail!(op, "chunk_rows must be at least 1");
         }
         super::same_dtype(x, w, op)?;
-        super::index::checked_indices(targets, classes, o.ignore_index, op)?;
+        let checked = super::index::checked_indices(targets, classes, o.ignore_index, op)?;
         let device = x.device();
-        let targets = targets.to_device(device)?;
+        // Targets read for the check go to the device as those values, whose upload bounds
+        // then settle each chunk's check without reading them again.
+        let targets = match checked {
+            Some(values) if device != crate::Device::Cpu => Tensor::from_vec(values, n)?.to_device(device)?,
+            _ => targets.to_device(device)?,
+        };
         // The loss's dtype; bf16 and f16 logits are widened to it per chunk.
         let ce = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
         // Rows that count, as a scalar where the targets are.

@@ -110,10 +110,7 @@ impl AttentionArgs {
         };
         let ms = self.timing.median_ms(run)?;
         // The memory the pass adds: the heap's on the CPU, the device allocator's on a GPU.
-        let (done, peak) = match device {
-            Device::Cpu => alloc_stats::peak_growth(run),
-            gpu => alloc_stats::device_peak_growth(gpu, run)?,
-        };
+        let (done, peak) = alloc_stats::peak_growth_on(device, run)?;
         done?;
         let peak_of = if device == Device::Cpu { "host" } else { "device" };
         let (density, visited) = match &kernel {

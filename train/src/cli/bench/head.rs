@@ -6,7 +6,7 @@ use super::{CliError, Placement, Timing};
 use crate::alloc_stats;
 use clap::Args;
 use monarch_autograd::{Var, autocast};
-use monarch_tensor::{CrossEntropy, DType, Device, Tensor};
+use monarch_tensor::{CrossEntropy, DType, Tensor};
 
 /// Arguments of `monarch bench head`.
 #[derive(Args, Debug)]
@@ -57,10 +57,7 @@ impl HeadArgs {
             Ok(device.synchronize()?)
         };
         let ms = self.timing.median_ms(run)?;
-        let (done, peak) = match device {
-            Device::Cpu => alloc_stats::peak_growth(run),
-            gpu => alloc_stats::device_peak_growth(gpu, run)?,
-        };
+        let (done, peak) = alloc_stats::peak_growth_on(device, run)?;
         done?;
         let tflops = 6.0 * (self.rows * self.dim * self.vocab) as f64 / (ms * 1e-3) / 1e12;
         let chunk = fused
