@@ -79,8 +79,8 @@ pub fn cross_entropy(
 /// The logits' gradient `(softmax - target) · dloss / count` (0 on ignored rows), from
 /// the forward's `lse`, with the loss gradient `dloss` and the count of rows not ignored
 /// `count` (each 1 f32) read on the device.
-/// Kernel `cross_entropy_bwd_{f32,bf16}(x, t, lse, count, dloss_ptr, dloss_value, dx, N,
-/// C, ignore_index, has_ignore, eps)`, 256 threads, one block per row (grid-stride).
+/// Kernel `cross_entropy_bwd_{f32,bf16}(x, t, lse, count, dloss, dx, N, C, ignore_index,
+/// has_ignore, eps)`, 256 threads, one block per row (grid-stride).
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_backward(
     logits: View<'_>,
@@ -114,7 +114,6 @@ pub fn cross_entropy_backward(
         Arg::U64(lse.ptr()),
         Arg::U64(count.ptr()),
         Arg::U64(dloss.ptr()),
-        Arg::F32(0.0),
         Arg::U64(dx.ptr()),
         Arg::len(n),
         Arg::len(classes),
