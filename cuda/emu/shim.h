@@ -1,7 +1,7 @@
 // CUDA on the CPU, so that the real kernel sources (cuda/kernels/common.cuh and
 // <stem>.cu, compiled with -DMONARCH_EMULATE) run unchanged in a C++20 program. Used by
-// the drivers in this folder and by cuda/tests/emulated_kernels.rs; the GPU build
-// (NVRTC) never sees this file.
+// the drivers in this folder (cuda/tests/emulated_kernels.rs) and by the emulated device
+// (cuda/src/emulator.rs, with launcher.h); the GPU build (NVRTC) never sees this file.
 //
 // What is emulated, and how:
 // - Threads: every CUDA thread of a block is a fiber (its own 256 KiB stack with a guard
@@ -20,11 +20,12 @@
 //   count of warp operations, full mask) or the run aborts. Shuffles move 32- or 64-bit
 //   values (CUDA's overloads for int/float and long long/double).
 // - `__shared__` is `thread_local`: static storage (one copy, as all fibers share one OS
-//   thread) that is alone in the program's TLS segment, which `launch` fills with 0xff
+//   thread) that is alone in its module's TLS segment (the driver program's, or the
+//   emulated device's kernel library's; see `shared_memory`), which `launch` fills with 0xff
 //   bytes (NaN as f32 and as bf16) before each block. (A linker section would not do:
 //   GCC ignores section attributes on the statics of templates.) A driver defines a
 //   source's `extern __shared__` array as `alignas(16) thread_local unsigned char name[bytes]`;
-//   the program must hold no other thread_local.
+//   the module must hold no other thread_local but the shim's one-byte `tls_anchor`.
 // - `cp.async` (16-byte copies global -> shared with zero fill): queued per thread and
 //   carried out only at the `cp.async.wait_group` that covers them, the latest a GPU may;
 //   `ldmatrix` (x4, plain and .trans): the last lane of the warp to arrive reads all 32
@@ -330,27 +331,50 @@ inline uint32_t (*warp_exchange(const uint32_t* words, int count, void (*complet
     return slot.w[half];
 }
 
-/// The program's TLS segment (this thread's copy): every `__shared__` array.
+/// A function of this module, whose address tells which loaded module that is.
+inline void launch_raw_marker() {}
+
+/// The TLS segment of the module holding this code (this thread's copy): every
+/// `__shared__` array. The module is the program for the drivers, the kernel source's
+/// shared library for the emulated device (cuda/emu/launcher.h), which runs every launch
+/// on one thread; the first launch finds the segment, later ones reuse it.
 struct SharedMemory {
     unsigned char* p = nullptr;
     size_t bytes = 0;
 };
 
+/// A byte of this module's TLS, read first so that a shared library's segment is
+/// allocated in this thread before it is looked up.
+inline thread_local unsigned char tls_anchor;
+
 inline SharedMemory shared_memory() {
     static const SharedMemory m = [] {
-        SharedMemory r;
-        // The first module dl_iterate_phdr visits is the program itself.
+        (void)*static_cast<volatile unsigned char*>(&tls_anchor);
+        struct Find {
+            uintptr_t code;
+            SharedMemory r;
+            bool found;
+        } find{reinterpret_cast<uintptr_t>(&launch_raw_marker), {}, false};
         dl_iterate_phdr(
             [](dl_phdr_info* info, size_t, void* out) {
+                Find& f = *static_cast<Find*>(out);
+                bool mine = false;
+                for (int i = 0; i < info->dlpi_phnum; i++) {
+                    const auto& ph = info->dlpi_phdr[i];
+                    const uintptr_t start = info->dlpi_addr + ph.p_vaddr;
+                    mine |= ph.p_type == PT_LOAD && f.code >= start && f.code < start + ph.p_memsz;
+                }
+                if (!mine) return 0;
                 for (int i = 0; i < info->dlpi_phnum; i++)
                     if (info->dlpi_phdr[i].p_type == PT_TLS)
-                        *static_cast<SharedMemory*>(out) = {static_cast<unsigned char*>(info->dlpi_tls_data),
-                                                            (size_t)info->dlpi_phdr[i].p_memsz};
+                        f.r = {static_cast<unsigned char*>(info->dlpi_tls_data), (size_t)info->dlpi_phdr[i].p_memsz};
+                f.found = true;
                 return 1;
             },
-            &r);
-        if (r.bytes && !r.p) die("the TLS segment holding __shared__ arrays was not found");
-        return r;
+            &find);
+        if (!find.found) die("the module running the kernels was not found");
+        if (find.r.bytes && !find.r.p) die("the TLS segment holding __shared__ arrays was not found");
+        return find.r;
     }();
     return m;
 }

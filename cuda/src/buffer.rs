@@ -2,10 +2,9 @@
 //! (buffer, element offset, length) that ops read and write.
 
 use crate::alloc::Pooled;
-use crate::device::{CudaDevice, DriverAlloc};
+use crate::device::{CudaDevice, DeviceAlloc};
 use crate::dtype::{as_bytes, as_bytes_mut};
 use crate::{CudaError, DType, Element, Result};
-use cudarc::driver::DevicePtr;
 use std::sync::Arc;
 
 /// `len` elements of `dtype` in device memory, from the device's caching allocator
@@ -15,7 +14,7 @@ pub struct DeviceBuffer {
     dtype: DType,
     len: usize,
     ptr: u64,
-    mem: Pooled<DriverAlloc>,
+    mem: Pooled<DeviceAlloc>,
 }
 
 impl std::fmt::Debug for DeviceBuffer {
@@ -25,8 +24,8 @@ impl std::fmt::Debug for DeviceBuffer {
 }
 
 impl DeviceBuffer {
-    pub(crate) fn new(device: Arc<CudaDevice>, dtype: DType, len: usize, mem: Pooled<DriverAlloc>) -> Self {
-        let ptr = mem.block().device_ptr(device.stream()).0;
+    pub(crate) fn new(device: Arc<CudaDevice>, dtype: DType, len: usize, mem: Pooled<DeviceAlloc>) -> Self {
+        let ptr = device.address(mem.block());
         DeviceBuffer { device, dtype, len, ptr, mem }
     }
 
@@ -89,13 +88,7 @@ impl DeviceBuffer {
 
     /// Sets every byte to zero.
     pub fn fill_zero(&mut self) -> Result<()> {
-        let bytes = self.len * self.dtype.size();
-        if bytes == 0 {
-            return Ok(());
-        }
-        // SAFETY: the range lies inside this buffer's allocation.
-        unsafe { cudarc::driver::result::memset_d8_async(self.ptr, 0, bytes, self.device.stream().cu_stream()) }
-            .map_err(CudaError::driver("memset"))
+        self.device.memset_zero(self.ptr, self.len * self.dtype.size())
     }
 
     /// Copies `data` (same dtype and length) into the buffer.
@@ -144,17 +137,8 @@ impl View<'_> {
         }
         // SAFETY: `Element` types are plain data, for which all-zero bytes are a valid value.
         let mut out: Vec<T> = vec![unsafe { std::mem::zeroed() }; self.len];
-        let bytes = as_bytes_mut(&mut out);
-        let dev = &self.buf.device;
-        if !bytes.is_empty() {
-            // SAFETY: the view lies inside the buffer (checked when it was made) and holds
-            // `bytes.len()` bytes; the copy finishes before `out` is read.
-            unsafe {
-                cudarc::driver::result::memcpy_dtoh_async(bytes, self.ptr(), dev.stream().cu_stream())
-                    .map_err(CudaError::driver("memcpy_dtoh"))?;
-            }
-        }
-        dev.synchronize()?;
+        // The view lies inside the buffer (checked when it was made) and holds the bytes.
+        self.buf.device.copy_to_host(self.ptr(), as_bytes_mut(&mut out))?;
         Ok(out)
     }
 

@@ -1,27 +1,45 @@
 //! A CUDA device: its context, the one stream all work runs on, the caching allocator
-//! and the kernels loaded so far.
+//! and the kernels loaded so far; or the emulated device (`crate::emulator`), whose
+//! memory is host memory and whose kernels run on the CPU.
 
 use crate::alloc::{CachingAllocator, MemoryStats, RawAlloc};
 use crate::buffer::DeviceBuffer;
 use crate::cache::KernelCache;
+use crate::emulator::{self, EmuKernel, Emulator, HostMemory};
 use crate::kernel_times::{KernelTime, KernelTimes};
 use crate::kernels::KernelSource;
 use crate::staging::Staging;
 use crate::{CudaError, DType, Element, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Device memory from the driver, allocated in stream order.
-pub struct DriverAlloc {
-    stream: Arc<CudaStream>,
+/// Device memory: from the driver, allocated in stream order, or host memory for the
+/// emulated device (no stream).
+pub struct DeviceAlloc {
+    stream: Option<Arc<CudaStream>>,
 }
 
-impl RawAlloc for DriverAlloc {
-    type Block = CudaSlice<u8>;
-    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
-        // SAFETY: the memory is uninitialised bytes; every op writes before it reads.
-        unsafe { self.stream.alloc::<u8>(bytes) }.map_err(CudaError::driver("alloc"))
+/// One block of [`DeviceAlloc`].
+pub enum DeviceMemory {
+    /// Driver memory.
+    Driver(CudaSlice<u8>),
+    /// The emulated device's host memory.
+    Host(HostMemory),
+}
+
+impl RawAlloc for DeviceAlloc {
+    type Block = DeviceMemory;
+    fn alloc(&self, bytes: usize) -> Result<DeviceMemory> {
+        match &self.stream {
+            // SAFETY: the memory is uninitialised bytes; every op writes before it reads.
+            Some(stream) => {
+                unsafe { stream.alloc::<u8>(bytes) }.map(DeviceMemory::Driver).map_err(CudaError::driver("alloc"))
+            }
+            None => HostMemory::new(bytes).map(DeviceMemory::Host),
+        }
     }
 }
 
@@ -40,32 +58,67 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// The number of CUDA devices; [`CudaError::NoDriver`] when there is no driver.
+/// The number of CUDA devices; [`CudaError::NoDriver`] when there is no driver. With
+/// the emulated device on ([`emulator::emulated`]) it is the one device.
 pub fn device_count() -> Result<usize> {
+    if emulator::emulated() {
+        return Ok(1);
+    }
     if !driver_present() {
         return Err(CudaError::NoDriver);
     }
     CudaContext::device_count().map(|n| n.max(0) as usize).map_err(CudaError::driver("device_count"))
 }
 
-/// One GPU with its stream, allocator and loaded kernels. Cheap to share as `Arc`.
-pub struct CudaDevice {
+/// What runs a device's work.
+pub(crate) enum Backend {
+    /// A GPU through the driver.
+    Driver(Box<Driver>),
+    /// The CPU emulator.
+    Emulated(Emulator),
+}
+
+/// A GPU's context, stream and what hangs off them.
+pub(crate) struct Driver {
     /// Pinned buffers for host-to-device copies (first: freed before the context).
     staging: Mutex<Staging>,
-    ordinal: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    pool: Arc<CachingAllocator<DriverAlloc>>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    pub(crate) blas: std::sync::OnceLock<std::result::Result<crate::gemm::Blas, String>>,
+    /// Per-kernel device time, when `MONARCH_KERNEL_TIMES` asks for it.
+    times: Option<KernelTimes>,
+}
+
+impl Driver {
+    /// The stream all of the device's work runs on.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+/// A loaded kernel.
+#[derive(Clone)]
+pub(crate) enum Kernel {
+    /// From a CUBIN on a GPU.
+    Driver(CudaFunction),
+    /// From the emulator's library.
+    Emulated(EmuKernel),
+}
+
+/// One GPU (or the emulated device) with its stream, allocator and loaded kernels.
+/// Cheap to share as `Arc`.
+pub struct CudaDevice {
+    ordinal: usize,
+    /// Declared before the backend, so buffers cached here are freed before its context.
+    pool: Arc<CachingAllocator<DeviceAlloc>>,
+    pub(crate) backend: Backend,
     arch: String,
     sm_count: u32,
     /// The most dynamic shared memory a block may opt in to (bytes).
     max_shared_optin: usize,
     cache: KernelCache,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
-    pub(crate) blas: std::sync::OnceLock<std::result::Result<crate::gemm::Blas, String>>,
-    /// Per-kernel device time, when `MONARCH_KERNEL_TIMES` asks for it.
-    times: Option<KernelTimes>,
+    functions: Mutex<HashMap<String, Kernel>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -84,6 +137,9 @@ impl CudaDevice {
         if ordinal >= count {
             return Err(CudaError::NoDevice { ordinal, count });
         }
+        if emulator::emulated() {
+            return Self::emulated();
+        }
         let ctx = CudaContext::new(ordinal).map_err(CudaError::driver("context"))?;
         let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute_capability"))?;
         if major < 8 {
@@ -100,20 +156,52 @@ impl CudaDevice {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(CudaError::driver("attribute"))? as usize;
         Ok(Arc::new(CudaDevice {
-            staging: Mutex::new(Staging::new(ctx.clone())),
             ordinal,
-            pool: CachingAllocator::new(DriverAlloc { stream: stream.clone() }),
-            ctx,
-            stream,
+            pool: CachingAllocator::new(DeviceAlloc { stream: Some(stream.clone()) }),
+            backend: Backend::Driver(Box::new(Driver {
+                staging: Mutex::new(Staging::new(ctx.clone())),
+                ctx,
+                stream,
+                modules: Mutex::new(HashMap::new()),
+                blas: std::sync::OnceLock::new(),
+                times: KernelTimes::from_env(),
+            })),
             arch: format!("sm_{major}{minor}"),
             sm_count,
             max_shared_optin,
             cache: KernelCache::from_env(),
-            modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            blas: std::sync::OnceLock::new(),
-            times: KernelTimes::from_env(),
         }))
+    }
+
+    /// The emulated device (see `crate::emulator`), as device 0, whether or not
+    /// [`emulator::emulated`] is on.
+    pub fn emulated() -> Result<Arc<Self>> {
+        let cache = KernelCache::from_env();
+        Ok(Arc::new(CudaDevice {
+            ordinal: 0,
+            pool: CachingAllocator::new(DeviceAlloc { stream: None }),
+            backend: Backend::Emulated(Emulator::new(cache.dir().to_path_buf())),
+            arch: emulator::ARCH.to_string(),
+            sm_count: emulator::SM_COUNT,
+            max_shared_optin: emulator::MAX_SHARED_OPTIN,
+            cache,
+            functions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Whether this is the emulated device.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.backend, Backend::Emulated(_))
+    }
+
+    /// The address of a block of this device's allocator.
+    pub(crate) fn address(&self, block: &DeviceMemory) -> u64 {
+        match (block, &self.backend) {
+            (DeviceMemory::Driver(s), Backend::Driver(d)) => s.device_ptr(&d.stream).0,
+            (DeviceMemory::Host(h), _) => h.address(),
+            (DeviceMemory::Driver(_), Backend::Emulated(_)) => unreachable!("the emulator allocates host memory"),
+        }
     }
 
     /// The device ordinal.
@@ -133,37 +221,48 @@ impl CudaDevice {
 
     /// The device's name as the driver reports it.
     pub fn name(&self) -> Result<String> {
-        self.ctx.name().map_err(CudaError::driver("name"))
+        match &self.backend {
+            Backend::Driver(d) => d.ctx.name().map_err(CudaError::driver("name")),
+            Backend::Emulated(_) => Ok(format!("CUDA emulator on the CPU (as {})", self.arch)),
+        }
     }
 
-    /// The stream all of this device's work runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// The driver's parts; `None` on the emulated device.
+    pub(crate) fn driver(&self) -> Option<&Driver> {
+        match &self.backend {
+            Backend::Driver(d) => Some(d),
+            Backend::Emulated(_) => None,
+        }
+    }
+
+    fn times(&self) -> Option<&KernelTimes> {
+        self.driver().and_then(|d| d.times.as_ref())
     }
 
     /// Waits until all queued work has finished.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(CudaError::driver("synchronize"))?;
-        self.times.as_ref().map_or(Ok(()), |t| t.collect())
+        let Some(d) = self.driver() else { return Ok(()) };
+        d.stream.synchronize().map_err(CudaError::driver("synchronize"))?;
+        d.times.as_ref().map_or(Ok(()), |t| t.collect())
     }
 
     /// Device time per kernel since the device opened (or the last
     /// [`reset_kernel_times`](Self::reset_kernel_times)), longest first; `None` unless
     /// [`KERNEL_TIMES_ENV`](crate::KERNEL_TIMES_ENV) turned the timer on.
     pub fn kernel_times(&self) -> Result<Option<Vec<KernelTime>>> {
-        self.times.as_ref().map(|t| t.report()).transpose()
+        self.times().map(|t| t.report()).transpose()
     }
 
     /// Forgets the per-kernel times so far (warm-up runs, say).
     pub fn reset_kernel_times(&self) -> Result<()> {
-        self.times.as_ref().map_or(Ok(()), |t| t.reset())
+        self.times().map_or(Ok(()), |t| t.reset())
     }
 
     /// Queues `work` (the launch of `name`), timed when the per-kernel timer is on.
     pub(crate) fn timed<T>(&self, name: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        match &self.times {
-            Some(t) => t.time(&self.stream, name, work),
-            None => work(),
+        match self.driver() {
+            Some(Driver { times: Some(t), stream, .. }) => t.time(stream, name, work),
+            _ => work(),
         }
     }
 
@@ -203,9 +302,14 @@ impl CudaDevice {
         if bytes.is_empty() {
             return Ok(());
         }
-        let stream = self.stream.cu_stream();
+        let Some(d) = self.driver() else {
+            // SAFETY: the caller guarantees `dst` holds the bytes (host memory here).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst as *mut u8, bytes.len()) };
+            return Ok(());
+        };
+        let stream = d.stream.cu_stream();
         if !sync_uploads() {
-            let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            let mut staging = d.staging.lock().unwrap_or_else(|e| e.into_inner());
             // SAFETY: the caller guarantees `dst`; the stream is this device's.
             match unsafe { staging.copy(stream, dst, bytes) } {
                 Ok(true) => return Ok(()),
@@ -235,19 +339,66 @@ impl CudaDevice {
         Ok(b)
     }
 
+    /// Copies `dst.len()` bytes from device address `src` to the host, after the work
+    /// queued before.
+    pub(crate) fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        match self.driver() {
+            Some(d) => {
+                // SAFETY: the caller guarantees `src` holds the bytes; the copy finishes
+                // (synchronize) before `dst` is read.
+                unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, d.stream.cu_stream()) }
+                    .map_err(CudaError::driver("memcpy_dtoh"))?;
+                self.synchronize()
+            }
+            None => {
+                // SAFETY: as above (host memory here).
+                unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues setting `bytes` bytes from device address `dst` to zero.
+    pub(crate) fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        match self.driver() {
+            // SAFETY: the caller guarantees the range lies in this device's memory.
+            Some(d) => unsafe { cudarc::driver::result::memset_d8_async(dst, 0, bytes, d.stream.cu_stream()) }
+                .map_err(CudaError::driver("memset")),
+            None => {
+                // SAFETY: as above (host memory here).
+                unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
+                Ok(())
+            }
+        }
+    }
+
     /// The kernel `name` of `source`, compiled (or taken from the disk cache) and
     /// loaded on first use.
-    pub(crate) fn function(&self, source: KernelSource, name: &str) -> Result<CudaFunction> {
+    pub(crate) fn function(&self, source: KernelSource, name: &str) -> Result<Kernel> {
         if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(f.clone());
         }
+        let d = match &self.backend {
+            Backend::Driver(d) => d,
+            Backend::Emulated(e) => {
+                let f = Kernel::Emulated(e.function(source, name)?);
+                self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
+                return Ok(f);
+            }
+        };
         let module = {
-            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            let mut modules = d.modules.lock().unwrap_or_else(|e| e.into_inner());
             match modules.get(source.stem) {
                 Some(m) => m.clone(),
                 None => {
                     let cubin = self.cache.get_or_compile(source, &self.arch)?;
-                    let m = self
+                    let m = d
                         .ctx
                         .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                         .map_err(CudaError::driver("load_module"))?;
@@ -256,7 +407,7 @@ impl CudaDevice {
                 }
             }
         };
-        let f = module.load_function(name).map_err(CudaError::driver("load_function"))?;
+        let f = Kernel::Driver(module.load_function(name).map_err(CudaError::driver("load_function"))?);
         self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
         Ok(f)
     }
@@ -269,7 +420,7 @@ impl CudaDevice {
     }
 
     /// Launches `f` with `cfg` and `args` in the kernel's parameter order.
-    pub(crate) fn launch(&self, f: &CudaFunction, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    pub(crate) fn launch(&self, f: &Kernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         if cfg.shared_mem_bytes as usize > self.max_shared_optin {
             crate::error::bail!(
                 "launch",
@@ -279,6 +430,11 @@ impl CudaDevice {
                 self.max_shared_optin
             );
         }
+        let (d, f) = match (&self.backend, f) {
+            (Backend::Driver(d), Kernel::Driver(f)) => (d, f),
+            (Backend::Emulated(e), Kernel::Emulated(k)) => return e.launch(k, cfg, args),
+            _ => crate::error::bail!("launch", "a kernel loaded on another kind of device"),
+        };
         if cfg.shared_mem_bytes > 48 * 1024 {
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -286,7 +442,7 @@ impl CudaDevice {
             )
             .map_err(CudaError::driver("set_attribute"))?;
         }
-        let mut b = self.stream.launch_builder(f);
+        let mut b = d.stream.launch_builder(f);
         for a in args {
             match a {
                 Arg::U64(v) => b.arg(v),
@@ -300,8 +456,8 @@ impl CudaDevice {
         // SAFETY: each op validates its buffers' dtypes and lengths against the kernel's
         // contract before launching, and passes arguments in the kernel's order.
         let mut launch = move || unsafe { b.launch(cfg) }.map(|_| ()).map_err(CudaError::driver("launch"));
-        match &self.times {
-            Some(t) => t.time(&self.stream, &self.function_name(f), launch),
+        match &d.times {
+            Some(t) => t.time(&d.stream, &self.function_name(f), launch),
             None => launch(),
         }
     }
@@ -309,7 +465,8 @@ impl CudaDevice {
     /// The name `f` was loaded under (for the per-kernel timer).
     fn function_name(&self, f: &CudaFunction) -> String {
         let functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        let found = functions.iter().find(|(_, g)| g.cu_function() == f.cu_function());
+        let found =
+            functions.iter().find(|(_, g)| matches!(g, Kernel::Driver(g) if g.cu_function() == f.cu_function()));
         found.map_or_else(|| "unnamed kernel".to_string(), |(name, _)| name.clone())
     }
 }

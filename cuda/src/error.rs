@@ -97,6 +97,12 @@ pub enum CudaError {
         /// The op.
         op: &'static str,
     },
+    /// The emulated device could not build, load or run a kernel.
+    #[error("CUDA emulator: {msg}")]
+    Emulator {
+        /// What went wrong.
+        msg: String,
+    },
     /// Reading or writing the kernel cache failed.
     #[error("kernel cache {path}: {source}")]
     Cache {

@@ -219,8 +219,13 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
     if g.m * g.n * g.batch == 0 {
         return Ok(());
     }
+    let Some(driver) = dev.driver() else {
+        // SAFETY: the caller checked the addresses against `g`.
+        unsafe { crate::emulator::gemm::matmul(g, [a, b, bias, c]) };
+        return Ok(());
+    };
     let dt = g.dtype();
-    let blas = dev.blas.get_or_init(|| Blas::new(dev)).as_ref().map_err(|lib| {
+    let blas = driver.blas.get_or_init(|| Blas::new(dev)).as_ref().map_err(|lib| {
         if lib == "cuBLASLt" {
             CudaError::NoBlas { lib: "cuBLASLt" }
         } else {
@@ -338,7 +343,7 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
             &heuristic.algo,
             blas.workspace.device_ptr() as *mut c_void,
             ws,
-            dev.stream().cu_stream() as sys::cudaStream_t,
+            driver.stream().cu_stream() as sys::cudaStream_t,
         )
         .map_err(err("matmul"))
     })

@@ -13,12 +13,16 @@
 //! ops at once and to the host after [`DeviceBuffer::to_host`] or
 //! [`CudaDevice::synchronize`]. Host-to-device copies up to 16 MiB are staged through
 //! pinned memory and do not wait for the stream either.
+//!
+//! Without a GPU, [`emulator`] provides a device that runs the same kernels on the CPU,
+//! so that everything above the driver is tested there too.
 
 mod alloc;
 mod buffer;
 mod cache;
 mod device;
 mod dtype;
+pub mod emulator;
 mod error;
 pub mod gemm;
 mod kernel_times;
@@ -30,7 +34,7 @@ mod staging;
 pub use alloc::{CachingAllocator, MemoryStats, Pooled, RawAlloc, bucket};
 pub use buffer::{DeviceBuffer, View, ViewMut};
 pub use cache::{CACHE_ENV, KernelCache, WarmedKernel};
-pub use device::{CudaDevice, DriverAlloc, SYNC_UPLOADS_ENV, device_count, driver_present};
+pub use device::{CudaDevice, DeviceAlloc, DeviceMemory, SYNC_UPLOADS_ENV, device_count, driver_present};
 pub use dtype::{DType, Element};
 pub use error::{CudaError, Result};
 pub use kernel_times::{KERNEL_TIMES_ENV, KernelTime, format_kernel_times};

@@ -1,5 +1,6 @@
-//! Tensors on a GPU against the same ops on the CPU. Without a CUDA driver every test
-//! but the first says SKIPPED and returns (CI has no GPU); on a GPU machine run
+//! Tensors on a GPU against the same ops on the CPU. Without a GPU (CI) they run on the
+//! emulated device, which runs the same launchers and kernels on the CPU (slowly; see
+//! `monarch_cuda::emulator`); on a GPU machine run
 //! `cargo test -p monarch-tests --release --test cuda_tensors`.
 
 use monarch_autograd::{Gradients, Var};
@@ -10,8 +11,20 @@ use monarch_tensor::{
 
 const GPU: Device = Device::Cuda(0);
 
+/// Picks device 0 before any test opens it: the GPU, else the emulated device.
+fn pick_device() {
+    static PICKED: std::sync::Once = std::sync::Once::new();
+    PICKED.call_once(|| {
+        if monarch_cuda::device_count().map_or(true, |n| n == 0) {
+            eprintln!("no GPU: running on the CUDA emulator");
+            monarch_cuda::emulator::set_emulated(true);
+        }
+    });
+}
+
 /// Whether device 0 can be used; says SKIPPED when not.
 fn gpu() -> bool {
+    pick_device();
     match cuda_device(0) {
         Ok(_) => true,
         Err(e) => {
@@ -36,6 +49,7 @@ fn close(got: &Tensor, want: &Tensor, tol: f32) {
 
 #[test]
 fn moving_to_a_gpu_is_an_error_exactly_when_there_is_none() {
+    pick_device();
     let x = rnd(&[3, 4], 0);
     match (cuda_device(0), x.to_device(GPU)) {
         (Ok(_), Ok(y)) => assert_eq!(y.device(), GPU),

@@ -614,16 +614,16 @@ fn permute(
     let (act, func) = fused.codes();
     let f = dev.function(kernels::MONARCH, &format!("monarch_permute_{}", dt.kernel_suffix("monarch")?))?;
     let args = [
-        Arg::of(&src),
-        Arg::of(&dst),
-        Arg::of(&bias),
-        Arg::of(&aux),
-        Arg::of(&l),
-        Arg::of(&s),
-        Arg::of(&mout),
-        Arg::of(&to_group),
-        Arg::of(&act),
-        Arg::of(&func),
+        Arg::U64(src),
+        Arg::U64(dst),
+        Arg::U64(bias),
+        Arg::U64(aux),
+        Arg::I32(l),
+        Arg::I32(s),
+        Arg::I32(mout),
+        Arg::I32(to_group),
+        Arg::I32(act),
+        Arg::I32(func),
     ];
     dev.launch(&f, super::cfg_1d(blocks as u32, 256), &args)
 }
