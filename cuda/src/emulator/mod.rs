@@ -14,6 +14,9 @@
 
 mod build;
 pub(crate) mod gemm;
+mod memory;
+
+pub use memory::HostMemory;
 
 use crate::device::Arg;
 use crate::kernels::KernelSource;
@@ -201,45 +204,5 @@ impl Emulator {
                 args[c as usize - 1]
             ),
         }
-    }
-}
-
-/// Host memory standing in for device memory: 256-byte aligned, as the driver's, and
-/// filled with 0xff bytes (NaN as f32 and bf16) when new, so that reading what no
-/// kernel wrote shows.
-pub struct HostMemory {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: the memory is owned; all access goes through the device's one launch thread
-// or its synchronous copies.
-unsafe impl Send for HostMemory {}
-// SAFETY: a shared reference only gives the address.
-unsafe impl Sync for HostMemory {}
-
-impl HostMemory {
-    pub(crate) fn new(bytes: usize) -> Result<HostMemory> {
-        let layout = std::alloc::Layout::from_size_align(bytes.max(1), 256)
-            .map_err(|_| CudaError::Emulator { msg: format!("cannot allocate {bytes} bytes") })?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        let ptr = std::ptr::NonNull::new(ptr)
-            .ok_or_else(|| CudaError::Driver { op: "alloc", msg: format!("out of host memory for {bytes} bytes") })?;
-        // SAFETY: the block was just allocated with this size.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0xff, layout.size()) };
-        Ok(HostMemory { ptr, layout })
-    }
-
-    /// The address of the first byte.
-    pub(crate) fn address(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-}
-
-impl Drop for HostMemory {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
     }
 }
