@@ -343,6 +343,13 @@ fn the_fused_head_on_the_gpu_matches_the_cpu() {
         Tensor::linear_cross_entropy(&on(&x, DType::F32), &on(&w, DType::F32), &made, o, 128, [true, true]).unwrap();
     close(&got.loss, &want.loss, 1e-4);
     close(got.dw.as_ref().unwrap(), want.dw.as_ref().unwrap(), 1e-4);
+    // The head's loss reads bf16 logits as they are: the same as widening them first.
+    let logits = on(&x, DType::BF16).matmul(&on(&w, DType::BF16).t().unwrap()).unwrap();
+    let (loss, lse) = logits.cross_entropy_wide(&gt, o).unwrap();
+    let (want_loss, want_lse) = logits.to_dtype(DType::F32).unwrap().cross_entropy(&gt, o).unwrap();
+    assert_eq!((loss.dtype(), lse.dtype()), (DType::F32, DType::F32));
+    assert_eq!(loss.to_vec_f32().unwrap(), want_loss.to_vec_f32().unwrap());
+    assert_eq!(lse.to_vec_f32().unwrap(), want_lse.to_vec_f32().unwrap());
 }
 
 #[test]

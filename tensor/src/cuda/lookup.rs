@@ -86,8 +86,8 @@ impl Tensor {
     }
 
     /// Mean cross-entropy of (N, C) device logits against (N) targets already checked:
-    /// the f32 loss and the per-row log-sum-exp.
-    pub(crate) fn cuda_cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
+    /// the loss and the per-row log-sum-exp, computed in f32 and returned in `dt`.
+    pub(crate) fn cuda_cross_entropy(&self, targets: &Tensor, o: CrossEntropy, dt: DType) -> Result<(Tensor, Tensor)> {
         let op = "cross_entropy";
         let (x, t) = (self.contiguous()?, self.beside(targets)?);
         let (n, c) = (x.dims()[0], x.dims()[1]);
@@ -103,8 +103,7 @@ impl Tensor {
             out_mut(&mut out, op)?,
         )
         .map_err(cuda_err(op))?;
-        // In the logits' dtype, as on the CPU.
-        let dt = self.dtype();
+        // Computed in f32, returned in `dt`.
         Ok((out.narrow(0, 0, 1)?.reshape(())?.to_dtype(dt)?, lse.to_dtype(dt)?))
     }
 

@@ -40,7 +40,8 @@ impl Tensor {
     /// memory holds one chunk's logits, not all N. The gradients with respect to `x`
     /// and `w` that `grads` asks for are computed on the way (two more products per
     /// chunk), since the chunk's logits are at hand then. The chunk's loss is computed in
-    /// f32 (f64 for f64 inputs) from bf16 logits, as the separate ops under autocast do.
+    /// f32 (f64 for f64 inputs) from bf16 logits, as the separate ops under autocast do,
+    /// but reading the bf16 logits without a widened copy.
     pub fn linear_cross_entropy(
         x: &Tensor,
         w: &Tensor,
@@ -86,17 +87,18 @@ impl Tensor {
         for r0 in (0..n).step_by(chunk_rows) {
             let rows = chunk_rows.min(n - r0);
             let (xc, tc) = (x.narrow(0, r0, rows)?, targets.narrow(0, r0, rows)?);
-            let logits = xc.matmul(&wt)?.to_dtype(ce)?;
-            let (mean, lse) = logits.cross_entropy(&tc, o)?;
+            // bf16 logits stay bf16: the loss reads them as they are, in f32.
+            let logits = xc.matmul(&wt)?;
+            let (mean, lse) = logits.cross_entropy_wide(&tc, o)?;
             // This chunk's share of the mean over all counted rows.
             let share = counted(&tc)?.div(&total)?;
             loss = loss.add(&mean.mul(&share)?)?;
             if grads == [false, false] {
                 continue;
             }
+            // In the logits' dtype, x's: rounded once from the f32 gradient.
             let dl = Tensor::cross_entropy_backward(&logits, &tc, &lse, &share, o)?;
             drop(logits);
-            let dl = dl.to_dtype(x.dtype())?;
             if grads[0] {
                 dx.push(dl.matmul(w)?);
             }

@@ -2,7 +2,7 @@
 
 use super::compute_dtype;
 use crate::cpu::{PAR_MIN, items_per_task};
-use crate::{CpuStorage, Error, Float, Result, Tensor, simd_dispatch};
+use crate::{CpuStorage, DType, Error, Float, Result, Tensor, simd_dispatch};
 use rayon::prelude::*;
 
 /// Options of [`Tensor::cross_entropy`].
@@ -83,11 +83,26 @@ impl Tensor {
 
     /// Mean cross-entropy of (N, C) logits against (N) `I64` class targets, over the rows
     /// not ignored (0 when all are). Returns the scalar loss and the per-row
-    /// log-sum-exp (N) that [`cross_entropy_backward`](Self::cross_entropy_backward) needs.
+    /// log-sum-exp (N) that [`cross_entropy_backward`](Self::cross_entropy_backward) needs,
+    /// both in the logits' dtype.
     pub fn cross_entropy(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
+        self.cross_entropy_as(targets, o, self.dtype())
+    }
+
+    /// [`cross_entropy`](Self::cross_entropy) with the loss and log-sum-exp in f32 (f64
+    /// for f64 logits) whatever the logits' dtype, the precision they are computed in:
+    /// bf16 logits are read as they are, without a widened copy of them (the same values
+    /// as widening them first and taking `cross_entropy`).
+    pub fn cross_entropy_wide(&self, targets: &Tensor, o: CrossEntropy) -> Result<(Tensor, Tensor)> {
+        let wide = if self.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        self.cross_entropy_as(targets, o, wide)
+    }
+
+    /// The cross-entropy with its results in `dt`.
+    fn cross_entropy_as(&self, targets: &Tensor, o: CrossEntropy, dt: DType) -> Result<(Tensor, Tensor)> {
         let checked = self.ce_targets(targets, &o)?;
         if self.device() != crate::Device::Cpu {
-            return self.cuda_cross_entropy(targets, o);
+            return self.cuda_cross_entropy(targets, o, dt);
         }
         let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
         let c = self.dims()[1];
@@ -101,7 +116,6 @@ impl Tensor {
         let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count();
         let loss = rows.iter().map(|r| r.0).sum::<f64>() / count.max(1) as f64;
         let lse: Vec<f64> = rows.iter().map(|r| r.1).collect();
-        let dt = self.dtype();
         Ok((Tensor::full(loss, (), dt), Tensor::from_vec(lse, t.len())?.to_dtype(dt)?))
     }
 
@@ -184,6 +198,27 @@ fn rows_grad<T: Float>(x: &[T], t: &[i64], lse: &[f64], c: usize, scale: f64, o:
 mod tests {
     use super::*;
     use crate::DType;
+
+    #[test]
+    fn wide_results_of_bf16_logits_are_those_of_the_widened_logits() {
+        let logits = Tensor::randn([6, 50], 0.0, 3.0, 7).unwrap().to_dtype(DType::BF16).unwrap();
+        let targets = Tensor::from_vec(vec![3i64, -1, 49, 0, 7, 7], 6).unwrap();
+        let o = CrossEntropy { ignore_index: Some(-1), label_smoothing: 0.05 };
+        let (loss, lse) = logits.cross_entropy_wide(&targets, o).unwrap();
+        let widened = logits.to_dtype(DType::F32).unwrap();
+        let (want_loss, want_lse) = widened.cross_entropy(&targets, o).unwrap();
+        assert_eq!((loss.dtype(), lse.dtype()), (DType::F32, DType::F32));
+        assert_eq!(loss.to_vec::<f32>().unwrap(), want_loss.to_vec::<f32>().unwrap());
+        assert_eq!(lse.to_vec::<f32>().unwrap(), want_lse.to_vec::<f32>().unwrap());
+        // The plain op keeps the logits' dtype.
+        assert_eq!(logits.cross_entropy(&targets, o).unwrap().1.dtype(), DType::BF16);
+        // The gradient from the bf16 logits is the widened logits' gradient, rounded once.
+        let d = Tensor::scalar(0.5f32);
+        let g = Tensor::cross_entropy_backward(&logits, &targets, &lse, &d, o).unwrap();
+        let want = Tensor::cross_entropy_backward(&widened, &targets, &want_lse, &d, o).unwrap();
+        assert_eq!(g.dtype(), DType::BF16);
+        assert_eq!(g.to_vec_f64().unwrap(), want.to_dtype(DType::BF16).unwrap().to_vec_f64().unwrap());
+    }
 
     #[test]
     fn matches_the_definition_with_ignore_and_smoothing() {
