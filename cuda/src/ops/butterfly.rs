@@ -60,7 +60,7 @@ impl ButterflyDims {
 
     /// The backward's persistent grid: at most one block per SM, fewer when the
     /// per-block scratch (levels and dx sums, `rows_per_block·(log_n+1)·n`) and twiddle
-    /// partials (`stacks·log_n·n·2`, f32) would pass [`BACKWARD_BYTES`]; never more
+    /// partials (`stacks·log_n·n·2`, f32) would pass `BACKWARD_BYTES`; never more
     /// blocks than row groups.
     pub fn backward_blocks(&self, sm_count: u32) -> usize {
         let per_block = 4 * (self.rows_per_block() * (self.log_n + 1) * self.n() + self.twiddle_len());
