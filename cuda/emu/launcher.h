@@ -66,5 +66,6 @@ int run(void (*kernel)(A...), const LaunchDims* d, void** params, const int* kin
 #define MONARCH_EMU_KERNEL(name)                                                                                 \
     extern "C" __attribute__((visibility("default"))) int monarch_emu_##name(                                   \
         const emu::LaunchDims* d, void** params, const int* kinds, const unsigned* bytes, int n) {              \
+        emu::current_kernel = #name;                                                                             \
         return emu::run(&name, d, params, kinds, bytes, n);                                                      \
     }

@@ -118,9 +118,12 @@ inline int atomicAdd(int* p, int v) {
 
 namespace emu {
 
+/// The kernel running, for messages (set by the emulated device's entries, launcher.h).
+inline const char* current_kernel = "";
+
 [[noreturn]] inline void die(const char* what) {
-    fprintf(stderr, "emulator: %s (block %u,%u,%u thread %u,%u,%u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z,
-            threadIdx.x, threadIdx.y, threadIdx.z);
+    fprintf(stderr, "emulator: %s%s%s (block %u,%u,%u thread %u,%u,%u)\n", current_kernel, *current_kernel ? ": " : "",
+            what, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
     fflush(stdout);
     exit(3);
 }
