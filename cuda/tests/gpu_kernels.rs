@@ -168,7 +168,15 @@ fn strided_batched_matmul_with_interleaved_unaligned_operands_matches_loops() {
 #[test]
 fn flash_attention_matches_naive_attention_with_causal_mask_and_ragged_length() {
     let Some(dev) = device() else { return };
-    let d = fa::AttentionDims { batch_heads: 2, seq: 100, head_dim: 32, causal: true, dropout: 0.0, seed: 0 };
+    let d = fa::AttentionDims {
+        batch_heads: 2,
+        seq: 100,
+        head_dim: 32,
+        scale: 1.0 / 32f32.sqrt(),
+        causal: true,
+        dropout: 0.0,
+        seed: 0,
+    };
     let n = d.batch_heads * d.seq * d.head_dim;
     let (q, k, v) = (values(n, 6), values(n, 7), values(n, 8));
     let (qb, kb, vb) = (dev.htod(&q).unwrap(), dev.htod(&k).unwrap(), dev.htod(&v).unwrap());

@@ -545,6 +545,34 @@ fn naive_attention_and_max_gradients_match_the_cpu() {
 /// seq 300 (five tiles, ragged), causal or not, a mask where the second query tile of a
 /// forward block visits a key tile the first does not, and the other way round.
 #[test]
+fn attention_heads_below_the_kernels_sizes_are_padded_exactly() {
+    if !gpu() {
+        return;
+    }
+    // head_dim 16 and 48 run as 32 and 64 with zero padding, at their own scale.
+    for (d, seed) in [(16, 50), (48, 54)] {
+        let shape = [1, 2, 70, d];
+        let (q, k, v, dout) = (rnd(&shape, seed), rnd(&shape, seed + 1), rnd(&shape, seed + 2), rnd(&shape, seed + 3));
+        let on_gpu = |t: &Tensor| t.to_device(GPU).unwrap();
+        let opts = AttentionOpts { causal: true, dropout: 0.2, seed: 9 };
+        let want = q.flash_attention(&k, &v, &opts).unwrap();
+        let got = on_gpu(&q).flash_attention(&on_gpu(&k), &on_gpu(&v), &opts).unwrap();
+        assert_eq!(got.out.dims(), [1, 2, 70, d]);
+        close(&got.out, &want.out, 1e-4);
+        close(&got.lse, &want.lse, 1e-4);
+        let wg = Tensor::flash_attention_backward(&q, &k, &v, &want, &dout, &opts).unwrap();
+        let gg = Tensor::flash_attention_backward(&on_gpu(&q), &on_gpu(&k), &on_gpu(&v), &got, &on_gpu(&dout), &opts)
+            .unwrap();
+        close(&gg.dq, &wg.dq, 1e-4);
+        close(&gg.dk, &wg.dk, 1e-4);
+        close(&gg.dv, &wg.dv, 1e-4);
+    }
+    let big = rnd(&[1, 1, 8, 192], 60).to_device(GPU).unwrap();
+    let err = big.flash_attention(&big, &big, &AttentionOpts::default()).unwrap_err().to_string();
+    assert!(err.contains("head_dim up to 128"), "{err}");
+}
+
+#[test]
 fn bf16_attention_on_the_gpu_matches_the_cpu() {
     if !gpu() {
         return;

@@ -300,6 +300,37 @@ fn a_gpu_run_trains_there_or_on_the_cpu_with_a_warning() {
 }
 
 #[test]
+fn a_run_on_the_emulated_gpu_gives_the_cpu_runs_losses() {
+    // The CUDA emulator runs every kernel and launcher of a GPU step on the CPU (slowly),
+    // so three steps of the tiny model and the step-3 evaluation are enough.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2.toml", GPT2);
+    let train = |device: &str| {
+        let out = tmp.path().join(device);
+        let args = ["--config", &cfg, "--out-dir", out.to_str().unwrap(), "--quiet", "--stop-after", "3"];
+        let o = Command::new(bin("train-gpt2"))
+            .args(args)
+            .args(["--device", device])
+            .env("MONARCH_CUDA_EMULATOR", "1")
+            .output()
+            .expect("binary runs");
+        assert!(o.status.success(), "{device}: {}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let (cpu, gpu) = (train("cpu"), train("cuda"));
+    assert_eq!(records(&gpu)[0]["device"], "cuda:0");
+    let (want, got) = (losses(&cpu), losses(&gpu));
+    assert_eq!(want.len(), 3);
+    assert_eq!(got.len(), 3);
+    for ((s, w), (t, g)) in want.iter().zip(&got) {
+        assert_eq!(s, t);
+        assert!((w - g).abs() <= 1e-4 * w.abs(), "step {s}: cpu {w}, emulated gpu {g}");
+    }
+    let val = |dir: &Path| records(dir).iter().find_map(|r| r.get("val_loss")?.as_f64()).unwrap();
+    assert!((val(&cpu) - val(&gpu)).abs() <= 1e-4 * val(&cpu), "{} vs {}", val(&cpu), val(&gpu));
+}
+
+#[test]
 fn bf16_mixed_precision_tracks_the_f32_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "gpt2.toml", GPT2);

@@ -18,6 +18,9 @@ pub struct AttentionDims {
     pub seq: usize,
     /// 32, 64 or 128.
     pub head_dim: usize,
+    /// The scale of q·kᵀ before the softmax: 1/√head_dim, or the model's own head
+    /// size's when its heads were zero-padded to `head_dim`.
+    pub scale: f32,
     /// Causal masking: key j is visible to query i only when j ≤ i.
     pub causal: bool,
     /// Probability of dropping an attention probability, in [0, 1): probability
@@ -88,7 +91,7 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
         mask: mask.map_or(0, |m| m.ptr()),
         bh: d.batch_heads as i32,
         seq: d.seq as i32,
-        scale: 1.0 / (d.head_dim as f32).sqrt(),
+        scale: d.scale,
         causal: d.causal as i32,
         n_k_tiles: d.tiles() as i32,
         p_drop: d.dropout as f32,

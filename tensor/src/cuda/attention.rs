@@ -1,7 +1,9 @@
 //! Flash attention (dense, or block-sparse over 64×64 tiles) on CUDA tensors. The
 //! kernels take self-attention shapes (as many queries as keys) and head_dim 32, 64 or
-//! 128, with attention dropout drawing the CPU's mask; anything else is a clear error
-//! naming what is not supported.
+//! 128, with attention dropout drawing the CPU's mask; smaller heads are zero-padded to
+//! the next of those (exact: the padding adds nothing to q·kᵀ and its outputs are
+//! dropped, and the scale stays the heads' own), anything else is a clear error naming
+//! what is not supported.
 
 use super::cuda_err;
 use super::ops::{alloc, out_mut, same_device};
@@ -15,17 +17,40 @@ fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<Attent
     if d.nq != d.nk {
         crate::bail!(op, "the CUDA kernels take as many queries as keys (got {} and {})", d.nq, d.nk);
     }
-    if ![32, 64, 128].contains(&d.d) {
-        crate::bail!(op, "the CUDA kernels take head_dim 32, 64 or 128 (got {})", d.d);
+    if d.d == 0 || d.d > 128 {
+        crate::bail!(op, "the CUDA kernels take head_dim up to 128 (got {})", d.d);
     }
     Ok(AttentionDims {
         batch_heads: d.bh(),
         seq: d.nq,
-        head_dim: d.d,
+        head_dim: padded_head_dim(d.d),
+        scale: 1.0 / (d.d as f32).sqrt(),
         causal: opts.causal,
         dropout: opts.dropout,
         seed: opts.seed,
     })
+}
+
+/// The kernels' head_dim for heads of `d` (1..=128): 32, 64 or 128.
+fn padded_head_dim(d: usize) -> usize {
+    d.next_power_of_two().max(32)
+}
+
+/// `t` (.., d) zero-padded along its last dimension to `to` (itself when `to` is d).
+fn pad_heads(t: &Tensor, to: usize) -> Result<Tensor> {
+    let mut dims = t.dims().to_vec();
+    let d = dims[dims.len() - 1];
+    if d == to {
+        return t.contiguous();
+    }
+    *dims.last_mut().expect("attention tensors have rank 4") = to - d;
+    let zeros = Tensor::zeros_on(dims, t.dtype(), t.device())?;
+    Tensor::cat(&[t, &zeros], t.rank() - 1)
+}
+
+/// The first `d` of `t`'s padded heads.
+fn unpad_heads(t: Tensor, d: usize) -> Result<Tensor> {
+    if t.dims().last() == Some(&d) { Ok(t) } else { t.narrow(t.rank() - 1, 0, d)?.contiguous() }
 }
 
 /// A block mask as the kernels read it: u8 flags over 64×64 tiles, on `like`'s device.
@@ -87,9 +112,10 @@ impl Tensor {
     ) -> Result<AttentionOut> {
         same_device(op, self, &[k, v])?;
         let ad = kernel_dims(dims, opts, op)?;
-        let (q, k, v) = (self.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let hd = ad.head_dim;
+        let (q, k, v) = (pad_heads(self, hd)?, pad_heads(k, hd)?, pad_heads(v, hd)?);
         let m = tile_mask(mask, &ad, &q, op)?;
-        let mut out = alloc(&q, q.dtype(), dims.q_shape(), op)?;
+        let mut out = alloc(&q, q.dtype(), q.shape().clone(), op)?;
         let mut lse = alloc(&q, DType::F32, dims.row_shape(), op)?;
         let mv = m.as_ref().map(|m| m.cuda_elems(op)).transpose()?;
         kf::flash_attention_forward(
@@ -102,7 +128,7 @@ impl Tensor {
             out_mut(&mut lse, op)?,
         )
         .map_err(cuda_err(op))?;
-        Ok(AttentionOut { out, lse })
+        Ok(AttentionOut { out: unpad_heads(out, dims.d)?, lse })
     }
 
     /// The gradients of [`Tensor::cuda_attention`].
@@ -121,12 +147,13 @@ impl Tensor {
         same_device(op, q, &[k, v, &fwd.out, &fwd.lse, dout])?;
         check_saved(fwd, dout, dims, op)?;
         let ad = kernel_dims(dims, opts, op)?;
-        let (qc, kc, vc) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let (o, lse, g) = (fwd.out.contiguous()?, fwd.lse.contiguous()?, dout.contiguous()?);
+        let hd = ad.head_dim;
+        let (qc, kc, vc) = (pad_heads(q, hd)?, pad_heads(k, hd)?, pad_heads(v, hd)?);
+        let (o, lse, g) = (pad_heads(&fwd.out, hd)?, fwd.lse.contiguous()?, pad_heads(dout, hd)?);
         let m = tile_mask(mask, &ad, &qc, op)?;
-        let mut dq = alloc(&qc, qc.dtype(), dims.q_shape(), op)?;
-        let mut dk = alloc(&qc, qc.dtype(), dims.k_shape(), op)?;
-        let mut dv = alloc(&qc, qc.dtype(), dims.k_shape(), op)?;
+        let mut dq = alloc(&qc, qc.dtype(), qc.shape().clone(), op)?;
+        let mut dk = alloc(&qc, qc.dtype(), kc.shape().clone(), op)?;
+        let mut dv = alloc(&qc, qc.dtype(), kc.shape().clone(), op)?;
         let mv = m.as_ref().map(|m| m.cuda_elems(op)).transpose()?;
         kf::flash_attention_backward(
             ad,
@@ -142,7 +169,8 @@ impl Tensor {
             out_mut(&mut dv, op)?,
         )
         .map_err(cuda_err(op))?;
-        Ok(AttentionGrads { dq, dk, dv })
+        let d = dims.d;
+        Ok(AttentionGrads { dq: unpad_heads(dq, d)?, dk: unpad_heads(dk, d)?, dv: unpad_heads(dv, d)? })
     }
 }
 
@@ -154,7 +182,15 @@ mod tests {
     fn masks_of_larger_blocks_split_into_the_kernels_tiles() {
         // 300 tokens: 3 blocks of 128 (the last ragged) become 5 tiles of 64.
         let m = BlockMask::new(3, 3, 128, vec![true, false, false, true, true, false, false, false, true]).unwrap();
-        let ad = AttentionDims { batch_heads: 1, seq: 300, head_dim: 64, causal: false, dropout: 0.0, seed: 0 };
+        let ad = AttentionDims {
+            batch_heads: 1,
+            seq: 300,
+            head_dim: 64,
+            scale: 0.125,
+            causal: false,
+            dropout: 0.0,
+            seed: 0,
+        };
         let like = Tensor::zeros(1, DType::F32);
         let got = tile_mask(Some(&m), &ad, &like, "test").unwrap().unwrap().to_vec::<u8>().unwrap();
         #[rustfmt::skip]
