@@ -5,7 +5,7 @@
 use crate::alloc::{CachingAllocator, MemoryStats, RawAlloc};
 use crate::buffer::DeviceBuffer;
 use crate::cache::KernelCache;
-use crate::emulator::{self, EmuKernel, Emulator, HostMemory};
+use crate::emulator::{self, EmuKernel, HostMemory};
 use crate::kernel_times::{KernelTime, KernelTimes};
 use crate::kernels::KernelSource;
 use crate::staging::Staging;
@@ -74,8 +74,8 @@ pub fn device_count() -> Result<usize> {
 pub(crate) enum Backend {
     /// A GPU through the driver.
     Driver(Box<Driver>),
-    /// The CPU emulator.
-    Emulated(Emulator),
+    /// The CPU emulator (process-wide: see `crate::emulator`).
+    Emulated,
 }
 
 /// A GPU's context, stream and what hangs off them.
@@ -181,7 +181,7 @@ impl CudaDevice {
         Ok(Arc::new(CudaDevice {
             ordinal: 0,
             pool: CachingAllocator::new(DeviceAlloc { stream: None }),
-            backend: Backend::Emulated(Emulator::new(cache.dir().to_path_buf())),
+            backend: Backend::Emulated,
             arch: emulator::ARCH.to_string(),
             sm_count: emulator::SM_COUNT,
             max_shared_optin: emulator::MAX_SHARED_OPTIN,
@@ -192,7 +192,7 @@ impl CudaDevice {
 
     /// Whether this is the emulated device.
     pub fn is_emulated(&self) -> bool {
-        matches!(self.backend, Backend::Emulated(_))
+        matches!(self.backend, Backend::Emulated)
     }
 
     /// The address of a block of this device's allocator.
@@ -200,7 +200,7 @@ impl CudaDevice {
         match (block, &self.backend) {
             (DeviceMemory::Driver(s), Backend::Driver(d)) => s.device_ptr(&d.stream).0,
             (DeviceMemory::Host(h), _) => h.address(),
-            (DeviceMemory::Driver(_), Backend::Emulated(_)) => unreachable!("the emulator allocates host memory"),
+            (DeviceMemory::Driver(_), Backend::Emulated) => unreachable!("the emulator allocates host memory"),
         }
     }
 
@@ -223,7 +223,7 @@ impl CudaDevice {
     pub fn name(&self) -> Result<String> {
         match &self.backend {
             Backend::Driver(d) => d.ctx.name().map_err(CudaError::driver("name")),
-            Backend::Emulated(_) => Ok(format!("CUDA emulator on the CPU (as {})", self.arch)),
+            Backend::Emulated => Ok(format!("CUDA emulator on the CPU (as {})", self.arch)),
         }
     }
 
@@ -231,7 +231,7 @@ impl CudaDevice {
     pub(crate) fn driver(&self) -> Option<&Driver> {
         match &self.backend {
             Backend::Driver(d) => Some(d),
-            Backend::Emulated(_) => None,
+            Backend::Emulated => None,
         }
     }
 
@@ -386,8 +386,8 @@ impl CudaDevice {
         }
         let d = match &self.backend {
             Backend::Driver(d) => d,
-            Backend::Emulated(e) => {
-                let f = Kernel::Emulated(e.function(source, name)?);
+            Backend::Emulated => {
+                let f = Kernel::Emulated(emulator::function(source, name, self.cache.dir())?);
                 self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
                 return Ok(f);
             }
@@ -432,7 +432,7 @@ impl CudaDevice {
         }
         let (d, f) = match (&self.backend, f) {
             (Backend::Driver(d), Kernel::Driver(f)) => (d, f),
-            (Backend::Emulated(e), Kernel::Emulated(k)) => return e.launch(k, cfg, args),
+            (Backend::Emulated, Kernel::Emulated(k)) => return emulator::launch(k, cfg, args),
             _ => crate::error::bail!("launch", "a kernel loaded on another kind of device"),
         };
         if cfg.shared_mem_bytes > 48 * 1024 {

@@ -24,7 +24,7 @@ use crate::{CudaError, Result};
 use cudarc::driver::LaunchConfig;
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
@@ -71,20 +71,19 @@ pub(crate) struct EmuKernel {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// An emulated device's view of the process-wide emulator: the libraries, loaded once
-/// per process, and the one thread that runs every launch of every emulated device (the
-/// emulator's scheduler and shared memory belong to one thread).
-pub(crate) struct Emulator {
-    cache: PathBuf,
-}
-
 /// The loaded libraries by source stem.
 fn libraries() -> &'static Mutex<HashMap<&'static str, Arc<libloading::Library>>> {
     static LIBS: OnceLock<Mutex<HashMap<&'static str, Arc<libloading::Library>>>> = OnceLock::new();
     LIBS.get_or_init(Default::default)
 }
 
-/// Runs `job` on the launch thread (started at first use).
+/// The launch thread is gone (a job panicked).
+fn stopped() -> CudaError {
+    CudaError::Emulator { msg: "its thread has stopped".into() }
+}
+
+/// Runs `job` on the launch thread (started at first use): the emulator's scheduler and
+/// shared memory belong to one thread, which runs every launch of every emulated device.
 fn run_on_launch_thread(job: Job) -> Result<()> {
     static JOBS: OnceLock<std::result::Result<Mutex<mpsc::Sender<Job>>, String>> = OnceLock::new();
     let jobs = JOBS.get_or_init(|| {
@@ -99,110 +98,103 @@ fn run_on_launch_thread(job: Job) -> Result<()> {
             .map(|_| Mutex::new(tx))
             .map_err(|e| format!("cannot start its thread: {e}"))
     });
-    let stopped = || CudaError::Emulator { msg: "its thread has stopped".into() };
     match jobs {
         Ok(tx) => tx.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| stopped()),
         Err(msg) => Err(CudaError::Emulator { msg: msg.clone() }),
     }
 }
 
-impl Emulator {
-    /// An emulator whose libraries are cached under `cache`.
-    pub(crate) fn new(cache: PathBuf) -> Emulator {
-        Emulator { cache }
-    }
-
-    /// Kernel `name` of `source`, building and loading its library on first use.
-    pub(crate) fn function(&self, source: KernelSource, name: &str) -> Result<EmuKernel> {
-        let lib = {
-            // Held while building, so one source is built once.
-            let mut libs = libraries().lock().unwrap_or_else(|e| e.into_inner());
-            match libs.get(source.stem) {
-                Some(l) => l.clone(),
-                None => {
-                    let path = build::library(source, &self.cache)?;
-                    // SAFETY: the library is ours, built just now or earlier from the same
-                    // inputs; loading runs no initialiser with side effects.
-                    let lib = unsafe { libloading::Library::new(&path) }
-                        .map_err(|e| CudaError::Emulator { msg: format!("cannot load {}: {e}", path.display()) })?;
-                    let lib = Arc::new(lib);
-                    libs.insert(source.stem, lib.clone());
-                    lib
-                }
+/// Kernel `name` of `source`, building its library into `cache` (or finding it there)
+/// and loading it once per process.
+pub(crate) fn function(source: KernelSource, name: &str, cache: &Path) -> Result<EmuKernel> {
+    let lib = {
+        // Held while building, so one source is built once.
+        let mut libs = libraries().lock().unwrap_or_else(|e| e.into_inner());
+        match libs.get(source.stem) {
+            Some(l) => l.clone(),
+            None => {
+                let path = build::library(source, cache)?;
+                // SAFETY: the library is ours, built just now or earlier from the same
+                // inputs; loading runs no initialiser with side effects.
+                let lib = unsafe { libloading::Library::new(&path) }
+                    .map_err(|e| CudaError::Emulator { msg: format!("cannot load {}: {e}", path.display()) })?;
+                let lib = Arc::new(lib);
+                libs.insert(source.stem, lib.clone());
+                lib
             }
-        };
-        let symbol = format!("monarch_emu_{name}");
-        // SAFETY: every `monarch_emu_*` symbol of these libraries has the type `Entry`.
-        let entry = unsafe { lib.get::<Entry>(symbol.as_bytes()) }
-            .map(|s| *s)
-            .map_err(|_| CudaError::Emulator { msg: format!("{}.cu has no kernel {name}", source.stem) })?;
-        Ok(EmuKernel { name: name.into(), entry, _lib: lib })
-    }
+        }
+    };
+    let symbol = format!("monarch_emu_{name}");
+    // SAFETY: every `monarch_emu_*` symbol of these libraries has the type `Entry`.
+    let entry = unsafe { lib.get::<Entry>(symbol.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|_| CudaError::Emulator { msg: format!("{}.cu has no kernel {name}", source.stem) })?;
+    Ok(EmuKernel { name: name.into(), entry, _lib: lib })
+}
 
-    /// Runs `kernel` over `cfg` with `args` and waits for it. The launch shape is
-    /// checked as the driver would, the arguments against the kernel's parameters.
-    pub(crate) fn launch(&self, kernel: &EmuKernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let (g, b) = (cfg.grid_dim, cfg.block_dim);
-        let threads = b.0 as u64 * b.1 as u64 * b.2 as u64;
-        if threads == 0 || threads > 1024 || threads % 32 != 0 {
-            crate::error::bail!(
-                "launch",
-                "{}: the emulator runs blocks of 32 to 1024 threads, a multiple of 32; got {b:?}",
-                kernel.name
-            );
-        }
-        if g.0 == 0 || g.1 == 0 || g.2 == 0 || g.0 > i32::MAX as u32 || g.1 > 65535 || g.2 > 65535 {
-            crate::error::bail!("launch", "{}: grid {g:?} is beyond the device's limits", kernel.name);
-        }
-        let dims = LaunchDims { grid: [g.0, g.1, g.2], block: [b.0, b.1, b.2] };
-        let (kinds, bytes): (Vec<i32>, Vec<u32>) = args
+/// Runs `kernel` over `cfg` with `args` and waits for it. The launch shape is checked
+/// as the driver would, the arguments against the kernel's parameters.
+pub(crate) fn launch(kernel: &EmuKernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    let (g, b) = (cfg.grid_dim, cfg.block_dim);
+    let threads = b.0 as u64 * b.1 as u64 * b.2 as u64;
+    if threads == 0 || threads > 1024 || threads % 32 != 0 {
+        crate::error::bail!(
+            "launch",
+            "{}: the emulator runs blocks of 32 to 1024 threads, a multiple of 32; got {b:?}",
+            kernel.name
+        );
+    }
+    if g.0 == 0 || g.1 == 0 || g.2 == 0 || g.0 > i32::MAX as u32 || g.1 > 65535 || g.2 > 65535 {
+        crate::error::bail!("launch", "{}: grid {g:?} is beyond the device's limits", kernel.name);
+    }
+    let dims = LaunchDims { grid: [g.0, g.1, g.2], block: [b.0, b.1, b.2] };
+    let (kinds, bytes): (Vec<i32>, Vec<u32>) = args
+        .iter()
+        .map(|a| match a {
+            Arg::U64(_) => (0, 8),
+            Arg::I64(_) => (1, 8),
+            Arg::I32(_) => (2, 4),
+            Arg::F32(_) => (3, 4),
+            Arg::Struct(words) => (4, words.len() as u32 * 8),
+        })
+        .unzip();
+    let (owned, entry) = (args.to_vec(), kernel.entry);
+    let (done_tx, done_rx) = mpsc::channel();
+    let job: Job = Box::new(move || {
+        let params: Vec<*mut c_void> = owned
             .iter()
             .map(|a| match a {
-                Arg::U64(_) => (0, 8),
-                Arg::I64(_) => (1, 8),
-                Arg::I32(_) => (2, 4),
-                Arg::F32(_) => (3, 4),
-                Arg::Struct(words) => (4, words.len() as u32 * 8),
+                Arg::U64(v) => v as *const u64 as *mut c_void,
+                Arg::I64(v) => v as *const i64 as *mut c_void,
+                Arg::I32(v) => v as *const i32 as *mut c_void,
+                Arg::F32(v) => v as *const f32 as *mut c_void,
+                Arg::Struct(words) => words.as_ptr() as *mut c_void,
             })
-            .unzip();
-        let (owned, entry) = (args.to_vec(), kernel.entry);
-        let (done_tx, done_rx) = mpsc::channel();
-        let job: Job = Box::new(move || {
-            let params: Vec<*mut c_void> = owned
-                .iter()
-                .map(|a| match a {
-                    Arg::U64(v) => v as *const u64 as *mut c_void,
-                    Arg::I64(v) => v as *const i64 as *mut c_void,
-                    Arg::I32(v) => v as *const i32 as *mut c_void,
-                    Arg::F32(v) => v as *const f32 as *mut c_void,
-                    Arg::Struct(words) => words.as_ptr() as *mut c_void,
-                })
-                .collect();
-            // SAFETY: the entry checks the arguments against the kernel's parameters
-            // before reading them; the launcher checked the buffers the kernel addresses.
-            let code = unsafe { entry(&dims, params.as_ptr(), kinds.as_ptr(), bytes.as_ptr(), params.len() as i32) };
-            let _ = done_tx.send(code);
-        });
-        run_on_launch_thread(job)?;
-        let code = done_rx.recv().map_err(|_| CudaError::Emulator { msg: "its thread has stopped".into() })?;
-        match code {
-            0 => Ok(()),
-            c if c < 0 => {
-                crate::error::bail!(
-                    "launch",
-                    "kernel {} takes {} arguments, {} were passed",
-                    kernel.name,
-                    -c - 1,
-                    args.len()
-                )
-            }
-            c => crate::error::bail!(
+            .collect();
+        // SAFETY: the entry checks the arguments against the kernel's parameters
+        // before reading them; the launcher checked the buffers the kernel addresses.
+        let code = unsafe { entry(&dims, params.as_ptr(), kinds.as_ptr(), bytes.as_ptr(), params.len() as i32) };
+        let _ = done_tx.send(code);
+    });
+    run_on_launch_thread(job)?;
+    let code = done_rx.recv().map_err(|_| stopped())?;
+    match code {
+        0 => Ok(()),
+        c if c < 0 => {
+            crate::error::bail!(
                 "launch",
-                "kernel {}: argument {} ({:?}) does not fit its parameter",
+                "kernel {} takes {} arguments, {} were passed",
                 kernel.name,
-                c - 1,
-                args[c as usize - 1]
-            ),
+                -c - 1,
+                args.len()
+            )
         }
+        c => crate::error::bail!(
+            "launch",
+            "kernel {}: argument {} ({:?}) does not fit its parameter",
+            kernel.name,
+            c - 1,
+            args[c as usize - 1]
+        ),
     }
 }
