@@ -41,7 +41,7 @@ impl Tensor {
     /// and `w` that `grads` asks for are computed on the way (two more products per
     /// chunk), since the chunk's logits are at hand then. The chunk's loss is computed in
     /// f32 (f64 for f64 inputs) from bf16 logits, as the separate ops under autocast do,
-    /// but reading the bf16 logits without a widened copy.
+    /// but on a GPU reading the bf16 logits without a widened copy.
     pub fn linear_cross_entropy(
         x: &Tensor,
         w: &Tensor,
@@ -71,8 +71,11 @@ impl Tensor {
             Some(values) if device != crate::Device::Cpu => Tensor::from_vec(values, n)?.to_device(device)?,
             _ => targets.to_device(device)?,
         };
-        // The loss's dtype; bf16 and f16 logits are widened to it per chunk.
+        // The loss's dtype. The host's loss ops widen bf16 and f16 logits to it anyway, so
+        // there a chunk's logits are widened once, for the forward and the backward; the
+        // device's kernels read bf16 logits as they are.
         let ce = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let widen = device == crate::Device::Cpu;
         // Rows that count, as a scalar where the targets are.
         let counted = |t: &Tensor| -> Result<Tensor> {
             match o.ignore_index {
@@ -87,8 +90,8 @@ impl Tensor {
         for r0 in (0..n).step_by(chunk_rows) {
             let rows = chunk_rows.min(n - r0);
             let (xc, tc) = (x.narrow(0, r0, rows)?, targets.narrow(0, r0, rows)?);
-            // bf16 logits stay bf16: the loss reads them as they are, in f32.
             let logits = xc.matmul(&wt)?;
+            let logits = if widen { logits.to_dtype(ce)? } else { logits };
             let (mean, lse) = logits.cross_entropy_wide(&tc, o)?;
             // This chunk's share of the mean over all counted rows.
             let share = counted(&tc)?.div(&total)?;
@@ -96,9 +99,10 @@ impl Tensor {
             if grads == [false, false] {
                 continue;
             }
-            // In the logits' dtype, x's: rounded once from the f32 gradient.
+            // Rounded once from the f32 gradient to x's dtype (by the kernel on a device).
             let dl = Tensor::cross_entropy_backward(&logits, &tc, &lse, &share, o)?;
             drop(logits);
+            let dl = dl.to_dtype(x.dtype())?;
             if grads[0] {
                 dx.push(dl.matmul(w)?);
             }
