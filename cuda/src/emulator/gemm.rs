@@ -126,13 +126,17 @@ mod tests {
 
     #[test]
     fn bf16_results_round_to_nearest_even() {
-        let g = GemmArgs::new(1, 1, 1, Precision::Bf16);
-        let one = half::bf16::from_f32(1.0).to_bits();
-        let x = half::bf16::from_f32(1.0 + 1.0 / 128.0).to_bits();
-        let mut c = [0u16];
-        // SAFETY: one element each.
-        unsafe { matmul(&g, [&x as *const u16 as u64, &one as *const u16 as u64, 0, c.as_mut_ptr() as u64]) };
-        assert_eq!(half::bf16::from_bits(c[0]).to_f32(), 1.0 + 1.0 / 128.0);
+        // 1 + s with s above half a bf16 ulp at 1 (2^-8) rounds up; exactly half, to even.
+        let bits = |v: f32| half::bf16::from_f32(v).to_bits();
+        let ones = [bits(1.0), bits(1.0)];
+        for (s, want) in [(0.005_859_375f32, 1.0 + 1.0 / 128.0), (1.0 / 256.0, 1.0)] {
+            let a = [bits(1.0), bits(s)];
+            let mut c = [0u16];
+            let g = GemmArgs::new(1, 1, 2, Precision::Bf16);
+            // SAFETY: a is 1x2, b 2x1, c 1x1.
+            unsafe { matmul(&g, [a.as_ptr() as u64, ones.as_ptr() as u64, 0, c.as_mut_ptr() as u64]) };
+            assert_eq!(half::bf16::from_bits(c[0]).to_f32(), want, "1 + {s}");
+        }
         assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
     }
 }
