@@ -14,12 +14,7 @@ const GPU: Device = Device::Cuda(0);
 /// Picks device 0 before any test opens it: the GPU, else the emulated device.
 fn pick_device() {
     static PICKED: std::sync::Once = std::sync::Once::new();
-    PICKED.call_once(|| {
-        if monarch_cuda::device_count().map_or(true, |n| n == 0) {
-            eprintln!("no GPU: running on the CUDA emulator");
-            monarch_cuda::emulator::set_emulated(true);
-        }
-    });
+    PICKED.call_once(monarch_cuda::emulator::emulate_without_gpu);
 }
 
 /// Whether device 0 can be used; says SKIPPED when not.

@@ -234,10 +234,7 @@ fn cpu_references_match_their_snapshots() {
 
 #[test]
 fn gpu_kernels_match_the_cpu_references() {
-    if monarch_cuda::device_count().map_or(true, |n| n == 0) {
-        eprintln!("no GPU: running on the CUDA emulator");
-        monarch_cuda::emulator::set_emulated(true);
-    }
+    monarch_cuda::emulator::emulate_without_gpu();
     if let Err(e) = cuda_device(0) {
         eprintln!("SKIPPED: {e}");
         return;

@@ -44,6 +44,15 @@ pub fn emulated() -> bool {
     FORCED.load(Ordering::Relaxed) || std::env::var(EMULATOR_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Turns the emulated device on when there is no GPU (no driver, or no device), saying
+/// so on stderr: what the GPU tests call before opening device 0.
+pub fn emulate_without_gpu() {
+    if crate::device_count().map_or(true, |n| n == 0) {
+        eprintln!("no GPU: running on the CUDA emulator");
+        set_emulated(true);
+    }
+}
+
 /// The architecture the emulated device reports (kernels and tiles are chosen for it).
 pub(crate) const ARCH: &str = "sm_90";
 /// Its multiprocessors (an H100 SXM's).
