@@ -43,6 +43,19 @@
 //   to the order of the additions).
 //   `tanh_approx_f32` (tanh.approx.f32) is the exact tanh off by the PTX ISA's whole
 //   error bound, 2^-10.987 relative.
+// - Race check (`-DMONARCH_EMU_RACECHECK` with `-fsanitize=thread`): each CUDA thread of
+//   a block is also a ThreadSanitizer fiber, switched without synchronisation, and the
+//   only happens-before edges are `__syncthreads()` (every thread releases before it
+//   waits and acquires after) and the end of a block before the next one starts (through
+//   the launching thread: a fiber's end to it, it to the next block's fibers). Warp
+//   operations (shuffles, `mma`, `ldmatrix`) order no memory: CUDA promises that among a
+//   warp's lanes only for `__syncwarp`, which the kernels do not use. So two threads of a
+//   block that touch the same shared or global word with no barrier between them, one of
+//   them writing, are reported whatever order the fibers ran in, as compute-sanitizer's
+//   racecheck would on a GPU. `atomicAdd` is then a real (relaxed) atomic. The shim's own
+//   bookkeeping (`MONARCH_EMU_UNCHECKED` functions) is left out of the check. Not
+//   checked: races between blocks (they run one after another here, and as they share
+//   the `__shared__` arrays' addresses they would all look like races).
 // - Qualifiers `__global__`, `__device__`, `__forceinline__`, `__noinline__`,
 //   `__launch_bounds__`, `__restrict__`, `__align__`, and the intrinsics the kernels use
 //   (`__int_as_float`, `__uint_as_float`, `__float_as_uint`, `rsqrtf`, integer `min`).
@@ -59,6 +72,16 @@
 #include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#ifdef MONARCH_EMU_RACECHECK
+#include <sanitizer/tsan_interface.h>
+// The shim's own bookkeeping (scheduler state, warp slots, the launching thread's
+// writes of threadIdx): not instrumented, so not part of the race check. (Library calls
+// such as memcpy are still checked, by ThreadSanitizer's interceptors.)
+#define MONARCH_EMU_UNCHECKED __attribute__((no_sanitize("thread"), noinline))
+#else
+#define MONARCH_EMU_UNCHECKED
+#endif
 
 #if !(defined(__x86_64__) && defined(__ELF__)) || defined(MONARCH_EMU_UCONTEXT)
 #define MONARCH_EMU_USE_UCONTEXT 1
@@ -105,6 +128,16 @@ template <typename A, typename B, typename = std::enable_if_t<std::is_integral_v
 inline std::common_type_t<A, B> min(A a, B b) {
     return b < a ? b : a;
 }
+#ifdef MONARCH_EMU_RACECHECK
+inline float atomicAdd(float* p, float v) {
+    float old, sum;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
+    do sum = old + v;
+    while (!__atomic_compare_exchange(p, &old, &sum, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return old;
+}
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+#else
 inline float atomicAdd(float* p, float v) {
     const float old = *p;
     *p = old + v;
@@ -115,6 +148,7 @@ inline int atomicAdd(int* p, int v) {
     *p = old + v;
     return old;
 }
+#endif
 
 namespace emu {
 
@@ -127,6 +161,17 @@ inline const char* current_kernel = "";
     fflush(stdout);
     exit(3);
 }
+
+// ---------------------------------------------------------------- race check
+
+#ifdef MONARCH_EMU_RACECHECK
+/// A happens-before edge from every `release(sync)` so far to this `acquire(sync)`.
+inline void release(void* sync) { __tsan_release(sync); }
+inline void acquire(void* sync) { __tsan_acquire(sync); }
+#else
+inline void release(void*) {}
+inline void acquire(void*) {}
+#endif
 
 // ---------------------------------------------------------------- fibers
 
@@ -176,12 +221,27 @@ struct Fiber {
     ucontext_t ctx;
 #endif
     char* stack = nullptr;
+#ifdef MONARCH_EMU_RACECHECK
+    void* tsan = nullptr;  // this thread index's ThreadSanitizer fiber (renamed for each block)
+    void* tsan_copies = nullptr;  // the one that does its cp.async copies
+    char group_sync[16] = {};     // the thread's clock at each commit (a ring of groups in flight)
+    char copies_done = 0;         // the copy fiber's clock after each wait's copies
+    unsigned committed = 0, waited = 0;  // groups committed, groups waited for
+#endif
     dim3 tid;
     State state = DONE;
     unsigned warp_ops = 0;  // warp operations done (selects the slot's half)
+    unsigned barriers = 0;  // block barriers passed (selects the race check's sync object)
     std::vector<AsyncCopy> open;                // cp.async issued since the last commit
     std::vector<std::vector<AsyncCopy>> groups;  // committed, not yet waited for
 };
+
+/// Copies `n` words into a warp slot, word by word (volatile, so the compiler makes no
+/// memcpy call of it, which the race check would see as the lane's write).
+MONARCH_EMU_UNCHECKED inline void slot_store(uint32_t* slot, const uint32_t* words, int n) {
+    volatile uint32_t* d = slot;
+    for (int i = 0; i < n; i++) d[i] = words[i];
+}
 
 /// One warp's exchange slot: 6 words per lane (an mma's A and B registers), two halves.
 struct WarpSlot {
@@ -194,7 +254,7 @@ constexpr size_t STACK_BYTES = 256 << 10, GUARD_BYTES = 4096;
 constexpr unsigned MAX_THREADS = 1024;
 
 struct Scheduler {
-    std::vector<Fiber> fibers;
+    Fiber* fibers = new Fiber[MAX_THREADS];  // a plain array: no container calls in the race check
     WarpSlot warps[MAX_THREADS / 32];
     unsigned n = 0, cur = 0, block_arrived = 0;
     void* main_sp = nullptr;
@@ -203,15 +263,26 @@ struct Scheduler {
 #endif
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
+    // Race check: the sync objects of the block barrier (two: a thread that has passed
+    // barrier k and reaches k + 1 releases into the other one, so that a thread still to
+    // resume from k does not acquire it), of the launching thread to the block's fibers
+    // when they start, and of the fibers to it when they finish.
+    char block_sync[2] = {}, start_sync = 0, end_sync = 0;
+#ifdef MONARCH_EMU_RACECHECK
+    void* tsan_main = nullptr;
+#endif
 };
 
-inline Scheduler& sched() {
-    static Scheduler s;
-    return s;
-}
+/// The scheduler (a plain global: a function's static would add a guard check to every
+/// call, a cost under the race check).
+inline Scheduler scheduler;
+inline Scheduler& sched() { return scheduler; }
 
-inline void switch_to_main() {
+MONARCH_EMU_UNCHECKED inline void switch_to_main() {
     Scheduler& s = sched();
+#ifdef MONARCH_EMU_RACECHECK
+    __tsan_switch_to_fiber(s.tsan_main, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef MONARCH_EMU_USE_UCONTEXT
     swapcontext(&s.fibers[s.cur].ctx, &s.main_ctx);
 #else
@@ -219,15 +290,17 @@ inline void switch_to_main() {
 #endif
 }
 
-inline void fiber_main() {
+MONARCH_EMU_UNCHECKED inline void fiber_main() {
     Scheduler& s = sched();
+    acquire(&s.start_sync);
     s.body(s.body_arg);
+    release(&s.end_sync);
     s.fibers[s.cur].state = DONE;
     switch_to_main();
     die("a finished fiber was resumed");
 }
 
-inline void prepare(Fiber& f) {
+MONARCH_EMU_UNCHECKED inline void prepare(Fiber& f) {
     if (!f.stack) {
         void* m = mmap(nullptr, STACK_BYTES + GUARD_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) die("cannot map a fiber stack");
@@ -250,16 +323,34 @@ inline void prepare(Fiber& f) {
     for (int i = 0; i < 6; i++) *--sp = nullptr;
     f.sp = sp;
 #endif
+#ifdef MONARCH_EMU_RACECHECK
+    // One ThreadSanitizer fiber per thread index, made once (making one per block is
+    // slow). When it starts it acquires what the launching thread released, which has
+    // acquired the ends of the blocks before (fiber_main, run_block).
+    if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+    if (!f.tsan_copies) f.tsan_copies = __tsan_create_fiber(0);
+    char name[80];
+    snprintf(name, sizeof name, "block (%u,%u,%u) thread (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z, f.tid.x,
+             f.tid.y, f.tid.z);
+    __tsan_set_fiber_name(f.tsan, name);
+    strncat(name, " cp.async", sizeof name - strlen(name) - 1);
+    __tsan_set_fiber_name(f.tsan_copies, name);
+    f.committed = f.waited = 0;
+#endif
     f.state = READY;
     f.warp_ops = 0;
+    f.barriers = 0;
     f.open.clear();
     f.groups.clear();
 }
 
-inline void resume(unsigned i) {
+MONARCH_EMU_UNCHECKED inline void resume(unsigned i) {
     Scheduler& s = sched();
     s.cur = i;
     threadIdx = s.fibers[i].tid;
+#ifdef MONARCH_EMU_RACECHECK
+    __tsan_switch_to_fiber(s.fibers[i].tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #ifdef MONARCH_EMU_USE_UCONTEXT
     swapcontext(&s.main_ctx, &s.fibers[i].ctx);
 #else
@@ -268,9 +359,10 @@ inline void resume(unsigned i) {
 }
 
 /// Runs one block: every thread as a fiber until all finished.
-inline void run_block(bool reverse) {
+MONARCH_EMU_UNCHECKED inline void run_block(bool reverse) {
     Scheduler& s = sched();
     for (unsigned i = 0; i < s.n; i++) prepare(s.fibers[i]);
+    release(&s.start_sync);  // what the launching thread wrote and saw end, for every fiber
     s.block_arrived = 0;
     for (unsigned w = 0; w < s.n / 32; w++) s.warps[w].arrived = 0;
     for (;;) {
@@ -283,7 +375,10 @@ inline void run_block(bool reverse) {
             }
             all_done &= s.fibers[i].state == DONE;
         }
-        if (all_done) return;
+        if (all_done) {
+            acquire(&s.end_sync);
+            return;
+        }
         if (!ran) {
             unsigned done = 0, at_block = 0, at_warp = 0;
             for (unsigned i = 0; i < s.n; i++) {
@@ -300,26 +395,30 @@ inline void run_block(bool reverse) {
 }
 
 /// `__syncthreads()`.
-inline void block_barrier() {
+MONARCH_EMU_UNCHECKED inline void block_barrier() {
     Scheduler& s = sched();
+    char* sync = &s.block_sync[s.fibers[s.cur].barriers++ & 1];
+    release(sync);
     s.fibers[s.cur].state = AT_BLOCK_BARRIER;
     if (++s.block_arrived == s.n) {
         s.block_arrived = 0;
         for (unsigned i = 0; i < s.n; i++) s.fibers[i].state = READY;
     }
     switch_to_main();
+    acquire(sync);
 }
 
 /// Deposits `words` of this lane in its warp's slot, waits for the 32 lanes and returns
 /// the slot half holding every lane's deposit. The last lane to arrive calls
 /// `complete(half)` first (if given), so a warp-wide instruction can act at one instant.
-inline uint32_t (*warp_exchange(const uint32_t* words, int count, void (*complete)(uint32_t (*)[6]) = nullptr))[6] {
+MONARCH_EMU_UNCHECKED inline uint32_t (*warp_exchange(const uint32_t* words, int count,
+                                                      void (*complete)(uint32_t (*)[6]) = nullptr))[6] {
     Scheduler& s = sched();
     Fiber& f = s.fibers[s.cur];
     const unsigned linear = f.tid.x + blockDim.x * (f.tid.y + blockDim.y * f.tid.z);
     const unsigned warp = linear / 32, lane = linear % 32, half = f.warp_ops & 1;
     WarpSlot& slot = s.warps[warp];
-    for (int i = 0; i < count; i++) slot.w[half][lane][i] = words[i];
+    slot_store(slot.w[half][lane], words, count);
     slot.ops[lane] = f.warp_ops++;
     f.state = AT_WARP_BARRIER;
     if (++slot.arrived == 32) {
@@ -328,6 +427,7 @@ inline uint32_t (*warp_exchange(const uint32_t* words, int count, void (*complet
             if (slot.ops[l] != slot.ops[0]) die("warp operation with lanes not converged");
             s.fibers[warp * 32 + l].state = READY;
         }
+        // The warp-wide instruction's memory accesses are checked, as this lane's.
         if (complete) complete(slot.w[half]);
     }
     switch_to_main();
@@ -349,6 +449,9 @@ struct SharedMemory {
 /// A byte of this module's TLS, read first so that a shared library's segment is
 /// allocated in this thread before it is looked up.
 inline thread_local unsigned char tls_anchor;
+
+/// `shared_memory()` as of the running launch.
+inline SharedMemory launched_shared;
 
 inline SharedMemory shared_memory() {
     static const SharedMemory m = [] {
@@ -383,12 +486,14 @@ inline SharedMemory shared_memory() {
 }
 
 /// Starts `grid` blocks of `block` threads running `body(arg)` (see `launch`).
-inline void launch_raw(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
+MONARCH_EMU_UNCHECKED inline void launch_raw(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
     Scheduler& s = sched();
     const unsigned n = block.x * block.y * block.z;
     if (n == 0 || n > MAX_THREADS || n % 32 != 0) die("block size must be a positive multiple of 32, at most 1024");
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) die("bad grid");
-    if (s.fibers.size() < n) s.fibers.resize(n);
+#ifdef MONARCH_EMU_RACECHECK
+    s.tsan_main = __tsan_get_current_fiber();
+#endif
     s.n = n;
     s.body = body;
     s.body_arg = arg;
@@ -396,6 +501,7 @@ inline void launch_raw(dim3 grid, dim3 block, void (*body)(void*), void* arg) {
     blockDim = block;
     for (unsigned i = 0; i < n; i++) s.fibers[i].tid = {i % block.x, i / block.x % block.y, i / (block.x * block.y)};
     const SharedMemory shared = shared_memory();
+    launched_shared = shared;
     unsigned long count = 0;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
@@ -462,7 +568,7 @@ inline float tanh_approx_f32(float x) { return (float)(std::tanh((double)x) * (1
 
 /// Whether `[p, p + bytes)` lies in the `__shared__` arrays.
 inline bool in_shared(const void* p, size_t bytes) {
-    const SharedMemory m = shared_memory();
+    const SharedMemory m = launched_shared;
     const unsigned char* c = static_cast<const unsigned char*>(p);
     return c >= m.p && c + bytes <= m.p + m.bytes;
 }
@@ -482,17 +588,38 @@ inline void cp_async_commit() {
     Fiber& f = sched().fibers[sched().cur];
     f.groups.push_back(std::move(f.open));
     f.open.clear();
+#ifdef MONARCH_EMU_RACECHECK
+    if (f.groups.size() > sizeof f.group_sync) die("more cp.async groups in flight than the race check follows");
+    release(&f.group_sync[f.committed++ % sizeof f.group_sync]);
+#endif
 }
 
 /// cp.async.wait_group n: completes all but the `n` most recent committed groups.
-inline void cp_async_wait(int n) {
+/// Under the race check a group's copies are done by the thread's copy fiber, which
+/// acquires the thread's clock at the commit and releases to it at the wait: on a GPU the
+/// copies land at some time between the two, so any other thread's access to those bytes
+/// that no barrier orders before the commit or after the wait is a race, whenever it ran.
+MONARCH_EMU_UNCHECKED inline void cp_async_wait(int n) {
     Fiber& f = sched().fibers[sched().cur];
     while ((int)f.groups.size() > n) {
-        for (const AsyncCopy& c : f.groups.front()) {
-            memcpy(c.dst, c.src, c.src_bytes);
-            memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
-        }
+        // Taken out by the thread; the copy fiber reads only the plain array.
+        const std::vector<AsyncCopy> group = std::move(f.groups.front());
         f.groups.erase(f.groups.begin());
+        const AsyncCopy* c = group.data();
+        const size_t count = group.size();
+#ifdef MONARCH_EMU_RACECHECK
+        __tsan_switch_to_fiber(f.tsan_copies, __tsan_switch_to_fiber_no_sync);
+        acquire(&f.group_sync[f.waited++ % sizeof f.group_sync]);
+#endif
+        for (size_t i = 0; i < count; i++) {
+            memcpy(c[i].dst, c[i].src, c[i].src_bytes);
+            memset(static_cast<char*>(c[i].dst) + c[i].src_bytes, 0, c[i].bytes - c[i].src_bytes);
+        }
+#ifdef MONARCH_EMU_RACECHECK
+        release(&f.copies_done);
+        __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+        acquire(&f.copies_done);
+#endif
     }
 }
 
@@ -520,7 +647,7 @@ template <bool TRANS> inline void ldmatrix_x4(unsigned* r, const void* row) {
             for (int j = 0; j < 4; j++)
                 out[t][j] = TRANS ? elem(j, 2 * (t % 4), t / 4) | elem(j, 2 * (t % 4) + 1, t / 4) << 16
                                   : elem(j, t / 4, 2 * (t % 4)) | elem(j, t / 4, 2 * (t % 4) + 1) << 16;
-        for (int t = 0; t < 32; t++) memcpy(half[t], out[t], sizeof out[t]);
+        for (int t = 0; t < 32; t++) slot_store(half[t], out[t], 4);
     });
     const unsigned lane = (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) % 32;
     for (int j = 0; j < 4; j++) r[j] = lanes[lane][j];
