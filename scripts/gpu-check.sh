@@ -151,10 +151,13 @@ if command -v ncu >/dev/null; then
       gpu-bin/monarch bench attention --device cuda --impl flash --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 0 --runs 1
   } > "$OUT/ncu.txt" 2>&1
 fi
-# Out-of-bounds and misaligned accesses in the kernels (compute-sanitizer, where it runs).
+# Out-of-bounds and misaligned accesses in the kernels (compute-sanitizer, where it runs),
+# then its shared-memory race check beside the emulator's (cuda/emu/shim.h,
+# MONARCH_EMU_RACECHECK), which found none in these kernels.
 if command -v compute-sanitizer >/dev/null; then
   {
     timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-gpu_kernels --test-threads 1
     timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention scatterbrain_composed butterfly_on layers_train
   } > "$OUT/memcheck.txt" 2>&1
+  timeout 150 compute-sanitizer --tool racecheck gpu-bin/test-gpu_kernels --test-threads 1 > "$OUT/racecheck.txt" 2>&1
 fi
