@@ -124,7 +124,8 @@ pub(crate) fn function(source: KernelSource, name: &str, cache: &Path) -> Result
             None => {
                 let path = build::library(source, cache)?;
                 // SAFETY: the library is ours, built just now or earlier from the same
-                // inputs; loading runs no initialiser with side effects.
+                // inputs; loading runs one initialiser, which allocates the shim's
+                // scheduler (cuda/emu/shim.h) and touches nothing else.
                 let lib = unsafe { libloading::Library::new(&path) }
                     .map_err(|e| CudaError::Emulator { msg: format!("cannot load {}: {e}", path.display()) })?;
                 let lib = Arc::new(lib);
