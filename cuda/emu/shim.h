@@ -46,8 +46,9 @@
 // - Race check (`-DMONARCH_EMU_RACECHECK` with `-fsanitize=thread`): each CUDA thread of
 //   a block is also a ThreadSanitizer fiber, switched without synchronisation, and the
 //   only happens-before edges are `__syncthreads()` (every thread releases before it
-//   waits and acquires after) and the end of a block before the next one starts (through
-//   the launching thread: a fiber's end to it, it to the next block's fibers). Warp
+//   waits and acquires after), the end of a block before the next one starts (through
+//   the launching thread: a fiber's end to it, it to the next block's fibers), and a
+//   `cp.async` group's commit and wait around its copies (see `cp_async_wait`). Warp
 //   operations (shuffles, `mma`, `ldmatrix`) order no memory: CUDA promises that among a
 //   warp's lanes only for `__syncwarp`, which the kernels do not use. So two threads of a
 //   block that touch the same shared or global word with no barrier between them, one of
