@@ -4,7 +4,7 @@
 
 use half::bf16;
 use monarch_cuda::gemm::{self, GemmArgs, Precision};
-use monarch_cuda::ops::{dropout, flash_attention as fa, monarch, softmax, unary};
+use monarch_cuda::ops::{copy, dropout, flash_attention as fa, monarch, softmax, unary};
 use monarch_cuda::{CudaDevice, DType};
 use std::sync::Arc;
 
@@ -55,6 +55,42 @@ fn libm_erf(x: f64) -> f64 {
         sum += term / (2 * n + 1) as f64;
     }
     sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+/// A (4, 5, 6) array read as its (2, 0, 1) permutation with a repeated (stride 0) leading
+/// dimension, through `copy_strided`, in each integer dtype: host loops give the order.
+#[test]
+fn strided_copies_of_integers_read_the_view_they_are_given() {
+    let Some(dev) = device() else { return };
+    let (shape, strides) = ([2usize, 6, 4, 5], [0usize, 1, 30, 6]);
+    let mut order = Vec::new();
+    for _ in 0..shape[0] {
+        for k in 0..shape[1] {
+            for i in 0..shape[2] {
+                for j in 0..shape[3] {
+                    order.push(i * 30 + j * 6 + k);
+                }
+            }
+        }
+    }
+    fn check<T: monarch_cuda::Element + Copy + PartialEq + std::fmt::Debug>(
+        dev: &Arc<CudaDevice>,
+        src: &[T],
+        order: &[usize],
+        (shape, strides): (&[usize], &[usize]),
+        dtype: DType,
+    ) {
+        let s = dev.htod(src).unwrap();
+        let mut d = dev.alloc(dtype, order.len()).unwrap();
+        copy::copy_strided(s.view(), shape, strides, d.view_mut()).unwrap();
+        let want: Vec<T> = order.iter().map(|&o| src[o]).collect();
+        assert_eq!(d.to_host::<T>().unwrap(), want, "{dtype:?}");
+    }
+    let dims = (&shape[..], &strides[..]);
+    let wide: Vec<i64> = (0..120).map(|i| (1i64 << 40) * i - 7).collect();
+    check(&dev, &wide, &order, dims, DType::I64);
+    check(&dev, &(0..120).map(|i| i * 1_000_003 - 60_000_000).collect::<Vec<i32>>(), &order, dims, DType::I32);
+    check(&dev, &(0..120).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>(), &order, dims, DType::U8);
 }
 
 #[test]

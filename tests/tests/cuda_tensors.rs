@@ -724,3 +724,170 @@ fn a_gpt2_step_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+/// `t` rounded to bf16 and back: the values a bf16 computation and its f32 CPU reference
+/// share.
+fn bf16_rounded(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+/// `got` equals `want` within `tol` of `want`'s largest magnitude (bf16 sums of many terms).
+fn close_to_scale(got: &Tensor, want: &Tensor, tol: f32) {
+    let scale = want.to_vec_f32().unwrap().iter().fold(1e-6f32, |m, v| m.max(v.abs())) as f64;
+    close(&got.mul_scalar(1.0 / scale).unwrap(), &want.mul_scalar(1.0 / scale).unwrap(), tol);
+}
+
+/// Block-sparse layers with blocks of 32 and 64 (the kernels' other two tile shapes; the
+/// layer test above uses 16), in f32 and in bf16 (the CPU in f32 on the same bf16-rounded
+/// weights and inputs): output, input gradient and weight gradient on the stored blocks.
+#[test]
+fn block_sparse_layers_of_blocks_32_and_64_match_the_cpu_in_f32_and_bf16() {
+    if !gpu() {
+        return;
+    }
+    for (block, inp, out) in [(32, 128, 256), (32, 256, 128), (64, 256, 512), (64, 512, 256)] {
+        let kind = LinearKind::BlockSparse { butterfly_size: 4, n_factors: 2, block };
+        for dt in [DType::F32, DType::BF16] {
+            let cpu = kind.build(inp, out, true, &mut StdRng::seed_from_u64(30)).unwrap();
+            let dev = kind.build(inp, out, true, &mut StdRng::seed_from_u64(30)).unwrap();
+            for ((_, c), (_, g)) in cpu.named_params().iter().zip(dev.named_params()) {
+                c.update(|v| bf16_rounded(v).to_dtype(DType::F32).map(|r| *v = r)).unwrap();
+                g.update(|v| bf16_rounded(v).to_dtype(dt).map(|r| *v = r)).unwrap();
+            }
+            monarch_nn::to_device(&*dev, GPU).unwrap();
+            let (x, dy) = (bf16_rounded(&rnd(&[3, 30, inp], 31)), bf16_rounded(&rnd(&[3, 30, out], 32)));
+            let run = |layer: &dyn monarch_nn::LinearLayer, d: Device, dt: DType| {
+                let xv = Var::leaf(x.to_dtype(dt).unwrap().to_device(d).unwrap());
+                let y = layer.forward(&xv).unwrap();
+                let mut grads = Gradients::new();
+                y.backward_with(dy.to_dtype(dt).unwrap().to_device(d).unwrap(), &mut grads).unwrap();
+                let mut all = vec![y.value().clone(), grads.get(&xv).unwrap().clone()];
+                all.extend(layer.named_params().iter().map(|(_, p)| grads.get(p).unwrap().clone()));
+                all
+            };
+            let tol = if dt == DType::F32 { 1e-4 } else { 2e-2 };
+            let want = run(&*cpu, Device::Cpu, DType::F32);
+            for (i, (g, c)) in run(&*dev, GPU, dt).iter().zip(&want).enumerate() {
+                assert_eq!((g.device(), g.dtype()), (GPU, dt), "block {block} {inp}->{out} output {i}");
+                close_to_scale(g, c, tol);
+            }
+        }
+    }
+}
+
+/// Attention with head_dim 128 (the kernels' largest head, its own tiles and shared
+/// memory), causal or not, in f32 and bf16, with a ragged last block (seq 150).
+#[test]
+fn head_dim_128_attention_matches_the_cpu_in_f32_and_bf16() {
+    if !gpu() {
+        return;
+    }
+    let shape = [1, 2, 150, 128];
+    let (q, k, v, dout) = (
+        bf16_rounded(&rnd(&shape, 70)),
+        bf16_rounded(&rnd(&shape, 71)),
+        bf16_rounded(&rnd(&shape, 72)),
+        bf16_rounded(&rnd(&shape, 73)),
+    );
+    for dt in [DType::F32, DType::BF16] {
+        let on_gpu = |t: &Tensor| t.to_dtype(dt).unwrap().to_device(GPU).unwrap();
+        let (qg, kg, vg, dg) = (on_gpu(&q), on_gpu(&k), on_gpu(&v), on_gpu(&dout));
+        let tol = if dt == DType::F32 { 1e-4 } else { 3e-2 };
+        for causal in [false, true] {
+            let opts = AttentionOpts { causal, ..Default::default() };
+            let want = q.flash_attention(&k, &v, &opts).unwrap();
+            let got = qg.flash_attention(&kg, &vg, &opts).unwrap();
+            assert_eq!((got.out.dtype(), got.out.dims()), (dt, &shape[..]));
+            close_to_scale(&got.out, &want.out, tol);
+            close(&got.lse, &want.lse, tol);
+            let wg = Tensor::flash_attention_backward(&q, &k, &v, &want, &dout, &opts).unwrap();
+            let gg = Tensor::flash_attention_backward(&qg, &kg, &vg, &got, &dg, &opts).unwrap();
+            for (name, g, w) in [("dq", &gg.dq, &wg.dq), ("dk", &gg.dk, &wg.dk), ("dv", &gg.dv, &wg.dv)] {
+                assert_eq!(g.dtype(), dt, "{name}");
+                close_to_scale(g, w, 2.0 * tol);
+            }
+        }
+    }
+}
+
+/// An f32 Monarch layer over 300 rows: its weight-gradient products have too few output
+/// tiles to fill the device, so they split K (`grouped_gemm_splits_f32` sums the splits).
+#[test]
+fn f32_monarch_weight_gradients_split_over_long_batches_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let kind = LinearKind::Monarch { nblocks: 4 };
+    let cpu = kind.build(64, 64, true, &mut StdRng::seed_from_u64(80)).unwrap();
+    let dev = kind.build(64, 64, true, &mut StdRng::seed_from_u64(80)).unwrap();
+    monarch_nn::to_device(&*dev, GPU).unwrap();
+    let (x, dy) = (rnd(&[2, 150, 64], 81), rnd(&[2, 150, 64], 82));
+    let run = |layer: &dyn monarch_nn::LinearLayer, d: Device| {
+        let xv = Var::leaf(x.to_device(d).unwrap());
+        let y = layer.forward(&xv).unwrap();
+        let mut grads = Gradients::new();
+        y.backward_with(dy.to_device(d).unwrap(), &mut grads).unwrap();
+        layer.named_params().iter().map(|(_, p)| grads.get(p).unwrap().clone()).collect::<Vec<_>>()
+    };
+    for (g, c) in run(&*dev, GPU).iter().zip(run(&*cpu, Device::Cpu)) {
+        close_to_scale(g, &c, 1e-5);
+    }
+}
+
+/// Kernel variants the tests above do not reach: i64 and u8 views made contiguous on the
+/// device, selection between u8 values, bf16 reductions along rows and along columns,
+/// and AdamW and SGD reading bf16 gradients as they are.
+#[test]
+fn integer_views_u8_selection_bf16_reductions_and_bf16_gradients_match_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let mv = |t: &Tensor| t.to_device(GPU).unwrap();
+    let tokens: Vec<i64> = (0..60).map(|i| (1i64 << 50) + i * 7919).collect();
+    let tokens = Tensor::from_vec(tokens, [3, 4, 5]).unwrap();
+    let bytes = Tensor::from_vec((0..60).map(|i| (i * 37 % 251) as u8).collect::<Vec<u8>>(), [3, 4, 5]).unwrap();
+    let view = |t: &Tensor| t.permute(&[2, 0, 1]).unwrap().contiguous().unwrap();
+    let on_gpu = view(&mv(&tokens));
+    assert_eq!((on_gpu.device(), on_gpu.dtype()), (GPU, DType::I64));
+    assert_eq!(on_gpu.to_vec::<i64>().unwrap(), view(&tokens).to_vec::<i64>().unwrap());
+    assert_eq!(view(&mv(&bytes)).to_vec::<u8>().unwrap(), view(&bytes).to_vec::<u8>().unwrap());
+    let mask = bytes.gt(&Tensor::scalar(100u8)).unwrap();
+    let other = Tensor::full(7.0, [5], DType::U8);
+    let want = mask.where_cond(&bytes, &other).unwrap().to_vec::<u8>().unwrap();
+    assert_eq!(mv(&mask).where_cond(&mv(&bytes), &mv(&other)).unwrap().to_vec::<u8>().unwrap(), want);
+
+    let x = bf16_rounded(&rnd(&[37, 300], 83));
+    let gx = mv(&x.to_dtype(DType::BF16).unwrap());
+    for dim in [0, 1] {
+        let (s, m) = (gx.sum(dim).unwrap(), gx.max(dim).unwrap());
+        assert_eq!((s.dtype(), m.dtype()), (DType::BF16, DType::BF16));
+        close_to_scale(&s, &x.sum(dim).unwrap(), 1e-2);
+        close(&m, &x.max(dim).unwrap(), 0.0);
+        assert_eq!(gx.argmax(dim).unwrap().to_vec::<i64>().unwrap(), x.argmax(dim).unwrap().to_vec::<i64>().unwrap());
+    }
+    // A long bf16 row is widened before it folds into (f32) column partials.
+    let long = bf16_rounded(&rnd(&[1 << 17], 87));
+    let sum = mv(&long.to_dtype(DType::BF16).unwrap()).sum_all().unwrap();
+    assert_eq!(sum.dtype(), DType::BF16);
+    close_to_scale(&sum, &long.sum_all().unwrap(), 1e-2);
+
+    // Three steps of each update from a bf16 gradient, against the CPU on its f32 values.
+    let g = bf16_rounded(&rnd(&[1000], 84));
+    let gg = mv(&g.to_dtype(DType::BF16).unwrap());
+    let opt = AdamW { lr: 1e-2, ..AdamW::default() };
+    let (mut p, mut m, mut v) =
+        (rnd(&[1000], 85), Tensor::zeros([1000], DType::F32), Tensor::zeros([1000], DType::F32));
+    let (mut gp, mut gm, mut gv) = (mv(&p), mv(&m), mv(&v));
+    let (mut sp, mut buf) = (rnd(&[1000], 86), Tensor::zeros([1000], DType::F32));
+    let (mut gsp, mut gbuf) = (mv(&sp), mv(&buf));
+    for step in 1..=3 {
+        opt.step(&mut p, &g, &mut m, &mut v, step).unwrap();
+        opt.step(&mut gp, &gg, &mut gm, &mut gv, step).unwrap();
+        monarch_tensor::ops::sgd_step(&mut sp, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
+        monarch_tensor::ops::sgd_step(&mut gsp, &gg, Some(&mut gbuf), 0.1, 0.9, 0.01).unwrap();
+    }
+    close(&gp, &p, 1e-5);
+    close(&gm, &m, 1e-5);
+    close(&gsp, &sp, 1e-5);
+    close(&gbuf, &buf, 1e-5);
+}

@@ -31,6 +31,10 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 /// Set (to anything but `0`) to make device 0 the emulated device.
 pub const EMULATOR_ENV: &str = "MONARCH_CUDA_EMULATOR";
 
+/// Set to a file path to have each emulated launch append its kernel's name there, one
+/// per line (what `scripts/emu-coverage.sh` reads to list the kernels no test launches).
+pub const LAUNCH_LOG_ENV: &str = "MONARCH_EMU_LAUNCH_LOG";
+
 static FORCED: AtomicBool = AtomicBool::new(false);
 
 /// Turns the emulated device on or off for devices opened afterwards (devices already
@@ -142,6 +146,30 @@ pub(crate) fn function(source: KernelSource, name: &str, cache: &Path) -> Result
     Ok(EmuKernel { name: name.into(), entry, _lib: lib })
 }
 
+/// Appends `name` to the [`LAUNCH_LOG_ENV`] file when one is set.
+fn log_launch(name: &str) -> Result<()> {
+    use std::io::Write;
+    static LOG: OnceLock<Option<std::result::Result<Mutex<std::fs::File>, String>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os(LAUNCH_LOG_ENV).filter(|p| !p.is_empty())?;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        Some(
+            file.map(Mutex::new)
+                .map_err(|e| format!("cannot open {LAUNCH_LOG_ENV} file {}: {e}", Path::new(&path).display())),
+        )
+    });
+    match log {
+        None => Ok(()),
+        Some(Err(msg)) => Err(CudaError::Emulator { msg: msg.clone() }),
+        Some(Ok(file)) => {
+            // One write per line: appends from several test processes do not interleave.
+            let line = format!("{name}\n");
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            file.write_all(line.as_bytes()).map_err(|e| CudaError::Emulator { msg: format!("{LAUNCH_LOG_ENV}: {e}") })
+        }
+    }
+}
+
 /// Runs `kernel` over `cfg` with `args` and waits for it. The launch shape is checked
 /// as the driver would, the arguments against the kernel's parameters.
 pub(crate) fn launch(kernel: &EmuKernel, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
@@ -189,7 +217,7 @@ pub(crate) fn launch(kernel: &EmuKernel, cfg: LaunchConfig, args: &[Arg]) -> Res
     run_on_launch_thread(job)?;
     let code = done_rx.recv().map_err(|_| stopped())?;
     match code {
-        0 => Ok(()),
+        0 => log_launch(&kernel.name),
         c if c < 0 => {
             crate::error::bail!(
                 "launch",

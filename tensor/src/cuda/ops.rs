@@ -248,9 +248,14 @@ impl Tensor {
         // would read it with a single block. Fold it first into FOLD column partials with
         // the column kernel, which spreads the rows over the device; the tail past the
         // last whole fold joins the partials for the final row reduction.
+        // A bf16 row is widened first, so that the partials stay f32.
         const FOLD: usize = 1024;
-        let foldable = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) && self.dtype() == DType::F32;
-        if foldable && !columns && kept == 1 && count >= 64 * FOLD {
+        let long_row = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min) && !columns && kept == 1;
+        let long_row = long_row && count >= 64 * FOLD;
+        if long_row && self.dtype() == DType::BF16 {
+            return self.to_dtype(DType::F32)?.cuda_reduce(columns, kept, count, op, shape);
+        }
+        if long_row && self.dtype() == DType::F32 {
             let flat = self.reshape([count])?;
             let full = count / FOLD * FOLD;
             let head = flat.narrow(0, 0, full)?.reshape([full / FOLD, FOLD])?;

@@ -18,7 +18,7 @@ impl AdamW {
     ) -> Result<()> {
         let op = "adamw";
         same_device(op, param, &[grad, m, v])?;
-        let g = grad.to_dtype(DType::F32)?.contiguous()?;
+        let g = kernel_grad(grad)?;
         let k = ka::AdamW {
             lr: self.lr,
             beta1: self.beta1,
@@ -29,6 +29,15 @@ impl AdamW {
         let gv = g.cuda_elems(op)?;
         let (pv, mv, vv) = (param.cuda_in_place(op)?, m.cuda_in_place(op)?, v.cuda_in_place(op)?);
         k.step(pv, mv, vv, gv, step).map_err(cuda_err(op))
+    }
+}
+
+/// The gradient as the update kernels read it: bf16 and f32 as they are (the kernels
+/// widen bf16 as they load it, saving a cast pass), any other dtype cast to f32.
+fn kernel_grad(grad: &Tensor) -> Result<Tensor> {
+    match grad.dtype() {
+        DType::F32 | DType::BF16 => grad.contiguous(),
+        _ => grad.to_dtype(DType::F32)?.contiguous(),
     }
 }
 
@@ -44,7 +53,7 @@ pub(crate) fn sgd_step(
 ) -> Result<()> {
     let op = "sgd";
     same_device(op, param, &[grad])?;
-    let g = grad.to_dtype(DType::F32)?.contiguous()?;
+    let g = kernel_grad(grad)?;
     let k = ks::Sgd { lr, momentum, weight_decay };
     let gv = g.cuda_elems(op)?;
     match buf {

@@ -7,7 +7,7 @@
 use super::compute_dtype;
 use crate::cpu::{PAR_MIN, items_per_task};
 use crate::shape::Dims6;
-use crate::{CpuStorage, Dims, Error, Float, Result, Shape, Tensor};
+use crate::{CpuStorage, DType, Dims, Error, Float, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// What a reduction computes.
@@ -165,7 +165,12 @@ impl Tensor {
             crate::bail!(op.name(), "reduction over an empty dimension of shape {}", self.shape());
         }
         let dtype = self.dtype();
-        let x = compute_dtype(self, op.name())?;
+        // The device's kernels read bf16 and accumulate in f32 themselves.
+        let x = if dtype == DType::BF16 && self.device() != crate::Device::Cpu {
+            self.clone()
+        } else {
+            compute_dtype(self, op.name())?
+        };
         let suffix = dims.iter().enumerate().all(|(i, &d)| d == rank - n + i);
         let prefix = dims.iter().enumerate().all(|(i, &d)| d == i);
         let (x, columns) = match (x.is_contiguous(), suffix, prefix) {
@@ -293,7 +298,6 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
 
     fn iota(shape: &[usize]) -> Tensor {
         let n = shape.iter().product::<usize>();
