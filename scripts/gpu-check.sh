@@ -157,7 +157,7 @@ fi
 if command -v compute-sanitizer >/dev/null; then
   {
     timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-gpu_kernels --test-threads 1
-    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention scatterbrain_composed butterfly_on layers_train
+    timeout 150 compute-sanitizer --tool memcheck gpu-bin/test-cuda_tensors --test-threads 1 bf16_monarch bf16_attention scatterbrain_composed butterfly_on layers_train block_sparse_layers_of head_dim_128
   } > "$OUT/memcheck.txt" 2>&1
   timeout 150 compute-sanitizer --tool racecheck gpu-bin/test-gpu_kernels --test-threads 1 > "$OUT/racecheck.txt" 2>&1
 fi

@@ -17,6 +17,9 @@ pub enum Precision {
     Tf32,
     /// bf16 data (A, B, C and bias), f32 accumulation.
     Bf16,
+    /// bf16 A and B, f32 C, f32 accumulation: bf16 products kept in f32, e.g. summed
+    /// into an f32 gradient with `beta` 1 without a rounded bf16 copy. No epilogue.
+    Bf16F32,
 }
 
 /// What is applied to `alpha·A·B + beta·C` before it is stored.
@@ -109,9 +112,13 @@ impl GemmArgs {
         GemmArgs { ld_a, ld_b, ld_c: self.n, ..self }
     }
 
-    /// The element type of A, B, C and the bias.
-    fn dtype(&self) -> DType {
-        if self.precision == Precision::Bf16 { DType::BF16 } else { DType::F32 }
+    /// The element types of A and B, and of C and the bias.
+    pub(crate) fn dtypes(&self) -> (DType, DType) {
+        match self.precision {
+            Precision::Bf16 => (DType::BF16, DType::BF16),
+            Precision::Bf16F32 => (DType::BF16, DType::F32),
+            Precision::F32 | Precision::Tf32 => (DType::F32, DType::F32),
+        }
     }
 
     /// The stored (rows, columns) of A, B and C.
@@ -195,15 +202,18 @@ impl<T: Copy> Drop for Guard<T> {
 /// Runs the GEMM described by `g` on `dev`'s stream (see [`GemmArgs`]).
 pub fn matmul(g: &GemmArgs, a: View<'_>, b: View<'_>, bias: Option<View<'_>>, c: ViewMut<'_>) -> Result<()> {
     let chk = Check { op: "matmul" };
-    let dt = g.dtype();
+    let (dt, dt_c) = g.dtypes();
     g.check_ld()?;
+    if g.precision == Precision::Bf16F32 && g.epilogue != Epilogue::None {
+        crate::error::bail!("matmul", "bf16 products into f32 take no epilogue (got {:?})", g.epilogue);
+    }
     let [sa, sb, sc] = g.stored();
     chk.input("a", &a, dt, g.elems_needed(g.stride_a, sa, g.ld_a))?;
     chk.input("b", &b, dt, g.elems_needed(g.stride_b, sb, g.ld_b))?;
-    chk.output("c", &c, dt, g.elems_needed(g.stride_c, sc, g.ld_c))?;
+    chk.output("c", &c, dt_c, g.elems_needed(g.stride_c, sc, g.ld_c))?;
     let needs_bias = matches!(g.epilogue, Epilogue::Bias | Epilogue::ReluBias | Epilogue::GeluBias);
     match (&bias, needs_bias) {
-        (Some(v), true) => chk.input("bias", v, dt, g.n)?,
+        (Some(v), true) => chk.input("bias", v, dt_c, g.n)?,
         (None, false) => {}
         _ => crate::error::bail!("matmul", "a bias is given exactly when the epilogue adds one"),
     }
@@ -224,7 +234,7 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
         unsafe { crate::emulator::gemm::matmul(g, [a, b, bias, c]) };
         return Ok(());
     };
-    let dt = g.dtype();
+    let (dt, dt_c) = g.dtypes();
     let blas = driver.blas.get_or_init(|| Blas::new(dev)).as_ref().map_err(|lib| {
         if lib == "cuBLASLt" {
             CudaError::NoBlas { lib: "cuBLASLt" }
@@ -233,15 +243,15 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
         }
     })?;
     let err = CudaError::blas::<result::CublasError>;
-    let ty = if dt == DType::BF16 { sys::cudaDataType::CUDA_R_16BF } else { sys::cudaDataType::CUDA_R_32F };
+    let ty = |d: DType| if d == DType::BF16 { sys::cudaDataType::CUDA_R_16BF } else { sys::cudaDataType::CUDA_R_32F };
     let compute = if g.precision == Precision::Tf32 {
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
     } else {
         sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
     };
     // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLASLt's "A" is our B.
-    let layout = |rows: usize, cols: usize, ld: usize, stride: usize| -> Result<Guard<sys::cublasLtMatrixLayout_t>> {
-        let l = result::create_matrix_layout(ty, rows as u64, cols as u64, ld as i64).map_err(err("layout"))?;
+    let layout = |d: DType, rows: usize, cols: usize, ld: usize, stride: usize| {
+        let l = result::create_matrix_layout(ty(d), rows as u64, cols as u64, ld as i64).map_err(err("layout"))?;
         let guard = Guard(l, result::destroy_matrix_layout);
         if g.batch > 1 {
             let (count, stride) = (g.batch as i32, stride as i64);
@@ -263,12 +273,14 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
                 .map_err(err("layout"))?;
             }
         }
-        Ok(guard)
+        Ok::<_, CudaError>(guard)
     };
     // A row-major r×c matrix with rows ld apart is a column-major c×r one with ld.
-    let lt_a = if g.trans_b { layout(g.k, g.n, g.ld_b, g.stride_b)? } else { layout(g.n, g.k, g.ld_b, g.stride_b)? };
-    let lt_b = if g.trans_a { layout(g.m, g.k, g.ld_a, g.stride_a)? } else { layout(g.k, g.m, g.ld_a, g.stride_a)? };
-    let lt_c = layout(g.n, g.m, g.ld_c, g.stride_c)?;
+    let lt_a =
+        if g.trans_b { layout(dt, g.k, g.n, g.ld_b, g.stride_b)? } else { layout(dt, g.n, g.k, g.ld_b, g.stride_b)? };
+    let lt_b =
+        if g.trans_a { layout(dt, g.m, g.k, g.ld_a, g.stride_a)? } else { layout(dt, g.k, g.m, g.ld_a, g.stride_a)? };
+    let lt_c = layout(dt_c, g.n, g.m, g.ld_c, g.stride_c)?;
     let desc = result::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F).map_err(err("desc"))?;
     let desc = Guard(desc, result::destroy_matmul_desc);
     let set = |attr, ptr: *const c_void, size: usize| -> Result<()> {
@@ -306,15 +318,14 @@ pub(crate) fn matmul_at(dev: &Arc<CudaDevice>, g: &GemmArgs, [a, b, bias, c]: [u
     .map_err(err("preference"))?;
     // Views start anywhere in a buffer: tell the heuristic how aligned the operands are,
     // else it may pick an algorithm that assumes 256 bytes.
-    let size = dt.size() as u64;
     type P = sys::cublasLtMatmulPreferenceAttributes_t;
-    for (attr, ptr, stride) in [
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, b, g.stride_b),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a, g.stride_a),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c, g.stride_c),
-        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c, g.stride_c),
+    for (attr, ptr, stride, d) in [
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, b, g.stride_b, dt),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, a, g.stride_a, dt),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c, g.stride_c, dt_c),
+        (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c, g.stride_c, dt_c),
     ] {
-        let bytes = alignment(ptr, stride as u64 * size, g.batch);
+        let bytes = alignment(ptr, stride as u64 * d.size() as u64, g.batch);
         // SAFETY: valid preference; the value is a uint32_t.
         unsafe { result::set_matmul_pref_attribute(pref.0, attr, (&bytes as *const u32).cast(), 4) }
             .map_err(err("preference"))?;

@@ -201,6 +201,34 @@ fn strided_batched_matmul_with_interleaved_unaligned_operands_matches_loops() {
     close(&cb.to_host::<f32>().unwrap(), &want, 1e-5);
 }
 
+/// bf16 A (stored transposed) and B summed into an f32 C with beta 1, twice: the
+/// head's weight-gradient sum. The f32 sums of exact bf16 products match host loops to
+/// f32 rounding, and no epilogue is taken with this precision.
+#[test]
+fn bf16_products_accumulate_into_f32_with_beta_one() {
+    let Some(dev) = device() else { return };
+    let (m, n, k) = (48, 40, 72);
+    let g = GemmArgs { trans_a: true, beta: 1.0, ..GemmArgs::new(m, n, k, Precision::Bf16F32) }.packed();
+    let (a, b) = (values(k * m, 14), values(k * n, 15));
+    let (a, b): (Vec<bf16>, Vec<bf16>) =
+        (a.iter().map(|&v| bf16::from_f32(v)).collect(), b.iter().map(|&v| bf16::from_f32(v)).collect());
+    let c0 = values(m * n, 16);
+    let (ab, bb) = (dev.htod(&a).unwrap(), dev.htod(&b).unwrap());
+    let mut cb = dev.htod(&c0).unwrap();
+    for _ in 0..2 {
+        gemm::matmul(&g, ab.view(), bb.view(), None, cb.view_mut()).unwrap();
+    }
+    let mut want = c0.clone();
+    for (mi, ni) in (0..m).flat_map(|mi| (0..n).map(move |ni| (mi, ni))) {
+        let dot: f64 = (0..k).map(|ki| a[ki * m + mi].to_f64() * b[ki * n + ni].to_f64()).sum();
+        want[mi * n + ni] += 2.0 * dot as f32;
+    }
+    close(&cb.to_host::<f32>().unwrap(), &want, 1e-5);
+    let gelu = GemmArgs { epilogue: gemm::Epilogue::Gelu, ..g };
+    let err = gemm::matmul(&gelu, ab.view(), bb.view(), None, cb.view_mut()).unwrap_err().to_string();
+    assert!(err.contains("no epilogue"), "{err}");
+}
+
 #[test]
 fn flash_attention_matches_naive_attention_with_causal_mask_and_ragged_length() {
     let Some(dev) = device() else { return };

@@ -891,3 +891,28 @@ fn integer_views_u8_selection_bf16_reductions_and_bf16_gradients_match_the_cpu()
     close(&gsp, &sp, 1e-5);
     close(&gbuf, &buf, 1e-5);
 }
+
+/// `add_matmul` on the device (one cuBLASLt GEMM with beta 1) against the CPU: bf16
+/// products into f32 with a transposed operand (the fused head's weight-gradient sum),
+/// and f32 and bf16 into their own dtype; another handle of the old sum stays as it was.
+#[test]
+fn add_matmul_on_the_gpu_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let (g, x) = (bf16_rounded(&rnd(&[40, 24], 90)), bf16_rounded(&rnd(&[40, 16], 91)));
+    let sum = rnd(&[24, 16], 92);
+    for (acc_dt, in_dt) in [(DType::F32, DType::BF16), (DType::F32, DType::F32), (DType::BF16, DType::BF16)] {
+        let (gt, xt) = (g.to_dtype(in_dt).unwrap(), x.to_dtype(in_dt).unwrap());
+        let mut want = sum.to_dtype(acc_dt).unwrap();
+        let mut got = want.to_device(GPU).unwrap();
+        let old = got.clone();
+        for _ in 0..2 {
+            want.add_matmul(&gt.t().unwrap(), &xt).unwrap();
+            got.add_matmul(&gt.to_device(GPU).unwrap().t().unwrap(), &xt.to_device(GPU).unwrap()).unwrap();
+        }
+        assert_eq!((got.device(), got.dtype()), (GPU, acc_dt));
+        close_to_scale(&got, &want, if acc_dt == DType::BF16 { 1e-2 } else { 1e-5 });
+        close(&old, &sum.to_dtype(acc_dt).unwrap(), 0.0);
+    }
+}

@@ -1,8 +1,8 @@
 //! cuBLASLt's GEMM on the emulated device: [`GemmArgs`]' definition computed on the host
 //! over the raw addresses the launcher checked, in f32 arithmetic (bf16 operands
-//! widened, the result rounded to nearest even), with the same epilogues.
+//! widened, a bf16 result rounded to nearest even), with the same epilogues.
 
-use crate::gemm::{Epilogue, GemmArgs, Precision};
+use crate::gemm::{Epilogue, GemmArgs};
 
 /// Reads element `i` of an f32 or bf16 array at `base`.
 ///
@@ -41,7 +41,8 @@ fn gelu(x: f32) -> f32 {
 /// The addresses must hold every element `g` lays out (as `gemm::matmul` checks), `bias`
 /// `g.n` elements when the epilogue adds one, and C must not overlap A, B or the bias.
 pub(crate) unsafe fn matmul(g: &GemmArgs, [a, b, bias, c]: [u64; 4]) {
-    let bf16 = g.precision == Precision::Bf16;
+    use crate::DType::BF16;
+    let (bf16, bf16_c) = (g.dtypes().0 == BF16, g.dtypes().1 == BF16);
     let (m, n, k) = (g.m, g.n, g.k);
     let (mut lhs, mut rhs, mut acc) = (vec![0f32; m * k], vec![0f32; k * n], vec![0f32; n]);
     for i in 0..g.batch {
@@ -70,17 +71,17 @@ pub(crate) unsafe fn matmul(g: &GemmArgs, [a, b, bias, c]: [u64; 4]) {
                 let at = i * g.stride_c + r * g.ld_c + col;
                 let mut v = g.alpha * s;
                 if g.beta != 0.0 {
-                    v += g.beta * unsafe { load(c, at, bf16) };
+                    v += g.beta * unsafe { load(c, at, bf16_c) };
                 }
                 if matches!(g.epilogue, Epilogue::Bias | Epilogue::ReluBias | Epilogue::GeluBias) {
-                    v += unsafe { load(bias, col, bf16) };
+                    v += unsafe { load(bias, col, bf16_c) };
                 }
                 v = match g.epilogue {
                     Epilogue::Relu | Epilogue::ReluBias => v.max(0.0),
                     Epilogue::Gelu | Epilogue::GeluBias => gelu(v),
                     Epilogue::None | Epilogue::Bias => v,
                 };
-                unsafe { store(c, at, bf16, v) };
+                unsafe { store(c, at, bf16_c, v) };
             }
         }
     }
@@ -89,6 +90,7 @@ pub(crate) unsafe fn matmul(g: &GemmArgs, [a, b, bias, c]: [u64; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gemm::Precision;
 
     #[test]
     fn matches_the_definition_with_transposes_batches_and_epilogues() {
@@ -138,5 +140,20 @@ mod tests {
             assert_eq!(half::bf16::from_bits(c[0]).to_f32(), want, "1 + {s}");
         }
         assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
+    }
+
+    #[test]
+    fn bf16_products_into_f32_accumulate_unrounded() {
+        // 1 + 2^-10 is no bf16 value: with an f32 C it stays, with beta 1 it adds to C.
+        let bits = |v: f32| half::bf16::from_f32(v).to_bits();
+        let (a, b) = ([bits(1.0 / 32.0)], [bits(1.0 / 32.0)]);
+        let mut c = [1.0f32];
+        let mut g = GemmArgs::new(1, 1, 1, Precision::Bf16F32);
+        g.beta = 1.0;
+        for want in [1.0 + 1.0 / 1024.0, 1.0 + 2.0 / 1024.0] {
+            // SAFETY: a, b and c are 1x1.
+            unsafe { matmul(&g, [a.as_ptr() as u64, b.as_ptr() as u64, 0, c.as_mut_ptr() as u64]) };
+            assert_eq!(c[0], want);
+        }
     }
 }

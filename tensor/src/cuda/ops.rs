@@ -233,6 +233,28 @@ impl Tensor {
         Ok(out)
     }
 
+    /// [`add_matmul`](Tensor::add_matmul) on the device (arguments checked by the
+    /// caller): one GEMM with beta 1 into `self`, bf16 products into f32 where asked.
+    pub(crate) fn cuda_add_matmul(&mut self, a: &Tensor, b: &Tensor, (m, n, kk): (usize, usize, usize)) -> Result<()> {
+        let op = "add_matmul";
+        let precision = match (self.dtype(), a.dtype()) {
+            (DType::F32, DType::BF16) => Precision::Bf16F32,
+            (DType::F32, DType::F32) if super::tf32_allowed() => Precision::Tf32,
+            (DType::F32, DType::F32) => Precision::F32,
+            (DType::BF16, DType::BF16) => Precision::Bf16,
+            (_, dtype) => return Err(Error::UnsupportedDType { op, dtype }),
+        };
+        if kk == 0 || m * n == 0 {
+            return Ok(());
+        }
+        let none = Shape::from(());
+        let (a, b) = (GemmOperand::of(a, &none)?, GemmOperand::of(b, &none)?);
+        let g =
+            GemmArgs { trans_a: a.trans, trans_b: b.trans, beta: 1.0, ..GemmArgs::new(m, n, kk, precision) }.packed();
+        let (av, bv) = (a.t.cuda_view(op)?, b.t.cuda_view(op)?);
+        gemm::matmul(&g, av, bv, None, self.cuda_in_place(op)?).map_err(cuda_err(op))
+    }
+
     /// A reduction of contiguous `self` laid out as `kept × count` (`columns == false`)
     /// or `count × kept`, into a tensor of `shape`.
     pub(crate) fn cuda_reduce(

@@ -15,7 +15,8 @@ pub struct LinearCrossEntropy {
     pub loss: Tensor,
     /// d loss / d x, (N, D) in x's dtype.
     pub dx: Option<Tensor>,
-    /// d loss / d w, (V, D) in w's dtype, summed over the chunks in f32 (f64 for f64).
+    /// d loss / d w, (V, D) in w's dtype, summed over the chunks in f32 (f64 for f64)
+    /// from each chunk's unrounded product.
     pub dw: Option<Tensor>,
 }
 
@@ -86,6 +87,9 @@ impl Tensor {
         let total = counted(&targets)?.maximum(&Tensor::full_on(1.0, (), ce, device)?)?;
         let wt = w.t()?;
         let mut loss = Tensor::full_on(0.0, (), ce, device)?;
+        // The weight gradient's sum is in the loss's dtype: each chunk's product adds to it
+        // unrounded (bf16 products straight into f32 on a GPU). Made after the first
+        // chunk's logits are dropped, so as not to add to their peak.
         let (mut dx, mut dw): (Vec<Tensor>, Option<Tensor>) = (Vec::new(), None);
         for r0 in (0..n).step_by(chunk_rows) {
             let rows = chunk_rows.min(n - r0);
@@ -107,11 +111,16 @@ impl Tensor {
                 dx.push(dl.matmul(w)?);
             }
             if grads[1] {
-                let part = dl.t()?.matmul(&xc)?.to_dtype(ce)?;
-                dw = Some(match dw {
-                    Some(sum) => sum.add(&part)?,
-                    None => part,
-                });
+                let sum = match dw.as_mut() {
+                    Some(sum) => sum,
+                    None => dw.insert(Tensor::zeros_on([classes, d], ce, device)?),
+                };
+                let (g, xs) = if dl.dtype() == ce || dl.dtype() == DType::BF16 {
+                    (dl, xc)
+                } else {
+                    (dl.to_dtype(ce)?, xc.to_dtype(ce)?)
+                };
+                sum.add_matmul(&g.t()?, &xs)?;
             }
         }
         let dx = match (grads[0], dx.is_empty()) {

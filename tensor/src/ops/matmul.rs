@@ -224,6 +224,54 @@ impl Tensor {
         Ok(Tensor::from_cpu(out, out_dims))
     }
 
+    /// `self += a · b` in place, for (m, k) `a`, (k, n) `b` and (m, n) `self`: one
+    /// dtype for all three, or f32 `self` with bf16 `a` and `b`, whose products are then
+    /// summed in f32 without a rounded bf16 copy (on a GPU one cuBLASLt GEMM with beta 1
+    /// into `self`). What summing a weight gradient over chunks of rows needs.
+    pub fn add_matmul(&mut self, a: &Tensor, b: &Tensor) -> Result<()> {
+        let op = "add_matmul";
+        same_dtype(a, b, op)?;
+        let wide = (self.dtype(), a.dtype()) == (DType::F32, DType::BF16);
+        if !wide && self.dtype() != a.dtype() {
+            return Err(Error::DTypeMismatch { op, lhs: self.dtype(), rhs: a.dtype() });
+        }
+        let mismatch = |rhs: &Tensor| Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: rhs.shape().clone() };
+        if a.rank() != 2 || b.rank() != 2 || self.rank() != 2 {
+            return Err(mismatch(if a.rank() != 2 { a } else { b }));
+        }
+        let ((m, k), (k2, n)) = (a.shape().matrix_dims(op)?, b.shape().matrix_dims(op)?);
+        if k != k2 {
+            return Err(Error::ShapeMismatch { op, lhs: a.shape().clone(), rhs: b.shape().clone() });
+        }
+        if self.dims() != [m, n] {
+            return Err(mismatch(a));
+        }
+        if [a, b].iter().any(|t| t.device() != self.device()) {
+            let other = if a.device() != self.device() { a } else { b };
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: other.device() });
+        }
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_add_matmul(a, b, (m, n, k));
+        }
+        let (a, b) = if wide { (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?) } else { (a.clone(), b.clone()) };
+        let mat =
+            |t: &Tensor| Mat { offset: t.layout().offset(), rs: t.layout().strides()[0], cs: t.layout().strides()[1] };
+        let (ma, mb) = (mat(&a), mat(&b));
+        let par = if m * n * k < SMALL_GEMM { Parallelism::None } else { Parallelism::Rayon(0) };
+        // f32 and f64 accumulate in place (gemm reads the old sum); bf16 and f16 round
+        // the sum once, as a product then an add.
+        match (a.cpu(op)?, b.cpu(op)?) {
+            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+                gemm_into((m, n, k), self.as_mut_slice::<f32>()?, 0, x, ma, y, mb, true, par)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+                gemm_into((m, n, k), self.as_mut_slice::<f64>()?, 0, x, ma, y, mb, true, par)
+            }
+            _ => *self = self.add(&a.matmul(&b)?)?,
+        }
+        Ok(())
+    }
+
     /// A rank-2 view of a matrix whose leading dims are all 1.
     fn reshape_to_matrix(&self) -> Result<Tensor> {
         let (r, c) = self.shape().matrix_dims("matmul")?;
@@ -331,5 +379,36 @@ mod tests {
         assert!(a.matmul_bias(&b, &Tensor::from_vec(vec![1.0f64; 3], 3).unwrap()).is_err());
         assert!(a.matmul_bias(&b, &Tensor::from_vec(vec![1.0f64; 4], [2, 2]).unwrap()).is_err());
         assert!(a.matmul_bias(&b, &bias.to_dtype(DType::F32).unwrap()).is_err());
+    }
+
+    #[test]
+    fn add_matmul_adds_the_product_in_place_and_keeps_bf16_products_unrounded() {
+        let (a, b, c) = (rand(&[4, 3], 7), rand(&[3, 5], 8), rand(&[4, 5], 9));
+        let (av, bv, cv) = (a.to_vec::<f64>().unwrap(), b.to_vec::<f64>().unwrap(), c.to_vec::<f64>().unwrap());
+        let want: Vec<f64> = naive(&av, &bv, 4, 3, 5).iter().zip(&cv).map(|(p, c)| p + c).collect();
+        let mut acc = c.clone();
+        acc.add_matmul(&a, &b).unwrap();
+        close(&acc.to_vec::<f64>().unwrap(), &want);
+        assert_eq!(c.to_vec::<f64>().unwrap(), cv, "another handle of the old value is untouched");
+        // A transposed view reads in place: (aᵀ)ᵀ · b again.
+        let mut acc = c.clone();
+        acc.add_matmul(&a.t().unwrap().contiguous().unwrap().t().unwrap(), &b).unwrap();
+        close(&acc.to_vec::<f64>().unwrap(), &want);
+        // 1 + 2^-10 is no bf16 value: an f32 sum of bf16 products keeps it.
+        let tiny = Tensor::full(1.0 / 32.0, [1, 1], DType::BF16);
+        let mut acc = Tensor::full(1.0, [1, 1], DType::F32);
+        for step in 1..=2 {
+            acc.add_matmul(&tiny, &tiny).unwrap();
+            assert_eq!(acc.to_vec::<f32>().unwrap(), [1.0 + step as f32 / 1024.0]);
+        }
+        let err = |acc: &mut Tensor, a: &Tensor, b: &Tensor| acc.add_matmul(a, b).unwrap_err().to_string();
+        let mut acc = c.clone();
+        assert!(err(&mut acc, &b, &a).contains("add_matmul"), "inner sizes 5 and 4");
+        assert!(err(&mut acc, &a, &rand(&[3, 4], 1)).contains("add_matmul"), "a 4x4 product into 4x5");
+        assert!(err(&mut acc, &a.reshape([1, 4, 3]).unwrap(), &b).contains("add_matmul"), "rank 3");
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        assert!(err(&mut acc, &bf(&a), &bf(&b)).contains("add_matmul"), "bf16 into f64");
+        assert!(err(&mut acc, &bf(&a), &b).contains("add_matmul"), "mixed operands");
+        assert_eq!(acc.to_vec::<f64>().unwrap(), cv, "a refused update changes nothing");
     }
 }
