@@ -248,11 +248,20 @@ impl Tensor {
             return Ok(());
         }
         let none = Shape::from(());
-        let (a, b) = (GemmOperand::of(a, &none)?, GemmOperand::of(b, &none)?);
-        let g =
-            GemmArgs { trans_a: a.trans, trans_b: b.trans, beta: 1.0, ..GemmArgs::new(m, n, kk, precision) }.packed();
-        let (av, bv) = (a.t.cuda_view(op)?, b.t.cuda_view(op)?);
-        gemm::matmul(&g, av, bv, None, self.cuda_in_place(op)?).map_err(cuda_err(op))
+        let (oa, ob) = (GemmOperand::of(a, &none)?, GemmOperand::of(b, &none)?);
+        let g = GemmArgs { trans_a: oa.trans, trans_b: ob.trans, beta: 1.0, ..GemmArgs::new(m, n, kk, precision) };
+        let (av, bv) = (oa.t.cuda_view(op)?, ob.t.cuda_view(op)?);
+        match gemm::matmul(&g.packed(), av, bv, None, self.cuda_in_place(op)?) {
+            // cuBLASLt without an algorithm for these operands: the product, then the sum.
+            Err(monarch_cuda::CudaError::Blas { op: "heuristic", msg }) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED
+                    .call_once(|| eprintln!("warning: cuBLASLt has no algorithm for add_matmul ({msg}); composing it"));
+                *self = self.add(&a.matmul(b)?.to_dtype(self.dtype())?)?;
+                Ok(())
+            }
+            r => r.map_err(cuda_err(op)),
+        }
     }
 
     /// A reduction of contiguous `self` laid out as `kept × count` (`columns == false`)
