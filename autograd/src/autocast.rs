@@ -38,13 +38,22 @@ fn cast_dtype(vars: &[&Var]) -> Option<DType> {
 }
 
 /// Runs `f` on `vars` cast to the autocast dtype and casts its result back to f32, or
-/// returns `None` when autocast does not apply to them.
+/// returns `None` when autocast does not apply to them. An input that is an earlier
+/// product's result, widened here, is taken as that product's low-precision output
+/// itself (e.g. a Monarch MLP's hidden activations into its second layer): the values
+/// are the same, without rounding them again, and the gradient reaches it without two
+/// casts.
 pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> Result<Var>) -> Option<Result<Var>> {
     let d = cast_dtype(&vars)?;
     let run = || {
-        let low: Vec<Var> = vars.iter().map(|v| v.to_dtype(d)).collect::<Result<_>>()?;
+        let low: Vec<Var> = vars
+            .iter()
+            .map(|v| v.widened_from(d).map_or_else(|| v.to_dtype(d), |l| Ok(l.clone())))
+            .collect::<Result<_>>()?;
         let low: [Var; N] = low.try_into().unwrap_or_else(|_| unreachable!("one cast per var"));
-        f(low)?.to_dtype(DType::F32)
+        let out = f(low)?;
+        // bf16 and f16 values are all exact in f32.
+        Ok(out.to_dtype(DType::F32)?.widening(out))
     };
     Some(run())
 }
@@ -78,5 +87,35 @@ mod tests {
         let x64 = Var::constant(x.value().to_dtype(DType::F64).unwrap());
         let w64 = Var::constant(w.value().to_dtype(DType::F64).unwrap());
         assert_eq!(x64.matmul(&w64.t().unwrap()).unwrap().dtype(), DType::F64);
+    }
+
+    #[test]
+    fn a_widened_product_output_enters_the_next_product_as_its_bf16_original() {
+        let r = |shape: [usize; 2], seed| Var::leaf(Tensor::randn(shape, 0.0, 1.0, seed).unwrap());
+        let (x, w1, w2) = (r([5, 16], 3), r([12, 16], 4), r([6, 12], 5));
+        let run = |elide: bool| {
+            let _g = autocast(Some(DType::BF16));
+            let h = x.linear(&w1, None).unwrap();
+            assert_eq!(h.dtype(), DType::F32);
+            assert!(h.widened_from(DType::BF16).is_some(), "the product's bf16 output is kept");
+            // Without the link (a fresh f32 var computed the same way), the second
+            // product rounds h to bf16 again; the values must not change either way.
+            let h = if elide { h } else { h.mul_scalar(1.0).unwrap() };
+            let y = h.linear(&w2, None).unwrap();
+            let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let g = |v: &Var| grads.get(v).unwrap().to_vec::<f32>().unwrap();
+            (y.value().to_vec::<f32>().unwrap(), [g(&x), g(&w1), g(&w2)])
+        };
+        let (elided, composed) = (run(true), run(false));
+        assert_eq!(elided.0, composed.0, "outputs");
+        for (i, (a, b)) in elided.1.iter().zip(&composed.1).enumerate() {
+            assert_eq!(a, b, "gradient {i}");
+        }
+        // Views and new values do not carry the link.
+        let _g = autocast(Some(DType::BF16));
+        let h = x.linear(&w1, None).unwrap();
+        assert!(h.narrow(0, 0, 2).unwrap().widened_from(DType::BF16).is_none());
+        assert!(h.detach().widened_from(DType::BF16).is_none());
+        assert!(h.widened_from(DType::F16).is_none());
     }
 }

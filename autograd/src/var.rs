@@ -4,6 +4,7 @@ use crate::tape::{Input, InputGrads, Tape};
 use crate::{Gradients, VarId, is_grad_enabled};
 use monarch_tensor::{DType, Error, Result, Shape, Tensor};
 use smallvec::SmallVec;
+use std::rc::Rc;
 
 #[derive(Clone)]
 enum Track {
@@ -21,12 +22,16 @@ enum Track {
 pub struct Var {
     value: Tensor,
     track: Track,
+    /// The low-precision var this one widens exactly (an autocast product's output cast
+    /// back to f32), which autocast takes as the next product's input instead of
+    /// rounding this one again (the same values, one pass fewer each way).
+    widened: Option<Rc<Var>>,
 }
 
 impl Var {
     /// A value that needs no gradient (data, masks, frozen weights).
     pub fn constant(value: Tensor) -> Self {
-        Var { value, track: Track::Const }
+        Var { value, track: Track::Const, widened: None }
     }
 
     /// A new gradient leaf; its gradient is looked up with `grads.get(&var)`.
@@ -35,7 +40,7 @@ impl Var {
     }
 
     pub(crate) fn leaf_with_id(value: Tensor, id: VarId) -> Self {
-        Var { value, track: Track::Leaf(id) }
+        Var { value, track: Track::Leaf(id), widened: None }
     }
 
     /// The gradient key if this is a leaf.
@@ -69,6 +74,18 @@ impl Var {
     /// Whether a gradient flows through this value.
     pub fn requires_grad(&self) -> bool {
         !matches!(self.track, Track::Const)
+    }
+
+    /// `self`, known to widen `low` exactly (every value of `low` converts to `self`'s
+    /// without rounding, and `self` is computed from `low` on the tape).
+    pub(crate) fn widening(mut self, low: Var) -> Var {
+        self.widened = Some(Rc::new(low));
+        self
+    }
+
+    /// The `dtype` var this one widens exactly, if it is known.
+    pub(crate) fn widened_from(&self, dtype: DType) -> Option<&Var> {
+        self.widened.as_deref().filter(|low| low.dtype() == dtype)
     }
 
     /// The same value cut off from the tape.
@@ -127,7 +144,7 @@ impl Var {
             })
             .collect();
         let index = tape.push(op, wiring, Box::new(rule))?;
-        Ok(Var { value, track: Track::Node(tape, index) })
+        Ok(Var { value, track: Track::Node(tape, index), widened: None })
     }
 
     /// Gradients of this scalar with respect to every leaf it depends on. Consumes the tape.
