@@ -235,7 +235,7 @@ fn bf16_monarch_layers_on_the_gpu_match_the_cpu() {
         return;
     }
     let kind = LinearKind::Monarch { nblocks: 4 };
-    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let round = bf16_rounded;
     for (inp, out) in [(768, 3072), (3072, 768)] {
         let cpu = kind.build(inp, out, true, &mut StdRng::seed_from_u64(20)).unwrap();
         let dev = kind.build(inp, out, true, &mut StdRng::seed_from_u64(20)).unwrap();
@@ -265,8 +265,7 @@ fn bf16_monarch_layers_on_the_gpu_match_the_cpu() {
             for (i, (g, c)) in run(&*dev, GPU, DType::BF16, act).iter().zip(&want).enumerate() {
                 assert_eq!((g.device(), g.dtype()), (GPU, DType::BF16), "{inp}->{out} {act:?} output {i}");
                 // Relative to the output's largest magnitude: bf16 products of 192-768 terms.
-                let scale = c.to_vec_f32().unwrap().iter().fold(0f32, |m, v| m.max(v.abs()));
-                close(&g.mul_scalar(1.0 / scale as f64).unwrap(), &c.mul_scalar(1.0 / scale as f64).unwrap(), 2e-2);
+                close_to_scale(g, c, 2e-2);
             }
         }
         // Without the layout switches, the activation is fused (not composed) here.
@@ -390,19 +389,23 @@ fn embedding_cross_entropy_and_adamw_match_the_cpu() {
     let (want_tail, _) = logits.narrow(0, 2, 7).unwrap().cross_entropy(&tail, o).unwrap();
     close(&gl.narrow(0, 2, 7).unwrap().cross_entropy(&bad.narrow(0, 2, 7).unwrap(), o).unwrap().0, &want_tail, 1e-5);
 
+    // f32 and bf16 gradients (the kernels read bf16 as it is), the CPU on the same values.
     let opt = AdamW { lr: 1e-2, ..AdamW::default() };
-    let (mut p, g) = (rnd(&[1000], 20), rnd(&[1000], 21));
-    let (mut m, mut v) = (Tensor::zeros([1000], DType::F32), Tensor::zeros([1000], DType::F32));
     let mv = |t: &Tensor| t.to_device(GPU).unwrap();
-    let (mut gp, mut gm, mut gv, gg) = (mv(&p), mv(&m), mv(&v), mv(&g));
-    let shared = gp.clone(); // the update must not write through another handle
-    for step in 1..=3 {
-        opt.step(&mut p, &g, &mut m, &mut v, step).unwrap();
-        opt.step(&mut gp, &gg, &mut gm, &mut gv, step).unwrap();
+    for gdt in [DType::F32, DType::BF16] {
+        let (mut p, g) = (rnd(&[1000], 20), bf16_rounded(&rnd(&[1000], 21)));
+        let (mut m, mut v) = (Tensor::zeros([1000], DType::F32), Tensor::zeros([1000], DType::F32));
+        let (mut gp, mut gm, mut gv, gg) = (mv(&p), mv(&m), mv(&v), mv(&g.to_dtype(gdt).unwrap()));
+        let shared = gp.clone(); // the update must not write through another handle
+        for step in 1..=3 {
+            opt.step(&mut p, &g, &mut m, &mut v, step).unwrap();
+            opt.step(&mut gp, &gg, &mut gm, &mut gv, step).unwrap();
+        }
+        close(&gp, &p, 1e-5);
+        close(&gm, &m, 1e-5);
+        close(&gv, &v, 1e-5);
+        close(&shared, &rnd(&[1000], 20), 0.0);
     }
-    close(&gp, &p, 1e-5);
-    close(&gv, &v, 1e-5);
-    close(&shared, &rnd(&[1000], 20), 0.0);
 }
 
 #[test]
@@ -466,19 +469,21 @@ fn comparisons_selection_gather_and_sgd_match_the_cpu() {
         same(mv(t).index_select(&rows, 1).unwrap(), t.index_select(&rows, 1).unwrap());
     }
 
-    // SGD with and without momentum, three steps.
-    let (mut p, g) = (rnd(&[1000], 26), rnd(&[1000], 27));
-    let (mut gp, gg) = (mv(&p), mv(&g));
-    let mut buf = Tensor::zeros([1000], DType::F32);
-    let mut gbuf = mv(&buf);
-    for _ in 0..3 {
-        monarch_tensor::ops::sgd_step(&mut p, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
-        monarch_tensor::ops::sgd_step(&mut gp, &gg, Some(&mut gbuf), 0.1, 0.9, 0.01).unwrap();
-        monarch_tensor::ops::sgd_step(&mut p, &g, None, 0.05, 0.0, 0.0).unwrap();
-        monarch_tensor::ops::sgd_step(&mut gp, &gg, None, 0.05, 0.0, 0.0).unwrap();
+    // SGD with and without momentum, three steps, from f32 and from bf16 gradients.
+    for gdt in [DType::F32, DType::BF16] {
+        let (mut p, g) = (rnd(&[1000], 26), bf16_rounded(&rnd(&[1000], 27)));
+        let (mut gp, gg) = (mv(&p), mv(&g.to_dtype(gdt).unwrap()));
+        let mut buf = Tensor::zeros([1000], DType::F32);
+        let mut gbuf = mv(&buf);
+        for _ in 0..3 {
+            monarch_tensor::ops::sgd_step(&mut p, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
+            monarch_tensor::ops::sgd_step(&mut gp, &gg, Some(&mut gbuf), 0.1, 0.9, 0.01).unwrap();
+            monarch_tensor::ops::sgd_step(&mut p, &g, None, 0.05, 0.0, 0.0).unwrap();
+            monarch_tensor::ops::sgd_step(&mut gp, &gg, None, 0.05, 0.0, 0.0).unwrap();
+        }
+        close(&gp, &p, 1e-5);
+        close(&gbuf, &buf, 1e-5);
     }
-    close(&gp, &p, 1e-5);
-    close(&gbuf, &buf, 1e-5);
 }
 
 #[test]
@@ -835,10 +840,9 @@ fn f32_monarch_weight_gradients_split_over_long_batches_match_the_cpu() {
 }
 
 /// Kernel variants the tests above do not reach: i64 and u8 views made contiguous on the
-/// device, selection between u8 values, bf16 reductions along rows and along columns,
-/// and AdamW and SGD reading bf16 gradients as they are.
+/// device, selection between u8 values, and bf16 reductions along rows and along columns.
 #[test]
-fn integer_views_u8_selection_bf16_reductions_and_bf16_gradients_match_the_cpu() {
+fn integer_views_u8_selection_and_bf16_reductions_match_the_cpu() {
     if !gpu() {
         return;
     }
@@ -870,26 +874,6 @@ fn integer_views_u8_selection_bf16_reductions_and_bf16_gradients_match_the_cpu()
     let sum = mv(&long.to_dtype(DType::BF16).unwrap()).sum_all().unwrap();
     assert_eq!(sum.dtype(), DType::BF16);
     close_to_scale(&sum, &long.sum_all().unwrap(), 1e-2);
-
-    // Three steps of each update from a bf16 gradient, against the CPU on its f32 values.
-    let g = bf16_rounded(&rnd(&[1000], 84));
-    let gg = mv(&g.to_dtype(DType::BF16).unwrap());
-    let opt = AdamW { lr: 1e-2, ..AdamW::default() };
-    let (mut p, mut m, mut v) =
-        (rnd(&[1000], 85), Tensor::zeros([1000], DType::F32), Tensor::zeros([1000], DType::F32));
-    let (mut gp, mut gm, mut gv) = (mv(&p), mv(&m), mv(&v));
-    let (mut sp, mut buf) = (rnd(&[1000], 86), Tensor::zeros([1000], DType::F32));
-    let (mut gsp, mut gbuf) = (mv(&sp), mv(&buf));
-    for step in 1..=3 {
-        opt.step(&mut p, &g, &mut m, &mut v, step).unwrap();
-        opt.step(&mut gp, &gg, &mut gm, &mut gv, step).unwrap();
-        monarch_tensor::ops::sgd_step(&mut sp, &g, Some(&mut buf), 0.1, 0.9, 0.01).unwrap();
-        monarch_tensor::ops::sgd_step(&mut gsp, &gg, Some(&mut gbuf), 0.1, 0.9, 0.01).unwrap();
-    }
-    close(&gp, &p, 1e-5);
-    close(&gm, &m, 1e-5);
-    close(&gsp, &sp, 1e-5);
-    close(&gbuf, &buf, 1e-5);
 }
 
 /// `add_matmul` on the device (one cuBLASLt GEMM with beta 1) against the CPU: bf16

@@ -329,6 +329,8 @@ fn emulated_gpu_run_tracks_the_cpu_run(precision: &str, tol: f64) {
     let (want, got) = (losses(&cpu), losses(&gpu));
     assert_eq!(want.len(), 3);
     assert_eq!(got.len(), 3);
+    let worst = want.iter().zip(&got).map(|((_, w), (_, g))| (w - g).abs() / w.abs()).fold(0.0, f64::max);
+    eprintln!("{precision}: largest relative loss difference {worst:.1e}");
     for ((s, w), (t, g)) in want.iter().zip(&got) {
         assert_eq!(s, t);
         assert!((w - g).abs() <= tol * w.abs(), "{precision} step {s}: cpu {w}, emulated gpu {g}");

@@ -191,12 +191,7 @@ impl Tensor {
         if let Some(b) = bias {
             same_device(op, self, &[b])?;
         }
-        let precision = match self.dtype() {
-            DType::F32 if super::tf32_allowed() => Precision::Tf32,
-            DType::F32 => Precision::F32,
-            DType::BF16 => Precision::Bf16,
-            dtype => return Err(Error::UnsupportedDType { op, dtype }),
-        };
+        let precision = gemm_precision(self.dtype(), op)?;
         let mut dims = batch.dims().to_vec();
         dims.extend([m, n]);
         if kk == 0 {
@@ -239,10 +234,7 @@ impl Tensor {
         let op = "add_matmul";
         let precision = match (self.dtype(), a.dtype()) {
             (DType::F32, DType::BF16) => Precision::Bf16F32,
-            (DType::F32, DType::F32) if super::tf32_allowed() => Precision::Tf32,
-            (DType::F32, DType::F32) => Precision::F32,
-            (DType::BF16, DType::BF16) => Precision::Bf16,
-            (_, dtype) => return Err(Error::UnsupportedDType { op, dtype }),
+            (_, dtype) => gemm_precision(dtype, op)?,
         };
         if kk == 0 || m * n == 0 {
             return Ok(());
@@ -311,6 +303,17 @@ impl Tensor {
         let r = if columns { kr::reduce_cols(kop, x, count, kept, o) } else { kr::reduce_rows(kop, x, kept, count, o) };
         r.map_err(cuda_err(name))?;
         Ok(out)
+    }
+}
+
+/// The GEMM precision of operands and result all of `dtype`: TF32 tensor cores for f32
+/// where allowed.
+fn gemm_precision(dtype: DType, op: &'static str) -> Result<Precision> {
+    match dtype {
+        DType::F32 if super::tf32_allowed() => Ok(Precision::Tf32),
+        DType::F32 => Ok(Precision::F32),
+        DType::BF16 => Ok(Precision::Bf16),
+        dtype => Err(Error::UnsupportedDType { op, dtype }),
     }
 }
 
