@@ -3,6 +3,12 @@
 //! attention) run in the given low-precision dtype: their operands are cast on the way
 //! in and their results back to f32, so norms, softmax, losses, residual sums, and the
 //! gradients reaching the f32 parameters (the master weights) all stay f32.
+//!
+//! An operand already in the autocast dtype enters as it is, and a product whose operands
+//! are all in it runs as given, its result staying low: a model may keep activations that
+//! only pass between products in the low dtype ([`low_precision`]), as attention's
+//! queries, keys and values do, so that a layer's input may arrive in the autocast dtype
+//! (as under `torch.autocast`).
 
 use crate::Var;
 use monarch_tensor::{DType, Result};
@@ -30,15 +36,29 @@ impl Drop for AutocastGuard {
     }
 }
 
-/// The dtype the product of `vars` runs in under autocast: the autocast dtype when one is
-/// set and every var is f32, else `None` (the product runs as given).
+/// The dtype the product of `vars` runs in under autocast: the autocast dtype `d` when one
+/// is set, every var is f32 or `d`, and at least one is f32; else `None` (the product runs
+/// as given: all in `d`, or a dtype autocast leaves alone).
 fn cast_dtype(vars: &[&Var]) -> Option<DType> {
     let d = DTYPE.with(|c| c.get())?;
-    vars.iter().all(|v| v.dtype() == DType::F32).then_some(d)
+    let all_f32_or_d = vars.iter().all(|v| v.dtype() == DType::F32 || v.dtype() == d);
+    (all_f32_or_d && vars.iter().any(|v| v.dtype() == DType::F32)).then_some(d)
+}
+
+/// The low-precision original of `v` when `v` is an autocast product's result widened to
+/// f32, else `v` itself. A model takes it for activations that only go on to other
+/// products (attention's queries, keys and values): reshaping and copying them in bf16
+/// moves half the bytes, and the next product takes them without a cast.
+pub fn low_precision(v: &Var) -> Var {
+    match DTYPE.with(|c| c.get()).and_then(|d| v.widened_from(d)) {
+        Some(low) => low.clone(),
+        None => v.clone(),
+    }
 }
 
 /// Runs `f` on `vars` cast to the autocast dtype and casts its result back to f32, or
-/// returns `None` when autocast does not apply to them. An input that is an earlier
+/// returns `None` when autocast does not apply to them. A var already in that dtype
+/// enters as it is. An input that is an earlier
 /// product's result, widened here, is taken as that product's low-precision output
 /// itself (e.g. a Monarch MLP's hidden activations into its second layer): the values
 /// are the same, without rounding them again, and the gradient reaches it without two
@@ -48,7 +68,11 @@ pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> 
     let run = || {
         let low: Vec<Var> = vars
             .iter()
-            .map(|v| v.widened_from(d).map_or_else(|| v.to_dtype(d), |l| Ok(l.clone())))
+            .map(|v| match v.widened_from(d) {
+                _ if v.dtype() == d => Ok((*v).clone()),
+                Some(low) => Ok(low.clone()),
+                None => v.to_dtype(d),
+            })
             .collect::<Result<_>>()?;
         let low: [Var; N] = low.try_into().unwrap_or_else(|_| unreachable!("one cast per var"));
         let out = f(low)?;
@@ -117,5 +141,31 @@ mod tests {
         assert!(h.narrow(0, 0, 2).unwrap().widened_from(DType::BF16).is_none());
         assert!(h.detach().widened_from(DType::BF16).is_none());
         assert!(h.widened_from(DType::F16).is_none());
+    }
+
+    #[test]
+    fn operands_already_low_enter_as_they_are_and_all_low_products_stay_low() {
+        let r = |shape: [usize; 2], seed| Var::leaf(Tensor::randn(shape, 0.0, 1.0, seed).unwrap());
+        let (x, w1, w2) = (r([5, 16], 6), r([12, 16], 7), r([6, 12], 8));
+        let _g = autocast(Some(DType::BF16));
+        let h = low_precision(&x.linear(&w1, None).unwrap());
+        assert_eq!(h.dtype(), DType::BF16, "the product's bf16 original");
+        assert_eq!(low_precision(&x).dtype(), DType::F32, "a var with no bf16 original is itself");
+        // Mixed: only the f32 weight is cast; the result is f32 and equals the product of
+        // the widened input, whose link autocast takes the same way.
+        let mixed = h.linear(&w2, None).unwrap();
+        assert_eq!(mixed.dtype(), DType::F32);
+        let h32 = h.to_dtype(DType::F32).unwrap().widening(h.clone());
+        assert_eq!(
+            mixed.value().to_vec::<f32>().unwrap(),
+            h32.linear(&w2, None).unwrap().value().to_vec::<f32>().unwrap()
+        );
+        // All low: runs as given, the result stays bf16, and so does the gradient.
+        let hh = h.matmul(&h.t().unwrap()).unwrap();
+        assert_eq!(hh.dtype(), DType::BF16);
+        let grads = mixed.sum_all().unwrap().add(&hh.to_dtype(DType::F32).unwrap().sum_all().unwrap()).unwrap();
+        let grads = grads.backward().unwrap();
+        assert_eq!(grads.get(&w1).unwrap().dtype(), DType::F32);
+        assert_eq!(grads.get(&x).unwrap().dims(), &[5, 16]);
     }
 }

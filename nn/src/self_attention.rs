@@ -4,13 +4,14 @@
 
 use crate::structured::{LinearKind, LinearLayer};
 use crate::{AttentionImpl, Ctx, Module, NamedParams, prefixed};
-use monarch_autograd::Var;
+use monarch_autograd::{Var, low_precision};
 use monarch_tensor::{AttentionOpts, Result, bail};
 use rand::rngs::StdRng;
 
 /// Causal (GPT-2) or bidirectional (ViT) multi-head self-attention over (batch, seq, dim).
 /// The projections are named as the model's checkpoints want (`c_attn`/`c_proj` in GPT-2,
-/// `qkv`/`proj` in timm's ViT).
+/// `qkv`/`proj` in timm's ViT). Under autocast the output projection's input arrives in
+/// the autocast dtype.
 #[derive(Debug)]
 pub struct SelfAttention {
     /// The fused projection `dim → 3·dim` (queries, keys, values in that order).
@@ -76,8 +77,11 @@ impl SelfAttention {
             bail!("SelfAttention", "expected input (batch, seq, dim), got shape {}", x.shape());
         };
         let (h, hd) = (self.heads, d / self.heads);
-        // (b, t, 3, h, hd) → (3, b, h, t, hd), one copy; q, k and v are views of it.
-        let qkv = self.qkv.forward(x)?.reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
+        // (b, t, 3, h, hd) → (3, b, h, t, hd), one copy; q, k and v are views of it. Under
+        // autocast they stay in its dtype through the copy, attention and the output
+        // projection's input, as only products use them.
+        let qkv =
+            low_precision(&self.qkv.forward(x)?).reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
         let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let dropout = if ctx.train { self.attn_dropout } else { 0.0 };
@@ -104,5 +108,117 @@ impl Module for SelfAttention {
         let mut p = prefixed(self.names[0], self.qkv.named_params());
         p.extend(prefixed(self.names[1], self.proj.named_params()));
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::structured::ButterflyLinear;
+    use monarch_autograd::autocast;
+    use monarch_tensor::{DType, Tensor};
+    use rand::SeedableRng;
+    use std::sync::{Arc, Mutex};
+
+    /// A layer that records the dtype of its last input.
+    #[derive(Debug)]
+    struct Spy(Box<dyn LinearLayer>, Arc<Mutex<Option<DType>>>);
+
+    impl Module for Spy {
+        fn named_params(&self) -> NamedParams {
+            self.0.named_params()
+        }
+    }
+
+    impl LinearLayer for Spy {
+        fn forward(&self, x: &Var) -> Result<Var> {
+            *self.1.lock().unwrap() = Some(x.dtype());
+            self.0.forward(x)
+        }
+        fn in_features(&self) -> usize {
+            self.0.in_features()
+        }
+        fn out_features(&self) -> usize {
+            self.0.out_features()
+        }
+        fn macs_per_row(&self) -> usize {
+            self.0.macs_per_row()
+        }
+        fn to_dense(&self) -> Result<crate::Linear> {
+            self.0.to_dense()
+        }
+        fn kind(&self) -> LinearKind {
+            self.0.kind()
+        }
+    }
+
+    /// Output and the gradients of input and parameters under bf16 autocast: through
+    /// [`SelfAttention::forward`], or (`keep_low` false) through the same layers with q, k
+    /// and v widened to f32 after the projection, as before they were kept in bf16.
+    fn run(attn: &SelfAttention, x: &Tensor, keep_low: bool) -> Vec<Vec<f32>> {
+        let _g = autocast(Some(DType::BF16));
+        let xv = Var::leaf(x.clone());
+        let y = if keep_low {
+            attn.forward(&xv, &Ctx::eval()).unwrap()
+        } else {
+            let &[b, t, d] = x.dims() else { unreachable!() };
+            let (h, hd) = (attn.heads, d / attn.heads);
+            // A fresh f32 var: autocast casts it to bf16 again for attention.
+            let qkv = attn.qkv.forward(&xv).unwrap().mul_scalar(1.0).unwrap();
+            let qkv = qkv.reshape([b, t, 3, h, hd]).unwrap().permute(&[2, 0, 3, 1, 4]).unwrap().contiguous().unwrap();
+            let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+            let opts = AttentionOpts { causal: attn.causal, dropout: 0.0, seed: 0 };
+            let y = attn.attention.apply(&part(0), &part(1), &part(2), &opts).unwrap();
+            attn.proj.forward(&y.transpose(1, 2).unwrap().reshape([b, t, d]).unwrap()).unwrap()
+        };
+        assert_eq!(y.dtype(), DType::F32);
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![y.value().to_vec::<f32>().unwrap(), grads.get(&xv).unwrap().to_vec::<f32>().unwrap()];
+        for (name, p) in attn.named_params() {
+            let g = grads.get(&p).unwrap_or_else(|| panic!("no gradient for {name}"));
+            assert_eq!(g.dtype(), DType::F32, "{name}");
+            out.push(g.to_vec::<f32>().unwrap());
+        }
+        out
+    }
+
+    /// `run` both ways, checking that the output projection's input is bf16 when kept low.
+    fn compare(attn: &mut SelfAttention, x: &Tensor, what: &str) {
+        let seen = Arc::new(Mutex::new(None));
+        let proj = std::mem::replace(
+            &mut attn.proj,
+            Box::new(crate::Linear::new(1, 1, false, &mut StdRng::seed_from_u64(0)).unwrap()),
+        );
+        attn.proj = Box::new(Spy(proj, seen.clone()));
+        let (low, widened) = (run(attn, x, true), run(attn, x, false));
+        assert_eq!(*seen.lock().unwrap(), Some(DType::F32), "{what}: the old path widens");
+        // bf16 values are exact in f32 and the three gradient parts are disjoint:
+        // keeping them low changes no bit.
+        assert_eq!(low, widened, "{what}");
+        run(attn, x, true);
+        assert_eq!(*seen.lock().unwrap(), Some(DType::BF16), "{what}: attention's output stays bf16");
+    }
+
+    #[test]
+    fn under_autocast_queries_keys_and_values_stay_bf16_with_the_same_results() {
+        let x = Tensor::randn([2, 8, 32], 0.0, 1.0, 11).unwrap();
+        fn spec<'a>(linear: &'a LinearKind, attention: &'a AttentionImpl, causal: bool) -> AttentionSpec<'a> {
+            AttentionSpec { heads: 4, causal, linear, attention, dropout: 0.0, names: ["a", "b"] }
+        }
+        for (linear, attention) in [
+            (LinearKind::Dense, AttentionImpl::Flash),
+            (LinearKind::Monarch { nblocks: 4 }, AttentionImpl::Flash),
+            (LinearKind::Dense, AttentionImpl::Naive),
+        ] {
+            let mut attn =
+                SelfAttention::new(32, &spec(&linear, &attention, true), &mut StdRng::seed_from_u64(3)).unwrap();
+            compare(&mut attn, &x, &format!("{linear:?} {attention:?}"));
+        }
+        // A butterfly output projection (not autocast) widens the bf16 input it is given.
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut attn =
+            SelfAttention::new(32, &spec(&LinearKind::Dense, &AttentionImpl::Flash, false), &mut rng).unwrap();
+        attn.proj = Box::new(ButterflyLinear::new(32, 32, true, &mut rng).unwrap());
+        compare(&mut attn, &x, "butterfly projection");
     }
 }

@@ -86,6 +86,16 @@ impl LinearLayer for ButterflyLinear {
                 self.in_features
             );
         }
+        // Butterflies are not autocast (their 2×2 products gain nothing from tensor cores):
+        // an input kept in the autocast dtype is widened to the twiddles' dtype.
+        let tw = self.twiddle.value().dtype();
+        let widened;
+        let x = if x.dtype() == tw {
+            x
+        } else {
+            widened = x.to_dtype(tw)?;
+            &widened
+        };
         // The fused kernels; on a GPU past their size, the factors as broadcast products.
         let n = 2 * self.twiddle.value().dims()[2];
         let y = if x.value().device() == Device::Cpu || n <= BUTTERFLY_MAX_N {

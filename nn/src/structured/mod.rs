@@ -37,7 +37,9 @@ use monarch_tensor::{DType, Result, Tensor};
 /// A linear map `x (.., in) → (.., out)` with trainable parameters: the dense layer or a
 /// structured one. Models hold `Box<dyn LinearLayer>` and pick the kind by configuration.
 pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
-    /// Applies the layer to `x` of shape (.., in).
+    /// Applies the layer to `x` of shape (.., in). Under autocast `x` may arrive in the
+    /// autocast dtype (another product's output kept low, as in [`crate::SelfAttention`]);
+    /// the result is f32 either way.
     fn forward(&self, x: &Var) -> Result<Var>;
     /// `act` applied to `self.forward(x)`; a layer whose last pass can apply the
     /// activation on the way (Monarch) overrides it.
