@@ -16,6 +16,7 @@ use std::cell::Cell;
 
 thread_local! {
     static DTYPE: Cell<Option<DType>> = const { Cell::new(None) };
+    static KEEP_LOW: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Restores the previous autocast state when dropped.
@@ -56,6 +57,21 @@ pub fn low_precision(v: &Var) -> Var {
     }
 }
 
+/// Runs `product`, a single product (a layer such as a dense or Monarch linear), leaving
+/// its result in the autocast dtype rather than widening it to f32, for a result that
+/// only other products read; where autocast does not apply, the result is as `product`
+/// gives it.
+pub fn low_output(product: impl FnOnce() -> Result<Var>) -> Result<Var> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP_LOW.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP_LOW.with(|c| c.replace(true)));
+    product()
+}
+
 /// Runs `f` on `vars` cast to the autocast dtype and casts its result back to f32, or
 /// returns `None` when autocast does not apply to them. A var already in that dtype
 /// enters as it is. An input that is an earlier
@@ -65,6 +81,7 @@ pub fn low_precision(v: &Var) -> Var {
 /// casts.
 pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> Result<Var>) -> Option<Result<Var>> {
     let d = cast_dtype(&vars)?;
+    let keep_low = KEEP_LOW.with(|c| c.replace(false));
     let run = || {
         let low: Vec<Var> = vars
             .iter()
@@ -76,6 +93,9 @@ pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> 
             .collect::<Result<_>>()?;
         let low: [Var; N] = low.try_into().unwrap_or_else(|_| unreachable!("one cast per var"));
         let out = f(low)?;
+        if keep_low {
+            return Ok(out);
+        }
         // bf16 and f16 values are all exact in f32.
         Ok(out.to_dtype(DType::F32)?.widening(out))
     };
@@ -151,6 +171,16 @@ mod tests {
         let h = low_precision(&x.linear(&w1, None).unwrap());
         assert_eq!(h.dtype(), DType::BF16, "the product's bf16 original");
         assert_eq!(low_precision(&x).dtype(), DType::F32, "a var with no bf16 original is itself");
+        // The same product with its output left low: the same bf16 values, and only the
+        // one product so marked.
+        let (kept, after) = (low_output(|| x.linear(&w1, None)).unwrap(), x.linear(&w1, None).unwrap());
+        assert_eq!(kept.dtype(), DType::BF16);
+        let f32s = |v: &Var| v.value().to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(f32s(&kept), f32s(&h));
+        assert_eq!(after.dtype(), DType::F32);
+        drop(_g);
+        assert_eq!(low_output(|| x.linear(&w1, None)).unwrap().dtype(), DType::F32, "autocast off");
+        let _g = autocast(Some(DType::BF16));
         // Mixed: only the f32 weight is cast; the result is f32 and equals the product of
         // the widened input, whose link autocast takes the same way.
         let mixed = h.linear(&w2, None).unwrap();

@@ -26,7 +26,7 @@ mod param;
 mod tape;
 mod var;
 
-pub use autocast::{AutocastGuard, autocast, low_precision};
+pub use autocast::{AutocastGuard, autocast, low_output, low_precision};
 pub use grad_mode::{NoGradGuard, is_grad_enabled, no_grad};
 pub use gradcheck::{GradcheckOpts, gradcheck};
 pub use grads::Gradients;

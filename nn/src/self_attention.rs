@@ -4,7 +4,7 @@
 
 use crate::structured::{LinearKind, LinearLayer};
 use crate::{AttentionImpl, Ctx, Module, NamedParams, prefixed};
-use monarch_autograd::{Var, low_precision};
+use monarch_autograd::Var;
 use monarch_tensor::{AttentionOpts, Result, bail};
 use rand::rngs::StdRng;
 
@@ -80,8 +80,7 @@ impl SelfAttention {
         // (b, t, 3, h, hd) → (3, b, h, t, hd), one copy; q, k and v are views of it. Under
         // autocast they stay in its dtype through the copy, attention and the output
         // projection's input, as only products use them.
-        let qkv =
-            low_precision(&self.qkv.forward(x)?).reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
+        let qkv = self.qkv.forward_low(x)?.reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
         let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let dropout = if ctx.train { self.attn_dropout } else { 0.0 };
@@ -114,7 +113,7 @@ impl Module for SelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::structured::ButterflyLinear;
+    use crate::structured::{ButterflyLinear, Rank};
     use monarch_autograd::autocast;
     use monarch_tensor::{DType, Tensor};
     use rand::SeedableRng;
@@ -153,8 +152,8 @@ mod tests {
     }
 
     /// Output and the gradients of input and parameters under bf16 autocast: through
-    /// [`SelfAttention::forward`], or (`keep_low` false) through the same layers with q, k
-    /// and v widened to f32 after the projection, as before they were kept in bf16.
+    /// [`SelfAttention::forward`], or (`keep_low` false) through the same layers with the
+    /// qkv projection's output widened to f32, as before q, k and v were kept in bf16.
     fn run(attn: &SelfAttention, x: &Tensor, keep_low: bool) -> Vec<Vec<f32>> {
         let _g = autocast(Some(DType::BF16));
         let xv = Var::leaf(x.clone());
@@ -208,6 +207,8 @@ mod tests {
         for (linear, attention) in [
             (LinearKind::Dense, AttentionImpl::Flash),
             (LinearKind::Monarch { nblocks: 4 }, AttentionImpl::Flash),
+            (LinearKind::BlockSparse { butterfly_size: 2, n_factors: 1, block: 16 }, AttentionImpl::Flash),
+            (LinearKind::LowRank { rank: Rank::Fixed(8) }, AttentionImpl::Flash),
             (LinearKind::Dense, AttentionImpl::Naive),
         ] {
             let mut attn =

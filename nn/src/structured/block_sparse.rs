@@ -78,6 +78,9 @@ impl LinearLayer for BlockSparseLinear {
         let bias = self.bias.as_ref().map(|b| b.var());
         x.block_sparse_linear(&self.weight.var(), &self.plan, bias.as_ref())
     }
+    fn forward_low(&self, x: &Var) -> Result<Var> {
+        monarch_autograd::low_output(|| self.forward(x))
+    }
     fn in_features(&self) -> usize {
         self.plan.in_features()
     }

@@ -41,6 +41,12 @@ pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     /// autocast dtype (another product's output kept low, as in [`crate::SelfAttention`]);
     /// the result is f32 either way.
     fn forward(&self, x: &Var) -> Result<Var>;
+    /// [`forward`](Self::forward) for a result that only other products read (attention's
+    /// queries, keys and values): under autocast it may stay in the autocast dtype, sparing
+    /// its widening to f32; f32 otherwise. A layer whose result is one product overrides it.
+    fn forward_low(&self, x: &Var) -> Result<Var> {
+        Ok(monarch_autograd::low_precision(&self.forward(x)?))
+    }
     /// `act` applied to `self.forward(x)`; a layer whose last pass can apply the
     /// activation on the way (Monarch) overrides it.
     fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
@@ -61,6 +67,9 @@ pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
 impl LinearLayer for Linear {
     fn forward(&self, x: &Var) -> Result<Var> {
         Linear::forward(self, x)
+    }
+    fn forward_low(&self, x: &Var) -> Result<Var> {
+        monarch_autograd::low_output(|| Linear::forward(self, x))
     }
     fn in_features(&self) -> usize {
         Linear::in_features(self)

@@ -142,6 +142,9 @@ impl LinearLayer for MonarchLinear {
         let bias = self.bias.as_ref().map(|b| b.var());
         x.monarch_linear(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features)
     }
+    fn forward_low(&self, x: &Var) -> Result<Var> {
+        monarch_autograd::low_output(|| self.forward(x))
+    }
     fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
         self.check_input(x)?;
         let bias = self.bias.as_ref().map(|b| b.var());
