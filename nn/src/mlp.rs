@@ -101,37 +101,50 @@ impl Module for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::structured::Rank;
     use monarch_autograd::autocast;
     use monarch_tensor::{DType, Tensor};
     use rand::SeedableRng;
 
     #[test]
-    fn under_autocast_a_dense_mlp_keeps_its_hidden_activations_bf16_with_the_same_results() {
+    fn under_autocast_an_mlp_keeps_its_hidden_activations_bf16_with_the_same_results() {
         let x = Tensor::randn([3, 5, 16], 0.0, 1.0, 21).unwrap();
-        for act in [Activation::GeluTanh, Activation::GeluErf, Activation::Relu] {
-            let mlp = Mlp::new([16, 48, 16], &LinearKind::Dense, act, 0.0, ["a", "b"], &mut StdRng::seed_from_u64(4))
-                .unwrap();
-            let run = |keep_low: bool| {
-                let _g = autocast(Some(DType::BF16));
-                let xv = Var::leaf(x.clone());
-                let y = if keep_low {
-                    let h = mlp.fc1.forward_act(&xv, act).unwrap();
-                    assert_eq!(h.dtype(), DType::BF16, "{act:?}: the hidden activations stay bf16");
-                    mlp.forward(&xv, &Ctx::eval()).unwrap()
-                } else {
-                    // The activation in f32 on the widened product, as before.
-                    mlp.fc2.forward(&act.apply(&mlp.fc1.forward(&xv).unwrap()).unwrap()).unwrap()
+        let kinds = [
+            LinearKind::Dense,
+            LinearKind::Monarch { nblocks: 4 },
+            LinearKind::BlockSparse { butterfly_size: 2, n_factors: 1, block: 16 },
+            LinearKind::LowRank { rank: Rank::Fixed(4) },
+        ];
+        for kind in &kinds {
+            for act in [Activation::GeluTanh, Activation::GeluErf, Activation::Relu] {
+                let mlp = Mlp::new([16, 48, 16], kind, act, 0.0, ["a", "b"], &mut StdRng::seed_from_u64(4)).unwrap();
+                let run = |keep_low: bool| {
+                    let _g = autocast(Some(DType::BF16));
+                    let xv = Var::leaf(x.clone());
+                    let y = if keep_low {
+                        let h = mlp.fc1.forward_act(&xv, act).unwrap();
+                        assert_eq!(h.dtype(), DType::BF16, "{kind:?} {act:?}: the hidden activations stay bf16");
+                        mlp.forward(&xv, &Ctx::eval()).unwrap()
+                    } else if matches!(kind, LinearKind::Monarch { .. }) {
+                        // The fused activation's bf16 result entering the second layer as
+                        // a fresh f32 var (cast to bf16 again there), as before.
+                        let h = mlp.fc1.forward_act(&xv, act).unwrap().to_dtype(DType::F32).unwrap();
+                        mlp.fc2.forward(&h).unwrap()
+                    } else {
+                        // The activation in f32 on the widened product, as before.
+                        mlp.fc2.forward(&act.apply(&mlp.fc1.forward(&xv).unwrap()).unwrap()).unwrap()
+                    };
+                    assert_eq!(y.dtype(), DType::F32);
+                    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                    let mut out =
+                        vec![y.value().to_vec::<f32>().unwrap(), grads.get(&xv).unwrap().to_vec::<f32>().unwrap()];
+                    out.extend(mlp.named_params().iter().map(|(_, p)| grads.get(p).unwrap().to_vec::<f32>().unwrap()));
+                    out
                 };
-                assert_eq!(y.dtype(), DType::F32);
-                let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-                let mut out =
-                    vec![y.value().to_vec::<f32>().unwrap(), grads.get(&xv).unwrap().to_vec::<f32>().unwrap()];
-                out.extend(mlp.named_params().iter().map(|(_, p)| grads.get(p).unwrap().to_vec::<f32>().unwrap()));
-                out
-            };
-            // The activation computes in f32 from the same bf16 values either way and its
-            // result (and its gradient) is rounded to bf16 once: no bit changes.
-            assert_eq!(run(true), run(false), "{act:?}");
+                // The activation computes in f32 from the same bf16 values either way and
+                // its result (and its gradient) is rounded to bf16 once: no bit changes.
+                assert_eq!(run(true), run(false), "{kind:?} {act:?}");
+            }
         }
     }
 }

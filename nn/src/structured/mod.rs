@@ -49,9 +49,11 @@ pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     }
     /// `act` applied to `self.forward(x)`; a layer whose last pass can apply the
     /// activation on the way (Monarch) overrides it. The result goes on to the next
-    /// product (an MLP's second layer): under autocast it may be in the autocast dtype.
+    /// product (an MLP's second layer): under autocast it may be in the autocast dtype,
+    /// the activation reading and writing it (and computing in f32, as on the widened
+    /// product), which spares the hidden activations' casts both ways.
     fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
-        act.apply(&self.forward(x)?)
+        act.apply(&self.forward_low(x)?)
     }
     /// Input features.
     fn in_features(&self) -> usize;
@@ -71,11 +73,6 @@ impl LinearLayer for Linear {
     }
     fn forward_low(&self, x: &Var) -> Result<Var> {
         monarch_autograd::low_output(|| Linear::forward(self, x))
-    }
-    fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
-        // Under autocast the activation reads and writes bf16 (computing in f32, as the
-        // widened path did), sparing the hidden activations' casts both ways.
-        act.apply(&self.forward_low(x)?)
     }
     fn in_features(&self) -> usize {
         Linear::in_features(self)

@@ -148,7 +148,10 @@ impl LinearLayer for MonarchLinear {
     fn forward_act(&self, x: &Var, act: crate::Activation) -> Result<Var> {
         self.check_input(x)?;
         let bias = self.bias.as_ref().map(|b| b.var());
-        x.monarch_linear_act(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features, act.op())
+        // One product, its result kept low under autocast (see the trait).
+        monarch_autograd::low_output(|| {
+            x.monarch_linear_act(&self.blkdiag1.var(), &self.blkdiag2.var(), bias.as_ref(), self.out_features, act.op())
+        })
     }
     fn in_features(&self) -> usize {
         self.in_features
