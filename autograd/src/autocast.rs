@@ -8,7 +8,9 @@
 //! are all in it runs as given, its result staying low: a model may keep activations that
 //! only pass between products in the low dtype ([`low_precision`]), as attention's
 //! queries, keys and values do, so that a layer's input may arrive in the autocast dtype
-//! (as under `torch.autocast`).
+//! (as under `torch.autocast`). The gradient of a var kept low is summed in its dtype
+//! where several ops read it (as under `torch.autocast`, too); a layer that reads its
+//! input in several products widens it first (`PixelflyLinear`), so that the sum stays f32.
 
 use crate::Var;
 use monarch_tensor::{DType, Result};

@@ -113,7 +113,7 @@ impl Module for SelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::structured::{ButterflyLinear, Rank};
+    use crate::structured::{Gate, Rank};
     use monarch_autograd::autocast;
     use monarch_tensor::{DType, Tensor};
     use rand::SeedableRng;
@@ -215,11 +215,20 @@ mod tests {
                 SelfAttention::new(32, &spec(&linear, &attention, true), &mut StdRng::seed_from_u64(3)).unwrap();
             compare(&mut attn, &x, &format!("{linear:?} {attention:?}"));
         }
-        // A butterfly output projection (not autocast) widens the bf16 input it is given.
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut attn =
-            SelfAttention::new(32, &spec(&LinearKind::Dense, &AttentionImpl::Flash, false), &mut rng).unwrap();
-        attn.proj = Box::new(ButterflyLinear::new(32, 32, true, &mut rng).unwrap());
-        compare(&mut attn, &x, "butterfly projection");
+        // Output projections of the other kinds take the bf16 input too; a butterfly (not
+        // autocast) widens it.
+        let (bs, r) = ((2, 1, 16), Rank::Fixed(4));
+        for proj in [
+            LinearKind::Butterfly,
+            LinearKind::BlockDiag { nblocks: 4 },
+            LinearKind::Pixelfly { butterfly_size: bs.0, n_factors: bs.1, block: bs.2, rank: r, gate: Gate::Half },
+            LinearKind::Pixelfly { butterfly_size: bs.0, n_factors: bs.1, block: bs.2, rank: r, gate: Gate::Learned },
+        ] {
+            let mut rng = StdRng::seed_from_u64(3);
+            let mut attn =
+                SelfAttention::new(32, &spec(&LinearKind::Dense, &AttentionImpl::Flash, false), &mut rng).unwrap();
+            attn.proj = proj.build(32, 32, true, &mut rng).unwrap();
+            compare(&mut attn, &x, &format!("{proj:?} projection"));
+        }
     }
 }

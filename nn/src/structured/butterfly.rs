@@ -1,6 +1,6 @@
 //! [`ButterflyLinear`]: the classic product of log₂ n butterfly factors with 2×2 blocks.
 
-use super::{LinearKind, LinearLayer, dense_weight, f64_of, init_bias};
+use super::{LinearKind, LinearLayer, dense_weight, f64_of, init_bias, input_in};
 use crate::{Linear, Module, NamedParams};
 use monarch_autograd::{Param, Var};
 use monarch_tensor::{BUTTERFLY_MAX_N, DType, Device, Init, Result, Tensor};
@@ -86,16 +86,8 @@ impl LinearLayer for ButterflyLinear {
                 self.in_features
             );
         }
-        // Butterflies are not autocast (their 2×2 products gain nothing from tensor cores):
-        // an input kept in the autocast dtype is widened to the twiddles' dtype.
-        let tw = self.twiddle.value().dtype();
-        let widened;
-        let x = if x.dtype() == tw {
-            x
-        } else {
-            widened = x.to_dtype(tw)?;
-            &widened
-        };
+        // Butterflies are not autocast (their 2×2 products gain nothing from tensor cores).
+        let x = &input_in(x, self.twiddle.value().dtype())?;
         // The fused kernels; on a GPU past their size, the factors as broadcast products.
         let n = 2 * self.twiddle.value().dims()[2];
         let y = if x.value().device() == Device::Cpu || n <= BUTTERFLY_MAX_N {

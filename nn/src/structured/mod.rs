@@ -111,6 +111,13 @@ fn dense_weight(inp: usize, dtype: DType, apply: impl Fn(&Tensor) -> Result<Tens
     apply(&Tensor::from_vec(eye, [inp, inp])?)?.t()?.contiguous()?.to_dtype(dtype)
 }
 
+/// `x` in `dtype`, widening an input that arrived in the autocast dtype, for a layer that
+/// does not take it as it is: butterflies (not autocast), or a layer reading its input in
+/// several products (Pixelfly), whose gradient would otherwise be summed in bf16.
+fn input_in(x: &Var, dtype: DType) -> Result<Var> {
+    if x.dtype() == dtype { Ok(x.clone()) } else { x.to_dtype(dtype) }
+}
+
 /// A parameter's value in f64 (for exact densification and projection).
 fn f64_of(p: &monarch_autograd::Param) -> Result<Tensor> {
     p.value().to_dtype(DType::F64)

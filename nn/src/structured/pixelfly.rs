@@ -1,7 +1,7 @@
 //! [`PixelflyLinear`]: flat block butterfly block-sparse plus low-rank (Pixelated
 //! Butterfly, Dao et al. 2021), `lerp(sparse(x), U(Vx), g) + b`.
 
-use super::{BlockSparseLinear, Gate, LinearKind, LinearLayer, LowRankLinear, Rank, init_bias};
+use super::{BlockSparseLinear, Gate, LinearKind, LinearLayer, LowRankLinear, Rank, init_bias, input_in};
 use crate::{Linear, Module, NamedParams};
 use monarch_autograd::{Param, Var};
 use monarch_tensor::{FlatButterfly, Result};
@@ -57,6 +57,8 @@ impl Module for PixelflyLinear {
 
 impl LinearLayer for PixelflyLinear {
     fn forward(&self, x: &Var) -> Result<Var> {
+        // Read by two or three products: their gradients are summed in the weights' dtype.
+        let x = &input_in(x, self.sparse.weight.value().dtype())?;
         let bias = self.bias.as_ref().map(|b| b.var());
         let Some(gate) = &self.gate else {
             // g = 0.5 folded into the (small) weights: sparse(x; S/2, b) + (U/2)·(V·x),
