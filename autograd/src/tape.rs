@@ -28,6 +28,66 @@ struct Node {
     op: &'static str,
     inputs: SmallVec<[(Input, Shape); 3]>,
     rule: Rule,
+    /// Set on a `narrow` (dim, start): its gradient is that slice of its input's, which
+    /// backward collects with the input's other slices instead of zero-padding it.
+    slice_of: Option<(usize, usize)>,
+}
+
+/// The gradient gathered so far for a node's output.
+enum Pending {
+    /// A whole gradient.
+    Full(Tensor),
+    /// Only slices along `dim` of a gradient of `shape`, zero elsewhere (the outputs'
+    /// gradients of narrows of this node: q, k and v out of a fused projection).
+    Slices { shape: Shape, dim: usize, parts: Vec<(usize, Tensor)> },
+}
+
+impl Pending {
+    /// Adds `other` (a whole gradient, or a slice at `(dim, start)` of one of `shape`).
+    fn add(self, other: Pending) -> Result<Pending> {
+        Ok(match (self, other) {
+            (Pending::Slices { shape, dim, mut parts }, Pending::Slices { shape: s2, dim: d2, parts: p2 })
+                if s2 == shape && d2 == dim =>
+            {
+                parts.extend(p2);
+                Pending::Slices { shape, dim, parts }
+            }
+            (a, b) => Pending::Full(a.into_full()?.add(&b.into_full()?)?),
+        })
+    }
+
+    /// The whole gradient: the slices joined with zeros between them in one `cat`
+    /// (slices overlapping an earlier one are zero-padded and added).
+    fn into_full(self) -> Result<Tensor> {
+        let (shape, dim, mut parts) = match self {
+            Pending::Full(t) => return Ok(t),
+            Pending::Slices { shape, dim, parts } => (shape, dim, parts),
+        };
+        parts.sort_by_key(|(start, _)| *start);
+        let (first_dtype, device) = (parts[0].1.dtype(), parts[0].1.device());
+        let zeros = |len: usize| Tensor::zeros_on(shape.with_dim(dim, len), first_dtype, device);
+        let (mut pieces, mut overlapping, mut pos) = (Vec::new(), Vec::new(), 0);
+        for (start, t) in parts {
+            if start < pos {
+                overlapping.push((start, t));
+                continue;
+            }
+            if start > pos {
+                pieces.push(zeros(start - pos)?);
+            }
+            pos = start + t.dims()[dim];
+            pieces.push(t);
+        }
+        if pos < shape.dims()[dim] {
+            pieces.push(zeros(shape.dims()[dim] - pos)?);
+        }
+        let mut full =
+            if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces.iter().collect::<Vec<_>>(), dim)? };
+        for (start, t) in overlapping {
+            full = full.add(&Pending::Slices { shape: shape.clone(), dim, parts: vec![(start, t)] }.into_full()?)?;
+        }
+        Ok(full)
+    }
 }
 
 #[derive(Default)]
@@ -99,8 +159,16 @@ impl Tape {
         if t.consumed {
             crate::tape::bail_consumed(op)?;
         }
-        t.nodes.push(Node { op, inputs, rule });
+        t.nodes.push(Node { op, inputs, rule, slice_of: None });
         Ok(t.nodes.len() - 1)
+    }
+
+    /// Marks node `index`, a narrow of its one input at `(dim, start)`, so that backward
+    /// gathers its gradient with the other slices of the input's.
+    pub(crate) fn mark_slice(&self, index: usize, dim: usize, start: usize) {
+        if let Some(node) = self.0.borrow_mut().nodes.get_mut(index) {
+            node.slice_of = Some((dim, start));
+        }
     }
 
     /// Runs backward from node `root` with output gradient `seed`, accumulating leaf
@@ -116,10 +184,20 @@ impl Tape {
             std::mem::take(&mut t.nodes)
         };
         nodes.truncate(root + 1);
-        let mut pending: Vec<Option<Tensor>> = vec![None; root + 1];
-        pending[root] = Some(seed);
+        let mut pending: Vec<Option<Pending>> = (0..=root).map(|_| None).collect();
+        pending[root] = Some(Pending::Full(seed));
         while let Some(node) = nodes.pop() {
             let Some(g) = pending[nodes.len()].take() else { continue };
+            // A narrow of an earlier node hands its gradient on as a slice.
+            if let (Some((dim, start)), [(Input::Node(j), shape)]) = (node.slice_of, node.inputs.as_slice()) {
+                let part = Pending::Slices { shape: shape.clone(), dim, parts: vec![(start, g.into_full()?)] };
+                pending[*j] = Some(match pending[*j].take() {
+                    Some(prev) => prev.add(part)?,
+                    None => part,
+                });
+                continue;
+            }
+            let g = g.into_full()?;
             let needs: SmallVec<[bool; 3]> = node.inputs.iter().map(|(i, _)| !matches!(i, Input::Skip)).collect();
             let input_grads = (node.rule)(&g, &needs)?;
             drop(g);
@@ -138,8 +216,8 @@ impl Tape {
                 match *input {
                     Input::Node(j) => {
                         pending[j] = Some(match pending[j].take() {
-                            Some(prev) => prev.add(&ig)?,
-                            None => ig,
+                            Some(prev) => prev.add(Pending::Full(ig))?,
+                            None => Pending::Full(ig),
                         })
                     }
                     Input::Leaf(id) => grads.accumulate(id, ig)?,

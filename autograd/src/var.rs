@@ -147,6 +147,15 @@ impl Var {
         Ok(Var { value, track: Track::Node(tape, index), widened: None })
     }
 
+    /// Marks this var, recorded as a narrow of its input at `(dim, start)`, for backward
+    /// to gather its gradient as a slice of the input's.
+    pub(crate) fn mark_slice(&self, dim: usize, start: usize) {
+        if let Track::Node(t, i) = &self.track {
+            let (t, i) = t.resolve(*i);
+            t.mark_slice(i, dim, start);
+        }
+    }
+
     /// Gradients of this scalar with respect to every leaf it depends on. Consumes the tape.
     pub fn backward(&self) -> Result<Gradients> {
         let mut grads = Gradients::new();

@@ -110,6 +110,39 @@ fn views_and_joins() {
     check(|v| v[0].chunk(2, 0)?[1].sqr(), &[rnd(&[4, 2], 29)]);
 }
 
+/// Narrows of one earlier node (not a leaf), whose gradients backward gathers as slices:
+/// tiling it (one join), with gaps, overlapping, along two dims, beside a use of the
+/// whole, and a narrow of a narrow.
+#[test]
+fn slices_of_one_node() {
+    /// A narrow: (dim, start, len).
+    type Narrow = (usize, usize, usize);
+    // Sum of `parts` (narrows of h = 1.5·x) each weighted by a different function.
+    fn f(v: &[Var], parts: &[Narrow], whole: bool) -> Result<Var> {
+        let h = v[0].mul_scalar(1.5)?;
+        let mut total = if whole { h.tanh()?.sum_all()? } else { h.narrow(0, 0, 1)?.mul_scalar(0.0)?.sum_all()? };
+        for (i, &(dim, start, len)) in parts.iter().enumerate() {
+            let p = h.narrow(dim, start, len)?;
+            let term = if i % 2 == 0 { p.sqr()? } else { p.mul_scalar(i as f64 + 0.5)?.tanh()? };
+            total = total.add(&term.sum_all()?)?;
+        }
+        Ok(total)
+    }
+    let x = rnd(&[6, 5], 30);
+    let cases: [(&[Narrow], bool); 6] = [
+        (&[(0, 0, 2), (0, 2, 2), (0, 4, 2)], false),
+        (&[(0, 4, 2), (0, 0, 1)], false),
+        (&[(0, 0, 3), (0, 1, 4), (0, 1, 4)], false),
+        (&[(0, 1, 2), (1, 2, 3), (0, 3, 3)], false),
+        (&[(1, 0, 2), (1, 2, 3)], true),
+        (&[(0, 5, 1)], true),
+    ];
+    for (parts, whole) in cases {
+        check(|v| f(v, parts, whole), std::slice::from_ref(&x));
+    }
+    check(|v| v[0].sqr()?.narrow(0, 1, 4)?.narrow(0, 1, 2)?.tanh(), std::slice::from_ref(&x));
+}
+
 #[test]
 fn indexing() {
     let ids = Tensor::from_vec(vec![2i64, 0, 2, 3], 4).unwrap();

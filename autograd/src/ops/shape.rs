@@ -41,14 +41,18 @@ impl Var {
         let d = dim.resolve(self.shape(), "narrow")?;
         let y = self.value().narrow(d, start, len)?;
         let input = self.shape().clone();
-        Var::record("narrow", y, [self], move |g, [n]| {
+        // Into an earlier node's gradient backward hands on the slice itself, joined
+        // with the other slices there in one copy; into a leaf's, the zero-padded slice.
+        let y = Var::record("narrow", y, [self], move |g, [n]| {
             Ok([need(n, || {
                 let size = input.dims()[d];
                 let before = Tensor::zeros_on(input.with_dim(d, start), g.dtype(), g.device())?;
                 let after = Tensor::zeros_on(input.with_dim(d, size - start - len), g.dtype(), g.device())?;
                 Tensor::cat(&[&before, g, &after], d)
             })?])
-        })
+        })?;
+        y.mark_slice(d, start);
+        Ok(y)
     }
 
     /// Inserts a dimension of size 1.
