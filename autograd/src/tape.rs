@@ -64,8 +64,10 @@ impl Pending {
             Pending::Slices { shape, dim, parts } => (shape, dim, parts),
         };
         parts.sort_by_key(|(start, _)| *start);
-        let (first_dtype, device) = (parts[0].1.dtype(), parts[0].1.device());
-        let zeros = |len: usize| Tensor::zeros_on(shape.with_dim(dim, len), first_dtype, device);
+        let Some((dtype, device)) = parts.first().map(|(_, t)| (t.dtype(), t.device())) else {
+            return Err(Error::invalid("backward", "a sliced gradient with no slices"));
+        };
+        let zeros = |len: usize| Tensor::zeros_on(shape.with_dim(dim, len), dtype, device);
         let (mut pieces, mut overlapping, mut pos) = (Vec::new(), Vec::new(), 0);
         for (start, t) in parts {
             if start < pos {
