@@ -88,8 +88,8 @@ pub(crate) fn cast<const N: usize>(vars: [&Var; N], f: impl FnOnce([Var; N]) -> 
         let low: Vec<Var> = vars
             .iter()
             .map(|v| match v.widened_from(d) {
-                _ if v.dtype() == d => Ok((*v).clone()),
                 Some(low) => Ok(low.clone()),
+                None if v.dtype() == d => Ok((*v).clone()),
                 None => v.to_dtype(d),
             })
             .collect::<Result<_>>()?;

@@ -39,7 +39,7 @@ use monarch_tensor::{DType, Result, Tensor};
 pub trait LinearLayer: Module + Send + Sync + std::fmt::Debug {
     /// Applies the layer to `x` of shape (.., in). Under autocast `x` may arrive in the
     /// autocast dtype (another product's output kept low, as in [`crate::SelfAttention`]);
-    /// the result is f32 either way.
+    /// the result is then f32 either way.
     fn forward(&self, x: &Var) -> Result<Var>;
     /// [`forward`](Self::forward) for a result that only other products read (attention's
     /// queries, keys and values): under autocast it may stay in the autocast dtype, sparing
