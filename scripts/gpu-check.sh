@@ -103,6 +103,8 @@ sed 's/^grad_accum = 32/grad_accum = 1/; s/^eval_batches = 100/eval_batches = 4/
   timeout 300 gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
     --max-steps 20 --eval-every 0 --log-every 5 --checkpoint-every 0 --out-dir /tmp/run-small --quiet
   tail -3 /tmp/run-small/metrics.jsonl
+  # The same model and step in eager PyTorch (SDPA, autocast bf16, AdamW) on this GPU.
+  $PY scripts/peers/torch_gpt2.py --config /tmp/gpt2-small-gpu.toml --precision bf16 --device cuda --steps 12 --window 6
 } 2>&1 | tee "$OUT/train.log"
 # Model FLOP utilisation of the GPT-2 small run against the measured bf16 matmul rates.
 python3 - "$OUT/bench.jsonl" /tmp/run-small/metrics.jsonl <<'PY' 2>&1 | tee -a "$OUT/train.log"

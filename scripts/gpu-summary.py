@@ -122,9 +122,12 @@ def summary(folder):
                        r and f"{r:.2f}× the time{mem}", "informational", ""))
     train = [json.loads(l) for l in lines(os.path.join(folder, "train.log")) if l.startswith("{")]
     mfu = next((t for t in reversed(train) if "mfu_vs_measured_bf16" in t), None)
+    peer = next((t for t in reversed(train) if "peer" in t and "tokens_per_s" in t), None)
+    r = mfu["tokens_per_s"] / peer["tokens_per_s"] if mfu and peer else None
     out.append(row("GPT-2 small training (bf16)",
                    mfu and f"{mfu['tokens_per_s']:.0f} tokens/s, MFU {mfu['mfu_vs_measured_bf16']:.1%}"
-                   f" of the measured {mfu['bf16_matmul_gflops'] / 1e3:.0f} TFLOP/s", "—", None,
+                   f" of the measured {mfu['bf16_matmul_gflops'] / 1e3:.0f} TFLOP/s",
+                   peer and f"{peer['tokens_per_s']:.0f} tokens/s (eager)", r and f"{r:.2f}×",
                    "reported", verdict(True if mfu else None)))
     out.append("")
     return "\n".join(out)
