@@ -135,6 +135,33 @@ fn flash_backward_matches_naive_backward() {
     }
 }
 
+/// The backward in one pass per head and in two passes (chosen by the thread count: two
+/// heads on one thread take one pass, on four threads two) both match naive attention.
+#[test]
+fn one_pass_and_two_pass_backwards_match_naive() {
+    assert!(tiling::one_pass_pays(2, 1) && tiling::one_pass_pays(4, 2) && tiling::one_pass_pays(3, 2));
+    assert!(!tiling::one_pass_pays(2, 4) && !tiling::one_pass_pays(1, 2));
+    for (nq, nk, causal, dropout) in [(131, 70, true, 0.0), (67, 260, false, 0.25), (200, 200, true, 0.1)] {
+        let x = qkv(1, 2, nq, nk, 16);
+        let opts = AttentionOpts { causal, dropout, seed: 5 };
+        let on = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                grads(&x, &opts, |fwd, dout| {
+                    Tensor::flash_attention_backward(&x[0], &x[1], &x[2], fwd, dout, &opts).unwrap()
+                })
+            })
+        };
+        let [dq, dk, dv, q1, k1, v1] = on(1);
+        let [_, _, _, q4, k4, v4] = on(4);
+        for (name, naive, one, two) in [("dq", dq, q1, q4), ("dk", dk, k1, k4), ("dv", dv, v1, v4)] {
+            let what = format!("{name} {nq}x{nk} causal {causal} dropout {dropout}");
+            close(&one, &naive, 1e-11, &format!("one pass: {what}"));
+            close(&two, &naive, 1e-11, &format!("two passes: {what}"));
+        }
+    }
+}
+
 #[test]
 fn block_sparse_matches_the_definition_and_equals_flash_when_dense() {
     let (nq, nk, block) = (70, 70, 16);

@@ -3,9 +3,12 @@
 //! probabilities from the saved log-sum-exp. Per-task scratch is a few tiles; nothing
 //! of size n_q × n_k is ever allocated.
 //!
-//! Backward runs two passes so that every output block has one owner and the result does
-//! not depend on scheduling: one over key tiles accumulating dK and dV, one over query
-//! tiles accumulating dQ (each recomputes the scores and `dO·Vᵀ` of the tiles it visits).
+//! Every output block of the backward has one owner, so the result does not depend on
+//! scheduling. With heads enough to keep the threads busy it runs one pass per head (a
+//! task owns the head's dQ, dK and dV, and each visited tile's scores and `dO·Vᵀ` are
+//! recomputed once: five tile products); otherwise two passes, one over key tiles
+//! accumulating dK and dV, one over query tiles accumulating dQ (each recomputing the
+//! scores and `dO·Vᵀ` of the tiles it visits: seven tile products).
 
 use super::rowops::{self, AttnFloat};
 use super::{AttentionGrads, AttentionOpts, AttentionOut, Dims, Heads, by_dtype, check_saved, compute_all, row_dots};
@@ -187,8 +190,109 @@ pub(crate) fn backward<T: AttnFloat>(
     plan: TilePlan,
     opts: &AttentionOpts,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
+    backward_by(x, dims, plan, opts, one_pass_pays(dims.bh(), rayon::current_num_threads()))
+}
+
+/// Whether one pass per head beats the two passes on `threads` threads: with every
+/// head's tiles costing the same, `⌈heads / threads⌉` rounds of five tile products
+/// against the two passes' seven per head spread evenly.
+pub(super) fn one_pass_pays(heads: usize, threads: usize) -> bool {
+    heads.div_ceil(threads.max(1)) * 5 * threads.max(1) <= heads * 7
+}
+
+/// [`backward`] in one pass per head (`one_pass`) or in two.
+pub(crate) fn backward_by<T: AttnFloat>(
+    x: BackwardInputs<T>,
+    dims: Dims,
+    plan: TilePlan,
+    opts: &AttentionOpts,
+    one_pass: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    if one_pass {
+        return head_pass(&x, dims, plan, opts);
+    }
     let (dk, dv) = key_pass(&x, dims, plan, opts);
     (query_pass(&x, dims, plan, opts), dk, dv)
+}
+
+/// Where one key tile's gradients go: its rows of dK and dV, and, in the one-pass
+/// backward, the head's whole dQ.
+struct KeyTileGrads<'a, T> {
+    dk: &'a mut [T],
+    dv: &'a mut [T],
+    dq: Option<&'a mut [T]>,
+}
+
+/// Accumulates the gradients of key tile `kt` of head `bh` over the query tiles it sees
+/// (dK still to be scaled by 1/√d; dQ, when asked, too).
+fn key_tile<T: AttnFloat>(
+    x: &BackwardInputs<T>,
+    dims: Dims,
+    plan: TilePlan,
+    opts: &AttentionOpts,
+    (bh, kt): (usize, usize),
+    g: KeyTileGrads<T>,
+    scratch: &mut Scratch<T>,
+) {
+    let (d, tile) = (dims.d, plan.tile);
+    let (j0, bc) = (kt * tile, g.dk.len() / d);
+    let mut ks = vec![T::zero(); bc * d];
+    x.k.copy_rows(bh, j0, &mut ks, d, dims.scale());
+    let mut dq = g.dq;
+    for qt in 0..plan.tiles(dims.nq) {
+        let causal = match plan.visit(dims, opts, qt, kt) {
+            Visit::Skip => continue,
+            Visit::Full => None,
+            Visit::Causal(first) => Some(first),
+        };
+        let i0 = qt * tile;
+        let br = tile.min(dims.nq - i0);
+        let at = (bh, i0, j0, br, bc);
+        tile_grads(x, dims, opts, at, (x.q.data, x.q.mat(bh, i0)), (&ks, dense_t(d)), causal, scratch);
+        let p = &scratch.p[..br * bc];
+        let pd = match dims.tile_dropout(opts, bh, i0, j0) {
+            Some(drop) => {
+                let pd = &mut scratch.pd[..br * bc];
+                pd.copy_from_slice(p);
+                rowops::dropout_in_place(pd, bc, drop);
+                &*pd
+            }
+            None => p,
+        };
+        gemm_into((bc, d, br), g.dv, 0, pd, dense_t(bc), x.dout.data, x.dout.mat(bh, i0), true, SEQ);
+        let ds = &scratch.ds[..br * bc];
+        gemm_into((bc, d, br), g.dk, 0, ds, dense_t(bc), x.q.data, x.q.mat(bh, i0), true, SEQ);
+        if let Some(dq) = dq.as_deref_mut() {
+            gemm_into((br, d, bc), dq, i0 * d, ds, dense(bc), x.k.data, x.k.mat(bh, j0), true, SEQ);
+        }
+    }
+}
+
+/// dQ, dK and dV, parallel over heads: each task walks its head's key tiles.
+fn head_pass<T: AttnFloat>(
+    x: &BackwardInputs<T>,
+    dims: Dims,
+    plan: TilePlan,
+    opts: &AttentionOpts,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (nq, nk, d, tile) = (dims.nq, dims.nk, dims.d, plan.tile);
+    let mut dq = vec![T::zero(); dims.bh() * nq * d];
+    let mut dk = vec![T::zero(); dims.bh() * nk * d];
+    let mut dv = vec![T::zero(); dims.bh() * nk * d];
+    if nq == 0 || nk == 0 {
+        return (dq, dk, dv);
+    }
+    let scale: T = dims.scale();
+    let heads = dq.par_chunks_mut(nq * d).zip(dk.par_chunks_mut(nk * d)).zip(dv.par_chunks_mut(nk * d));
+    heads.enumerate().for_each(|(bh, ((dq, dk), dv))| {
+        let mut scratch = Scratch::new(tile, opts.dropout > 0.0);
+        for (kt, (dk, dv)) in dk.chunks_mut(tile * d).zip(dv.chunks_mut(tile * d)).enumerate() {
+            let g = KeyTileGrads { dk, dv, dq: Some(&mut *dq) };
+            key_tile(x, dims, plan, opts, (bh, kt), g, &mut scratch);
+        }
+        dk.iter_mut().chain(dq.iter_mut()).for_each(|g| *g *= scale);
+    });
+    (dq, dk, dv)
 }
 
 /// dK and dV, parallel over (head, key tile).
@@ -202,34 +306,8 @@ fn key_pass<T: AttnFloat>(x: &BackwardInputs<T>, dims: Dims, plan: TilePlan, opt
     let scale: T = dims.scale();
     dk.par_chunks_mut(nk * d).zip(dv.par_chunks_mut(nk * d)).enumerate().for_each(|(bh, (dk, dv))| {
         dk.par_chunks_mut(tile * d).zip(dv.par_chunks_mut(tile * d)).enumerate().for_each(|(kt, (dk, dv))| {
-            let (j0, bc) = (kt * tile, dk.len() / d);
-            let mut ks = vec![T::zero(); bc * d];
-            x.k.copy_rows(bh, j0, &mut ks, d, scale);
             let mut scratch = Scratch::new(tile, opts.dropout > 0.0);
-            for qt in 0..plan.tiles(dims.nq) {
-                let causal = match plan.visit(dims, opts, qt, kt) {
-                    Visit::Skip => continue,
-                    Visit::Full => None,
-                    Visit::Causal(first) => Some(first),
-                };
-                let i0 = qt * tile;
-                let br = tile.min(dims.nq - i0);
-                let at = (bh, i0, j0, br, bc);
-                tile_grads(x, dims, opts, at, (x.q.data, x.q.mat(bh, i0)), (&ks, dense_t(d)), causal, &mut scratch);
-                let p = &scratch.p[..br * bc];
-                let pd = match dims.tile_dropout(opts, bh, i0, j0) {
-                    Some(drop) => {
-                        let pd = &mut scratch.pd[..br * bc];
-                        pd.copy_from_slice(p);
-                        rowops::dropout_in_place(pd, bc, drop);
-                        &*pd
-                    }
-                    None => p,
-                };
-                gemm_into((bc, d, br), dv, 0, pd, dense_t(bc), x.dout.data, x.dout.mat(bh, i0), true, SEQ);
-                let ds = &scratch.ds[..br * bc];
-                gemm_into((bc, d, br), dk, 0, ds, dense_t(bc), x.q.data, x.q.mat(bh, i0), true, SEQ);
-            }
+            key_tile(x, dims, plan, opts, (bh, kt), KeyTileGrads { dk: &mut *dk, dv, dq: None }, &mut scratch);
             dk.iter_mut().for_each(|g| *g *= scale);
         })
     });
