@@ -109,6 +109,16 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A host buffer larger than the machine can hold now.
+    #[error("{op}: cannot allocate {elems} elements of {elem_bytes} bytes ({gb:.1} GB) on the host", gb = *.elems as f64 * *.elem_bytes as f64 / 1e9)]
+    OutOfMemory {
+        /// The operation.
+        op: &'static str,
+        /// Elements asked for.
+        elems: usize,
+        /// Bytes per element.
+        elem_bytes: usize,
+    },
     /// A malformed or unsupported safetensors file.
     #[error("{path}: not a valid safetensors file: {msg}")]
     SafeTensors {

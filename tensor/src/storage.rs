@@ -1,8 +1,26 @@
 //! The buffers behind tensors: an enum over devices. CPU kernels match on the host
 //! variant only; CUDA tensors carry a `monarch_cuda` buffer (see `crate::cuda`).
 
-use crate::DType;
+use crate::{DType, Error, Result};
 use half::{bf16, f16};
+
+/// Host buffers of at least this many bytes are tried before an op makes them.
+const CHECKED_ALLOC: usize = 64 << 20;
+
+/// [`Error::OutOfMemory`] when `elems` elements of `elem_bytes` bytes cannot be allocated
+/// on the host now, so that a size the machine cannot hold (a typo in a config, say) is
+/// an error and not the allocator's abort. Buffers under 64 MiB pass unchecked.
+pub(crate) fn check_host_alloc(op: &'static str, elems: usize, elem_bytes: usize) -> Result<()> {
+    let oom = || Error::OutOfMemory { op, elems, elem_bytes };
+    let bytes = elems.checked_mul(elem_bytes).filter(|&b| b <= isize::MAX as usize).ok_or_else(oom)?;
+    if bytes >= CHECKED_ALLOC {
+        let mut probe = Vec::<u8>::new();
+        probe.try_reserve_exact(bytes).map_err(|_| oom())?;
+        // The probe is freed unused: keep the allocation from being optimised away.
+        std::hint::black_box(&mut probe);
+    }
+    Ok(())
+}
 
 /// A host buffer of one dtype.
 #[derive(Clone, Debug, PartialEq)]
@@ -116,4 +134,27 @@ macro_rules! with_cpu_pair {
             _ => $mismatch,
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{DType, Error, Tensor};
+
+    /// Sizes past the address space (2⁴⁷ bytes on x86-64 and AArch64 user space) and past
+    /// `usize` are errors, not aborts, and name the op.
+    #[test]
+    fn buffers_no_machine_holds_are_errors() {
+        let err = Tensor::randn([1 << 22, 1 << 22], 0.0, 1.0, 0).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { op: "init", elems, elem_bytes: 8 } if elems == 1 << 44), "{err}");
+        let a = Tensor::zeros([1 << 23, 0], DType::F32);
+        let b = Tensor::zeros([0, 1 << 23], DType::F32);
+        let err = a.matmul(&b).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { op: "matmul", elem_bytes: 4, .. }), "{err}");
+        assert!(err.to_string().starts_with("matmul: cannot allocate 70368744177664 elements of 4 bytes"), "{err}");
+        let huge = Tensor::zeros([usize::MAX >> 8, 0], DType::F32);
+        let err = huge.matmul(&Tensor::zeros([0, 1 << 20], DType::F32)).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err}");
+        // Below the checked size nothing changes.
+        assert_eq!(Tensor::randn([4, 4], 0.0, 1.0, 0).unwrap().dims(), [4, 4]);
+    }
 }

@@ -69,6 +69,8 @@ impl Init {
         let shape = shape.into();
         let n = shape.elem_count();
         let (fan_in, fan_out) = fans(&shape);
+        // Drawn in f64 before rounding to `dtype`.
+        crate::storage::check_host_alloc("init", n, 8)?;
         let uniform = |rng: &mut dyn rand::RngCore, b: f64| -> Result<Vec<f64>> {
             if !(b.is_finite() && b >= 0.0) {
                 crate::bail!("init", "invalid uniform bound {b}");

@@ -211,6 +211,11 @@ impl Tensor {
         };
         let (a, b) = (mat(&la), mat(&lb));
         let dims = (m, n, k);
+        crate::storage::check_host_alloc(
+            op,
+            ao.len().saturating_mul(m).saturating_mul(n),
+            self.dtype().size_in_bytes(),
+        )?;
         let out = match (self.cpu(op)?, rhs.cpu(op)?) {
             (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(dims, x, a, &ao, y, b, &bo)),
             (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(dims, x, a, &ao, y, b, &bo)),
