@@ -27,9 +27,18 @@ pub struct ProjectArgs {
     #[arg(long)]
     nblocks: usize,
     /// Only layers whose name (the part before `.weight`) matches this regular
-    /// expression; default every 2-D `.weight`.
+    /// expression; default every 2-D `.weight` but embedding tables (a last name part
+    /// of `wte`, `wpe` or one containing `embed`, as `embed_tokens`), which are looked
+    /// up rather than multiplied.
     #[arg(long)]
     layers: Option<String>,
+}
+
+/// Whether the default (no `--layers`) leaves `layer` alone: an embedding table, by its
+/// last name part (`wte`, `wpe`, `word_embeddings`, `embed_tokens`, ...).
+fn is_embedding_table(layer: &str) -> bool {
+    let last = layer.rsplit('.').next().unwrap_or(layer);
+    matches!(last, "wte" | "wpe") || last.contains("embed")
 }
 
 /// One projected layer's report.
@@ -71,7 +80,8 @@ impl ProjectArgs {
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let mut report = Vec::new();
         for (name, t) in &file.tensors {
-            let layer = name.strip_suffix(".weight").filter(|l| pattern.as_ref().is_none_or(|p| p.is_match(l)));
+            let chosen = |l: &&str| pattern.as_ref().map_or(!is_embedding_table(l), |p| p.is_match(l));
+            let layer = name.strip_suffix(".weight").filter(chosen);
             let (Some(layer), true) = (layer, t.rank() == 2 && t.dtype().is_float()) else {
                 out.push((name.clone(), t.clone()));
                 continue;
@@ -101,7 +111,8 @@ impl ProjectArgs {
             out.push((format!("{layer}.blkdiag2"), w2));
         }
         if report.is_empty() {
-            return Err(format!("{}: no 2-D floating-point `.weight` tensor matches", self.input.display()).into());
+            let which = if pattern.is_some() { "matches" } else { "is a layer (embedding tables are left alone)" };
+            return Err(format!("{}: no 2-D floating-point `.weight` tensor {which}", self.input.display()).into());
         }
         save_safetensors(&self.output, out.iter().map(|(n, t)| (n.as_str(), t)), Some(&metadata))?;
         Ok(report)
@@ -140,6 +151,38 @@ pub(crate) mod tests {
         assert_eq!(f.get("h.0.fc.blkdiag1").unwrap().dims(), &[4, 3, 3]);
         assert_eq!(f.get("h.0.fc.blkdiag2").unwrap().dtype(), DType::F32);
         assert_eq!(f.metadata[&shape_key("h.0.fc")], "16,12");
+    }
+
+    /// Without `--layers`, every 2-D weight but the embedding tables is projected; a
+    /// pattern can still pick a table.
+    #[test]
+    fn the_default_leaves_embedding_tables_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+        let t = |seed, shape: [usize; 2]| Tensor::randn(shape, 0.0, 1.0, seed).unwrap();
+        let (fc, wte, wpe, tok, head) = (t(1, [16, 12]), t(2, [40, 12]), t(3, [8, 12]), t(4, [40, 12]), t(5, [40, 12]));
+        let tensors = [
+            ("h.0.mlp.c_fc.weight", &fc),
+            ("wte.weight", &wte),
+            ("transformer.wpe.weight", &wpe),
+            ("model.embed_tokens.weight", &tok),
+            ("lm_head.weight", &head),
+        ];
+        save_safetensors(&input, tensors, None).unwrap();
+        let report = args(&input, &output, 4, None).project().unwrap();
+        let names: Vec<&str> = report.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["h.0.mlp.c_fc", "lm_head"]);
+        let f = load_safetensors(&output).unwrap();
+        for (name, kept) in
+            [("wte.weight", &wte), ("transformer.wpe.weight", &wpe), ("model.embed_tokens.weight", &tok)]
+        {
+            assert_eq!(f.get(name).unwrap().to_vec_f64().unwrap(), kept.to_vec_f64().unwrap(), "{name}");
+        }
+        let report = args(&input, &output, 4, Some("^wte$")).project().unwrap();
+        assert_eq!(report.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["wte"]);
+        save_safetensors(&input, [("wte.weight", &wte)], None).unwrap();
+        let err = args(&input, &output, 4, None).project().unwrap_err().to_string();
+        assert!(err.contains("embedding tables are left alone"), "{err}");
     }
 
     #[test]
