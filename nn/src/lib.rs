@@ -27,7 +27,7 @@ pub use linear::Linear;
 pub use mlp::{Activation, Mlp};
 pub use module::{Module, NamedParams, param_count, params_to_device, prefixed, to_device};
 pub use rand::{SeedableRng, rngs::StdRng};
-pub use self_attention::{AttentionSpec, SelfAttention};
+pub use self_attention::{AttentionSpec, KvCache, SelfAttention};
 pub use structured::{
     BlockDiagLinear, BlockSparseLinear, ButterflyLinear, Gate, LinearKind, LinearLayer, LinearOptions, LowRankLinear,
     MonarchLinear, PixelflyLinear, Rank,

@@ -5,8 +5,27 @@
 use crate::structured::{LinearKind, LinearLayer};
 use crate::{AttentionImpl, Ctx, Module, NamedParams, prefixed};
 use monarch_autograd::Var;
-use monarch_tensor::{AttentionOpts, Result, bail};
+use monarch_tensor::{AttentionOpts, Result, Tensor, bail};
 use rand::rngs::StdRng;
+
+/// One attention layer's keys and values of the positions decoded so far, each
+/// (batch, heads, positions, head_dim), for [`SelfAttention::forward_cached`].
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_none()
+    }
+}
 
 /// Causal (GPT-2) or bidirectional (ViT) multi-head self-attention over (batch, seq, dim).
 /// The projections are named as the model's checkpoints want (`c_attn`/`c_proj` in GPT-2,
@@ -89,6 +108,41 @@ impl SelfAttention {
         let y = self.attention.apply(&q, &k, &v, &opts)?;
         let y = y.transpose(1, 2)?.reshape([b, t, d])?;
         ctx.dropout(&self.proj.forward(&y)?, self.resid_dropout)
+    }
+
+    /// Whether [`SelfAttention::forward_cached`] can run: the dense implementations
+    /// (naive, flash), whose masks do not depend on where a query sits in the sequence.
+    pub fn can_cache(&self) -> bool {
+        matches!(self.attention, AttentionImpl::Naive | AttentionImpl::Flash)
+    }
+
+    /// Attention of the new positions `x` (batch, new, dim) over every position so far:
+    /// those whose keys and values `cache` holds from earlier calls, then these, which it
+    /// gains. Decoding with it does not recompute the prefix; the mask is the usual one
+    /// (causal: each new position sees every earlier one and itself), with no dropout.
+    pub fn forward_cached(&self, x: &Var, cache: &mut KvCache) -> Result<Var> {
+        if !self.can_cache() {
+            bail!("SelfAttention", "{:?} attention has no key/value cache (naive or flash have)", self.attention);
+        }
+        let &[b, t, d] = x.dims() else {
+            bail!("SelfAttention", "expected input (batch, seq, dim), got shape {}", x.shape());
+        };
+        let (h, hd) = (self.heads, d / self.heads);
+        let qkv = self.qkv.forward(x)?.reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
+        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
+        let (q, mut k, mut v) = (part(0)?, part(1)?, part(2)?);
+        if let Some((pk, pv)) = &cache.kv {
+            if pk.dims()[..2] != [b, h] {
+                bail!("SelfAttention", "a cache of batch {} cannot take a batch of {b}", pk.dims()[0]);
+            }
+            k = Var::cat(&[&Var::constant(pk.clone()), &k], 2)?;
+            v = Var::cat(&[&Var::constant(pv.clone()), &v], 2)?;
+        }
+        // Causal attention aligns the last query with the last key: the new positions
+        // see the whole cache.
+        let y = self.attention.apply(&q, &k, &v, &AttentionOpts { causal: self.causal, dropout: 0.0, seed: 0 })?;
+        cache.kv = Some((k.value().contiguous()?, v.value().contiguous()?));
+        self.proj.forward(&y.transpose(1, 2)?.reshape([b, t, d])?)
     }
 
     /// The two layers, for FLOP counts.

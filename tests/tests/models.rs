@@ -250,3 +250,37 @@ fn image_models_check_their_inputs_and_count_flops() {
             && names.contains(&"blocks.0.mlp_tokens.fc1.weight".to_string())
     );
 }
+
+/// Decoding with the key/value cache (a prefill of 5, then one token at a time, batch 2)
+/// gives the hidden states of recomputing the whole prefix, for dense and Monarch layers;
+/// a cache refuses positions past `block_size`, another batch size, and attention kinds
+/// whose masks depend on position.
+#[test]
+fn cached_decoding_matches_recomputing_the_prefix() {
+    for kind in [LinearKind::Dense, LinearKind::Monarch { nblocks: 4 }] {
+        let g = Gpt2::new(&tiny_gpt2(kind.clone()), 1).unwrap();
+        let all = ids(2, 16, 97, 3);
+        let mut cache = Default::default();
+        let mut rows = vec![g.hidden_cached(&all.narrow(1, 0, 5).unwrap(), &mut cache).unwrap()];
+        for t in 5..16 {
+            rows.push(g.hidden_cached(&all.narrow(1, t, 1).unwrap().contiguous().unwrap(), &mut cache).unwrap());
+        }
+        assert_eq!(cache.len(), 16);
+        let refs: Vec<&Var> = rows.iter().collect();
+        let cached = Var::cat(&refs, 1).unwrap().value().to_vec_f64().unwrap();
+        let full = g.hidden(&all, &Ctx::eval()).unwrap().value().to_vec_f64().unwrap();
+        for (i, (a, b)) in cached.iter().zip(&full).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{kind:?} [{i}]: {a} vs {b}");
+        }
+        assert!(g.hidden_cached(&ids(2, 1, 97, 4), &mut cache).is_err(), "past block_size");
+        let mut short = Default::default();
+        g.hidden_cached(&ids(2, 3, 97, 5), &mut short).unwrap();
+        assert!(g.hidden_cached(&ids(1, 1, 97, 6), &mut short).is_err(), "another batch size");
+    }
+    let sparse = Gpt2Config {
+        attention: AttentionImpl::BlockSparse { block: 4, layout: SparseLayout::Local { window: 1 } },
+        ..tiny_gpt2(LinearKind::Dense)
+    };
+    let g = Gpt2::new(&sparse, 1).unwrap();
+    assert!(!g.can_cache() && g.hidden_cached(&ids(1, 2, 97, 7), &mut Default::default()).is_err());
+}

@@ -6,7 +6,7 @@
 
 use super::{linear_macs, reinit_dense};
 use crate::mlp::{Activation, Mlp};
-use crate::self_attention::{AttentionSpec, SelfAttention};
+use crate::self_attention::{AttentionSpec, KvCache, SelfAttention};
 use crate::structured::{LinearKind, LinearLayer};
 use crate::swap::{SwapLinears, prefixed_linears};
 use crate::{AttentionImpl, Ctx, Embedding, LayerNorm, Module, NamedParams, prefixed};
@@ -116,6 +116,25 @@ impl Module for Gpt2Block {
     }
 }
 
+/// Every layer's keys and values of the positions decoded so far, for
+/// [`Gpt2::hidden_cached`].
+#[derive(Clone, Debug, Default)]
+pub struct Gpt2Cache {
+    layers: Vec<KvCache>,
+}
+
+impl Gpt2Cache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, KvCache::len)
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A GPT-2 language model.
 #[derive(Debug)]
 pub struct Gpt2 {
@@ -185,6 +204,36 @@ impl Gpt2 {
         let mut x = ctx.dropout(&self.wte.forward(ids)?.add(&pos)?, self.cfg.dropout)?;
         for block in &self.h {
             x = block.forward(&x, ctx)?;
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Whether [`Gpt2::hidden_cached`] can run (naive or flash attention).
+    pub fn can_cache(&self) -> bool {
+        self.h.iter().all(|b| b.attn.can_cache())
+    }
+
+    /// The final hidden states (batch, new, n_embd) of the tokens `ids` (batch, new) that
+    /// follow the positions `cache` holds, which gains theirs: decoding one token at a
+    /// time costs one position's forward, not the whole prefix's. Evaluation mode (no
+    /// dropout). Refuses more than `block_size` positions in all, and attention kinds
+    /// without a cache ([`Gpt2::can_cache`]).
+    pub fn hidden_cached(&self, ids: &Tensor, cache: &mut Gpt2Cache) -> Result<Var> {
+        let &[_, t] = ids.dims() else { bail!("Gpt2", "token ids must be (batch, seq), got shape {}", ids.shape()) };
+        let start = cache.len();
+        if t == 0 || start + t > self.cfg.block_size {
+            bail!("Gpt2", "{t} new positions after {start} cached do not fit 1..={}", self.cfg.block_size);
+        }
+        if !self.can_cache() {
+            bail!("Gpt2", "{:?} attention has no key/value cache (naive or flash have)", self.cfg.attention);
+        }
+        cache.layers.resize_with(self.h.len(), KvCache::default);
+        let ctx = Ctx::eval();
+        let pos = self.wpe.weight.var().narrow(0, start, t)?;
+        let mut x = self.wte.forward(ids)?.add(&pos)?;
+        for (block, kv) in self.h.iter().zip(&mut cache.layers) {
+            x = x.add(&block.attn.forward_cached(&block.ln_1.forward(&x)?, kv)?)?;
+            x = x.add(&block.mlp.forward(&block.ln_2.forward(&x)?, &ctx)?)?;
         }
         self.ln_f.forward(&x)
     }

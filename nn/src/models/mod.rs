@@ -7,7 +7,7 @@ mod mixer;
 mod patches;
 mod vit;
 
-pub use gpt2::{Gpt2, Gpt2Block, Gpt2Config};
+pub use gpt2::{Gpt2, Gpt2Block, Gpt2Cache, Gpt2Config};
 pub use mixer::{Mixer, MixerBlock, MixerConfig};
 pub use patches::{PatchEmbed, to_patches};
 pub use vit::{Vit, VitBlock, VitConfig};

@@ -5,9 +5,9 @@ use crate::tasks::gpt2::model_from_checkpoint;
 use crate::tasks::usable_device;
 use crate::trainer::checkpoint;
 use clap::Args;
-use monarch_autograd::no_grad;
+use monarch_autograd::{Var, no_grad};
 use monarch_data::{END_OF_TEXT, Gpt2Tokenizer};
-use monarch_nn::models::Gpt2;
+use monarch_nn::models::{Gpt2, Gpt2Cache};
 use monarch_nn::{Ctx, Module, SeedableRng, StdRng, params_to_device};
 use monarch_tensor::{Device, Tensor};
 use rand::Rng;
@@ -48,6 +48,9 @@ impl GenerateArgs {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(format!("--temperature must be a finite number >= 0, got {}", self.temperature).into());
         }
+        if self.samples == 0 {
+            return Err("--samples must be at least 1".into());
+        }
         let path = resolve_checkpoint(&self.checkpoint)?;
         let (model, _) = model_from_checkpoint(&path)?;
         params_to_device(&model.named_params(), usable_device(self.device, "generating"))?;
@@ -79,6 +82,11 @@ fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// `prompt` followed by up to `new` sampled tokens; stops early after `<|endoftext|>`.
+/// With naive or flash attention each token reuses the keys and values of the tokens
+/// before it ([`Gpt2::hidden_cached`]); once the context fills `block_size`, decoding
+/// starts again from its last half (positions are learned and absolute, so the cache
+/// cannot slide). Other attention kinds recompute the last `block_size` tokens for
+/// every new one.
 pub fn generate(
     model: &Gpt2,
     prompt: &[u32],
@@ -89,13 +97,26 @@ pub fn generate(
 ) -> Result<Vec<u32>, CliError> {
     let _guard = no_grad();
     let block = model.cfg.block_size;
+    let mut cache = model.can_cache().then(Gpt2Cache::default);
     let mut ids = prompt.to_vec();
+    // How many of the latest tokens an empty cache starts from.
+    let mut window = block;
     for _ in 0..new {
-        let ctx = &ids[ids.len().saturating_sub(block)..];
-        let t = ctx.len();
-        let input = Tensor::from_vec(ctx.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [1, t])?;
-        let last = model.hidden(&input, &Ctx::eval())?.narrow(1, t - 1, 1)?;
-        let logits = last.linear(&model.wte.weight.var(), None)?.value().to_vec_f32()?;
+        let logits = match &mut cache {
+            Some(cache) => {
+                if cache.len() == block {
+                    *cache = Gpt2Cache::default();
+                    window = (block / 2).max(1);
+                }
+                let fresh = if cache.is_empty() { ids.len().min(window) } else { 1 };
+                let hidden = model.hidden_cached(&ids_tensor(&ids[ids.len() - fresh..])?, cache)?;
+                last_logits(model, &hidden)?
+            }
+            None => {
+                let ctx = &ids[ids.len().saturating_sub(block)..];
+                last_logits(model, &model.hidden(&ids_tensor(ctx)?, &Ctx::eval())?)?
+            }
+        };
         let next = sample(&logits, temperature, top_k, rng);
         ids.push(next as u32);
         if next as u32 == END_OF_TEXT {
@@ -105,15 +126,32 @@ pub fn generate(
     Ok(ids)
 }
 
+/// Token ids as a (1, len) `I64` tensor.
+fn ids_tensor(ids: &[u32]) -> Result<Tensor, CliError> {
+    Ok(Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [1, ids.len()])?)
+}
+
+/// The next-token logits after the last of `hidden` (1, t, n_embd), through the tied head.
+fn last_logits(model: &Gpt2, hidden: &Var) -> Result<Vec<f32>, CliError> {
+    let t = hidden.dims()[1];
+    let last = hidden.narrow(1, t - 1, 1)?;
+    Ok(last.linear(&model.wte.weight.var(), None)?.value().to_vec_f32()?)
+}
+
 /// Draws an index from `softmax(logits / temperature)` restricted to the `top_k` largest
 /// logits (all when 0); temperature 0 is the argmax.
 pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut impl Rng) -> usize {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if temperature == 0.0 || order.len() <= 1 {
-        return order.first().copied().unwrap_or(0);
+    let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
+    if temperature == 0.0 || logits.len() <= 1 {
+        return (0..logits.len()).min_by(desc).unwrap_or(0);
     }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
     let keep = if top_k == 0 { order.len() } else { top_k.min(order.len()) };
+    // Only the kept ones need ordering: a selection, then a sort of those.
+    if keep < order.len() {
+        order.select_nth_unstable_by(keep - 1, desc);
+    }
+    order[..keep].sort_unstable_by(desc);
     let top = f64::from(logits[order[0]]);
     let weights: Vec<f64> = order[..keep].iter().map(|&i| ((f64::from(logits[i]) - top) / temperature).exp()).collect();
     let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
@@ -129,6 +167,52 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut impl Rng
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monarch_nn::models::Gpt2Config;
+    use monarch_nn::{AttentionImpl, LinearKind, SparseLayout};
+
+    fn tiny(attention: AttentionImpl) -> Gpt2 {
+        let cfg = Gpt2Config {
+            vocab_size: 61,
+            block_size: 12,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            mlp_linear: LinearKind::Monarch { nblocks: 2 },
+            attention,
+            ..Gpt2Config::small()
+        };
+        Gpt2::new(&cfg, 3).unwrap()
+    }
+
+    /// Greedy decoding by recomputing the last `block_size` tokens every step.
+    fn greedy_reference(model: &Gpt2, prompt: &[u32], new: usize) -> Vec<u32> {
+        let mut ids = prompt.to_vec();
+        for _ in 0..new {
+            let ctx = &ids[ids.len().saturating_sub(model.cfg.block_size)..];
+            let logits = model.forward(&ids_tensor(ctx).unwrap(), &Ctx::eval()).unwrap().value().to_vec_f32().unwrap();
+            let last = &logits[logits.len() - 61..];
+            ids.push((0..61).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32);
+        }
+        ids
+    }
+
+    #[test]
+    fn cached_decoding_picks_what_recomputing_picks() {
+        let mut rng = StdRng::seed_from_u64(0);
+        let model = tiny(AttentionImpl::Flash);
+        assert!(model.can_cache());
+        let prompt = [5, 17, 33];
+        // Within the window (3 + 9 = 12 positions) the cache changes nothing.
+        assert_eq!(generate(&model, &prompt, 9, 0.0, 0, &mut rng).unwrap(), greedy_reference(&model, &prompt, 9));
+        // Past it, decoding starts again from the last half and goes on.
+        let long = generate(&model, &prompt, 30, 0.0, 0, &mut rng).unwrap();
+        assert_eq!(long.len(), 33);
+        assert_eq!(long[..12], greedy_reference(&model, &prompt, 9)[..]);
+        // Block-sparse attention has no cache: every token recomputes the window.
+        let sparse = tiny(AttentionImpl::BlockSparse { block: 4, layout: SparseLayout::Local { window: 1 } });
+        assert!(!sparse.can_cache());
+        assert_eq!(generate(&sparse, &prompt, 14, 0.0, 0, &mut rng).unwrap(), greedy_reference(&sparse, &prompt, 14));
+    }
 
     #[test]
     fn sampling_respects_temperature_and_top_k() {
