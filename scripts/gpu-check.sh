@@ -101,7 +101,7 @@ sed 's/^grad_accum = 32/grad_accum = 1/; s/^eval_batches = 100/eval_batches = 4/
   timeout 240 gpu-bin/train-gpt2 --device cuda --max-steps 50 --out-dir /tmp/run-tiny --quiet
   tail -2 /tmp/run-tiny/metrics.jsonl
   # Sampling from its checkpoint on the GPU (key/value cache; single rows through the composed attention).
-  /usr/bin/time -f "generate: %e s" timeout 60 gpu-bin/monarch generate --checkpoint /tmp/run-tiny --device cuda --prompt "ROMEO:" --max-new-tokens 100
+  time timeout 60 gpu-bin/monarch generate --checkpoint /tmp/run-tiny --device cuda --prompt "ROMEO:" --max-new-tokens 100
   timeout 300 gpu-bin/train-gpt2 --device cuda --precision bf16 --config /tmp/gpt2-small-gpu.toml --data embedded:shakespeare \
     --max-steps 20 --eval-every 0 --log-every 5 --checkpoint-every 0 --out-dir /tmp/run-small --quiet
   tail -3 /tmp/run-small/metrics.jsonl
