@@ -41,6 +41,16 @@ impl TilePlan<'_> {
         n.div_ceil(self.tile)
     }
 
+    /// `None` when the pair is skipped, else the causal offset the row kernels take
+    /// (`Some(None)`: every key of the tile is visible).
+    fn visited(&self, dims: Dims, opts: &AttentionOpts, qt: usize, kt: usize) -> Option<Option<isize>> {
+        match self.visit(dims, opts, qt, kt) {
+            Visit::Skip => None,
+            Visit::Full => Some(None),
+            Visit::Causal(first) => Some(Some(first)),
+        }
+    }
+
     fn visit(&self, dims: Dims, opts: &AttentionOpts, qt: usize, kt: usize) -> Visit {
         if self.mask.is_some_and(|m| !m.get(qt, kt)) {
             return Visit::Skip;
@@ -106,11 +116,7 @@ pub(crate) fn forward<T: AttnFloat>(
             let (mut m, mut l) = (vec![T::neg_infinity(); br], vec![T::zero(); br]);
             let mut s = vec![T::zero(); br * tile];
             for kt in 0..plan.tiles(dims.nk) {
-                let causal = match plan.visit(dims, opts, qt, kt) {
-                    Visit::Skip => continue,
-                    Visit::Full => None,
-                    Visit::Causal(first) => Some(first),
-                };
+                let Some(causal) = plan.visited(dims, opts, qt, kt) else { continue };
                 let j0 = kt * tile;
                 let bc = tile.min(dims.nk - j0);
                 let s = &mut s[..br * bc];
@@ -240,11 +246,7 @@ fn key_tile<T: AttnFloat>(
     x.k.copy_rows(bh, j0, &mut ks, d, dims.scale());
     let mut dq = g.dq;
     for qt in 0..plan.tiles(dims.nq) {
-        let causal = match plan.visit(dims, opts, qt, kt) {
-            Visit::Skip => continue,
-            Visit::Full => None,
-            Visit::Causal(first) => Some(first),
-        };
+        let Some(causal) = plan.visited(dims, opts, qt, kt) else { continue };
         let i0 = qt * tile;
         let br = tile.min(dims.nq - i0);
         let at = (bh, i0, j0, br, bc);
@@ -329,11 +331,7 @@ fn query_pass<T: AttnFloat>(x: &BackwardInputs<T>, dims: Dims, plan: TilePlan, o
             x.q.copy_rows(bh, i0, &mut qs, d, scale);
             let mut scratch = Scratch::new(tile, false);
             for kt in 0..plan.tiles(dims.nk) {
-                let causal = match plan.visit(dims, opts, qt, kt) {
-                    Visit::Skip => continue,
-                    Visit::Full => None,
-                    Visit::Causal(first) => Some(first),
-                };
+                let Some(causal) = plan.visited(dims, opts, qt, kt) else { continue };
                 let j0 = kt * tile;
                 let bc = tile.min(dims.nk - j0);
                 let at = (bh, i0, j0, br, bc);
