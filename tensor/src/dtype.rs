@@ -177,14 +177,19 @@ impl Float for f32 {
         // Round to nearest by adding and removing 1.5·2^23 (no floor call, so the loop
         // vectorises without SSE4.1); ties may go either way, |r| ≤ ln 2 / 2 holds.
         const SHIFT: f32 = 12_582_912.0;
-        let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+        let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+        let n = shifted - SHIFT;
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
             + 1.666_666_5e-1)
             * r
             + 0.5;
         let y = p * r * r + r + 1.0;
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        // n as an integer: `shifted` lies in [2²³, 2²⁴), where one unit is one step of
+        // the bits, so its bits less SHIFT's are n. (`n as i32` saturates, a scalar
+        // conversion per lane that kept the callers' loops from vectorising.)
+        let ni = (shifted.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+        let scale = f32::from_bits(((ni + 127) as u32) << 23);
         if self < LO { 0.0 } else { y * scale }
     }
     #[inline(always)]
