@@ -90,18 +90,23 @@ impl SelfAttention {
         })
     }
 
-    /// Attention of `x` (batch, seq, dim) over itself → (batch, seq, dim).
-    pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+    /// The input's (batch, seq, dim), and its queries, keys and values, each (batch,
+    /// heads, seq, head_dim): (b, t, 3, h, hd) → (3, b, h, t, hd), one copy, of which q,
+    /// k and v are views. Under autocast they stay in its dtype through the copy,
+    /// attention and the output projection's input, as only products use them.
+    fn heads_qkv(&self, x: &Var) -> Result<([usize; 3], [Var; 3])> {
         let &[b, t, d] = x.dims() else {
             bail!("SelfAttention", "expected input (batch, seq, dim), got shape {}", x.shape());
         };
         let (h, hd) = (self.heads, d / self.heads);
-        // (b, t, 3, h, hd) → (3, b, h, t, hd), one copy; q, k and v are views of it. Under
-        // autocast they stay in its dtype through the copy, attention and the output
-        // projection's input, as only products use them.
         let qkv = self.qkv.forward_low(x)?.reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
         let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        Ok(([b, t, d], [part(0)?, part(1)?, part(2)?]))
+    }
+
+    /// Attention of `x` (batch, seq, dim) over itself → (batch, seq, dim).
+    pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let ([b, t, d], [q, k, v]) = self.heads_qkv(x)?;
         let dropout = if ctx.train { self.attn_dropout } else { 0.0 };
         let seed = if dropout > 0.0 { ctx.next_seed() } else { 0 };
         let opts = AttentionOpts { causal: self.causal, dropout, seed };
@@ -124,15 +129,9 @@ impl SelfAttention {
         if !self.can_cache() {
             bail!("SelfAttention", "{:?} attention has no key/value cache (naive or flash have)", self.attention);
         }
-        let &[b, t, d] = x.dims() else {
-            bail!("SelfAttention", "expected input (batch, seq, dim), got shape {}", x.shape());
-        };
-        let (h, hd) = (self.heads, d / self.heads);
-        let qkv = self.qkv.forward(x)?.reshape([b, t, 3, h, hd])?.permute(&[2, 0, 3, 1, 4])?.contiguous()?;
-        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
-        let (q, mut k, mut v) = (part(0)?, part(1)?, part(2)?);
+        let ([b, t, d], [q, mut k, mut v]) = self.heads_qkv(x)?;
         if let Some((pk, pv)) = &cache.kv {
-            if pk.dims()[..2] != [b, h] {
+            if pk.dims()[..2] != [b, self.heads] {
                 bail!("SelfAttention", "a cache of batch {} cannot take a batch of {b}", pk.dims()[0]);
             }
             k = Var::cat(&[&Var::constant(pk.clone()), &k], 2)?;

@@ -10,6 +10,7 @@ token ids stand in for the corpus (the step's cost does not depend on the tokens
   torch_gpt2.py --config train/configs/gpt2-tiny.toml --device cpu              # train-gpt2's default
   torch_gpt2.py --config train/configs/gpt2-tiny.toml --linear dense --device cpu
   torch_gpt2.py --config /tmp/gpt2-small-gpu.toml --precision bf16 --device cuda
+  torch_gpt2.py --config train/configs/gpt2-tiny.toml --steps 4 --window 2 --profile   # where the step goes
 
 Runs --steps steps and prints one JSON line with the throughput of the last --window of
 them (tokens over their wall time), as train-gpt2's `tokens_per_s` of a log window."""
@@ -27,6 +28,7 @@ p.add_argument("--steps", type=int, default=30)
 p.add_argument("--window", type=int, default=10)
 p.add_argument("--device", default="cpu")
 p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+p.add_argument("--profile", action="store_true", help="also print torch.profiler's table of the ops' own CPU time")
 a = p.parse_args()
 if a.threads:
     torch.set_num_threads(a.threads)
@@ -123,6 +125,9 @@ sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
 amp = torch.autocast(dev.split(":")[0], dtype=torch.bfloat16, enabled=a.precision == "bf16")
 gen = torch.Generator().manual_seed(0)
 times = []
+profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if a.profile else None
+if profiler:
+    profiler.start()
 for step in range(a.steps):
     batches = [torch.randint(0, V, (B, T + 1), generator=gen).to(dev) for _ in range(accum)]
     sync()
@@ -131,12 +136,15 @@ for step in range(a.steps):
         with amp:
             loss = model(ids[:, :-1], ids[:, 1:]) / accum
         loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
     loss_value = loss.item() * accum
     sync()
     times.append(time.perf_counter() - start)
+if profiler:
+    profiler.stop()
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
 window = times[-a.window :]
 print(json.dumps({"peer": f"torch {torch.__version__}", "device": torch.cuda.get_device_name() if dev.startswith("cuda") else dev,
                   "threads": torch.get_num_threads(), "config": a.config, "linear": a.linear, "precision": a.precision,

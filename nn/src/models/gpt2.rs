@@ -104,6 +104,12 @@ impl Gpt2Block {
         let x = x.add(&self.attn.forward(&self.ln_1.forward(x)?, ctx)?)?;
         x.add(&self.mlp.forward(&self.ln_2.forward(&x)?, ctx)?)
     }
+
+    /// [`Gpt2Block::forward`] in evaluation mode for new positions after those `kv` holds.
+    fn forward_cached(&self, x: &Var, kv: &mut KvCache) -> Result<Var> {
+        let x = x.add(&self.attn.forward_cached(&self.ln_1.forward(x)?, kv)?)?;
+        x.add(&self.mlp.forward(&self.ln_2.forward(&x)?, &Ctx::eval())?)
+    }
 }
 
 impl Module for Gpt2Block {
@@ -224,16 +230,13 @@ impl Gpt2 {
         if t == 0 || start + t > self.cfg.block_size {
             bail!("Gpt2", "{t} new positions after {start} cached do not fit 1..={}", self.cfg.block_size);
         }
-        if !self.can_cache() {
-            bail!("Gpt2", "{:?} attention has no key/value cache (naive or flash have)", self.cfg.attention);
-        }
         cache.layers.resize_with(self.h.len(), KvCache::default);
-        let ctx = Ctx::eval();
         let pos = self.wpe.weight.var().narrow(0, start, t)?;
         let mut x = self.wte.forward(ids)?.add(&pos)?;
+        // A layer that cannot cache (every layer shares the attention kind) refuses at the
+        // first, before any cache changes.
         for (block, kv) in self.h.iter().zip(&mut cache.layers) {
-            x = x.add(&block.attn.forward_cached(&block.ln_1.forward(&x)?, kv)?)?;
-            x = x.add(&block.mlp.forward(&block.ln_2.forward(&x)?, &ctx)?)?;
+            x = block.forward_cached(&x, kv)?;
         }
         self.ln_f.forward(&x)
     }

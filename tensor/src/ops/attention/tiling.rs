@@ -196,7 +196,11 @@ pub(crate) fn backward<T: AttnFloat>(
     plan: TilePlan,
     opts: &AttentionOpts,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    backward_by(x, dims, plan, opts, one_pass_pays(dims.bh(), rayon::current_num_threads()))
+    if one_pass_pays(dims.bh(), rayon::current_num_threads()) {
+        return head_pass(&x, dims, plan, opts);
+    }
+    let (dk, dv) = key_pass(&x, dims, plan, opts);
+    (query_pass(&x, dims, plan, opts), dk, dv)
 }
 
 /// Whether one pass per head beats the two passes on `threads` threads: with every
@@ -204,21 +208,6 @@ pub(crate) fn backward<T: AttnFloat>(
 /// against the two passes' seven per head spread evenly.
 pub(super) fn one_pass_pays(heads: usize, threads: usize) -> bool {
     heads.div_ceil(threads.max(1)) * 5 * threads.max(1) <= heads * 7
-}
-
-/// [`backward`] in one pass per head (`one_pass`) or in two.
-pub(crate) fn backward_by<T: AttnFloat>(
-    x: BackwardInputs<T>,
-    dims: Dims,
-    plan: TilePlan,
-    opts: &AttentionOpts,
-    one_pass: bool,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    if one_pass {
-        return head_pass(&x, dims, plan, opts);
-    }
-    let (dk, dv) = key_pass(&x, dims, plan, opts);
-    (query_pass(&x, dims, plan, opts), dk, dv)
 }
 
 /// Where one key tile's gradients go: its rows of dK and dV, and, in the one-pass
