@@ -1,11 +1,12 @@
 // Runs cuda/kernels/flash_attention.cu (forward, and the backward's delta, main and
 // dq_finish kernels) in the CPU emulator, launched as cuda/src/ops/flash_attention.rs
-// launches them, against an f64 attention computed here from the definition:
-//   S = q kᵀ / sqrt(D) over the visible keys (causal: j <= i; block mask: the 64x64 tile
-//   (i/64, j/64) set), P = softmax(S), o = P v, lse = log sum exp S (-inf, o = 0 and no
+// launches them, against an f64 attention computed here from the definition, for
+// seq_q queries over seq_k keys:
+//   S = q kᵀ / sqrt(D) over the visible keys (causal: j <= i + seq_k - seq_q; block mask:
+//   the 64x64 tile (i/64, j/64) set), P = softmax(S), o = P v, lse = log sum exp S (-inf, o = 0 and no
 //   gradient on rows with no visible key); dv = Pᵀ dO, dS = P (dO vᵀ - rowsum(dO o)),
 //   dq = dS k / sqrt(D), dk = dSᵀ q / sqrt(D). With attention dropout, Z_ij = 0 where
-//   counter_uniform(seed, (bh·seq + i)·seq + j) < p, else 1/(1-p): o = (P∘Z) v,
+//   counter_uniform(seed, (bh·seq_q + i)·seq_k + j) < p, else 1/(1-p): o = (P∘Z) v,
 //   dv = (P∘Z)ᵀ dO, dS = P (Z∘(dO vᵀ) - rowsum(dO o)).
 // Prints one line per case; exits 1 on any mismatch.
 
@@ -31,7 +32,7 @@ struct FlashKernels {
 /// One case: shapes, masks, and the grid-y limit of the launch (65535 on every GPU; a
 /// smaller one sends heads to grid z as more than 65535 heads would).
 struct Case {
-    int bh, seq;
+    int bh, seq_q, seq_k;
     bool causal, block_mask;
     unsigned y_limit = 65535;
     unsigned sm_count = 132;
@@ -41,36 +42,37 @@ struct Case {
 
 /// `tiles_cfg` of the launcher: grid (ceil(seq / rows), clamp(bh, 1, limit), ceil(bh / y)),
 /// `threads` threads.
-static void tiles_launch(const Case& c, unsigned rows, unsigned threads, size_t smem, void (*k)(FlashParams),
-                         const FlashParams& p) {
+static void tiles_launch(const Case& c, int seq, unsigned rows, unsigned threads, size_t smem,
+                         void (*k)(FlashParams), const FlashParams& p) {
     if (smem > sizeof fa_smem) emu::die("dynamic shared memory larger than the emulated array");
-    const unsigned tiles = (c.seq + rows - 1) / rows, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
+    const unsigned tiles = (seq + rows - 1) / rows, y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
     emu::launch({tiles, y, (c.bh + y - 1) / y}, {threads, 1, 1}, [&] { k(p); });
 }
 
 template <typename T, int D> static int run(const Case& c, FlashKernels k, double tol) {
-    emu::Rng rng(c.bh * 1000 + c.seq * 10 + D + c.causal * 7 + c.block_mask * 3);
-    const size_t n = (size_t)c.bh * c.seq * D, rows = (size_t)c.bh * c.seq;
-    const int tiles = (c.seq + 63) / 64;
-    Data<T> q(n, rng, 1.5f), kk(n, rng, 1.5f), v(n, rng), dout(n, rng);
+    const int nq = c.seq_q, nk = c.seq_k;
+    emu::Rng rng(c.bh * 1000 + nq * 10 + nk * 31 + D + c.causal * 7 + c.block_mask * 3);
+    const size_t n = (size_t)c.bh * nq * D, nkv = (size_t)c.bh * nk * D, rows = (size_t)c.bh * nq;
+    const int qt = (nq + 63) / 64, kt = (nk + 63) / 64;
+    Data<T> q(n, rng, 1.5f), kk(nkv, rng, 1.5f), v(nkv, rng), dout(n, rng);
     // Block mask: a fixed pattern with the diagonal kept, and on masked cases one query
     // tile with nothing visible (its rows get o = 0, lse = -inf), and a key tile that the
     // second query tile of a 128-row forward block visits and the first does not.
-    std::vector<unsigned char> mask(tiles * tiles);
-    for (int a = 0; a < tiles; a++)
-        for (int b = 0; b < tiles; b++) mask[a * tiles + b] = (a * 7 + b * 5) % 3 != 0 || a == b;
-    if (tiles > 1)
-        for (int b = 0; b < tiles; b++) mask[1 * tiles + b] = 0;
-    if (tiles > 3) {
-        mask[2 * tiles + 0] = 0;
-        mask[3 * tiles + 0] = 1;
+    std::vector<unsigned char> mask(qt * kt);
+    for (int a = 0; a < qt; a++)
+        for (int b = 0; b < kt; b++) mask[a * kt + b] = (a * 7 + b * 5) % 3 != 0 || a == b;
+    if (qt > 1)
+        for (int b = 0; b < kt; b++) mask[1 * kt + b] = 0;
+    if (qt > 3) {
+        mask[2 * kt + 0] = 0;
+        mask[3 * kt + 0] = 1;
     }
     auto visible = [&](int i, int j) {
-        return (!c.causal || j <= i) && (!c.block_mask || mask[(i / 64) * tiles + j / 64]);
+        return (!c.causal || j <= i + nk - nq) && (!c.block_mask || mask[(i / 64) * kt + j / 64]);
     };
 
-    std::vector<T> o = emu::poisoned<T>(n), dq = emu::poisoned<T>(n), dk = emu::poisoned<T>(n),
-                   dv = emu::poisoned<T>(n);
+    std::vector<T> o = emu::poisoned<T>(n), dq = emu::poisoned<T>(n), dk = emu::poisoned<T>(nkv),
+                   dv = emu::poisoned<T>(nkv);
     std::vector<float> lse = emu::poisoned<float>(rows), delta = emu::poisoned<float>(rows), dq_accum(n, 0.0f);
     FlashParams p{};
     p.q = q.dev.data();
@@ -86,67 +88,68 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     p.delta = delta.data();
     p.mask = c.block_mask ? mask.data() : nullptr;
     p.bh = c.bh;
-    p.seq = c.seq;
+    p.seq_q = nq;
+    p.seq_k = nk;
     p.scale = 1.0f / sqrtf((float)D);
     p.causal = c.causal;
-    p.n_k_tiles = tiles;
+    p.n_k_tiles = kt;
     p.p_drop = (float)c.dropout;
     p.drop_scale = (float)(1.0 / (1.0 - c.dropout));
     p.seed = c.seed;
     const size_t e = sizeof(T);
     const emu::Device dev{c.sm_count};
     const unsigned fwd_rows = e == 2 && D <= 64 ? 128 : 64;  // fwd_rows, fwd_smem
-    tiles_launch(c, fwd_rows, 128, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
+    tiles_launch(c, nq, fwd_rows, 128, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
     emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.delta(p); });
     const size_t stages = e == 2 ? 2 : 1, keys = e == 2 ? 128 : 64;  // bwd_keys_threads, bwd_smem
     const size_t bwd_smem = (2 * stages * 64 * (D + 8) + 2 * keys * (D + 8) + keys * (64 + 8)) * e + 2 * stages * 64 * 4;
-    tiles_launch(c, (unsigned)keys, e == 2 ? 256 : 128, bwd_smem, k.bwd, p);
+    tiles_launch(c, nk, (unsigned)keys, e == 2 ? 256 : 128, bwd_smem, k.bwd, p);
     emu::launch({dev.grid_for(n, 256), 1, 1}, {256, 1, 1}, [&] { k.finish(p, D); });
 
     // The f64 reference.
     const double sc = 1.0 / sqrt((double)D);
     auto keep = [&](int h, int i, int j) {
         if (c.dropout <= 0) return 1.0;
-        const unsigned long long index = ((unsigned long long)h * c.seq + i) * c.seq + j;
+        const unsigned long long index = ((unsigned long long)h * nq + i) * nk + j;
         return counter_uniform(c.seed, index) < (float)c.dropout ? 0.0 : 1.0 / (1.0 - c.dropout);
     };
-    std::vector<double> ro(n, 0), rl(rows), rdq(n, 0), rdk(n, 0), rdv(n, 0);
-    std::vector<double> pm((size_t)c.seq * c.seq);
+    std::vector<double> ro(n, 0), rl(rows), rdq(n, 0), rdk(nkv, 0), rdv(nkv, 0);
+    std::vector<double> pm((size_t)nq * nk);
     for (int h = 0; h < c.bh; h++) {
-        const size_t b = (size_t)h * c.seq * D;
-        for (int i = 0; i < c.seq; i++) {
+        const size_t b = (size_t)h * nq * D, bk = (size_t)h * nk * D;
+        for (int i = 0; i < nq; i++) {
             double m = -INFINITY;
-            std::vector<double> s(c.seq);
-            for (int j = 0; j < c.seq; j++) {
+            std::vector<double> s(nk);
+            for (int j = 0; j < nk; j++) {
                 double a = 0;
-                for (int d = 0; d < D; d++) a += q.ref[b + i * D + d] * kk.ref[b + j * D + d];
+                for (int d = 0; d < D; d++) a += q.ref[b + i * D + d] * kk.ref[bk + j * D + d];
                 s[j] = a * sc;
                 if (visible(i, j)) m = std::max(m, s[j]);
             }
             double l = 0;
-            for (int j = 0; j < c.seq; j++)
+            for (int j = 0; j < nk; j++)
                 if (visible(i, j)) l += exp(s[j] - m);
-            rl[h * c.seq + i] = l > 0 ? m + log(l) : -INFINITY;
-            for (int j = 0; j < c.seq; j++)
-                pm[(size_t)i * c.seq + j] = l > 0 && visible(i, j) ? exp(s[j] - rl[h * c.seq + i]) : 0.0;
-            for (int j = 0; j < c.seq; j++)
+            rl[h * nq + i] = l > 0 ? m + log(l) : -INFINITY;
+            for (int j = 0; j < nk; j++)
+                pm[(size_t)i * nk + j] = l > 0 && visible(i, j) ? exp(s[j] - rl[h * nq + i]) : 0.0;
+            for (int j = 0; j < nk; j++)
                 for (int d = 0; d < D; d++)
-                    ro[b + i * D + d] += pm[(size_t)i * c.seq + j] * keep(h, i, j) * v.ref[b + j * D + d];
+                    ro[b + i * D + d] += pm[(size_t)i * nk + j] * keep(h, i, j) * v.ref[bk + j * D + d];
         }
-        for (int i = 0; i < c.seq; i++) {
+        for (int i = 0; i < nq; i++) {
             double di = 0;
             for (int d = 0; d < D; d++) di += dout.ref[b + i * D + d] * ro[b + i * D + d];
-            for (int j = 0; j < c.seq; j++) {
-                const double pij = pm[(size_t)i * c.seq + j];
+            for (int j = 0; j < nk; j++) {
+                const double pij = pm[(size_t)i * nk + j];
                 if (pij == 0) continue;
                 double dp = 0;
-                for (int d = 0; d < D; d++) dp += dout.ref[b + i * D + d] * v.ref[b + j * D + d];
+                for (int d = 0; d < D; d++) dp += dout.ref[b + i * D + d] * v.ref[bk + j * D + d];
                 const double z = keep(h, i, j);
                 const double ds = pij * (dp * z - di);
                 for (int d = 0; d < D; d++) {
-                    rdq[b + i * D + d] += sc * ds * kk.ref[b + j * D + d];
-                    rdk[b + j * D + d] += sc * ds * q.ref[b + i * D + d];
-                    rdv[b + j * D + d] += pij * z * dout.ref[b + i * D + d];
+                    rdq[b + i * D + d] += sc * ds * kk.ref[bk + j * D + d];
+                    rdk[bk + j * D + d] += sc * ds * q.ref[b + i * D + d];
+                    rdv[bk + j * D + d] += pij * z * dout.ref[b + i * D + d];
                 }
             }
         }
@@ -157,8 +160,9 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     cq.all(dq, rdq);
     ck.all(dk, rdk);
     cv.all(dv, rdv);
-    std::string label = emu::fmt("flash %-4s D=%-3d bh=%d seq=%-3d causal=%d mask=%d", emu::Elem<T>::name, D, c.bh,
-                                 c.seq, c.causal, c.block_mask);
+    std::string label = emu::fmt("flash %-4s D=%-3d bh=%d seq=%-3d", emu::Elem<T>::name, D, c.bh, nq);
+    if (nk != nq) label += emu::fmt(" keys=%d", nk);
+    label += emu::fmt(" causal=%d mask=%d", c.causal, c.block_mask);
     if (c.y_limit != 65535) label += emu::fmt(" grid-y-limit=%u", c.y_limit);
     if (c.dropout > 0) label += emu::fmt(" dropout=%.2f", c.dropout);
     return emu::report(label, {&co, &cl, &cq, &ck, &cv});
@@ -171,21 +175,29 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
 int main() {
     int fails = 0;
     const double f32 = 2e-5, bf = 2e-2;
-    fails += run<float, 32>({2, 100, true, false}, KERNELS(f32, 32), f32);
-    fails += run<float, 32>({1, 130, false, true}, KERNELS(f32, 32), f32);
-    fails += run<float, 64>({1, 130, true, true}, KERNELS(f32, 64), f32);
-    fails += run<float, 128>({1, 70, false, false, 65535, 1}, KERNELS(f32, 128), f32);
-    fails += run<bf16, 32>({5, 100, true, true, 2}, KERNELS(bf16, 32), bf);
-    fails += run<bf16, 64>({1, 130, false, true}, KERNELS(bf16, 64), bf);
-    fails += run<bf16, 64>({2, 100, true, false}, KERNELS(bf16, 64), bf);
-    fails += run<float, 128>({1, 130, true, true}, KERNELS(f32, 128), f32);
-    fails += run<bf16, 32>({3, 64, false, false}, KERNELS(bf16, 32), bf);
-    fails += run<bf16, 128>({1, 130, true, true}, KERNELS(bf16, 128), bf);
+    fails += run<float, 32>({2, 100, 100, true, false}, KERNELS(f32, 32), f32);
+    fails += run<float, 32>({1, 130, 130, false, true}, KERNELS(f32, 32), f32);
+    fails += run<float, 64>({1, 130, 130, true, true}, KERNELS(f32, 64), f32);
+    fails += run<float, 128>({1, 70, 70, false, false, 65535, 1}, KERNELS(f32, 128), f32);
+    fails += run<bf16, 32>({5, 100, 100, true, true, 2}, KERNELS(bf16, 32), bf);
+    fails += run<bf16, 64>({1, 130, 130, false, true}, KERNELS(bf16, 64), bf);
+    fails += run<bf16, 64>({2, 100, 100, true, false}, KERNELS(bf16, 64), bf);
+    fails += run<float, 128>({1, 130, 130, true, true}, KERNELS(f32, 128), f32);
+    fails += run<bf16, 32>({3, 64, 64, false, false}, KERNELS(bf16, 32), bf);
+    fails += run<bf16, 128>({1, 130, 130, true, true}, KERNELS(bf16, 128), bf);
     // Attention dropout: the CPU's counter mask, kept probabilities scaled.
-    fails += run<float, 64>({2, 100, true, false, 65535, 132, 0.3, 7}, KERNELS(f32, 64), f32);
-    fails += run<bf16, 32>({3, 130, false, true, 2, 132, 0.1, 11}, KERNELS(bf16, 32), bf);
+    fails += run<float, 64>({2, 100, 100, true, false, 65535, 132, 0.3, 7}, KERNELS(f32, 64), f32);
+    fails += run<bf16, 32>({3, 130, 130, false, true, 2, 132, 0.1, 11}, KERNELS(bf16, 32), bf);
     // Five tiles: the two-stage pipelines run several rounds, past skipped tiles.
-    fails += run<bf16, 64>({1, 300, true, true}, KERNELS(bf16, 64), bf);
-    fails += run<float, 32>({1, 300, false, true}, KERNELS(f32, 32), f32);
+    fails += run<bf16, 64>({1, 300, 300, true, true}, KERNELS(bf16, 64), bf);
+    fails += run<float, 32>({1, 300, 300, false, true}, KERNELS(f32, 32), f32);
+    // Unequal queries and keys (the causal mask aligned at the last of each): one query
+    // over a key cache, a ragged prefill over more keys, and more queries than keys
+    // (rows that see nothing); masked, in both forward work splits, and with dropout.
+    fails += run<float, 32>({2, 1, 150, true, false}, KERNELS(f32, 32), f32);
+    fails += run<bf16, 64>({1, 70, 200, true, true}, KERNELS(bf16, 64), bf);
+    fails += run<float, 64>({2, 200, 70, true, true}, KERNELS(f32, 64), f32);
+    fails += run<bf16, 32>({1, 300, 130, true, false}, KERNELS(bf16, 32), bf);
+    fails += run<float, 32>({1, 130, 300, false, true, 65535, 132, 0.2, 5}, KERNELS(f32, 32), f32);
     return fails ? 1 : 0;
 }

@@ -129,6 +129,10 @@ template <typename A, typename B, typename = std::enable_if_t<std::is_integral_v
 inline std::common_type_t<A, B> min(A a, B b) {
     return b < a ? b : a;
 }
+template <typename A, typename B, typename = std::enable_if_t<std::is_integral_v<A> && std::is_integral_v<B>>>
+inline std::common_type_t<A, B> max(A a, B b) {
+    return a < b ? b : a;
+}
 #ifdef MONARCH_EMU_RACECHECK
 inline float atomicAdd(float* p, float v) {
     float old, sum;

@@ -1,20 +1,21 @@
-// FlashAttention (Dao et al. 2022; the FA2 work split) for q, k, v (batch, heads, seq, D)
-// contiguous, D in {32, 64, 128}, softmax scale `scale` (1/sqrt(D)), optional causal
-// mask (key j visible to query i iff j <= i) and optional block mask: u8
-// (n_q_tiles x n_k_tiles), tile 64 x 64, 1 = visit. Only O and the per-row log-sum-exp
-// (f32) are saved; the backward recomputes the score tiles. No N x N buffer exists.
-// Rows with no visible key (fully masked) give O = 0 and lse = -inf, and no gradient.
-// Attention dropout (p_drop > 0): probability (bh, i, j) is dropped iff
-// counter_uniform(seed, (bh*seq + i)*seq + j) < p_drop, the CPU's mask, and kept ones are
+// FlashAttention (Dao et al. 2022; the FA2 work split) for q (batch, heads, seq_q, D) and
+// k, v (batch, heads, seq_k, D) contiguous, D in {32, 64, 128}, softmax scale `scale`
+// (1/sqrt(D)), optional causal mask aligned at the last query and key (key j visible to
+// query i iff j <= i + seq_k - seq_q: new queries see a whole key cache) and optional
+// block mask: u8 (n_q_tiles x n_k_tiles), tile 64 x 64, 1 = visit. Only O and the per-row
+// log-sum-exp (f32) are saved; the backward recomputes the score tiles. No N x N buffer
+// exists. Rows with no visible key (fully masked) give O = 0 and lse = -inf, and no
+// gradient. Attention dropout (p_drop > 0): probability (bh, i, j) is dropped iff
+// counter_uniform(seed, (bh*seq_q + i)*seq_k + j) < p_drop, the CPU's mask, and kept ones are
 // scaled by drop_scale = 1/(1-p): P∘Z multiplies V in the forward (the normaliser sums the
 // undropped P), and the backward uses dV = (P∘Z)ᵀdO, dS = P∘(dP∘Z − delta), the CPU's rule.
 //
-// Forward:  grid (ceil(seq/BR), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16·MQ query
+// Forward:  grid (ceil(seq_q/BR), batch*heads; heads past 65535 on z), 128 threads (4 warps x 16·MQ query
 //           rows, FaFwdRows: BR = 128 for bf16 up to head_dim 64, else 64),
 //           dynamic shared memory fwd_smem (two stages of K, V tiles: the next visited key
 //           tile loads with cp.async while this one computes; V read with ldmatrix.trans).
-// Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq/4), 128 threads;
-//           (2) flash_bwd: grid (ceil(seq/BC), batch*heads), FaBwdShape's threads (warps of 16
+// Backward: (1) flash_bwd_delta: delta_i = sum_d dO_id O_id, grid ceil(bh*seq_q/4), 128 threads;
+//           (2) flash_bwd: grid (ceil(seq_k/BC), batch*heads), FaBwdShape's threads (warps of 16
 //               keys; bf16 8 warps, BC = 128; f32 4 warps, BC = 64),
 //               dynamic shared memory bwd_smem (K, V, dS and the stages of Q, dO tiles); dK, dV written, dQ added in f32 to
 //               `dq_accum` (zeroed by the caller) with atomics;
@@ -38,11 +39,11 @@ struct FlashParams {
     float* delta;
     const unsigned char* mask;  // null: visit every tile
     int bh;                     // batch * heads
-    int seq;
+    int seq_q;                  // queries per head
+    int seq_k;                  // keys per head
     float scale;
     int causal;
     int n_k_tiles;              // row length of `mask`
-    int pad_;
     float p_drop;               // attention dropout probability (0: none)
     float drop_scale;           // 1 / (1 - p_drop)
     u64 seed;                   // of the dropout mask
@@ -53,10 +54,16 @@ extern __shared__ __align__(16) unsigned char fa_smem[];
 /// The dropout factor of probability (bh, i, j): 0 when dropped, else 1/(1-p); 1 without dropout.
 __device__ __forceinline__ float fa_keep(const FlashParams& P, int bh, int i, int j) {
     if (P.p_drop <= 0.0f) return 1.0f;
-    const u64 index = ((u64)bh * P.seq + i) * P.seq + j;
+    const u64 index = ((u64)bh * P.seq_q + i) * P.seq_k + j;
     return counter_uniform(P.seed, index) < P.p_drop ? 0.0f : P.drop_scale;
 }
 
+/// Whether causal masking hides key j from query i.
+__device__ __forceinline__ bool fa_hidden(const FlashParams& P, int i, int j) {
+    return P.causal && j > i + (P.seq_k - P.seq_q);
+}
+
+/// Whether the block mask visits the tile of query q0 and key j0 (both in range).
 __device__ __forceinline__ bool fa_visit(const FlashParams& P, int q0, int j0) {
     return !P.mask || P.mask[(i64)(q0 / FA_BR) * P.n_k_tiles + j0 / FA_BC];
 }
@@ -71,15 +78,15 @@ template <typename T, int D> struct FaFwdRows {
     static constexpr int MQ = Q_SHARED && D <= 64 ? 2 : 1, BR = 64 * MQ;
 };
 
-/// The first key tile at or after `j0` that any query row of [q0, q_last] visits (`seq`
+/// The first key tile at or after `j0` that any query row of [q0, q_last] visits (`seq_k`
 /// if none): the causal bound and the block mask, whose rows are 64 queries.
 __device__ __forceinline__ int fa_next_key_tile(const FlashParams& P, int q0, int q_last, int j0) {
-    for (; j0 < P.seq; j0 += FA_BC) {
-        if (P.causal && j0 > q_last) return P.seq;
+    for (; j0 < P.seq_k; j0 += FA_BC) {
+        if (fa_hidden(P, q_last, j0)) return P.seq_k;
         for (int r = q0; r <= q_last; r += FA_BR)
             if (fa_visit(P, r, j0)) return j0;
     }
-    return P.seq;
+    return P.seq_k;
 }
 
 template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P) {
@@ -96,24 +103,25 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
     const int q_block = P.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = q_block * BR, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
-    const i64 base = (i64)bh * P.seq * D;
-    const T* q = reinterpret_cast<const T*>(P.q) + base;
-    const T* k = reinterpret_cast<const T*>(P.k) + base;
-    const T* v = reinterpret_cast<const T*>(P.v) + base;
-    const int seq = P.seq;
+    const int seq_q = P.seq_q, seq_k = P.seq_k;
+    const i64 base_q = (i64)bh * seq_q * D, base_k = (i64)bh * seq_k * D;
+    const T* q = reinterpret_cast<const T*>(P.q) + base_q;
+    const T* k = reinterpret_cast<const T*>(P.k) + base_k;
+    const T* v = reinterpret_cast<const T*>(P.v) + base_k;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16);
-    const int q_last = min(q0 + BR, seq) - 1;
-    // This warp's rows row0 .. row0 + 16·MQ - 1: one row of the block mask.
-    const int row0 = q0 + warp * 16 * MQ, w_last = min(row0 + 16 * MQ, seq) - 1;
+    const int q_last = min(q0 + BR, seq_q) - 1;
+    // This warp's rows row0 .. row0 + 16·MQ - 1: one row of the block mask (none when
+    // the block's last rows lie past the queries).
+    const int row0 = q0 + warp * 16 * MQ, w_last = min(row0 + 16 * MQ, seq_q) - 1;
     auto load_kv = [&](int j0, int stage) {
-        load_rows<T, FA_BC, D, 128>(smem + 2 * stage * TILE, LD, k + (i64)j0 * D, D, seq - j0, vec);
-        load_rows<T, FA_BC, D, 128>(smem + (2 * stage + 1) * TILE, LD, v + (i64)j0 * D, D, seq - j0, vec);
+        load_rows<T, FA_BC, D, 128>(smem + 2 * stage * TILE, LD, k + (i64)j0 * D, D, seq_k - j0, vec);
+        load_rows<T, FA_BC, D, 128>(smem + (2 * stage + 1) * TILE, LD, v + (i64)j0 * D, D, seq_k - j0, vec);
     };
 
     int j0 = fa_next_key_tile(P, q0, q_last, 0);
     T* q_s = smem + (R::Q_SHARED ? 4 : 2) * TILE;
-    load_rows<T, BR, D, 128>(q_s, LD, q + (i64)q0 * D, D, seq - q0, vec);
-    if (j0 < seq) load_kv(j0, 0);
+    load_rows<T, BR, D, 128>(q_s, LD, q + (i64)q0 * D, D, seq_q - q0, vec);
+    if (j0 < seq_k) load_kv(j0, 0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -142,14 +150,14 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
         }
     const float scale2 = P.scale * 1.4426950408889634f;
 
-    for (int stage = 0; j0 < seq; stage ^= 1) {
+    for (int stage = 0; j0 < seq_k; stage ^= 1) {
         const int j_next = fa_next_key_tile(P, q0, q_last, j0 + FA_BC);
-        if (j_next < seq) load_kv(j_next, stage ^ 1);
+        if (j_next < seq_k) load_kv(j_next, stage ^ 1);
         cp_async_commit();
         const T* k_s = smem + 2 * stage * TILE;
         const T* v_s = k_s + TILE;
         // A warp whose rows this tile does not reach (mask row, causal bound) skips it.
-        if (MQ == 1 || (!(P.causal && j0 > w_last) && fa_visit(P, row0, j0))) {
+        if (MQ == 1 || (row0 < seq_q && !fa_hidden(P, w_last, j0) && fa_visit(P, row0, j0))) {
             Acc s[MQ][FA_BC / 8];
 #pragma unroll
             for (int mi = 0; mi < MQ; mi++)
@@ -184,7 +192,7 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
                     for (int e = 0; e < 4; e++) {
                         const int j = j0 + nt * 8 + acc_col(e), i = r0 + acc_row(e);
                         float val = s[mi][nt].c[e] * scale2;
-                        if (j >= seq || (P.causal && j > i)) val = NEG_INF;
+                        if (j >= seq_k || fa_hidden(P, i, j)) val = NEG_INF;
                         s[mi][nt].c[e] = val;
                         mx[e >> 1] = fmaxf(mx[e >> 1], val);
                     }
@@ -247,7 +255,7 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
         j0 = j_next;
     }
 
-    T* out = reinterpret_cast<T*>(P.o) + base;
+    T* out = reinterpret_cast<T*>(P.o) + base_q;
 #pragma unroll
     for (int mi = 0; mi < MQ; mi++) {
         const int r0 = row0 + mi * 16;
@@ -256,7 +264,7 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int i = r0 + acc_row(e), h = e >> 1;
-                if (i < seq)
+                if (i < seq_q)
                     out[(i64)i * D + dt * 8 + acc_col(e)] =
                         from_f32<T>(l_r[mi][h] > 0.0f ? o[mi][dt].c[e] / l_r[mi][h] : 0.0f);
             }
@@ -265,8 +273,8 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
             for (int h = 0; h < 2; h++) {
                 const int i = r0 + acc_row(2 * h);
                 // The natural log-sum-exp: m_r is in log2 units.
-                if (i < seq)
-                    P.lse[(i64)bh * seq + i] =
+                if (i < seq_q)
+                    P.lse[(i64)bh * seq_q + i] =
                         l_r[mi][h] > 0.0f ? m_r[mi][h] * 0.6931471805599453f + logf(l_r[mi][h]) : NEG_INF;
             }
     }
@@ -274,7 +282,7 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
 
 /// delta_i = sum_d dO_id * O_id, one warp per row.
 template <typename T, int D> __device__ void flash_bwd_delta_run(const FlashParams& P) {
-    const i64 row = blockIdx.x * 4 + (threadIdx.x >> 5), rows = (i64)P.bh * P.seq;
+    const i64 row = blockIdx.x * 4 + (threadIdx.x >> 5), rows = (i64)P.bh * P.seq_q;
     if (row >= rows) return;
     const T* o = reinterpret_cast<const T*>(P.o) + row * D;
     const T* g = reinterpret_cast<const T*>(P.dout) + row * D;
@@ -295,12 +303,12 @@ template <typename T> struct FaBwdShape {
 };
 
 /// The first query tile at or after `i0` that visits any 64-key tile of the key block
-/// [j0, j0 + bc) (`seq` if none).
+/// [j0, j0 + bc) (`seq_q` if none).
 __device__ __forceinline__ int fa_next_query_tile(const FlashParams& P, int j0, int bc, int i0) {
-    for (; i0 < P.seq; i0 += FA_BR)
-        for (int c = j0; c < j0 + bc && c < P.seq; c += FA_BC)
+    for (; i0 < P.seq_q; i0 += FA_BR)
+        for (int c = j0; c < j0 + bc && c < P.seq_k; c += FA_BC)
             if (fa_visit(P, i0, c)) return i0;
-    return P.seq;
+    return P.seq_q;
 }
 
 template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P) {
@@ -314,28 +322,31 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     T* ds_s = v_s + BC * LD;
     float* lse_s = reinterpret_cast<float*>(ds_s + BC * LDT);  // [S][FA_BR]
     float* delta_s = lse_s + S * FA_BR;                        // [S][FA_BR]
-    const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * BC, warp = threadIdx.x >> 5, seq = P.seq;
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * BC, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
-    const i64 base = (i64)bh * seq * D;
-    const T* q = reinterpret_cast<const T*>(P.q) + base;
-    const T* k = reinterpret_cast<const T*>(P.k) + base;
-    const T* v = reinterpret_cast<const T*>(P.v) + base;
-    const T* dout = reinterpret_cast<const T*>(P.dout) + base;
+    const int seq_q = P.seq_q, seq_k = P.seq_k;
+    const i64 base_q = (i64)bh * seq_q * D, base_k = (i64)bh * seq_k * D;
+    const T* q = reinterpret_cast<const T*>(P.q) + base_q;
+    const T* k = reinterpret_cast<const T*>(P.k) + base_k;
+    const T* v = reinterpret_cast<const T*>(P.v) + base_k;
+    const T* dout = reinterpret_cast<const T*>(P.dout) + base_q;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16) && aligned(P.dout, 16);
     auto load_q_tile = [&](int i0, int st) {
-        load_rows<T, FA_BR, D, NT>(smem + 2 * st * TILE, LD, q + (i64)i0 * D, D, seq - i0, vec);
-        load_rows<T, FA_BR, D, NT>(smem + (2 * st + 1) * TILE, LD, dout + (i64)i0 * D, D, seq - i0, vec);
+        load_rows<T, FA_BR, D, NT>(smem + 2 * st * TILE, LD, q + (i64)i0 * D, D, seq_q - i0, vec);
+        load_rows<T, FA_BR, D, NT>(smem + (2 * st + 1) * TILE, LD, dout + (i64)i0 * D, D, seq_q - i0, vec);
         for (int i = threadIdx.x; i < FA_BR; i += NT) {
-            const bool ok = i0 + i < seq;
-            lse_s[st * FA_BR + i] = ok ? P.lse[(i64)bh * seq + i0 + i] * 1.4426950408889634f : NEG_INF;
-            delta_s[st * FA_BR + i] = ok ? P.delta[(i64)bh * seq + i0 + i] : 0.0f;
+            const bool ok = i0 + i < seq_q;
+            lse_s[st * FA_BR + i] = ok ? P.lse[(i64)bh * seq_q + i0 + i] * 1.4426950408889634f : NEG_INF;
+            delta_s[st * FA_BR + i] = ok ? P.delta[(i64)bh * seq_q + i0 + i] : 0.0f;
         }
     };
 
-    load_rows<T, BC, D, NT>(k_s, LD, k + (i64)j0 * D, D, seq - j0, vec);
-    load_rows<T, BC, D, NT>(v_s, LD, v + (i64)j0 * D, D, seq - j0, vec);
-    int i0 = fa_next_query_tile(P, j0, BC, P.causal ? (j0 / FA_BR) * FA_BR : 0);
-    if (i0 < seq) load_q_tile(i0, 0);
+    load_rows<T, BC, D, NT>(k_s, LD, k + (i64)j0 * D, D, seq_k - j0, vec);
+    load_rows<T, BC, D, NT>(v_s, LD, v + (i64)j0 * D, D, seq_k - j0, vec);
+    // Causal: the first query that sees key j0 is j0 - (seq_k - seq_q).
+    const int first_q = P.causal ? max(0, j0 - (seq_k - seq_q)) : 0;
+    int i0 = first_q >= seq_q ? seq_q : fa_next_query_tile(P, j0, BC, first_q / FA_BR * FA_BR);
+    if (i0 < seq_q) load_q_tile(i0, 0);
     cp_async_commit();
 
     Acc dk[D / 8], dv[D / 8];
@@ -347,18 +358,18 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     const int key0 = j0 + warp * 16;  // this warp's keys: key0 + acc_row(e)
     const float scale2 = P.scale * 1.4426950408889634f;
 
-    for (int st = 0; i0 < seq;) {
+    for (int st = 0; i0 < seq_q;) {
         cp_async_wait<0>();
         __syncthreads();  // tile i0 is in stage st (and K, V on the first pass)
         const int i_next = fa_next_query_tile(P, j0, BC, i0 + FA_BR);
-        if (S == 2 && i_next < seq) load_q_tile(i_next, st ^ 1);
+        if (S == 2 && i_next < seq_q) load_q_tile(i_next, st ^ 1);
         cp_async_commit();
         const T* q_s = smem + 2 * st * TILE;
         const T* do_s = q_s + TILE;
         const float* lse_t = lse_s + st * FA_BR;
         const float* delta_t = delta_s + st * FA_BR;
-        // This warp's keys lie in one 64-key tile of the block mask.
-        const bool warp_visits = fa_visit(P, i0, key0);
+        // This warp's keys lie in one 64-key tile of the block mask (none past the keys).
+        const bool warp_visits = key0 < seq_k && fa_visit(P, i0, key0);
 
         // S^T and dP^T for this warp's 16 keys x FA_BR queries.
         Acc sc[FA_BR / 8], dpt[FA_BR / 8];
@@ -382,7 +393,7 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
             for (int e = 0; e < 4; e++) {
                 const int j = key0 + acc_row(e), il = nt * 8 + acc_col(e), i = i0 + il;
                 const float L = lse_t[il];
-                const bool ok = warp_visits && j < seq && i < seq && !(P.causal && j > i) && L != NEG_INF;
+                const bool ok = warp_visits && j < seq_k && i < seq_q && !fa_hidden(P, i, j) && L != NEG_INF;
                 const float p = ok ? exp2f(sc[nt].c[e] * scale2 - L) : 0.0f;
                 const float z = ok ? fa_keep(P, bh, i, j) : 0.0f;
                 sc[nt].c[e] = p * z;
@@ -424,25 +435,25 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int i = i0 + qw + acc_row(e);
-                    if (i < seq) atomicAdd(P.dq_accum + base + (i64)i * D + d0 + t * 8 + acc_col(e), dq[t].c[e] * P.scale);
+                    if (i < seq_q) atomicAdd(P.dq_accum + base_q + (i64)i * D + d0 + t * 8 + acc_col(e), dq[t].c[e] * P.scale);
                 }
         }
         __syncthreads();  // stage st and dS are free
-        if (S == 1 && i_next < seq) load_q_tile(i_next, 0);
+        if (S == 1 && i_next < seq_q) load_q_tile(i_next, 0);
         cp_async_commit();
         i0 = i_next;
         if (S == 2) st ^= 1;
     }
     cp_async_wait<0>();  // K and V of a key tile no query tile visits
 
-    T* dkp = reinterpret_cast<T*>(P.dk) + base;
-    T* dvp = reinterpret_cast<T*>(P.dv) + base;
+    T* dkp = reinterpret_cast<T*>(P.dk) + base_k;
+    T* dvp = reinterpret_cast<T*>(P.dv) + base_k;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int j = key0 + acc_row(e);
-            if (j >= seq) continue;
+            if (j >= seq_k) continue;
             const i64 at = (i64)j * D + dt * 8 + acc_col(e);
             dkp[at] = from_f32<T>(dk[dt].c[e] * P.scale);
             dvp[at] = from_f32<T>(dv[dt].c[e]);
@@ -450,7 +461,7 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
 }
 
 template <typename T> __device__ void flash_bwd_dq_finish_run(const FlashParams& P, int d) {
-    const i64 n = (i64)P.bh * P.seq * d, stride = (i64)gridDim.x * blockDim.x;
+    const i64 n = (i64)P.bh * P.seq_q * d, stride = (i64)gridDim.x * blockDim.x;
     T* dq = reinterpret_cast<T*>(P.dq);
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) dq[i] = from_f32<T>(P.dq_accum[i]);
 }

@@ -234,20 +234,21 @@ fn flash_attention_matches_naive_attention_with_causal_mask_and_ragged_length() 
     let Some(dev) = device() else { return };
     let d = fa::AttentionDims {
         batch_heads: 2,
-        seq: 100,
+        seq_q: 100,
+        seq_k: 100,
         head_dim: 32,
         scale: 1.0 / 32f32.sqrt(),
         causal: true,
         dropout: 0.0,
         seed: 0,
     };
-    let n = d.batch_heads * d.seq * d.head_dim;
+    let n = d.batch_heads * d.seq_q * d.head_dim;
     let (q, k, v) = (values(n, 6), values(n, 7), values(n, 8));
     let (qb, kb, vb) = (dev.htod(&q).unwrap(), dev.htod(&k).unwrap(), dev.htod(&v).unwrap());
     let mut o = dev.alloc(DType::F32, n).unwrap();
-    let mut lse = dev.alloc(DType::F32, d.batch_heads * d.seq).unwrap();
+    let mut lse = dev.alloc(DType::F32, d.batch_heads * d.seq_q).unwrap();
     fa::flash_attention_forward(d, qb.view(), kb.view(), vb.view(), None, o.view_mut(), lse.view_mut()).unwrap();
-    let (s, hd) = (d.seq, d.head_dim);
+    let (s, hd) = (d.seq_q, d.head_dim);
     let mut want = vec![0f32; n];
     for h in 0..d.batch_heads {
         for i in 0..s {

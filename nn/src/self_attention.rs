@@ -138,16 +138,9 @@ impl SelfAttention {
             v = Var::cat(&[&Var::constant(pv.clone()), &v], 2)?;
         }
         // Causal attention aligns the last query with the last key: the new positions
-        // see the whole cache. The CUDA flash kernels take as many queries as keys, so
-        // there fewer new rows than keys go through the composed (naive) attention,
-        // which takes any shape (and at one row is what a decoding step wants).
+        // see the whole cache.
         let opts = AttentionOpts { causal: self.causal, dropout: 0.0, seed: 0 };
-        let on_gpu = q.value().device() != monarch_tensor::Device::Cpu;
-        let y = if on_gpu && q.dims()[2] != k.dims()[2] {
-            q.naive_attention(&k, &v, &opts)?
-        } else {
-            self.attention.apply(&q, &k, &v, &opts)?
-        };
+        let y = self.attention.apply(&q, &k, &v, &opts)?;
         cache.kv = Some((k.value().contiguous()?, v.value().contiguous()?));
         self.proj.forward(&y.transpose(1, 2)?.reshape([b, t, d])?)
     }

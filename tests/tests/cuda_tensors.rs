@@ -505,7 +505,7 @@ fn naive_attention_and_max_gradients_match_the_cpu() {
         close(&gg.dk, &wg.dk, 1e-4);
         close(&gg.dv, &wg.dv, 1e-4);
     }
-    // Flash attention with dropout draws the CPU's mask (self-attention shapes).
+    // Flash attention with dropout draws the CPU's mask.
     let (q, k, v, dout) =
         (rnd(&[2, 3, 100, 64], 33), rnd(&[2, 3, 100, 64], 34), rnd(&[2, 3, 100, 64], 35), rnd(&[2, 3, 100, 64], 36));
     let opts = AttentionOpts { causal: true, dropout: 0.25, seed: 8 };
@@ -611,6 +611,64 @@ fn bf16_attention_on_the_gpu_matches_the_cpu() {
             close(&gg.dq, &wg.dq, 5e-2);
             close(&gg.dk, &wg.dk, 5e-2);
             close(&gg.dv, &wg.dv, 5e-2);
+        }
+    }
+}
+
+/// Flash and block-sparse attention with more keys than queries (decoding after a key
+/// cache: one query, or a ragged 70) and more queries than keys (causal rows that see no
+/// key: output 0, lse -inf, no gradient), f32 (with dropout) and bf16 through its own work
+/// split, against the CPU in f32 on the same inputs: the causal mask aligns the last query
+/// with the last key, and a mask of 2x2 tiles covers queries and keys separately.
+#[test]
+fn attention_with_unequal_queries_and_keys_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let on_gpu = |t: &Tensor| t.to_device(GPU).unwrap();
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    // (queries, keys, the mask's 1x2 or 2x1 blocks of 128)
+    for (nq, nk, set) in [(1usize, 150usize, [false, true]), (70, 200, [true, false]), (200, 70, [false, true])] {
+        let mask = BlockMask::new(nq.div_ceil(128), nk.div_ceil(128), 128, set.to_vec()).unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            let (tol, gtol) = if dtype == DType::F32 { (1e-4, 1e-4) } else { (3e-2, 5e-2) };
+            let low = |t: Tensor| t.to_dtype(dtype).unwrap();
+            let (qs, ks) = ([2, 2, nq, 32], [2, 2, nk, 32]);
+            let (q, k, v, dout) = (low(rnd(&qs, 70)), low(rnd(&ks, 71)), low(rnd(&ks, 72)), low(rnd(&qs, 73)));
+            let (qc, kc, vc, dc) = (f32s(&q), f32s(&k), f32s(&v), f32s(&dout));
+            let (qg, kg, vg, dg) = (on_gpu(&q), on_gpu(&k), on_gpu(&v), on_gpu(&dout));
+            let dropout = if dtype == DType::F32 { 0.2 } else { 0.0 };
+            for (causal, dropout, masked) in [(true, 0.0, false), (false, dropout, false), (true, 0.0, true)] {
+                let opts = AttentionOpts { causal, dropout, seed: 4 };
+                let what = format!("{nq} queries, {nk} keys, {dtype:?}, {opts:?}, masked {masked}");
+                let (want, got) = if masked {
+                    let want = qc.block_sparse_attention(&kc, &vc, &mask, &opts).unwrap();
+                    (want, qg.block_sparse_attention(&kg, &vg, &mask, &opts).unwrap())
+                } else {
+                    (qc.flash_attention(&kc, &vc, &opts).unwrap(), qg.flash_attention(&kg, &vg, &opts).unwrap())
+                };
+                assert_eq!(got.out.dims(), [2, 2, nq, 32], "{what}");
+                close(&got.out, &want.out, tol);
+                let (gl, wl) = (got.lse.to_vec_f32().unwrap(), want.lse.to_vec_f32().unwrap());
+                for (a, b) in gl.iter().zip(&wl) {
+                    assert!(a == b || (a - b).abs() <= tol * (1.0 + b.abs()), "{what}: lse {a} vs {b}");
+                }
+                let (wg, gg) = if masked {
+                    (
+                        Tensor::block_sparse_attention_backward(&qc, &kc, &vc, &mask, &want, &dc, &opts).unwrap(),
+                        Tensor::block_sparse_attention_backward(&qg, &kg, &vg, &mask, &got, &dg, &opts).unwrap(),
+                    )
+                } else {
+                    (
+                        Tensor::flash_attention_backward(&qc, &kc, &vc, &want, &dc, &opts).unwrap(),
+                        Tensor::flash_attention_backward(&qg, &kg, &vg, &got, &dg, &opts).unwrap(),
+                    )
+                };
+                assert_eq!((gg.dq.dims(), gg.dk.dims()), (&qs[..], &ks[..]), "{what}");
+                close(&gg.dq, &wg.dq, gtol);
+                close(&gg.dk, &wg.dk, gtol);
+                close(&gg.dv, &wg.dv, gtol);
+            }
         }
     }
 }
@@ -730,9 +788,8 @@ fn a_gpt2_step_on_the_gpu_matches_the_cpu() {
     }
 }
 
-/// Cached decoding on the GPU (a prefill of 4, then single tokens: fewer queries than
-/// keys, which the flash kernels do not take, so those rows go through the composed
-/// attention) gives the CPU's hidden states.
+/// Cached decoding on the GPU (a prefill of 4, then single tokens and a pair: fewer
+/// queries than keys, through the flash kernels) gives the CPU's hidden states.
 #[test]
 fn cached_gpt2_decoding_on_the_gpu_matches_the_cpu() {
     if !gpu() {

@@ -9,22 +9,26 @@ use cudarc::driver::LaunchConfig;
 /// The tile of the block mask (queries × keys), also the kernels' tile.
 pub const ATTN_TILE: usize = 64;
 
-/// Shapes and options of one attention call on (batch, heads, seq, head_dim) tensors.
+/// Shapes and options of one attention call: queries (batch, heads, seq_q, head_dim)
+/// over keys and values (batch, heads, seq_k, head_dim).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionDims {
     /// Batch × heads.
     pub batch_heads: usize,
-    /// Sequence length (queries and keys).
-    pub seq: usize,
+    /// Queries per head.
+    pub seq_q: usize,
+    /// Keys (and values) per head.
+    pub seq_k: usize,
     /// 32, 64 or 128.
     pub head_dim: usize,
     /// The scale of q·kᵀ before the softmax: 1/√head_dim, or the model's own head
     /// size's when its heads were zero-padded to `head_dim`.
     pub scale: f32,
-    /// Causal masking: key j is visible to query i only when j ≤ i.
+    /// Causal masking aligned at the last query and key: key j is visible to query i only
+    /// when j ≤ i + seq_k − seq_q (queries after a key cache see all of it).
     pub causal: bool,
     /// Probability of dropping an attention probability, in [0, 1): probability
-    /// (bh, i, j) is dropped iff `counter_uniform(seed, (bh·seq + i)·seq + j) < p` (as
+    /// (bh, i, j) is dropped iff `counter_uniform(seed, (bh·seq_q + i)·seq_k + j) < p` (as
     /// f32), the CPU's mask; kept ones are scaled by 1/(1 − p).
     pub dropout: f64,
     /// Seed of the dropout mask.
@@ -32,9 +36,13 @@ pub struct AttentionDims {
 }
 
 impl AttentionDims {
-    /// Tiles along the sequence: the block mask is `tiles() × tiles()`.
-    pub fn tiles(&self) -> usize {
-        self.seq.div_ceil(ATTN_TILE)
+    /// Tiles along the queries: the block mask has `q_tiles()` rows.
+    pub fn q_tiles(&self) -> usize {
+        self.seq_q.div_ceil(ATTN_TILE)
+    }
+    /// Tiles along the keys: the block mask has `k_tiles()` columns.
+    pub fn k_tiles(&self) -> usize {
+        self.seq_k.div_ceil(ATTN_TILE)
     }
     fn check(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.dropout) {
@@ -43,19 +51,25 @@ impl AttentionDims {
         if ![32, 64, 128].contains(&self.head_dim) {
             crate::error::bail!("flash_attention", "head_dim must be 32, 64 or 128 (got {})", self.head_dim);
         }
-        if self.tiles() > 65535 || i32::try_from(self.batch_heads).is_err() {
+        if self.q_tiles().max(self.k_tiles()) > 65535 || i32::try_from(self.batch_heads).is_err() {
             crate::error::bail!(
                 "flash_attention",
-                "seq {} (at most {} on a GPU) or batch·heads {} out of range",
-                self.seq,
+                "{} queries or {} keys (at most {} on a GPU) or batch·heads {} out of range",
+                self.seq_q,
+                self.seq_k,
                 65535 * ATTN_TILE,
                 self.batch_heads
             );
         }
         Ok(())
     }
-    fn elems(&self) -> usize {
-        self.batch_heads * self.seq * self.head_dim
+    /// Elements of q (and o, dout, dq).
+    fn q_elems(&self) -> usize {
+        self.batch_heads * self.seq_q * self.head_dim
+    }
+    /// Elements of k and v (and dk, dv).
+    fn k_elems(&self) -> usize {
+        self.batch_heads * self.seq_k * self.head_dim
     }
 }
 
@@ -76,11 +90,11 @@ struct FlashParams {
     delta: u64,
     mask: u64,
     bh: i32,
-    seq: i32,
+    seq_q: i32,
+    seq_k: i32,
     scale: f32,
     causal: i32,
     n_k_tiles: i32,
-    pad: i32,
     p_drop: f32,
     drop_scale: f32,
     seed: u64,
@@ -90,10 +104,11 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
     FlashParams {
         mask: mask.map_or(0, |m| m.ptr()),
         bh: d.batch_heads as i32,
-        seq: d.seq as i32,
+        seq_q: d.seq_q as i32,
+        seq_k: d.seq_k as i32,
         scale: d.scale,
         causal: d.causal as i32,
-        n_k_tiles: d.tiles() as i32,
+        n_k_tiles: d.k_tiles() as i32,
         p_drop: d.dropout as f32,
         drop_scale: (1.0 / (1.0 - d.dropout)) as f32,
         seed: d.seed,
@@ -129,13 +144,13 @@ fn fwd_rows(head_dim: usize, elem: usize) -> usize {
     if elem == 2 && head_dim <= 64 { 2 * ATTN_TILE } else { ATTN_TILE }
 }
 
-/// Grid (blocks of `rows` along the sequence, batch·heads) of `threads`: tiles of one
-/// head run side by side (its K and V stay in L2); heads past 65535 (grid y's limit)
+/// Grid (blocks of `rows` along a sequence of `seq`, batch·heads) of `threads`: tiles of
+/// one head run side by side (its K and V stay in L2); heads past 65535 (grid y's limit)
 /// continue on z.
-fn tiles_cfg(d: &AttentionDims, rows: usize, threads: u32, smem: u32) -> LaunchConfig {
+fn tiles_cfg(d: &AttentionDims, seq: usize, rows: usize, threads: u32, smem: u32) -> LaunchConfig {
     let y = d.batch_heads.clamp(1, 65535);
     LaunchConfig {
-        grid_dim: (d.seq.div_ceil(rows) as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
+        grid_dim: (seq.div_ceil(rows) as u32, y as u32, d.batch_heads.div_ceil(y) as u32),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     }
@@ -143,15 +158,15 @@ fn tiles_cfg(d: &AttentionDims, rows: usize, threads: u32, smem: u32) -> LaunchC
 
 fn check_mask(c: &Check, d: &AttentionDims, mask: Option<&View<'_>>) -> Result<()> {
     if let Some(m) = mask {
-        c.input("mask", m, DType::U8, d.tiles() * d.tiles())?;
+        c.input("mask", m, DType::U8, d.q_tiles() * d.k_tiles())?;
     }
     Ok(())
 }
 
 /// Forward: `o = softmax(q·kᵀ/√d + masks)·v` and the per-row log-sum-exp `lse`
-/// (batch·heads·seq, f32; -inf on rows with no visible key, whose output is 0).
-/// `mask` is u8 (tiles × tiles), 1 = visit. Kernel `flash_fwd_{f32,bf16}_d{32,64,128}(FlashParams)`,
-/// grid (ceil(seq / fwd_rows), batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
+/// (batch·heads·seq_q, f32; -inf on rows with no visible key, whose output is 0).
+/// `mask` is u8 (q_tiles × k_tiles), 1 = visit. Kernel `flash_fwd_{f32,bf16}_d{32,64,128}(FlashParams)`,
+/// grid (ceil(seq_q / fwd_rows), batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
 pub fn flash_attention_forward(
     d: AttentionDims,
     q: View<'_>,
@@ -164,15 +179,15 @@ pub fn flash_attention_forward(
     d.check()?;
     let c = Check { op: "flash_attention_forward" };
     let dt = q.dtype();
-    for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-        c.input(name, t, dt, d.elems())?;
-    }
+    c.input("q", &q, dt, d.q_elems())?;
+    c.input("k", &k, dt, d.k_elems())?;
+    c.input("v", &v, dt, d.k_elems())?;
     check_mask(&c, &d, mask.as_ref())?;
-    c.output("o", &o, dt, d.elems())?;
-    c.output("lse", &lse, DType::F32, d.batch_heads * d.seq)?;
+    c.output("o", &o, dt, d.q_elems())?;
+    c.output("lse", &lse, DType::F32, d.batch_heads * d.seq_q)?;
     let dev = q.device().clone();
     c.same_device(&dev, [k.device(), v.device(), o.device(), lse.device()])?;
-    if d.elems() == 0 {
+    if d.q_elems() == 0 {
         return Ok(());
     }
     let mut p = params(&d, mask.as_ref());
@@ -180,7 +195,7 @@ pub fn flash_attention_forward(
     let f =
         dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{}_d{}", dt.kernel_suffix(c.op)?, d.head_dim))?;
     let (rows, smem) = (fwd_rows(d.head_dim, dt.size()), fwd_smem(d.head_dim, dt.size()));
-    dev.launch(&f, tiles_cfg(&d, rows, 128, smem), &[Arg::of(&p)])
+    dev.launch(&f, tiles_cfg(&d, d.seq_q, rows, 128, smem), &[Arg::of(&p)])
 }
 
 /// Backward from the forward's `o`, `lse` and the output gradient `dout`: writes `dq`,
@@ -205,34 +220,45 @@ pub fn flash_attention_backward(
     d.check()?;
     let c = Check { op: "flash_attention_backward" };
     let dt = q.dtype();
-    for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("o", &o), ("dout", &dout)] {
-        c.input(name, t, dt, d.elems())?;
+    for (name, t) in [("q", &q), ("o", &o), ("dout", &dout)] {
+        c.input(name, t, dt, d.q_elems())?;
     }
-    c.input("lse", &lse, DType::F32, d.batch_heads * d.seq)?;
+    c.input("k", &k, dt, d.k_elems())?;
+    c.input("v", &v, dt, d.k_elems())?;
+    c.input("lse", &lse, DType::F32, d.batch_heads * d.seq_q)?;
     check_mask(&c, &d, mask.as_ref())?;
-    for (name, t) in [("dq", &dq), ("dk", &dk), ("dv", &dv)] {
-        c.output(name, t, dt, d.elems())?;
-    }
+    c.output("dq", &dq, dt, d.q_elems())?;
+    c.output("dk", &dk, dt, d.k_elems())?;
+    c.output("dv", &dv, dt, d.k_elems())?;
     let dev = q.device().clone();
     c.same_device(&dev, [k.device(), v.device(), o.device(), lse.device(), dout.device(), dq.device()])?;
-    if d.elems() == 0 {
+    if d.q_elems() == 0 && d.k_elems() == 0 {
         return Ok(());
     }
     let sfx = dt.kernel_suffix(c.op)?;
-    let rows = d.batch_heads * d.seq;
+    let rows = d.batch_heads * d.seq_q;
     let delta = dev.alloc(DType::F32, rows)?;
-    let dq_accum = dev.zeros(DType::F32, d.elems())?;
+    let dq_accum = dev.zeros(DType::F32, d.q_elems())?;
     let mut p = params(&d, mask.as_ref());
     (p.q, p.k, p.v, p.o, p.lse, p.dout) = (q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr(), dout.ptr());
     (p.dq, p.dk, p.dv, p.dq_accum, p.delta) = (dq.ptr(), dk.ptr(), dv.ptr(), dq_accum.device_ptr(), delta.device_ptr());
     let hd = d.head_dim;
-    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_delta_{sfx}_d{hd}"))?;
-    dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &[Arg::of(&p)])?;
-    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_{sfx}_d{hd}"))?;
-    let (keys, threads) = bwd_keys_threads(dt.size());
-    dev.launch(&f, tiles_cfg(&d, keys, threads, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
+    // No queries: dk and dv are zero (the key blocks visit no query tile). No keys: dq
+    // is its zeroed accumulator.
+    if rows > 0 {
+        let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_delta_{sfx}_d{hd}"))?;
+        dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &[Arg::of(&p)])?;
+    }
+    if d.k_elems() > 0 {
+        let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_{sfx}_d{hd}"))?;
+        let (keys, threads) = bwd_keys_threads(dt.size());
+        dev.launch(&f, tiles_cfg(&d, d.seq_k, keys, threads, bwd_smem(hd, dt.size())), &[Arg::of(&p)])?;
+    }
+    if d.q_elems() == 0 {
+        return Ok(());
+    }
     let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_bwd_dq_finish_{sfx}"))?;
-    dev.launch(&f, super::cfg_1d(dev.grid_for(d.elems(), 256), 256), &[Arg::of(&p), Arg::I32(hd as i32)])
+    dev.launch(&f, super::cfg_1d(dev.grid_for(d.q_elems(), 256), 256), &[Arg::of(&p), Arg::I32(hd as i32)])
 }
 
 #[cfg(test)]
@@ -241,7 +267,7 @@ mod tests {
 
     #[test]
     fn params_match_the_kernel_struct_and_smem_fits_hopper_and_ampere() {
-        // 12 pointers, 6 four-byte fields, the two dropout floats and the seed.
+        // 12 pointers, 6 four-byte fields (bh, seq_q, seq_k, scale, causal, n_k_tiles), the two dropout floats and the seed.
         assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4 + 2 * 4 + 8);
         for d in [32, 64, 128] {
             for elem in [2, 4] {

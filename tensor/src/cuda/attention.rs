@@ -1,5 +1,6 @@
 //! Flash attention (dense, or block-sparse over 64×64 tiles) on CUDA tensors. The
-//! kernels take self-attention shapes (as many queries as keys) and head_dim 32, 64 or
+//! kernels take any numbers of queries and keys (causal masks aligned at the last of
+//! each, as on the CPU: new queries after a key cache see all of it) and head_dim 32, 64 or
 //! 128, with attention dropout drawing the CPU's mask; smaller heads are zero-padded to
 //! the next of those (exact: the padding adds nothing to q·kᵀ and its outputs are
 //! dropped, and the scale stays the heads' own), anything else is a clear error naming
@@ -14,15 +15,13 @@ use std::sync::Mutex;
 
 /// The kernel's sizes, or why the call has no CUDA kernel.
 fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<AttentionDims> {
-    if d.nq != d.nk {
-        crate::bail!(op, "the CUDA kernels take as many queries as keys (got {} and {})", d.nq, d.nk);
-    }
     if d.d == 0 || d.d > 128 {
         crate::bail!(op, "the CUDA kernels take head_dim up to 128 (got {})", d.d);
     }
     Ok(AttentionDims {
         batch_heads: d.bh(),
-        seq: d.nq,
+        seq_q: d.nq,
+        seq_k: d.nk,
         head_dim: padded_head_dim(d.d),
         scale: 1.0 / (d.d as f32).sqrt(),
         causal: opts.causal,
@@ -58,23 +57,24 @@ fn unpad_heads(t: Tensor, d: usize) -> Result<Tensor> {
 /// so the result is exactly the mask's.
 fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'static str) -> Result<Option<Tensor>> {
     let Some(m) = mask else { return Ok(None) };
-    let t = ad.tiles();
+    let (tq, tk) = (ad.q_tiles(), ad.k_tiles());
     if m.set.len() != m.rows * m.cols {
         crate::bail!(op, "a mask of {}x{} blocks needs {} flags, got {}", m.rows, m.cols, m.rows * m.cols, m.set.len());
     }
-    let covering = ad.seq.div_ceil(m.block.max(1));
-    if m.block % ATTN_TILE != 0 || m.rows != covering || m.cols != covering {
+    let covering = |n: usize| n.div_ceil(m.block.max(1));
+    if m.block % ATTN_TILE != 0 || m.rows != covering(ad.seq_q) || m.cols != covering(ad.seq_k) {
         crate::bail!(
             op,
-            "the CUDA kernels take masks of blocks of a multiple of {ATTN_TILE} covering the sequence, got {}x{} blocks of {} for {} tokens",
+            "the CUDA kernels take masks of blocks of a multiple of {ATTN_TILE} covering the queries and keys, got {}x{} blocks of {} for {} queries and {} keys",
             m.rows,
             m.cols,
             m.block,
-            ad.seq
+            ad.seq_q,
+            ad.seq_k
         );
     }
     let per = m.block / ATTN_TILE;
-    let tiles: Vec<bool> = (0..t * t).map(|i| m.get(i / t / per, i % t / per)).collect();
+    let tiles: Vec<bool> = (0..tq * tk).map(|i| m.get(i / tk / per, i % tk / per)).collect();
     let mut kept = KEPT_TILE_MASKS.lock().unwrap_or_else(|e| e.into_inner());
     let device = like.device();
     if let Some(at) = kept.iter().position(|(d, k, _)| *d == device && *k == tiles) {
@@ -83,7 +83,7 @@ fn tile_mask(mask: Option<&BlockMask>, ad: &AttentionDims, like: &Tensor, op: &'
         kept.push(entry);
         return Ok(Some(flags));
     }
-    let flags = BlockMask::new(t, t, ATTN_TILE, tiles.clone())?.to_tensor().to_device(device)?;
+    let flags = BlockMask::new(tq, tk, ATTN_TILE, tiles.clone())?.to_tensor().to_device(device)?;
     if kept.len() == KEPT_MASKS {
         kept.remove(0);
     }
@@ -184,7 +184,8 @@ mod tests {
         let m = BlockMask::new(3, 3, 128, vec![true, false, false, true, true, false, false, false, true]).unwrap();
         let ad = AttentionDims {
             batch_heads: 1,
-            seq: 300,
+            seq_q: 300,
+            seq_k: 300,
             head_dim: 64,
             scale: 0.125,
             causal: false,
@@ -206,5 +207,12 @@ mod tests {
         assert!(tile_mask(Some(&small), &ad, &like, "test").is_err(), "32-blocks straddle tiles");
         let short = BlockMask::new(2, 2, 128, vec![true; 4]).unwrap();
         assert!(tile_mask(Some(&short), &ad, &like, "test").is_err(), "the mask must cover the sequence");
+        // 100 queries over 300 keys: 1x3 blocks of 128 become 2x5 tiles.
+        let wide = AttentionDims { seq_q: 100, ..ad };
+        let m = BlockMask::new(1, 3, 128, vec![false, true, true]).unwrap();
+        let got = tile_mask(Some(&m), &wide, &like, "test").unwrap().unwrap();
+        assert_eq!(got.dims(), [2, 5]);
+        assert_eq!(got.to_vec::<u8>().unwrap(), [0, 0, 1, 1, 1, 0, 0, 1, 1, 1]);
+        assert!(tile_mask(Some(&short), &wide, &like, "test").is_err(), "2 rows of blocks for 100 queries");
     }
 }
