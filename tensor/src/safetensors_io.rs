@@ -121,6 +121,9 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
 pub fn load_safetensors_where(path: impl AsRef<Path>, keep: impl Fn(&str) -> bool) -> Result<SafetensorsFile> {
     let path = path.as_ref();
     let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
+    if path.is_dir() {
+        return Err(bad("a folder, not a safetensors file".into()));
+    }
     let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     // SAFETY: the map is read-only and dropped before returning; the data is copied out.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
@@ -188,6 +191,8 @@ mod tests {
         std::fs::write(&junk, b"not a safetensors file at all").unwrap();
         let e = load_safetensors(&junk).unwrap_err();
         assert!(e.to_string().contains("not a valid safetensors file"), "{e}");
+        let e = load_safetensors(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("a folder, not a safetensors file"), "{e}");
         let a = Tensor::zeros(2, DType::F32);
         assert!(save_safetensors(dir.path().join("d"), [("x", &a), ("x", &a)], None).is_err());
         assert!(save_safetensors(dir.path().join("no/such/dir/f"), [("x", &a)], None).is_err());

@@ -1,8 +1,12 @@
 //! `monarch densify IN OUT`: replaces each `<name>.blkdiag1` / `<name>.blkdiag2` pair by
-//! the dense `<name>.weight` (reverse sparsification), inverting `monarch project`.
+//! the dense `<name>.weight` (reverse sparsification), inverting `monarch project`. A
+//! training run's checkpoint stays one: its header says densified (so `monarch generate`
+//! and `--resume` build the dense model), and the optimiser state of the replaced
+//! factors goes, as when a run densifies itself (`densify_at`).
 
 use super::CliError;
 use super::project::shape_key;
+use crate::trainer::checkpoint::{self, OPTIMIZER_PREFIX};
 use clap::Args;
 use monarch_nn::MonarchLinear;
 use monarch_tensor::{MonarchShape, Tensor, load_safetensors, save_safetensors};
@@ -11,7 +15,8 @@ use std::path::PathBuf;
 /// Arguments of `monarch densify`.
 #[derive(Args, Debug)]
 pub struct DensifyArgs {
-    /// Input safetensors file with Monarch factors.
+    /// Input safetensors file with Monarch factors, or a run's output folder (its newest
+    /// checkpoint).
     input: PathBuf,
     /// Output safetensors file (written atomically).
     output: PathBuf,
@@ -30,7 +35,8 @@ impl DensifyArgs {
     }
 
     fn densify(&self) -> Result<Vec<(String, [usize; 2])>, CliError> {
-        let file = load_safetensors(&self.input)?;
+        let path = super::input_file(&self.input)?;
+        let file = load_safetensors(&path)?;
         let mut metadata = file.metadata.clone();
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let mut done = Vec::new();
@@ -61,6 +67,18 @@ impl DensifyArgs {
         }
         if done.is_empty() {
             return Err(format!("{}: no `.blkdiag1`/`.blkdiag2` factor pair found", self.input.display()).into());
+        }
+        if let Some(mut meta) = checkpoint::header(&metadata, &path)? {
+            let replaced = |name: &str| {
+                let Some(state) = name.strip_prefix(OPTIMIZER_PREFIX) else { return false };
+                done.iter().any(|(layer, _)| {
+                    let rest = state.strip_prefix(layer.as_str()).unwrap_or("");
+                    rest.starts_with(".blkdiag1.") || rest.starts_with(".blkdiag2.")
+                })
+            };
+            out.retain(|(name, _)| !replaced(name));
+            meta.densified = true;
+            checkpoint::set_header(&mut metadata, &meta);
         }
         save_safetensors(&self.output, out.iter().map(|(n, t)| (n.as_str(), t)), Some(&metadata))?;
         Ok(done)
@@ -98,6 +116,40 @@ mod tests {
         for (x, y) in back.get("fc.weight").unwrap().to_vec::<f32>().unwrap().iter().zip(w.to_vec::<f32>().unwrap()) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn a_run_checkpoint_stays_one_marked_densified_without_the_factors_optimiser_state() {
+        use crate::trainer::checkpoint::{CheckpointMeta, load, save};
+        use monarch_nn::Module;
+        let dir = tempfile::tempdir().unwrap();
+        let m = MonarchLinear::new(8, 8, 2, true, &mut StdRng::seed_from_u64(1)).unwrap();
+        let params = monarch_nn::prefixed("fc", m.named_params());
+        let state: Vec<(String, Tensor)> =
+            params.iter().map(|(n, p)| (format!("{n}.exp_avg"), p.value().affine(0.5, 0.0).unwrap())).collect();
+        let meta = CheckpointMeta {
+            step: 7,
+            densified: false,
+            config: serde_json::json!({"x": 1}),
+            data: serde_json::json!(3),
+        };
+        save(dir.path(), &params, state, &meta, 1).unwrap();
+        // The run's folder names its newest checkpoint.
+        let out = dir.path().join("dense.safetensors");
+        DensifyArgs { input: dir.path().to_path_buf(), output: out.clone() }.densify().unwrap();
+        let ck = load(&out).unwrap();
+        assert_eq!(ck.meta, CheckpointMeta { densified: true, ..meta });
+        let mut weights: Vec<&str> = ck.weights.keys().map(String::as_str).collect();
+        weights.sort();
+        assert_eq!(weights, ["fc.bias", "fc.weight"]);
+        let optimizer: Vec<&str> = ck.optimizer.keys().map(String::as_str).collect();
+        assert_eq!(optimizer, ["fc.bias.exp_avg"], "the factors' state goes, the bias's stays");
+        let want = m.dense_weight().unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(ck.weights["fc.weight"].to_vec::<f32>().unwrap(), want);
+        // A folder without checkpoints is an error.
+        let empty = tempfile::tempdir().unwrap();
+        let err = DensifyArgs { input: empty.path().to_path_buf(), output: out }.densify().unwrap_err();
+        assert!(err.to_string().contains("no checkpoint"), "{err}");
     }
 
     #[test]

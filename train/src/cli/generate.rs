@@ -3,7 +3,6 @@
 use super::CliError;
 use crate::tasks::gpt2::model_from_checkpoint;
 use crate::tasks::usable_device;
-use crate::trainer::checkpoint;
 use clap::Args;
 use monarch_autograd::{Var, no_grad};
 use monarch_data::{END_OF_TEXT, Gpt2Tokenizer};
@@ -11,7 +10,7 @@ use monarch_nn::models::{Gpt2, Gpt2Cache};
 use monarch_nn::{Ctx, Module, SeedableRng, StdRng, params_to_device};
 use monarch_tensor::{Device, Tensor};
 use rand::Rng;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `monarch generate`.
 #[derive(Args, Debug)]
@@ -51,7 +50,7 @@ impl GenerateArgs {
         if self.samples == 0 {
             return Err("--samples must be at least 1".into());
         }
-        let path = resolve_checkpoint(&self.checkpoint)?;
+        let path = super::input_file(&self.checkpoint)?;
         let (model, _) = model_from_checkpoint(&path)?;
         params_to_device(&model.named_params(), usable_device(self.device, "generating"))?;
         let tok = Gpt2Tokenizer::new();
@@ -67,18 +66,6 @@ impl GenerateArgs {
         }
         Ok(())
     }
-}
-
-/// The checkpoint file a `--checkpoint` argument names.
-fn resolve_checkpoint(path: &Path) -> Result<PathBuf, CliError> {
-    if path.is_dir() {
-        return checkpoint::latest(path)?
-            .ok_or_else(|| format!("{}: no checkpoint (ckpt-*.safetensors)", path.display()).into());
-    }
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    Err(format!("{}: no such file or folder", path.display()).into())
 }
 
 /// `prompt` followed by up to `new` sampled tokens; stops early after `<|endoftext|>`.

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 /// Arguments of `monarch inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// A safetensors file.
+    /// A safetensors file, or a run's output folder (its newest checkpoint).
     file: PathBuf,
 }
 
 impl InspectArgs {
     /// Prints one line per tensor (name, dtype, shape, elements), then the metadata.
     pub fn run(self) -> Result<(), CliError> {
-        print!("{}", listing(&self.file)?);
+        print!("{}", listing(&super::input_file(&self.file)?)?);
         Ok(())
     }
 }

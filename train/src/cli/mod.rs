@@ -16,6 +16,19 @@ pub use linear_flags::LinearFlags;
 /// Errors of the command-line tools; `main` prints them and exits with status 1.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The safetensors file an input argument names: the file itself, or a run's output
+/// folder's newest checkpoint.
+fn input_file(path: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+    if path.is_dir() {
+        return crate::trainer::checkpoint::latest(path)?
+            .ok_or_else(|| format!("{}: a folder with no checkpoint (ckpt-*.safetensors)", path.display()).into());
+    }
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    Err(format!("{}: no such file or folder", path.display()).into())
+}
+
 /// monarch: structured-matrix deep learning tools.
 #[derive(Parser, Debug)]
 #[command(name = "monarch", version, about)]

@@ -19,7 +19,8 @@ pub fn shape_key(layer: &str) -> String {
 /// Arguments of `monarch project`.
 #[derive(Args, Debug)]
 pub struct ProjectArgs {
-    /// Input safetensors file (weights in PyTorch layout, out × in).
+    /// Input safetensors file (weights in PyTorch layout, out × in), or a run's output
+    /// folder (its newest checkpoint).
     input: PathBuf,
     /// Output safetensors file (written atomically).
     output: PathBuf,
@@ -74,7 +75,7 @@ impl ProjectArgs {
             return Err("--nblocks must be at least 1".into());
         }
         let pattern = self.layers.as_deref().map(Regex::new).transpose()?;
-        let file = load_safetensors(&self.input)?;
+        let file = load_safetensors(super::input_file(&self.input)?)?;
         let mut metadata = file.metadata.clone();
         let names: HashMap<&str, &Tensor> = file.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut out: Vec<(String, Tensor)> = Vec::new();

@@ -65,7 +65,8 @@ pub fn save(
 ) -> Result<PathBuf, TrainError> {
     let mut tensors: Vec<(String, Tensor)> = params.iter().map(|(n, p)| (n.clone(), p.value())).collect();
     tensors.extend(optimizer.into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
-    let header = HashMap::from([(META_KEY.to_string(), serde_json::to_string(meta).expect("serialisable"))]);
+    let mut header = HashMap::new();
+    set_header(&mut header, meta);
     let path = dir.join(file_name(meta.step));
     save_safetensors(&path, tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(&header))?;
     let all = list(dir)?;
@@ -97,14 +98,26 @@ pub fn load_weights(path: &Path) -> Result<Checkpoint, TrainError> {
     read(path, false)
 }
 
+/// The checkpoint header in a safetensors file's `metadata` (read from `path`), or None
+/// for a file that is no run's checkpoint.
+pub fn header(metadata: &HashMap<String, String>, path: &Path) -> Result<Option<CheckpointMeta>, TrainError> {
+    metadata
+        .get(META_KEY)
+        .map(|raw| serde_json::from_str(raw))
+        .transpose()
+        .map_err(|e| TrainError::Other(format!("{}: bad checkpoint header: {e}", path.display())))
+}
+
+/// Sets `meta` as the checkpoint header in a safetensors file's `metadata`.
+pub fn set_header(metadata: &mut HashMap<String, String>, meta: &CheckpointMeta) {
+    metadata.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("serialisable"));
+}
+
 fn read(path: &Path, with_optimizer: bool) -> Result<Checkpoint, TrainError> {
     let wanted = |name: &str| with_optimizer || !name.starts_with(OPTIMIZER_PREFIX);
     let SafetensorsFile { tensors, metadata } = load_safetensors_where(path, wanted)?;
-    let raw = metadata
-        .get(META_KEY)
+    let meta = header(&metadata, path)?
         .ok_or_else(|| TrainError::Other(format!("{}: not a monarch checkpoint (no header)", path.display())))?;
-    let meta: CheckpointMeta = serde_json::from_str(raw)
-        .map_err(|e| TrainError::Other(format!("{}: bad checkpoint header: {e}", path.display())))?;
     let (mut weights, mut optimizer) = (HashMap::new(), HashMap::new());
     for (name, t) in tensors {
         match name.strip_prefix(OPTIMIZER_PREFIX) {
