@@ -243,7 +243,17 @@ fn image_models_check_their_inputs_and_count_flops() {
     // Dense Mixer FLOPs from first principles: per block 2·16·(2·16·8) token MACs, 16·(2·16·32) channel MACs.
     let macs = 16 * (16 * 8 * 2) + 16 * (16 * 32 * 2) + 4 * 16 * 16 + 16 * 10;
     assert_eq!(m.train_flops_per_image(), 6.0 * macs as f64);
-    assert!(Mixer::new(&MixerConfig { patch_size: 3, ..cfg }, 0).is_err());
+    assert!(Mixer::new(&MixerConfig { patch_size: 3, ..cfg.clone() }, 0).is_err());
+    // A negative or non-finite layer-norm eps is refused by every model (it had trained
+    // to a NaN loss).
+    for eps in [-1.0, f64::NAN] {
+        let e = Mixer::new(&MixerConfig { layer_norm_eps: eps, ..cfg.clone() }, 0).unwrap_err().to_string();
+        assert!(e.contains("layer_norm_eps"), "{e}");
+        let e = VitConfig { layer_norm_eps: eps, ..VitConfig::small() }.validate().unwrap_err().to_string();
+        assert!(e.contains("layer_norm_eps"), "{e}");
+        let e = Gpt2Config { layer_norm_eps: eps, ..Gpt2Config::small() }.validate().unwrap_err().to_string();
+        assert!(e.contains("layer_norm_eps"), "{e}");
+    }
     let names: Vec<String> = m.named_params().into_iter().map(|(n, _)| n).collect();
     assert!(
         names.contains(&"stem.proj.weight".to_string())

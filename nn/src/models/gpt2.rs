@@ -82,6 +82,9 @@ impl Gpt2Config {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("Gpt2Config", "dropout must lie in [0, 1), got {}", self.dropout);
         }
+        if !(self.layer_norm_eps >= 0.0 && self.layer_norm_eps.is_finite()) {
+            bail!("Gpt2Config", "layer_norm_eps must be a finite number >= 0, got {}", self.layer_norm_eps);
+        }
         Ok(())
     }
 }

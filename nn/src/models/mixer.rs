@@ -78,7 +78,7 @@ impl MixerConfig {
     /// Checks the sizes before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         let sizes = [self.channels, self.num_classes, self.dim, self.depth, self.token_mlp_dim, self.channel_mlp_dim];
-        validate_vision("MixerConfig", &sizes, self.image_size, self.patch_size, self.dropout)
+        validate_vision("MixerConfig", &sizes, (self.image_size, self.patch_size), self.dropout, self.layer_norm_eps)
     }
 
     /// Patches per image.

@@ -39,13 +39,13 @@ fn reinit_dense(layer: &dyn LinearLayer, std: f64, rng: &mut impl Rng) -> Result
 }
 
 /// Checks what every vision configuration shares: `sizes` all at least 1, patches that
-/// tile the image, dropout in [0, 1).
+/// tile the image, dropout in [0, 1), a finite layer-norm eps >= 0.
 fn validate_vision(
     what: &'static str,
     sizes: &[usize],
-    image_size: usize,
-    patch_size: usize,
+    (image_size, patch_size): (usize, usize),
     dropout: f64,
+    layer_norm_eps: f64,
 ) -> Result<()> {
     if sizes.contains(&0) || image_size == 0 || patch_size == 0 {
         monarch_tensor::bail!(what, "every size must be at least 1");
@@ -55,6 +55,9 @@ fn validate_vision(
     }
     if !(0.0..1.0).contains(&dropout) {
         monarch_tensor::bail!(what, "dropout must lie in [0, 1), got {dropout}");
+    }
+    if !(layer_norm_eps >= 0.0 && layer_norm_eps.is_finite()) {
+        monarch_tensor::bail!(what, "layer_norm_eps must be a finite number >= 0, got {layer_norm_eps}");
     }
     Ok(())
 }

@@ -82,7 +82,7 @@ impl VitConfig {
     /// Checks the sizes before anything is allocated.
     pub fn validate(&self) -> Result<()> {
         let sizes = [self.channels, self.num_classes, self.dim, self.depth, self.mlp_dim, self.heads];
-        validate_vision("VitConfig", &sizes, self.image_size, self.patch_size, self.dropout)?;
+        validate_vision("VitConfig", &sizes, (self.image_size, self.patch_size), self.dropout, self.layer_norm_eps)?;
         if self.dim % self.heads != 0 {
             bail!("VitConfig", "dim {} is not a multiple of heads {}", self.dim, self.heads);
         }

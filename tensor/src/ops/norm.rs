@@ -130,6 +130,9 @@ impl Tensor {
         if self.dims().last().is_none_or(|&c| c == 0) {
             crate::bail!(op, "needs a non-empty last dimension, got shape {}", self.shape());
         }
+        if !(eps >= 0.0 && eps.is_finite()) {
+            crate::bail!(op, "eps must be a finite number >= 0, got {eps}");
+        }
         self.ln_check(w, op)?;
         self.ln_check(b, op)?;
         if self.device() != crate::Device::Cpu {
@@ -221,5 +224,9 @@ mod tests {
         assert!(x.layer_norm(Some(&bad), None, 1e-5).is_err());
         assert!(Tensor::zeros([5, 0], crate::DType::F64).layer_norm(None, None, 1e-5).is_err(), "no features");
         assert!(Tensor::scalar(1.0f64).layer_norm(None, None, 1e-5).is_err());
+        for eps in [-1e-5, f64::NAN, f64::INFINITY] {
+            let e = x.layer_norm(None, None, eps).unwrap_err().to_string();
+            assert!(e.contains("eps must be a finite number >= 0"), "{e}");
+        }
     }
 }

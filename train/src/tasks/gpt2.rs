@@ -7,7 +7,9 @@ use super::{
 };
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
-use monarch_data::{IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches};
+use monarch_data::{
+    EMBEDDED_SHAKESPEARE, IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches,
+};
 use monarch_nn::models::{Gpt2, Gpt2Config, hf_gpt2};
 use monarch_nn::swap;
 use monarch_nn::{Ctx, LinearKind, Module, NamedParams, assign_params, param_count};
@@ -62,6 +64,9 @@ fn open_splits(data: &DataConfig) -> Result<(TokenDataset, TokenDataset), TrainE
         return Err(TrainError::Config(
             "this configuration needs --data: a folder of token shards written by `monarch tokenize`".into(),
         ));
+    }
+    if data.path == EMBEDDED_SHAKESPEARE {
+        return Ok(monarch_data::embedded::shakespeare_datasets(data.val_fraction)?);
     }
     Ok((TokenDataset::split(&data.path, "train")?, TokenDataset::split(&data.path, "val")?))
 }
@@ -198,4 +203,22 @@ pub fn main(args: &TrainArgs) -> Result<Option<RunSummary>, TrainError> {
     };
     let mut task = Gpt2Task::new(&cfg, model)?;
     train(&INFO, &mut task, &cfg, args).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_text_holds_out_the_configured_fraction() {
+        let data = |val_fraction| DataConfig { path: EMBEDDED_SHAKESPEARE.into(), val_fraction, ..Default::default() };
+        let (train, val) = open_splits(&data(0.05)).unwrap();
+        let all = train.total_tokens() + val.total_tokens();
+        assert_eq!(val.total_tokens(), all - (0.95 * all as f64).round() as usize);
+        let (_, default_val) = open_splits(&data(0.1)).unwrap();
+        assert!(default_val.total_tokens() > val.total_tokens() * 19 / 10);
+        for bad in [0.0, 1.0, -0.5] {
+            assert!(open_splits(&data(bad)).is_err(), "val_fraction {bad}");
+        }
+    }
 }

@@ -42,7 +42,8 @@ pub struct DataConfig {
     pub path: String,
     /// Tokens per training sequence (GPT-2; default the model's block size).
     pub seq_len: Option<usize>,
-    /// For an image set without a validation split: the fraction held out (seeded).
+    /// For data without a validation split (an image set, the embedded Shakespeare): the
+    /// fraction held out (images seeded; text the last tokens).
     pub val_fraction: f64,
     /// Training augmentation for images (random resized crop and flip); off: as stored.
     pub augment: bool,
