@@ -95,7 +95,14 @@ impl Tensor {
             let rows = chunk_rows.min(n - r0);
             let (xc, tc) = (x.narrow(0, r0, rows)?, targets.narrow(0, r0, rows)?);
             let logits = xc.matmul(&wt)?;
-            let logits = if widen { logits.to_dtype(ce)? } else { logits };
+            // A bf16 product is dropped once its f32 copy exists, not at the chunk's end.
+            let logits = if widen && logits.dtype() != ce {
+                let wide = logits.to_dtype(ce)?;
+                drop(logits);
+                wide
+            } else {
+                logits
+            };
             let (mean, lse) = logits.cross_entropy_wide(&tc, o)?;
             // This chunk's share of the mean over all counted rows.
             let share = counted(&tc)?.div(&total)?;
@@ -103,9 +110,9 @@ impl Tensor {
             if grads == [false, false] {
                 continue;
             }
-            // Rounded once from the f32 gradient to x's dtype (by the kernel on a device).
-            let dl = Tensor::cross_entropy_backward(&logits, &tc, &lse, &share, o)?;
-            drop(logits);
+            // Rounded once from the f32 gradient to x's dtype (by the kernel on a device);
+            // on the host the logits become their gradient in place.
+            let dl = Tensor::cross_entropy_backward_owned(logits, &tc, &lse, &share, o)?;
             let dl = dl.to_dtype(x.dtype())?;
             if grads[0] {
                 dx.push(dl.matmul(w)?);

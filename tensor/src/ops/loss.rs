@@ -131,67 +131,133 @@ impl Tensor {
         o: CrossEntropy,
     ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
-        let checked = logits.ce_targets(targets, &o)?;
-        if lse.dims() != [logits.dims()[0]] {
-            return Err(Error::ShapeMismatch { op, lhs: logits.shape().clone(), rhs: lse.shape().clone() });
-        }
-        if dloss.elem_count() != 1 {
-            crate::bail!(op, "the loss gradient must be one element, got shape {}", dloss.shape());
-        }
+        let checked = logits.ce_grad_checks(targets, lse, dloss, &o, op)?;
         if logits.device() != crate::Device::Cpu {
             return logits.cuda_cross_entropy_backward(targets, lse, dloss, o);
         }
-        let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
-        let c = logits.dims()[1];
-        let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
-        let dloss = dloss.to_scalar_f64()?;
-        let lse = lse.to_vec_f64()?;
-        let scale = dloss / count as f64;
+        let g = GradArgs::new(checked, targets, lse, dloss, &o)?;
         let x = compute_dtype(logits, op)?.contiguous()?;
         let s = x.layout().offset();
+        let n = x.elem_count();
         let out = match x.cpu(op)? {
-            CpuStorage::F32(v) => CpuStorage::F32(rows_grad(&v[s..], &t, &lse, c, scale, o)),
-            CpuStorage::F64(v) => CpuStorage::F64(rows_grad(&v[s..], &t, &lse, c, scale, o)),
+            CpuStorage::F32(v) => CpuStorage::F32(g.rows(v[s..s + n].to_vec(), logits.dims()[1], o)),
+            CpuStorage::F64(v) => CpuStorage::F64(g.rows(v[s..s + n].to_vec(), logits.dims()[1], o)),
             other => return Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
         };
         Tensor::from_cpu(out, logits.shape()).to_dtype(logits.dtype())
     }
+
+    /// [`cross_entropy_backward`](Self::cross_entropy_backward) taking the logits by
+    /// value: f32 or f64 logits on the host that no other tensor holds become their
+    /// gradient in place, with no second (N, C) buffer to allocate and fill (a language
+    /// model head's is N × 50257). Otherwise as `cross_entropy_backward`.
+    pub fn cross_entropy_backward_owned(
+        mut logits: Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: &Tensor,
+        o: CrossEntropy,
+    ) -> Result<Tensor> {
+        let op = "cross_entropy_backward";
+        if logits.device() != crate::Device::Cpu || !matches!(logits.dtype(), DType::F32 | DType::F64) {
+            return Self::cross_entropy_backward(&logits, targets, lse, dloss, o);
+        }
+        let checked = logits.ce_grad_checks(targets, lse, dloss, &o, op)?;
+        let g = GradArgs::new(checked, targets, lse, dloss, &o)?;
+        let c = logits.dims()[1];
+        match logits.dtype() {
+            DType::F32 => g.rows_in_place(logits.as_mut_slice::<f32>()?, c, o),
+            _ => g.rows_in_place(logits.as_mut_slice::<f64>()?, c, o),
+        }
+        Ok(logits)
+    }
+
+    /// The checks of the cross-entropy's backward: the targets (their values when read
+    /// for the check), one lse per row, a one-element loss gradient.
+    fn ce_grad_checks(
+        &self,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: &Tensor,
+        o: &CrossEntropy,
+        op: &'static str,
+    ) -> Result<Option<Vec<i64>>> {
+        let checked = self.ce_targets(targets, o)?;
+        if lse.dims() != [self.dims()[0]] {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: lse.shape().clone() });
+        }
+        if dloss.elem_count() != 1 {
+            crate::bail!(op, "the loss gradient must be one element, got shape {}", dloss.shape());
+        }
+        Ok(checked)
+    }
+}
+
+/// What the host's cross-entropy backward reads: targets, per-row lse, and the gradient
+/// scale `dloss / count`.
+struct GradArgs {
+    t: Vec<i64>,
+    lse: Vec<f64>,
+    scale: f64,
+}
+
+impl GradArgs {
+    fn new(
+        checked: Option<Vec<i64>>,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: &Tensor,
+        o: &CrossEntropy,
+    ) -> Result<Self> {
+        let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
+        let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
+        let scale = dloss.to_scalar_f64()? / count as f64;
+        Ok(GradArgs { t, lse: lse.to_vec_f64()?, scale })
+    }
+
+    /// The gradient of rows of `c` logits, `x` overwritten.
+    fn rows<T: Float>(&self, mut x: Vec<T>, c: usize, o: CrossEntropy) -> Vec<T> {
+        self.rows_in_place(&mut x, c, o);
+        x
+    }
+
+    /// Overwrites rows of `c` logits with their gradient: `(softmax − smoothed one-hot) ·
+    /// scale`, 0 on ignored rows.
+    fn rows_in_place<T: Float>(&self, x: &mut [T], c: usize, o: CrossEntropy) {
+        if c == 0 {
+            return;
+        }
+        let (eps, off) = (o.label_smoothing, o.label_smoothing / c as f64);
+        let (scale, off_t) = (T::from_f64(self.scale), T::from_f64(off));
+        let hit = T::from_f64((1.0 - eps) * self.scale);
+        let row = |(r, xs): (usize, &mut [T])| {
+            if Some(self.t[r]) == o.ignore_index {
+                xs.fill(T::zero());
+                return;
+            }
+            grad_row(xs, T::from_f64(self.lse[r]), off_t, scale);
+            xs[self.t[r] as usize] -= hit;
+        };
+        if x.len() >= PAR_MIN {
+            x.par_chunks_mut(c).with_min_len(items_per_task(c)).enumerate().for_each(row);
+        } else {
+            x.chunks_mut(c).enumerate().for_each(row);
+        }
+    }
 }
 
 simd_dispatch! {
-    /// `g ← (e^(x − lse) − off) · scale` over a row: the softmax less the uniform share
-    /// of the label smoothing, scaled (the target's one-hot part is added by the caller).
-    fn grad_row<T: Float> = grad_row_impl(g: &mut [T], xs: &[T], lse: T, off: T, scale: T)
+    /// `x ← (e^(x − lse) − off) · scale` over a row of logits: the softmax less the
+    /// uniform share of the label smoothing, scaled (the target's one-hot part is added by
+    /// the caller).
+    fn grad_row<T: Float> = grad_row_impl(xs: &mut [T], lse: T, off: T, scale: T)
 }
 
 #[inline(always)]
-fn grad_row_impl<T: Float>(g: &mut [T], xs: &[T], lse: T, off: T, scale: T) {
-    for (g, &x) in g.iter_mut().zip(xs) {
-        *g = ((x - lse).fast_exp() - off) * scale;
+fn grad_row_impl<T: Float>(xs: &mut [T], lse: T, off: T, scale: T) {
+    for x in xs.iter_mut() {
+        *x = ((*x - lse).fast_exp() - off) * scale;
     }
-}
-
-fn rows_grad<T: Float>(x: &[T], t: &[i64], lse: &[f64], c: usize, scale: f64, o: CrossEntropy) -> Vec<T> {
-    let mut g = vec![T::zero(); x.len()];
-    if c == 0 {
-        return g;
-    }
-    let (eps, off) = (o.label_smoothing, o.label_smoothing / c as f64);
-    let (scale_t, off_t) = (T::from_f64(scale), T::from_f64(off));
-    let row = |(r, (g, xs)): (usize, (&mut [T], &[T]))| {
-        if Some(t[r]) == o.ignore_index {
-            return;
-        }
-        grad_row(g, xs, T::from_f64(lse[r]), off_t, scale_t);
-        let j = t[r] as usize;
-        g[j] -= T::from_f64((1.0 - eps) * scale);
-    };
-    if x.len() >= PAR_MIN {
-        g.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(items_per_task(c)).enumerate().for_each(row);
-    } else {
-        g.chunks_mut(c).zip(x.chunks(c)).enumerate().for_each(row);
-    }
-    g
 }
 
 #[cfg(test)]
@@ -243,5 +309,23 @@ mod tests {
             "cross_entropy: index 3 out of range for size 3"
         );
         assert!(logits.cross_entropy(&Tensor::zeros(2, DType::I64), o).is_err());
+        // By value: the same gradient, in place where the logits are the buffer's only
+        // holder, copied first where another tensor shares them (which keeps its values).
+        let dl = Tensor::scalar(0.5f64);
+        let want = Tensor::cross_entropy_backward(&logits, &targets, &lse, &dl, o).unwrap().to_vec::<f64>().unwrap();
+        let shared = logits.clone();
+        let got = Tensor::cross_entropy_backward_owned(shared, &targets, &lse, &dl, o).unwrap();
+        assert_eq!(got.to_vec::<f64>().unwrap(), want);
+        assert_eq!(logits.to_vec::<f64>().unwrap()[..3], [1.0, 2.0, 0.5], "the shared logits are untouched");
+        let own = Tensor::from_vec(logits.to_vec::<f64>().unwrap(), [3, 3]).unwrap();
+        assert_eq!(
+            Tensor::cross_entropy_backward_owned(own, &targets, &lse, &dl, o).unwrap().to_vec::<f64>().unwrap(),
+            want
+        );
+        let f32s = logits.to_dtype(DType::F32).unwrap();
+        let want32 = Tensor::cross_entropy_backward(&f32s, &targets, &lse, &dl, o).unwrap().to_vec::<f32>().unwrap();
+        let got32 = Tensor::cross_entropy_backward_owned(f32s, &targets, &lse, &dl, o).unwrap();
+        assert_eq!(got32.to_vec::<f32>().unwrap(), want32);
+        assert!(Tensor::cross_entropy_backward_owned(logits, &bad, &lse, &dl, o).is_err());
     }
 }
