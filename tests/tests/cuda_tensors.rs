@@ -6,7 +6,8 @@
 use monarch_autograd::{Gradients, Var};
 use monarch_nn::{Activation, LinearKind, SeedableRng, StdRng};
 use monarch_tensor::{
-    AdamW, AttentionOpts, BlockMask, CmpOp, CrossEntropy, DType, Device, Error, Tensor, UnaryOp, cuda_device,
+    AdamW, AttentionGrads, AttentionOpts, AttentionOut, BlockMask, CmpOp, CrossEntropy, DType, Device, Error, Tensor,
+    UnaryOp, cuda_device,
 };
 
 const GPU: Device = Device::Cuda(0);
@@ -590,27 +591,33 @@ fn bf16_attention_on_the_gpu_matches_the_cpu() {
         let (qc, kc, vc, dc) = (f32s(&q), f32s(&k), f32s(&v), f32s(&dout));
         let (qg, kg, vg, dg) = (on_gpu(&q), on_gpu(&k), on_gpu(&v), on_gpu(&dout));
         for masked in [false, true] {
-            let (want, got) = if masked {
-                let want = qc.block_sparse_attention(&kc, &vc, &mask, &opts).unwrap();
-                (want, qg.block_sparse_attention(&kg, &vg, &mask, &opts).unwrap())
-            } else {
-                (qc.flash_attention(&kc, &vc, &opts).unwrap(), qg.flash_attention(&kg, &vg, &opts).unwrap())
-            };
+            let (want, wg) = attention_and_grads([&qc, &kc, &vc, &dc], masked.then_some(&mask), &opts);
+            let (got, gg) = attention_and_grads([&qg, &kg, &vg, &dg], masked.then_some(&mask), &opts);
             close(&got.out, &want.out, 3e-2);
-            let (wg, gg) = if masked {
-                (
-                    Tensor::block_sparse_attention_backward(&qc, &kc, &vc, &mask, &want, &dc, &opts).unwrap(),
-                    Tensor::block_sparse_attention_backward(&qg, &kg, &vg, &mask, &got, &dg, &opts).unwrap(),
-                )
-            } else {
-                (
-                    Tensor::flash_attention_backward(&qc, &kc, &vc, &want, &dc, &opts).unwrap(),
-                    Tensor::flash_attention_backward(&qg, &kg, &vg, &got, &dg, &opts).unwrap(),
-                )
-            };
             close(&gg.dq, &wg.dq, 5e-2);
             close(&gg.dk, &wg.dk, 5e-2);
             close(&gg.dv, &wg.dv, 5e-2);
+        }
+    }
+}
+
+/// Flash attention (no mask) or block-sparse attention (`mask`) of (q, k, v, the output
+/// gradient), forward and backward, on the tensors' device.
+fn attention_and_grads(
+    [q, k, v, dout]: [&Tensor; 4],
+    mask: Option<&BlockMask>,
+    opts: &AttentionOpts,
+) -> (AttentionOut, AttentionGrads) {
+    match mask {
+        Some(m) => {
+            let out = q.block_sparse_attention(k, v, m, opts).unwrap();
+            let grads = Tensor::block_sparse_attention_backward(q, k, v, m, &out, dout, opts).unwrap();
+            (out, grads)
+        }
+        None => {
+            let out = q.flash_attention(k, v, opts).unwrap();
+            let grads = Tensor::flash_attention_backward(q, k, v, &out, dout, opts).unwrap();
+            (out, grads)
         }
     }
 }
@@ -641,29 +648,14 @@ fn attention_with_unequal_queries_and_keys_matches_the_cpu() {
             for (causal, dropout, masked) in [(true, 0.0, false), (false, dropout, false), (true, 0.0, true)] {
                 let opts = AttentionOpts { causal, dropout, seed: 4 };
                 let what = format!("{nq} queries, {nk} keys, {dtype:?}, {opts:?}, masked {masked}");
-                let (want, got) = if masked {
-                    let want = qc.block_sparse_attention(&kc, &vc, &mask, &opts).unwrap();
-                    (want, qg.block_sparse_attention(&kg, &vg, &mask, &opts).unwrap())
-                } else {
-                    (qc.flash_attention(&kc, &vc, &opts).unwrap(), qg.flash_attention(&kg, &vg, &opts).unwrap())
-                };
+                let (want, wg) = attention_and_grads([&qc, &kc, &vc, &dc], masked.then_some(&mask), &opts);
+                let (got, gg) = attention_and_grads([&qg, &kg, &vg, &dg], masked.then_some(&mask), &opts);
                 assert_eq!(got.out.dims(), [2, 2, nq, 32], "{what}");
                 close(&got.out, &want.out, tol);
                 let (gl, wl) = (got.lse.to_vec_f32().unwrap(), want.lse.to_vec_f32().unwrap());
                 for (a, b) in gl.iter().zip(&wl) {
                     assert!(a == b || (a - b).abs() <= tol * (1.0 + b.abs()), "{what}: lse {a} vs {b}");
                 }
-                let (wg, gg) = if masked {
-                    (
-                        Tensor::block_sparse_attention_backward(&qc, &kc, &vc, &mask, &want, &dc, &opts).unwrap(),
-                        Tensor::block_sparse_attention_backward(&qg, &kg, &vg, &mask, &got, &dg, &opts).unwrap(),
-                    )
-                } else {
-                    (
-                        Tensor::flash_attention_backward(&qc, &kc, &vc, &want, &dc, &opts).unwrap(),
-                        Tensor::flash_attention_backward(&qg, &kg, &vg, &got, &dg, &opts).unwrap(),
-                    )
-                };
                 assert_eq!((gg.dq.dims(), gg.dk.dims()), (&qs[..], &ks[..]), "{what}");
                 close(&gg.dq, &wg.dq, gtol);
                 close(&gg.dk, &wg.dk, gtol);
