@@ -159,6 +159,13 @@ fn composed_backward([q, k, v, probs, dout]: [&Tensor; 5], dims: Dims, opts: &At
     Ok([ds.matmul(k)?, ds.transpose(2, 3)?.matmul(q)?, dv])
 }
 
+/// [`crate::Error::OutOfMemory`] when the host cannot hold a (batch·heads × n_q × n_k)
+/// score buffer in `dtype`: the size a long sequence makes quadratic.
+fn check_scores_alloc(dims: Dims, dtype: crate::DType, op: &'static str) -> Result<()> {
+    let elems = dims.bh().saturating_mul(dims.nq).saturating_mul(dims.nk);
+    crate::storage::check_host_alloc(op, elems, dtype.size_in_bytes())
+}
+
 impl Tensor {
     /// The reference attention of queries `self` (batch, heads, n_q, d) over keys and
     /// values (batch, heads, n_k, d): materialises the scores and returns the output with
@@ -172,6 +179,7 @@ impl Tensor {
             let (out, probs) = composed_forward(&q, &k, &v, dims, opts)?;
             return Ok(NaiveAttention { out: out.to_dtype(dtype)?, probs });
         }
+        check_scores_alloc(dims, cdt, op)?;
         let (out, probs) = by_dtype!(cdt, op, |T| {
             let (out, probs) = forward::<T>(Heads::new(&q, op)?, Heads::new(&k, op)?, Heads::new(&v, op)?, dims, opts);
             (
@@ -204,6 +212,7 @@ impl Tensor {
             let [dq, dk, dv] = composed_backward([&q, &k, &v, &probs, &dout], dims, opts)?;
             return Ok(AttentionGrads { dq: dq.to_dtype(dtype)?, dk: dk.to_dtype(dtype)?, dv: dv.to_dtype(dtype)? });
         }
+        check_scores_alloc(dims, cdt, op)?;
         by_dtype!(cdt, op, |T| {
             let p = &probs.cpu_slice::<T>(op)?[probs.layout().offset()..];
             let (q, k, v, dout) =
@@ -232,6 +241,14 @@ mod tests {
 
     /// The composition the GPU runs, computed on the CPU, equals the fused CPU loops:
     /// causal with more queries than keys (rows that see nothing), with dropout.
+    #[test]
+    fn scores_the_host_cannot_hold_are_an_error() {
+        // 2^21 queries and keys of one element: 2^42 f32 scores (16 TiB) from 8 MiB inputs.
+        let q = Tensor::zeros([1, 1, 1 << 21, 1], DType::F32);
+        let e = q.naive_attention(&q, &q, &AttentionOpts::default()).unwrap_err();
+        assert!(matches!(e, crate::Error::OutOfMemory { op: "naive_attention", .. }), "{e}");
+    }
+
     #[test]
     fn composed_ops_equal_the_fused_loops() {
         let r = |shape: [usize; 4], seed| Tensor::randn(shape, 0.0, 1.0, seed).unwrap().to_dtype(DType::F64).unwrap();
