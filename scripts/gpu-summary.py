@@ -111,6 +111,13 @@ def summary(folder):
         out.append(row(f"flash attention fwd+bwd seq {seq} vs SDPA",
                        o and f"{o['median_ms']:.3f} ms", p and f"{p['median_ms']:.3f} ms",
                        r and f"{r:.2f}× the time", "≤ 1.3×", verdict(r and r <= 1.3)))
+    for b in [1, 8]:
+        o = find(recs, False, op="attention", impl="flash", seq=1, keys=1024, batch=b, **{"pass": "fwd"})
+        p = find(recs, True, op="attention", seq=1, keys=1024, batch=b, **{"pass": "fwd"})
+        r = o["median_ms"] / p["median_ms"] if o and p else None
+        out.append(row(f"flash decoding step (1 query over 1024 keys, batch {b}, 12 heads) vs SDPA",
+                       o and f"{o['median_ms']:.3f} ms", p and f"{p['median_ms']:.3f} ms",
+                       r and f"{r:.2f}× the time", "", ""))
 
     sep = find(recs, False, op="head", kind="separate", rows=16384)
     fused = [r for r in recs if r.get("op") == "head" and r.get("kind") == "fused" and "peer" not in r]

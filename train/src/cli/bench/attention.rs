@@ -1,6 +1,6 @@
 //! `monarch bench attention`: time and peak memory (the heap on the CPU, the device's on
 //! a GPU) of one attention implementation, forward or forward + backward, on random
-//! (batch, heads, seq, head_dim) inputs.
+//! queries (batch, heads, seq, head_dim) over keys and values (batch, heads, keys, head_dim).
 
 use super::{CliError, Placement, Timing};
 use crate::alloc_stats;
@@ -25,9 +25,13 @@ pub struct AttentionArgs {
     /// Implementation.
     #[arg(long = "impl", value_parser = ["naive", "flash", "block_sparse", "scatterbrain"])]
     imp: String,
-    /// Sequence length (queries and keys).
+    /// Sequence length: queries, and keys unless --keys says otherwise.
     #[arg(long, default_value_t = 4096)]
     seq: usize,
+    /// Keys (and values) per head, when not --seq: `--seq 1 --keys 4096 --causal` is one
+    /// decoding step over a 4096-token key cache.
+    #[arg(long)]
+    keys: Option<usize>,
     /// Attention heads.
     #[arg(long, default_value_t = 4)]
     heads: usize,
@@ -85,13 +89,14 @@ impl AttentionArgs {
             window: self.window,
             features: self.features,
         };
-        let kernel = AttentionImpl::from_flags(&flags)?.kernel(self.seq, self.seq)?;
+        let nk = self.keys.unwrap_or(self.seq);
+        let kernel = AttentionImpl::from_flags(&flags)?.kernel(self.seq, nk)?;
         let device = self.on.apply();
-        let shape = [self.batch, self.heads, self.seq, self.head_dim];
-        let input = |seed| -> Result<Tensor, CliError> {
+        let input = |rows, seed| -> Result<Tensor, CliError> {
+            let shape = [self.batch, self.heads, rows, self.head_dim];
             Ok(Tensor::randn(shape, 0.0, self.std, seed)?.to_dtype(self.dtype)?.to_device(device)?)
         };
-        let (q, k, v, dout) = (input(1)?, input(2)?, input(3)?, input(4)?);
+        let (q, k, v, dout) = (input(self.seq, 1)?, input(nk, 2)?, input(nk, 3)?, input(self.seq, 4)?);
         let opts = AttentionOpts { causal: self.causal, dropout: self.dropout, seed: 5 };
         let run = || -> Result<(), CliError> {
             match self.pass {
@@ -115,16 +120,16 @@ impl AttentionArgs {
         let peak_of = if device == Device::Cpu { "host" } else { "device" };
         let (density, visited) = match &kernel {
             AttentionKernel::BlockSparse(m) => {
-                (Some(m.density()), Some(visited_fraction(self.seq, self.seq, Some(m), self.causal)))
+                (Some(m.density()), Some(visited_fraction(self.seq, nk, Some(m), self.causal)))
             }
-            AttentionKernel::Flash => (None, Some(visited_fraction(self.seq, self.seq, None, self.causal))),
+            AttentionKernel::Flash => (None, Some(visited_fraction(self.seq, nk, None, self.causal))),
             _ => (None, None),
         };
         let error = if self.error { Some(relative_error(&kernel, [&q, &k, &v], &opts)?) } else { None };
         if self.timing.json {
             let j = serde_json::json!({
                 "op": "attention", "impl": self.imp, "pass": format!("{:?}", self.pass).to_lowercase(),
-                "batch": self.batch, "heads": self.heads, "seq": self.seq, "head_dim": self.head_dim,
+                "batch": self.batch, "heads": self.heads, "seq": self.seq, "keys": nk, "head_dim": self.head_dim,
                 "causal": self.causal, "dtype": self.dtype.as_str(), "std": self.std, "density": density, "visited_fraction": visited,
                 "block": self.block, "window": self.window, "features": self.features,
                 "median_ms": ms, "peak_bytes": peak, "peak_of": peak_of, "rel_error": error, "device": device.to_string(), "tf32": self.on.tf32,
@@ -133,8 +138,9 @@ impl AttentionArgs {
         } else {
             let extra = density.map(|d| format!(", density {d:.3}")).unwrap_or_default();
             let err = error.map(|e| format!(", relative error {e:.3e}")).unwrap_or_default();
+            let keys = if nk == self.seq { String::new() } else { format!(" keys {nk}") };
             println!(
-                "attention {} {:?} b{} h{} n{} d{}{}{extra} on {}: median {ms:.2} ms, {peak_of} peak {:.1} MiB{err}",
+                "attention {} {:?} b{} h{} n{}{keys} d{}{}{extra} on {}: median {ms:.2} ms, {peak_of} peak {:.1} MiB{err}",
                 self.imp,
                 self.pass,
                 self.batch,
