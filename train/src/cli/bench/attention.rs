@@ -166,3 +166,25 @@ fn relative_error(kernel: &AttentionKernel, [q, k, v]: [&Tensor; 3], opts: &Atte
     let norm: f64 = want.iter().map(|b| b * b).sum();
     Ok((diff / norm.max(f64::MIN_POSITIVE)).sqrt())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn fewer_queries_than_keys_run_and_causal_scatterbrain_refuses_them() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["monarch", "bench", "attention", "--seq", "3", "--keys", "70", "--heads", "2"];
+            args.extend(["--head-dim", "8", "--warmup", "0", "--runs", "1", "--json"]);
+            args.extend(extra);
+            Cli::try_parse_from(args).unwrap().run()
+        };
+        run(&["--impl", "flash", "--causal", "--error"]).unwrap();
+        run(&["--impl", "naive", "--pass", "fwd"]).unwrap();
+        run(&["--impl", "block_sparse", "--density", "0.5", "--block", "16"]).unwrap();
+        // Causal Scatterbrain takes as many queries as keys only.
+        let e = run(&["--impl", "scatterbrain", "--causal", "--block", "16"]).unwrap_err().to_string();
+        assert!(e.contains("as many queries as keys"), "{e}");
+    }
+}
