@@ -130,119 +130,72 @@ impl Tensor {
         dloss: &Tensor,
         o: CrossEntropy,
     ) -> Result<Tensor> {
-        let op = "cross_entropy_backward";
-        let checked = logits.ce_grad_checks(targets, lse, dloss, &o, op)?;
-        if logits.device() != crate::Device::Cpu {
-            return logits.cuda_cross_entropy_backward(targets, lse, dloss, o);
-        }
-        let g = GradArgs::new(checked, targets, lse, dloss, &o)?;
-        let x = compute_dtype(logits, op)?.contiguous()?;
-        let s = x.layout().offset();
-        let n = x.elem_count();
-        let out = match x.cpu(op)? {
-            CpuStorage::F32(v) => CpuStorage::F32(g.rows(v[s..s + n].to_vec(), logits.dims()[1], o)),
-            CpuStorage::F64(v) => CpuStorage::F64(g.rows(v[s..s + n].to_vec(), logits.dims()[1], o)),
-            other => return Err(Error::UnsupportedDType { op, dtype: other.dtype() }),
-        };
-        Tensor::from_cpu(out, logits.shape()).to_dtype(logits.dtype())
+        // The clone shares the buffer, so the host writes the gradient into a copy.
+        Self::cross_entropy_backward_owned(logits.clone(), targets, lse, dloss, o)
     }
 
     /// [`cross_entropy_backward`](Self::cross_entropy_backward) taking the logits by
     /// value: f32 or f64 logits on the host that no other tensor holds become their
     /// gradient in place, with no second (N, C) buffer to allocate and fill (a language
-    /// model head's is N × 50257). Otherwise as `cross_entropy_backward`.
+    /// model head's is N × 50257).
     pub fn cross_entropy_backward_owned(
-        mut logits: Tensor,
+        logits: Tensor,
         targets: &Tensor,
         lse: &Tensor,
         dloss: &Tensor,
         o: CrossEntropy,
     ) -> Result<Tensor> {
         let op = "cross_entropy_backward";
-        if logits.device() != crate::Device::Cpu || !matches!(logits.dtype(), DType::F32 | DType::F64) {
-            return Self::cross_entropy_backward(&logits, targets, lse, dloss, o);
-        }
-        let checked = logits.ce_grad_checks(targets, lse, dloss, &o, op)?;
-        let g = GradArgs::new(checked, targets, lse, dloss, &o)?;
-        let c = logits.dims()[1];
-        match logits.dtype() {
-            DType::F32 => g.rows_in_place(logits.as_mut_slice::<f32>()?, c, o),
-            _ => g.rows_in_place(logits.as_mut_slice::<f64>()?, c, o),
-        }
-        Ok(logits)
-    }
-
-    /// The checks of the cross-entropy's backward: the targets (their values when read
-    /// for the check), one lse per row, a one-element loss gradient.
-    fn ce_grad_checks(
-        &self,
-        targets: &Tensor,
-        lse: &Tensor,
-        dloss: &Tensor,
-        o: &CrossEntropy,
-        op: &'static str,
-    ) -> Result<Option<Vec<i64>>> {
-        let checked = self.ce_targets(targets, o)?;
-        if lse.dims() != [self.dims()[0]] {
-            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: lse.shape().clone() });
+        let checked = logits.ce_targets(targets, &o)?;
+        if lse.dims() != [logits.dims()[0]] {
+            return Err(Error::ShapeMismatch { op, lhs: logits.shape().clone(), rhs: lse.shape().clone() });
         }
         if dloss.elem_count() != 1 {
             crate::bail!(op, "the loss gradient must be one element, got shape {}", dloss.shape());
         }
-        Ok(checked)
-    }
-}
-
-/// What the host's cross-entropy backward reads: targets, per-row lse, and the gradient
-/// scale `dloss / count`.
-struct GradArgs {
-    t: Vec<i64>,
-    lse: Vec<f64>,
-    scale: f64,
-}
-
-impl GradArgs {
-    fn new(
-        checked: Option<Vec<i64>>,
-        targets: &Tensor,
-        lse: &Tensor,
-        dloss: &Tensor,
-        o: &CrossEntropy,
-    ) -> Result<Self> {
+        if logits.device() != crate::Device::Cpu {
+            return logits.cuda_cross_entropy_backward(targets, lse, dloss, o);
+        }
         let t = checked.map_or_else(|| targets.to_vec::<i64>(), Ok)?;
+        let c = logits.dims()[1];
         let count = t.iter().filter(|&&v| Some(v) != o.ignore_index).count().max(1);
-        let scale = dloss.to_scalar_f64()? / count as f64;
-        Ok(GradArgs { t, lse: lse.to_vec_f64()?, scale })
+        let dloss = dloss.to_scalar_f64()?;
+        let lse = lse.to_vec_f64()?;
+        let scale = dloss / count as f64;
+        let dtype = logits.dtype();
+        // bf16 and f16 logits are widened; f32 and f64 ones are `logits` itself, dropped
+        // here so that a buffer no other tensor holds is written in place.
+        let mut g = compute_dtype(&logits, op)?;
+        drop(logits);
+        match g.dtype() {
+            DType::F32 => rows_grad(g.as_mut_slice::<f32>()?, &t, &lse, c, scale, o),
+            _ => rows_grad(g.as_mut_slice::<f64>()?, &t, &lse, c, scale, o),
+        }
+        g.to_dtype(dtype)
     }
+}
 
-    /// The gradient of rows of `c` logits, `x` overwritten.
-    fn rows<T: Float>(&self, mut x: Vec<T>, c: usize, o: CrossEntropy) -> Vec<T> {
-        self.rows_in_place(&mut x, c, o);
-        x
+/// Overwrites rows of `c` logits with their gradient: `(softmax − smoothed one-hot) ·
+/// scale`, 0 on ignored rows.
+fn rows_grad<T: Float>(x: &mut [T], t: &[i64], lse: &[f64], c: usize, scale: f64, o: CrossEntropy) {
+    if c == 0 {
+        return;
     }
-
-    /// Overwrites rows of `c` logits with their gradient: `(softmax − smoothed one-hot) ·
-    /// scale`, 0 on ignored rows.
-    fn rows_in_place<T: Float>(&self, x: &mut [T], c: usize, o: CrossEntropy) {
-        if c == 0 {
+    let (eps, off) = (o.label_smoothing, o.label_smoothing / c as f64);
+    let (scale_t, off_t) = (T::from_f64(scale), T::from_f64(off));
+    let hit = T::from_f64((1.0 - eps) * scale);
+    let row = |(r, xs): (usize, &mut [T])| {
+        if Some(t[r]) == o.ignore_index {
+            xs.fill(T::zero());
             return;
         }
-        let (eps, off) = (o.label_smoothing, o.label_smoothing / c as f64);
-        let (scale, off_t) = (T::from_f64(self.scale), T::from_f64(off));
-        let hit = T::from_f64((1.0 - eps) * self.scale);
-        let row = |(r, xs): (usize, &mut [T])| {
-            if Some(self.t[r]) == o.ignore_index {
-                xs.fill(T::zero());
-                return;
-            }
-            grad_row(xs, T::from_f64(self.lse[r]), off_t, scale);
-            xs[self.t[r] as usize] -= hit;
-        };
-        if x.len() >= PAR_MIN {
-            x.par_chunks_mut(c).with_min_len(items_per_task(c)).enumerate().for_each(row);
-        } else {
-            x.chunks_mut(c).enumerate().for_each(row);
-        }
+        grad_row(xs, T::from_f64(lse[r]), off_t, scale_t);
+        xs[t[r] as usize] -= hit;
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(c).with_min_len(items_per_task(c)).enumerate().for_each(row);
+    } else {
+        x.chunks_mut(c).enumerate().for_each(row);
     }
 }
 
