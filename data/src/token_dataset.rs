@@ -40,7 +40,8 @@ impl TokenDataset {
     /// `*_{split}.bin` (llm.c's names), `{split}.bin` (nanoGPT's) that matches any file.
     ///
     /// `embedded:shakespeare` names the embedded Shakespeare: its last 10% of tokens is
-    /// split `val` (and `test`), the rest `train`.
+    /// split `val` (and `test`), the rest `train` (see [`TokenDataset::train_val`] for
+    /// another fraction).
     pub fn split(dir: impl AsRef<Path>, split: &str) -> Result<Self> {
         let dir = dir.as_ref();
         if dir.as_os_str() == EMBEDDED_SHAKESPEARE {
@@ -61,6 +62,17 @@ impl TokenDataset {
             }
         }
         Err(Error::invalid(dir, format!("no token files of split {split:?} ({split}_*.bin or {split}.bin)")))
+    }
+
+    /// The `train` and `val` splits of `dir` ([`TokenDataset::split`]); the embedded
+    /// Shakespeare, which has no validation split of its own, holds out its last
+    /// `val_fraction` of tokens (in (0, 1)) as `val`.
+    pub fn train_val(dir: impl AsRef<Path>, val_fraction: f64) -> Result<(Self, Self)> {
+        let dir = dir.as_ref();
+        if dir.as_os_str() == EMBEDDED_SHAKESPEARE {
+            return crate::embedded::shakespeare_datasets(val_fraction);
+        }
+        Ok((Self::split(dir, "train")?, Self::split(dir, "val")?))
     }
 
     /// A data set of the given files, in this order. At least one file.

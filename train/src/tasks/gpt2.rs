@@ -7,9 +7,7 @@ use super::{
 };
 use crate::trainer::{Eval, RunSummary, Task, TrainError};
 use monarch_autograd::{Var, no_grad};
-use monarch_data::{
-    EMBEDDED_SHAKESPEARE, IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches,
-};
+use monarch_data::{IGNORE_INDEX, TokenDataset, TokenLoader, TokenLoaderState, ValidationBatches};
 use monarch_nn::models::{Gpt2, Gpt2Config, hf_gpt2};
 use monarch_nn::swap;
 use monarch_nn::{Ctx, LinearKind, Module, NamedParams, assign_params, param_count};
@@ -65,10 +63,7 @@ fn open_splits(data: &DataConfig) -> Result<(TokenDataset, TokenDataset), TrainE
             "this configuration needs --data: a folder of token shards written by `monarch tokenize`".into(),
         ));
     }
-    if data.path == EMBEDDED_SHAKESPEARE {
-        return Ok(monarch_data::embedded::shakespeare_datasets(data.val_fraction)?);
-    }
-    Ok((TokenDataset::split(&data.path, "train")?, TokenDataset::split(&data.path, "val")?))
+    Ok(TokenDataset::train_val(&data.path, data.val_fraction)?)
 }
 
 impl Task for Gpt2Task {
@@ -208,6 +203,7 @@ pub fn main(args: &TrainArgs) -> Result<Option<RunSummary>, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monarch_data::EMBEDDED_SHAKESPEARE;
 
     #[test]
     fn the_embedded_text_holds_out_the_configured_fraction() {
