@@ -23,7 +23,20 @@ impl KvCache {
 
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
-        self.kv.is_none()
+        self.len() == 0
+    }
+
+    /// Keeps the first `len` positions only (all when it holds fewer): decoding goes on
+    /// from there, as after a rejected draft or to reuse a shared prompt.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len == 0 {
+            self.kv = None;
+        } else if let Some((k, v)) = &mut self.kv
+            && len < k.dims()[2]
+        {
+            (*k, *v) = (k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
+        }
+        Ok(())
     }
 }
 

@@ -262,8 +262,8 @@ fn image_models_check_their_inputs_and_count_flops() {
 }
 
 /// Decoding with the key/value cache (a prefill of 5, then one token at a time, batch 2)
-/// gives the hidden states of recomputing the whole prefix, for dense and Monarch layers;
-/// a cache refuses positions past `block_size`, another batch size, and attention kinds
+/// gives the hidden states of recomputing the whole prefix, for dense and Monarch layers,
+/// also after truncating the cache and decoding another token there; a cache refuses positions past `block_size`, another batch size, and attention kinds
 /// whose masks depend on position.
 #[test]
 fn cached_decoding_matches_recomputing_the_prefix() {
@@ -283,6 +283,18 @@ fn cached_decoding_matches_recomputing_the_prefix() {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{kind:?} [{i}]: {a} vs {b}");
         }
         assert!(g.hidden_cached(&ids(2, 1, 97, 4), &mut cache).is_err(), "past block_size");
+        // Truncated to 9 positions, the cache decodes another 10th token as if the first 9
+        // had been all there was.
+        cache.truncate(9).unwrap();
+        assert_eq!(cache.len(), 9);
+        let other = ids(2, 1, 97, 8);
+        let got = g.hidden_cached(&other, &mut cache).unwrap().value().to_vec_f64().unwrap();
+        let redo = Tensor::cat(&[&all.narrow(1, 0, 9).unwrap(), &other], 1).unwrap();
+        let want = g.hidden(&redo, &Ctx::eval()).unwrap().narrow(1, 9, 1).unwrap().value().to_vec_f64().unwrap();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{kind:?} after truncate [{i}]: {a} vs {b}");
+        }
+        assert_eq!(cache.len(), 10);
         let mut short = Default::default();
         g.hidden_cached(&ids(2, 3, 97, 5), &mut short).unwrap();
         assert!(g.hidden_cached(&ids(1, 1, 97, 6), &mut short).is_err(), "another batch size");

@@ -142,6 +142,11 @@ impl Gpt2Cache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps the first `len` positions of every layer ([`KvCache::truncate`]).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|kv| kv.truncate(len))
+    }
 }
 
 /// A GPT-2 language model.

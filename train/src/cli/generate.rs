@@ -118,8 +118,9 @@ fn ids_tensor(ids: &[u32]) -> Result<Tensor, CliError> {
     Ok(Tensor::from_vec(ids.iter().map(|&i| i64::from(i)).collect::<Vec<_>>(), [1, ids.len()])?)
 }
 
-/// The next-token logits after the last of `hidden` (1, t, n_embd), through the tied head.
-fn last_logits(model: &Gpt2, hidden: &Var) -> Result<Vec<f32>, CliError> {
+/// The next-token logits after the last position of `hidden` (batch, t, n_embd), through
+/// the tied head, on the host: batch × vocab values.
+pub(crate) fn last_logits(model: &Gpt2, hidden: &Var) -> Result<Vec<f32>, CliError> {
     let t = hidden.dims()[1];
     let last = hidden.narrow(1, t - 1, 1)?;
     Ok(last.linear(&model.wte.weight.var(), None)?.value().to_vec_f32()?)

@@ -3,6 +3,7 @@
 
 mod attention;
 mod data;
+mod decode;
 mod head;
 mod linear;
 mod matmul;
@@ -27,6 +28,8 @@ enum BenchOp {
     Linear(linear::LinearArgs),
     /// Attention (naive, flash, block-sparse, Scatterbrain): median time and peak memory.
     Attention(attention::AttentionArgs),
+    /// One step of cached GPT-2 decoding: median time, tokens/s, read rate.
+    Decode(decode::DecodeArgs),
     /// An output layer and its cross-entropy, fused over row chunks or separate: median
     /// time and peak memory.
     Head(head::HeadArgs),
@@ -107,6 +110,7 @@ impl BenchArgs {
             BenchOp::Matmul(a) => a.run(),
             BenchOp::Linear(a) => a.run(),
             BenchOp::Attention(a) => a.run(),
+            BenchOp::Decode(a) => a.run(),
             BenchOp::Head(a) => a.run(),
             BenchOp::Tokens(a) => a.run(),
             BenchOp::Tokenize(a) => a.run(),
