@@ -1,5 +1,5 @@
 // Runs cuda/kernels/copy.cu (copy_{f32,bf16,i64,i32,u8}, cast_f32_bf16, cast_bf16_f32,
-// cast_u8_{f32,bf16}, fill_{f32,bf16,i64,u8}) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
+// cast_u8_{f32,bf16}, assign_{f32,bf16,i64,i32,u8}, fill_{f32,bf16,i64,u8}) in the CPU emulator, launched as cuda/src/ops/copy.rs launches them
 // (Strided6 from shape and element strides; cfg_1d(grid_for(n, 256), 256)), against
 // references from the definition: dst[i] = src[offset(i)] in row-major order over the
 // shape, converted f32 -> bf16 by round-to-nearest-even (ties, NaN and infinities
@@ -151,5 +151,38 @@ int main() {
         fails += emu::report(emu::fmt("tril_mask_u8 rows=%ld cols=%ld diagonal=%ld", (long)rows, (long)cols, (long)diag),
                              {&c});
     }
+    // assign_* into a strided destination, from each view above as the source: the
+    // source's elements, flattened to (rows, its last dimension), land on rows 5.. of a
+    // longer buffer whose rows lie `pitch` apart (as a key cache takes new positions);
+    // every element outside those stays poisoned.
+    const auto assign_case = [&](const char* name, auto kernel, const View& v, const auto& buf, unsigned sm) {
+        using T = typename std::decay_t<decltype(buf)>::value_type;
+        const size_t n = v.count(), cols = v.shape.back(), pitch = cols + 3;
+        std::vector<long> strides(v.shape.size(), 1);
+        for (int k = (int)v.shape.size() - 2; k >= 0; k--)
+            strides[k] = (k == (int)v.shape.size() - 2 ? (long)pitch : strides[k + 1] * v.shape[k + 1]);
+        const View dst{"dst", v.shape, strides, (long)(5 * pitch)};
+        std::vector<T> out = emu::poisoned<T>(dst.span() + pitch);
+        const std::vector<T> before = out;
+        emu::launch({emu::Device{sm}.grid_for(n, 256), 1, 1}, {256, 1, 1},
+                    [&] { kernel(buf.data() + v.start, v.geometry(), out.data() + dst.start, dst.geometry(), (i64)n); });
+        Compare c("mismatches", 0);
+        std::vector<bool> written(out.size(), false);
+        for (size_t i = 0; i < n; i++) {
+            written[dst.offset(i)] = true;
+            c.add(memcmp(&out[dst.offset(i)], &buf[v.offset(i)], sizeof(T)) == 0 ? 0.0 : 1.0, 0.0);
+        }
+        for (size_t i = 0; i < out.size(); i++)
+            if (!written[i] && memcmp(&out[i], &before[i], sizeof(T)) != 0) c.bad++;
+        fails += emu::report(emu::fmt("%-12s from %-10s n=%zu rows %zu apart", name, v.name, n, pitch), {&c});
+    };
+    for (const View& v : views) {
+        assign_case("assign_f32", assign_f32, v, f, 132);
+        assign_case("assign_bf16", assign_bf16, v, b, 132);
+        assign_case("assign_i64", assign_i64, v, l, 132);
+        assign_case("assign_i32", assign_i32, v, w, 132);
+        assign_case("assign_u8", assign_u8, v, u, 132);
+    }
+    assign_case("assign_f32", assign_f32, views[3], f, 1);  // 1 SM: 16 blocks grid-stride over 9250
     return fails ? 1 : 0;
 }

@@ -7,7 +7,8 @@
 //   gradient on rows with no visible key); dv = Pᵀ dO, dS = P (dO vᵀ - rowsum(dO o)),
 //   dq = dS k / sqrt(D), dk = dSᵀ q / sqrt(D). With attention dropout, Z_ij = 0 where
 //   counter_uniform(seed, (bh·seq_q + i)·seq_k + j) < p, else 1/(1-p): o = (P∘Z) v,
-//   dv = (P∘Z)ᵀ dO, dS = P (Z∘(dO vᵀ) - rowsum(dO o)).
+//   dv = (P∘Z)ᵀ dO, dS = P (Z∘(dO vᵀ) - rowsum(dO o)). Keys and values are read with their
+//   heads kv_stride apart (packed, or views of a longer cache whose extra rows are NaN).
 // Prints one line per case; exits 1 on any mismatch.
 
 #include "shim.h"
@@ -38,6 +39,7 @@ struct Case {
     unsigned sm_count = 132;
     double dropout = 0.0;
     unsigned long long seed = 0;
+    int kv_pad = 0;  // k and v as views of a cache of seq_k + kv_pad rows per head (NaN past seq_k)
 };
 
 /// `tiles_cfg` of the launcher: grid (ceil(seq / rows), clamp(bh, 1, limit), ceil(bh / y)),
@@ -74,10 +76,19 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     std::vector<T> o = emu::poisoned<T>(n), dq = emu::poisoned<T>(n), dk = emu::poisoned<T>(nkv),
                    dv = emu::poisoned<T>(nkv);
     std::vector<float> lse = emu::poisoned<float>(rows), delta = emu::poisoned<float>(rows), dq_accum(n, 0.0f);
+    // The heads of k and v kv_stride elements apart, the rows between poisoned (NaN).
+    const size_t kv_stride = (size_t)(nk + c.kv_pad) * D;
+    std::vector<T> k_heads = emu::poisoned<T>(c.bh * kv_stride), v_heads = emu::poisoned<T>(c.bh * kv_stride);
+    for (int h = 0; h < c.bh; h++)
+        for (size_t x = 0; x < (size_t)nk * D; x++) {
+            k_heads[h * kv_stride + x] = kk.dev[h * (size_t)nk * D + x];
+            v_heads[h * kv_stride + x] = v.dev[h * (size_t)nk * D + x];
+        }
     FlashParams p{};
     p.q = q.dev.data();
-    p.k = kk.dev.data();
-    p.v = v.dev.data();
+    p.k = k_heads.data();
+    p.v = v_heads.data();
+    p.kv_stride = (i64)kv_stride;
     p.o = o.data();
     p.lse = lse.data();
     p.dout = dout.dev.data();
@@ -165,6 +176,7 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     label += emu::fmt(" causal=%d mask=%d", c.causal, c.block_mask);
     if (c.y_limit != 65535) label += emu::fmt(" grid-y-limit=%u", c.y_limit);
     if (c.dropout > 0) label += emu::fmt(" dropout=%.2f", c.dropout);
+    if (c.kv_pad > 0) label += emu::fmt(" kv-heads-apart=%zu", kv_stride);
     return emu::report(label, {&co, &cl, &cq, &ck, &cv});
 }
 
@@ -199,5 +211,10 @@ int main() {
     fails += run<float, 64>({2, 200, 70, true, true}, KERNELS(f32, 64), f32);
     fails += run<bf16, 32>({1, 300, 130, true, false}, KERNELS(bf16, 32), bf);
     fails += run<float, 32>({1, 130, 300, false, true, 65535, 132, 0.2, 5}, KERNELS(f32, 32), f32);
+    // Keys and values read in place from a longer cache (heads further apart than their
+    // rows; the rows between are NaN): decoding steps and a prefill, forward and backward.
+    fails += run<float, 64>({3, 1, 130, true, false, 65535, 132, 0.0, 0, 70}, KERNELS(f32, 64), f32);
+    fails += run<bf16, 64>({2, 1, 70, true, false, 65535, 132, 0.0, 0, 1}, KERNELS(bf16, 64), bf);
+    fails += run<bf16, 128>({2, 100, 200, true, true, 65535, 132, 0.1, 3, 56}, KERNELS(bf16, 128), bf);
     return fails ? 1 : 0;
 }

@@ -1,5 +1,7 @@
 // Strided copies (making a view contiguous) and dtype conversion. The source is read
-// through up to 6 (shape, stride) pairs in elements; the destination is contiguous.
+// through up to 6 (shape, stride) pairs in elements; the destination is contiguous, or for
+// `assign_*` a strided view too (writing into part of a tensor, as a key cache takes a
+// new position).
 
 struct Strided6 {
     i64 shape[6];
@@ -50,6 +52,21 @@ COPY_KERNEL(float, bf16, cast_f32_bf16)
 COPY_KERNEL(bf16, float, cast_bf16_f32)
 COPY_KERNEL(unsigned char, float, cast_u8_f32)
 COPY_KERNEL(unsigned char, bf16, cast_u8_bf16)
+
+/// `dst[offset_d(i)] = src[offset_s(i)]` over one shape, both views strided (the
+/// destination's elements distinct), one dtype.
+#define ASSIGN_KERNEL(T, NAME)                                                                     \
+    extern "C" __global__ void NAME(const T* __restrict__ src, Strided6 gs, T* __restrict__ dst, Strided6 gd, i64 n) { \
+        const i64 stride = (i64)gridDim.x * blockDim.x;                                            \
+        for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride)               \
+            dst[strided_offset(gd, i)] = src[strided_offset(gs, i)];                               \
+    }
+
+ASSIGN_KERNEL(float, assign_f32)
+ASSIGN_KERNEL(bf16, assign_bf16)
+ASSIGN_KERNEL(i64, assign_i64)
+ASSIGN_KERNEL(int, assign_i32)
+ASSIGN_KERNEL(unsigned char, assign_u8)
 
 /// Fills `n` elements with the bit pattern of one value.
 #define FILL_KERNEL(T, NAME)                                                                 \

@@ -1,5 +1,7 @@
-// FlashAttention (Dao et al. 2022; the FA2 work split) for q (batch, heads, seq_q, D) and
-// k, v (batch, heads, seq_k, D) contiguous, D in {32, 64, 128}, softmax scale `scale`
+// FlashAttention (Dao et al. 2022; the FA2 work split) for q (batch, heads, seq_q, D)
+// contiguous and k, v (batch, heads, seq_k, D) with rows contiguous and heads `kv_stride`
+// elements apart (seq_k·D packed; more for views of a longer key cache; dK, dV are
+// written packed), D in {32, 64, 128}, softmax scale `scale`
 // (1/sqrt(D)), optional causal mask aligned at the last query and key (key j visible to
 // query i iff j <= i + seq_k - seq_q: new queries see a whole key cache) and optional
 // block mask: u8 (n_q_tiles x n_k_tiles), tile 64 x 64, 1 = visit. Only O and the per-row
@@ -47,6 +49,7 @@ struct FlashParams {
     float p_drop;               // attention dropout probability (0: none)
     float drop_scale;           // 1 / (1 - p_drop)
     u64 seed;                   // of the dropout mask
+    i64 kv_stride;              // elements from one head's k (and v) to the next's, >= seq_k * D
 };
 
 extern __shared__ __align__(16) unsigned char fa_smem[];
@@ -104,10 +107,10 @@ template <typename T, int D> __device__ void flash_fwd_run(const FlashParams& P)
     const int bh = blockIdx.y + blockIdx.z * gridDim.y, q0 = q_block * BR, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
     const int seq_q = P.seq_q, seq_k = P.seq_k;
-    const i64 base_q = (i64)bh * seq_q * D, base_k = (i64)bh * seq_k * D;
+    const i64 base_q = (i64)bh * seq_q * D, base_kv = (i64)bh * P.kv_stride;
     const T* q = reinterpret_cast<const T*>(P.q) + base_q;
-    const T* k = reinterpret_cast<const T*>(P.k) + base_k;
-    const T* v = reinterpret_cast<const T*>(P.v) + base_k;
+    const T* k = reinterpret_cast<const T*>(P.k) + base_kv;
+    const T* v = reinterpret_cast<const T*>(P.v) + base_kv;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16);
     const int q_last = min(q0 + BR, seq_q) - 1;
     // This warp's rows row0 .. row0 + 16·MQ - 1: one row of the block mask (none when
@@ -325,10 +328,10 @@ template <typename T, int D> __device__ void flash_bwd_run(const FlashParams& P)
     const int bh = blockIdx.y + blockIdx.z * gridDim.y, j0 = blockIdx.x * BC, warp = threadIdx.x >> 5;
     if (bh >= P.bh) return;
     const int seq_q = P.seq_q, seq_k = P.seq_k;
-    const i64 base_q = (i64)bh * seq_q * D, base_k = (i64)bh * seq_k * D;
+    const i64 base_q = (i64)bh * seq_q * D, base_k = (i64)bh * seq_k * D, base_kv = (i64)bh * P.kv_stride;
     const T* q = reinterpret_cast<const T*>(P.q) + base_q;
-    const T* k = reinterpret_cast<const T*>(P.k) + base_k;
-    const T* v = reinterpret_cast<const T*>(P.v) + base_k;
+    const T* k = reinterpret_cast<const T*>(P.k) + base_kv;
+    const T* v = reinterpret_cast<const T*>(P.v) + base_kv;
     const T* dout = reinterpret_cast<const T*>(P.dout) + base_q;
     const bool vec = aligned(P.q, 16) && aligned(P.k, 16) && aligned(P.v, 16) && aligned(P.dout, 16);
     auto load_q_tile = [&](int i0, int st) {

@@ -236,6 +236,7 @@ fn flash_attention_matches_naive_attention_with_causal_mask_and_ragged_length() 
         batch_heads: 2,
         seq_q: 100,
         seq_k: 100,
+        kv_stride: 100 * 32,
         head_dim: 32,
         scale: 1.0 / 32f32.sqrt(),
         causal: true,

@@ -8,35 +8,84 @@ use monarch_autograd::Var;
 use monarch_tensor::{AttentionOpts, Result, Tensor, bail};
 use rand::rngs::StdRng;
 
-/// One attention layer's keys and values of the positions decoded so far, each
-/// (batch, heads, positions, head_dim), for [`SelfAttention::forward_cached`].
+/// One attention layer's keys and values of the positions decoded so far, for
+/// [`SelfAttention::forward_cached`]. They live in buffers (batch, heads, capacity,
+/// head_dim) that new positions are written into in place, growing by doubling (not past
+/// the bound of [`KvCache::with_max_len`] unless the positions need it), so a decoding
+/// step copies only its own keys and values and attention reads the cache where it lies. While anything else
+/// still holds the views a step handed out (a recorded graph, when decoding outside
+/// `no_grad`), the next write copies the buffers first, so those views never change.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    kv: Option<(Tensor, Tensor)>,
+    buf: Option<(Tensor, Tensor)>,
+    len: usize,
+    max_len: Option<usize>,
 }
 
 impl KvCache {
+    /// An empty cache whose buffers grow to at most `max_len` positions before they are
+    /// needed (a model's context length), not past it by doubling.
+    pub fn with_max_len(max_len: usize) -> Self {
+        KvCache { max_len: Some(max_len), ..Default::default() }
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+        self.len
     }
 
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// Positions the buffers hold room for.
+    pub fn capacity(&self) -> usize {
+        self.buf.as_ref().map_or(0, |(k, _)| k.dims()[2])
     }
 
     /// Keeps the first `len` positions only (all when it holds fewer): decoding goes on
-    /// from there, as after a rejected draft or to reuse a shared prompt.
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len == 0 {
-            self.kv = None;
-        } else if let Some((k, v)) = &mut self.kv
-            && len < k.dims()[2]
-        {
-            (*k, *v) = (k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
+    /// from there, as after a rejected draft or to reuse a shared prompt. The buffers stay.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends keys `k` and values `v` (batch, heads, new, head_dim) and returns every
+    /// position's, views of the buffers (batch, heads, len, head_dim).
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let &[b, h, t, hd] = k.dims() else { bail!("KvCache", "keys must be (batch, heads, new, head_dim)") };
+        let fits = |buf: &Tensor| {
+            let d = buf.dims();
+            (d[0], d[1], d[3]) == (b, h, hd) && buf.device() == k.device()
+        };
+        match &self.buf {
+            Some((kb, _)) if !fits(kb) && self.len > 0 => {
+                let d = kb.dims();
+                bail!("KvCache", "a cache of batch {} and {} heads of {} cannot take {}", d[0], d[1], d[3], k.shape());
+            }
+            Some((kb, _)) if !fits(kb) => self.buf = None,
+            _ => {}
         }
-        Ok(())
+        let need = self.len + t;
+        if need > self.capacity() {
+            let grown = (2 * self.capacity()).min(self.max_len.unwrap_or(usize::MAX)).max(need);
+            let dtype = self.buf.as_ref().map_or(k.dtype(), |(kb, _)| kb.dtype());
+            let fresh = || Tensor::zeros_on([b, h, grown, hd], dtype, k.device());
+            let (mut nk, mut nv) = (fresh()?, fresh()?);
+            if let Some((kb, vb)) = &self.buf
+                && self.len > 0
+            {
+                nk.slice_assign(2, 0, &kb.narrow(2, 0, self.len)?)?;
+                nv.slice_assign(2, 0, &vb.narrow(2, 0, self.len)?)?;
+            }
+            self.buf = Some((nk, nv));
+        }
+        let (kb, vb) = self.buf.as_mut().expect("allocated above");
+        let dtype = kb.dtype();
+        kb.slice_assign(2, self.len, &k.to_dtype(dtype)?)?;
+        vb.slice_assign(2, self.len, &v.to_dtype(dtype)?)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
     }
 }
 
@@ -142,19 +191,12 @@ impl SelfAttention {
         if !self.can_cache() {
             bail!("SelfAttention", "{:?} attention has no key/value cache (naive or flash have)", self.attention);
         }
-        let ([b, t, d], [q, mut k, mut v]) = self.heads_qkv(x)?;
-        if let Some((pk, pv)) = &cache.kv {
-            if pk.dims()[..2] != [b, self.heads] {
-                bail!("SelfAttention", "a cache of batch {} cannot take a batch of {b}", pk.dims()[0]);
-            }
-            k = Var::cat(&[&Var::constant(pk.clone()), &k], 2)?;
-            v = Var::cat(&[&Var::constant(pv.clone()), &v], 2)?;
-        }
+        let ([b, t, d], [q, k, v]) = self.heads_qkv(x)?;
+        let (k, v) = cache.append(k.value(), v.value())?;
         // Causal attention aligns the last query with the last key: the new positions
         // see the whole cache.
         let opts = AttentionOpts { causal: self.causal, dropout: 0.0, seed: 0 };
-        let y = self.attention.apply(&q, &k, &v, &opts)?;
-        cache.kv = Some((k.value().contiguous()?, v.value().contiguous()?));
+        let y = self.attention.apply(&q, &Var::constant(k), &Var::constant(v), &opts)?;
         self.proj.forward(&y.transpose(1, 2)?.reshape([b, t, d])?)
     }
 
@@ -263,6 +305,36 @@ mod tests {
         assert_eq!(low, widened, "{what}");
         run(attn, x, true);
         assert_eq!(*seen.lock().unwrap(), Some(DType::BF16), "{what}: attention's output stays bf16");
+    }
+
+    /// The cache grows by doubling up to its bound (then exactly as needed), keeps its
+    /// buffers when truncated, and takes another batch size once emptied.
+    #[test]
+    fn a_key_cache_doubles_up_to_its_bound_and_keeps_its_buffers() {
+        let spec = AttentionSpec {
+            heads: 2,
+            causal: true,
+            linear: &LinearKind::Dense,
+            attention: &AttentionImpl::Flash,
+            dropout: 0.0,
+            names: ["a", "b"],
+        };
+        let attn = SelfAttention::new(8, &spec, &mut StdRng::seed_from_u64(1)).unwrap();
+        let _guard = monarch_autograd::no_grad();
+        let x = |b: usize, t: usize| Var::constant(Tensor::randn([b, t, 8], 0.0, 1.0, t as u64).unwrap());
+        let mut cache = KvCache::with_max_len(10);
+        let mut seen = Vec::new();
+        for t in [3, 1, 1, 1, 1, 3, 1] {
+            attn.forward_cached(&x(2, t), &mut cache).unwrap();
+            seen.push((cache.len(), cache.capacity()));
+        }
+        assert_eq!(seen, [(3, 3), (4, 6), (5, 6), (6, 6), (7, 10), (10, 10), (11, 11)]);
+        cache.truncate(4);
+        assert_eq!((cache.len(), cache.capacity()), (4, 11));
+        assert!(attn.forward_cached(&x(3, 1), &mut cache).is_err(), "another batch size");
+        cache.truncate(0);
+        attn.forward_cached(&x(3, 2), &mut cache).unwrap();
+        assert_eq!((cache.len(), cache.capacity()), (2, 2));
     }
 
     #[test]

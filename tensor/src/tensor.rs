@@ -279,6 +279,11 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
+        self.copy()
+    }
+
+    /// A contiguous copy of the elements in a buffer of its own.
+    fn copy(&self) -> Result<Tensor> {
         if let Storage::Cuda(_) = &*self.storage {
             return self.cuda_copy(self.dtype());
         }
@@ -290,6 +295,17 @@ impl Tensor {
             CpuStorage::from(out)
         });
         Ok(Tensor::from_cpu(out, self.shape()))
+    }
+
+    /// Makes the buffer this tensor's own, holding exactly its elements in order, for a
+    /// write in place: a copy when another tensor shares it or this one views only part
+    /// of it, so views taken before keep their values.
+    pub(crate) fn own_buffer(&mut self) -> Result<()> {
+        let whole = self.layout.contiguous_range() == Some(0..self.storage_len());
+        if !whole || Arc::get_mut(&mut self.storage).is_none() {
+            *self = self.copy()?;
+        }
+        Ok(())
     }
 
     /// Mutable access to the elements for in-place updates (optimisers). Copies first if

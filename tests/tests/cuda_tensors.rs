@@ -665,6 +665,50 @@ fn attention_with_unequal_queries_and_keys_matches_the_cpu() {
     }
 }
 
+/// A key cache on the device: `slice_assign` writes new positions (from a transposed
+/// source) in place as on the CPU, a clone taken before keeps its values, and flash
+/// attention forward and backward read keys and values as views of the longer buffer (their
+/// heads further apart than their rows) as the CPU reads them packed; f32 and bf16.
+#[test]
+fn attention_reads_a_key_cache_in_place_as_the_cpu_reads_it_packed() {
+    if !gpu() {
+        return;
+    }
+    for dtype in [DType::F32, DType::BF16] {
+        let (tol, gtol) = if dtype == DType::F32 { (1e-4, 1e-4) } else { (3e-2, 5e-2) };
+        let low = |t: Tensor| t.to_dtype(dtype).unwrap();
+        // A (2, 3, 200, 64) cache holding 150 positions, the last 20 written as a transposed view.
+        let (mut kc, mut vc) = (Tensor::zeros([2, 3, 200, 64], dtype), Tensor::zeros([2, 3, 200, 64], dtype));
+        let (k_old, v_old) = (low(rnd(&[2, 3, 130, 64], 80)), low(rnd(&[2, 3, 130, 64], 81)));
+        let (k_new, v_new) = (low(rnd(&[2, 3, 64, 20], 82)), low(rnd(&[2, 3, 64, 20], 83)));
+        let (mut kg, mut vg) = (kc.to_device(GPU).unwrap(), vc.to_device(GPU).unwrap());
+        for (c, g, old, new) in [(&mut kc, &mut kg, &k_old, &k_new), (&mut vc, &mut vg, &v_old, &v_new)] {
+            c.slice_assign(2, 0, old).unwrap();
+            g.slice_assign(2, 0, &old.to_device(GPU).unwrap()).unwrap();
+            let before = g.clone();
+            c.slice_assign(2, 130, &new.t().unwrap()).unwrap();
+            g.slice_assign(2, 130, &new.to_device(GPU).unwrap().t().unwrap()).unwrap();
+            assert_eq!(g.device(), GPU);
+            close(g, c, 0.0);
+            close(&before.narrow(2, 130, 20).unwrap(), &Tensor::zeros([2, 3, 20, 64], dtype), 0.0);
+        }
+        let (k, v) = (kg.narrow(2, 0, 150).unwrap(), vg.narrow(2, 0, 150).unwrap());
+        let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap().contiguous().unwrap();
+        let (kp, vp) = (f32s(&kc.narrow(2, 0, 150).unwrap()), f32s(&vc.narrow(2, 0, 150).unwrap()));
+        for nq in [1, 70] {
+            let (q, dout) = (low(rnd(&[2, 3, nq, 64], 84)), low(rnd(&[2, 3, nq, 64], 85)));
+            let opts = AttentionOpts { causal: true, ..Default::default() };
+            let (want, wg) = attention_and_grads([&f32s(&q), &kp, &vp, &f32s(&dout)], None, &opts);
+            let (qg, dg) = (q.to_device(GPU).unwrap(), dout.to_device(GPU).unwrap());
+            let (got, gg) = attention_and_grads([&qg, &k, &v, &dg], None, &opts);
+            close(&got.out, &want.out, tol);
+            close(&gg.dq, &wg.dq, gtol);
+            close(&gg.dk, &wg.dk, gtol);
+            close(&gg.dv, &wg.dv, gtol);
+        }
+    }
+}
+
 /// Scatterbrain composed on the GPU (block-sparse kernels for the band, batched products
 /// for the low-rank part) against the fused CPU kernel: f32 and bf16 (the CPU in f32 on
 /// the same bf16-rounded inputs), causal or not, seq 200 (a ragged last block), window 1.

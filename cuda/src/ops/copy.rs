@@ -16,6 +16,18 @@ pub(crate) struct Strided6 {
     pad: i32,
 }
 
+impl Strided6 {
+    /// The geometry of a view already checked by [`extent`].
+    fn new(shape: &[usize], strides: &[usize]) -> Self {
+        let mut g = Strided6 { shape: [1; MAX_DIMS], stride: [0; MAX_DIMS], ndim: shape.len() as i32, pad: 0 };
+        for (d, (&s, &st)) in shape.iter().zip(strides).enumerate() {
+            g.shape[d] = s as i64;
+            g.stride[d] = st as i64;
+        }
+        g
+    }
+}
+
 /// Checks a shape and strides of up to 6 dims and returns the element count and the
 /// largest offset reached plus one (0 when empty).
 pub(crate) fn extent(op: &'static str, shape: &[usize], strides: &[usize]) -> Result<(usize, usize)> {
@@ -56,13 +68,50 @@ pub fn copy_strided(src: View<'_>, shape: &[usize], strides: &[usize], dst: View
     if n == 0 {
         return Ok(());
     }
-    let mut g = Strided6 { shape: [1; MAX_DIMS], stride: [0; MAX_DIMS], ndim: shape.len() as i32, pad: 0 };
-    for (d, (&s, &st)) in shape.iter().zip(strides).enumerate() {
-        g.shape[d] = s as i64;
-        g.stride[d] = st as i64;
-    }
+    let g = Strided6::new(shape, strides);
     let f = dev.function(kernels::COPY, name)?;
     let args = [Arg::U64(src.ptr()), Arg::of(&g), Arg::U64(dst.ptr()), Arg::len(n)];
+    dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
+}
+
+/// `dst[offset_d(i)] = src[offset_s(i)]` for the `i`-th element in row-major order over
+/// `shape`, both views read through their element strides (from each view's start): the
+/// copy into part of a tensor, e.g. a new position of a key cache. One dtype among f32,
+/// bf16, i64, i32, u8, copied bit for bit. The destination's elements must be distinct
+/// (no stride 0 along a dimension of more than one element).
+/// Kernel `assign_{f32,bf16,i64,i32,u8}(src, Strided6, dst, Strided6, n)`, 256 threads,
+/// grid-stride.
+pub fn assign_strided(
+    src: View<'_>,
+    src_strides: &[usize],
+    dst: ViewMut<'_>,
+    dst_strides: &[usize],
+    shape: &[usize],
+) -> Result<()> {
+    let c = Check { op: "assign_strided" };
+    let (n, src_span) = extent(c.op, shape, src_strides)?;
+    let (_, dst_span) = extent(c.op, shape, dst_strides)?;
+    if shape.iter().zip(dst_strides).any(|(&d, &s)| d > 1 && s == 0) {
+        crate::error::bail!(c.op, "the destination repeats elements (shape {shape:?}, strides {dst_strides:?})");
+    }
+    c.input("src", &src, dst.dtype(), src_span)?;
+    c.output("dst", &dst, dst.dtype(), dst_span)?;
+    let dev = src.device().clone();
+    c.same_device(&dev, [dst.device()])?;
+    let name = match dst.dtype() {
+        DType::F32 => "assign_f32",
+        DType::BF16 => "assign_bf16",
+        DType::I64 => "assign_i64",
+        DType::I32 => "assign_i32",
+        DType::U8 => "assign_u8",
+        dtype => return Err(CudaError::UnsupportedDType { op: c.op, dtype }),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let (gs, gd) = (Strided6::new(shape, src_strides), Strided6::new(shape, dst_strides));
+    let f = dev.function(kernels::COPY, name)?;
+    let args = [Arg::U64(src.ptr()), Arg::of(&gs), Arg::U64(dst.ptr()), Arg::of(&gd), Arg::len(n)];
     dev.launch(&f, cfg_1d(dev.grid_for(n, 256), 256), &args)
 }
 

@@ -19,6 +19,10 @@ pub struct AttentionDims {
     pub seq_q: usize,
     /// Keys (and values) per head.
     pub seq_k: usize,
+    /// Elements from one head's keys (and values) to the next's: `seq_k · head_dim` when
+    /// packed, more when k and v are views of a longer key cache. Each head's rows are
+    /// contiguous; the gradients dk, dv are written packed.
+    pub kv_stride: usize,
     /// 32, 64 or 128.
     pub head_dim: usize,
     /// The scale of q·kᵀ before the softmax: 1/√head_dim, or the model's own head
@@ -48,6 +52,15 @@ impl AttentionDims {
         if !(0.0..1.0).contains(&self.dropout) {
             crate::error::bail!("flash_attention", "dropout must lie in [0, 1), got {}", self.dropout);
         }
+        if self.kv_stride < self.seq_k * self.head_dim {
+            crate::error::bail!(
+                "flash_attention",
+                "heads of k and v {} elements apart overlap ({} keys of {})",
+                self.kv_stride,
+                self.seq_k,
+                self.head_dim
+            );
+        }
         if ![32, 64, 128].contains(&self.head_dim) {
             crate::error::bail!("flash_attention", "head_dim must be 32, 64 or 128 (got {})", self.head_dim);
         }
@@ -67,9 +80,16 @@ impl AttentionDims {
     fn q_elems(&self) -> usize {
         self.batch_heads * self.seq_q * self.head_dim
     }
-    /// Elements of k and v (and dk, dv).
+    /// Elements of dk and dv.
     fn k_elems(&self) -> usize {
         self.batch_heads * self.seq_k * self.head_dim
+    }
+    /// Elements k and v reach from their start: the last head's rows `kv_stride` apart.
+    fn kv_span(&self) -> usize {
+        match self.batch_heads {
+            0 => 0,
+            bh => (bh - 1) * self.kv_stride + self.seq_k * self.head_dim,
+        }
     }
 }
 
@@ -98,6 +118,7 @@ struct FlashParams {
     p_drop: f32,
     drop_scale: f32,
     seed: u64,
+    kv_stride: i64,
 }
 
 fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
@@ -112,6 +133,7 @@ fn params(d: &AttentionDims, mask: Option<&View<'_>>) -> FlashParams {
         p_drop: d.dropout as f32,
         drop_scale: (1.0 / (1.0 - d.dropout)) as f32,
         seed: d.seed,
+        kv_stride: d.kv_stride as i64,
         ..FlashParams::default()
     }
 }
@@ -180,8 +202,8 @@ pub fn flash_attention_forward(
     let c = Check { op: "flash_attention_forward" };
     let dt = q.dtype();
     c.input("q", &q, dt, d.q_elems())?;
-    c.input("k", &k, dt, d.k_elems())?;
-    c.input("v", &v, dt, d.k_elems())?;
+    c.input("k", &k, dt, d.kv_span())?;
+    c.input("v", &v, dt, d.kv_span())?;
     check_mask(&c, &d, mask.as_ref())?;
     c.output("o", &o, dt, d.q_elems())?;
     c.output("lse", &lse, DType::F32, d.batch_heads * d.seq_q)?;
@@ -223,8 +245,8 @@ pub fn flash_attention_backward(
     for (name, t) in [("q", &q), ("o", &o), ("dout", &dout)] {
         c.input(name, t, dt, d.q_elems())?;
     }
-    c.input("k", &k, dt, d.k_elems())?;
-    c.input("v", &v, dt, d.k_elems())?;
+    c.input("k", &k, dt, d.kv_span())?;
+    c.input("v", &v, dt, d.kv_span())?;
     c.input("lse", &lse, DType::F32, d.batch_heads * d.seq_q)?;
     check_mask(&c, &d, mask.as_ref())?;
     c.output("dq", &dq, dt, d.q_elems())?;
@@ -267,8 +289,9 @@ mod tests {
 
     #[test]
     fn params_match_the_kernel_struct_and_smem_fits_hopper_and_ampere() {
-        // 12 pointers, 6 four-byte fields (bh, seq_q, seq_k, scale, causal, n_k_tiles), the two dropout floats and the seed.
-        assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4 + 2 * 4 + 8);
+        // 12 pointers, 6 four-byte fields (bh, seq_q, seq_k, scale, causal, n_k_tiles), the
+        // two dropout floats, the seed and the heads' stride.
+        assert_eq!(std::mem::size_of::<FlashParams>(), 12 * 8 + 6 * 4 + 2 * 4 + 8 + 8);
         for d in [32, 64, 128] {
             for elem in [2, 4] {
                 assert!(fwd_smem(d, elem) <= 163 * 1024 && bwd_smem(d, elem) <= 163 * 1024, "d {d} elem {elem}");

@@ -144,8 +144,8 @@ impl Gpt2Cache {
     }
 
     /// Keeps the first `len` positions of every layer ([`KvCache::truncate`]).
-    pub fn truncate(&mut self, len: usize) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|kv| kv.truncate(len))
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|kv| kv.truncate(len));
     }
 }
 
@@ -238,7 +238,7 @@ impl Gpt2 {
         if t == 0 || start + t > self.cfg.block_size {
             bail!("Gpt2", "{t} new positions after {start} cached do not fit 1..={}", self.cfg.block_size);
         }
-        cache.layers.resize_with(self.h.len(), KvCache::default);
+        cache.layers.resize_with(self.h.len(), || KvCache::with_max_len(self.cfg.block_size));
         let pos = self.wpe.weight.var().narrow(0, start, t)?;
         let mut x = self.wte.forward(ids)?.add(&pos)?;
         // A layer that cannot cache (every layer shares the attention kind) refuses at the

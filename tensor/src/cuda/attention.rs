@@ -13,8 +13,8 @@ use crate::{AttentionGrads, AttentionOpts, AttentionOut, BlockMask, DType, Devic
 use monarch_cuda::ops::flash_attention::{self as kf, ATTN_TILE, AttentionDims};
 use std::sync::Mutex;
 
-/// The kernel's sizes, or why the call has no CUDA kernel.
-fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<AttentionDims> {
+/// The kernel's sizes, k and v's heads `kv_stride` apart, or why the call has no CUDA kernel.
+fn kernel_dims(d: Dims, kv_stride: usize, opts: &AttentionOpts, op: &'static str) -> Result<AttentionDims> {
     if d.d == 0 || d.d > 128 {
         crate::bail!(op, "the CUDA kernels take head_dim up to 128 (got {})", d.d);
     }
@@ -22,6 +22,7 @@ fn kernel_dims(d: Dims, opts: &AttentionOpts, op: &'static str) -> Result<Attent
         batch_heads: d.bh(),
         seq_q: d.nq,
         seq_k: d.nk,
+        kv_stride,
         head_dim: padded_head_dim(d.d),
         scale: 1.0 / (d.d as f32).sqrt(),
         causal: opts.causal,
@@ -45,6 +46,33 @@ fn pad_heads(t: &Tensor, to: usize) -> Result<Tensor> {
     *dims.last_mut().expect("attention tensors have rank 4") = to - d;
     let zeros = Tensor::zeros_on(dims, t.dtype(), t.device())?;
     Tensor::cat(&[t, &zeros], t.rank() - 1)
+}
+
+/// Elements from one head of a (batch, heads, seq, d) view to the next, when the kernels
+/// can read it in place: each head's rows contiguous and the heads evenly spaced without
+/// overlap (a packed tensor, or a narrowed key cache).
+fn head_stride(t: &Tensor) -> Option<usize> {
+    let (&[b, h, n, d], &[s0, s1, s2, s3]) = (t.dims(), t.layout().strides()) else { return None };
+    let rows_packed = (d <= 1 || s3 == 1) && (n <= 1 || s2 == d);
+    let stride = match (b, h) {
+        _ if b * h <= 1 => n * d,
+        (_, 1) => s0,
+        (1, _) => s1,
+        _ if s0 == h * s1 => s1,
+        _ => return None,
+    };
+    (rows_packed && stride >= n * d).then_some(stride)
+}
+
+/// Keys and values as the kernels read them, with their heads' stride: in place when both
+/// are views the kernels can read with one stride (a key cache's), else packed copies
+/// (heads zero-padded to `hd` when narrower).
+fn keys_values(k: &Tensor, v: &Tensor, hd: usize) -> Result<(Tensor, Tensor, usize)> {
+    let d = k.dims()[3];
+    match (head_stride(k), head_stride(v)) {
+        (Some(a), Some(b)) if a == b && d == hd => Ok((k.clone(), v.clone(), a)),
+        _ => Ok((pad_heads(k, hd)?, pad_heads(v, hd)?, k.dims()[2] * hd)),
+    }
 }
 
 /// The first `d` of `t`'s padded heads.
@@ -111,9 +139,10 @@ impl Tensor {
         op: &'static str,
     ) -> Result<AttentionOut> {
         same_device(op, self, &[k, v])?;
-        let ad = kernel_dims(dims, opts, op)?;
-        let hd = ad.head_dim;
-        let (q, k, v) = (pad_heads(self, hd)?, pad_heads(k, hd)?, pad_heads(v, hd)?);
+        let hd = padded_head_dim(dims.d);
+        let (k, v, kv_stride) = keys_values(k, v, hd)?;
+        let ad = kernel_dims(dims, kv_stride, opts, op)?;
+        let q = pad_heads(self, hd)?;
         let m = tile_mask(mask, &ad, &q, op)?;
         let mut out = alloc(&q, q.dtype(), q.shape().clone(), op)?;
         let mut lse = alloc(&q, DType::F32, dims.row_shape(), op)?;
@@ -146,14 +175,15 @@ impl Tensor {
     ) -> Result<AttentionGrads> {
         same_device(op, q, &[k, v, &fwd.out, &fwd.lse, dout])?;
         check_saved(fwd, dout, dims, op)?;
-        let ad = kernel_dims(dims, opts, op)?;
-        let hd = ad.head_dim;
-        let (qc, kc, vc) = (pad_heads(q, hd)?, pad_heads(k, hd)?, pad_heads(v, hd)?);
+        let hd = padded_head_dim(dims.d);
+        let (kc, vc, kv_stride) = keys_values(k, v, hd)?;
+        let ad = kernel_dims(dims, kv_stride, opts, op)?;
+        let qc = pad_heads(q, hd)?;
         let (o, lse, g) = (pad_heads(&fwd.out, hd)?, fwd.lse.contiguous()?, pad_heads(dout, hd)?);
         let m = tile_mask(mask, &ad, &qc, op)?;
         let mut dq = alloc(&qc, qc.dtype(), qc.shape().clone(), op)?;
-        let mut dk = alloc(&qc, qc.dtype(), kc.shape().clone(), op)?;
-        let mut dv = alloc(&qc, qc.dtype(), kc.shape().clone(), op)?;
+        let mut dk = alloc(&qc, qc.dtype(), [dims.batch, dims.heads, dims.nk, hd], op)?;
+        let mut dv = alloc(&qc, qc.dtype(), [dims.batch, dims.heads, dims.nk, hd], op)?;
         let mv = m.as_ref().map(|m| m.cuda_elems(op)).transpose()?;
         kf::flash_attention_backward(
             ad,
@@ -186,6 +216,7 @@ mod tests {
             batch_heads: 1,
             seq_q: 300,
             seq_k: 300,
+            kv_stride: 300 * 64,
             head_dim: 64,
             scale: 0.125,
             causal: false,
@@ -208,11 +239,25 @@ mod tests {
         let short = BlockMask::new(2, 2, 128, vec![true; 4]).unwrap();
         assert!(tile_mask(Some(&short), &ad, &like, "test").is_err(), "the mask must cover the sequence");
         // 100 queries over 300 keys: 1x3 blocks of 128 become 2x5 tiles.
-        let wide = AttentionDims { seq_q: 100, ..ad };
+        let wide = AttentionDims { seq_q: 100, kv_stride: 300 * 64, ..ad };
         let m = BlockMask::new(1, 3, 128, vec![false, true, true]).unwrap();
         let got = tile_mask(Some(&m), &wide, &like, "test").unwrap().unwrap();
         assert_eq!(got.dims(), [2, 5]);
         assert_eq!(got.to_vec::<u8>().unwrap(), [0, 0, 1, 1, 1, 0, 0, 1, 1, 1]);
         assert!(tile_mask(Some(&short), &wide, &like, "test").is_err(), "2 rows of blocks for 100 queries");
+    }
+
+    #[test]
+    fn keys_read_in_place_are_views_with_packed_rows_and_evenly_spaced_heads() {
+        let cache = Tensor::zeros([2, 3, 10, 4], DType::F32);
+        assert_eq!(head_stride(&cache), Some(40));
+        let first = cache.narrow(2, 0, 6).unwrap();
+        assert_eq!(head_stride(&first), Some(40), "a cache's first positions");
+        assert_eq!(head_stride(&cache.narrow(0, 1, 1).unwrap().narrow(2, 2, 5).unwrap()), Some(40));
+        assert_eq!(head_stride(&cache.narrow(1, 0, 2).unwrap()), None, "batches 3 heads apart, 2 heads left");
+        assert_eq!(head_stride(&cache.narrow(3, 0, 2).unwrap()), None, "rows with gaps");
+        assert_eq!(head_stride(&cache.transpose(1, 2).unwrap()), None);
+        let one = Tensor::zeros([1, 1, 5, 4], DType::F32).broadcast_as([3, 1, 5, 4]).unwrap();
+        assert_eq!(head_stride(&one), None, "broadcast heads overlap");
     }
 }

@@ -115,6 +115,21 @@ impl Tensor {
         out.transpose(0, d)?.contiguous()
     }
 
+    /// [`Tensor::slice_assign`] on the device, into a contiguous buffer of this tensor's
+    /// own (checked by the caller): one strided copy from `src` as it lies.
+    pub(crate) fn cuda_slice_assign(&mut self, d: usize, start: usize, src: &Tensor) -> Result<()> {
+        let op = "slice_assign";
+        let strides = self.layout().strides().to_vec();
+        let at = start * strides[d];
+        let view = src.cuda_view(op)?;
+        let Some(Storage::Cuda(s)) = self.storage_mut() else {
+            return Err(Error::invalid(op, "output buffer is shared"));
+        };
+        let buf = s.written();
+        let dst = buf.slice_mut(at, buf.len() - at).map_err(cuda_err(op))?;
+        kc::assign_strided(view, src.layout().strides(), dst, &strides, src.dims()).map_err(cuda_err(op))
+    }
+
     /// `lhs op rhs` with broadcasting, both on one device (f32 or bf16).
     pub(crate) fn cuda_binary(
         &self,

@@ -99,6 +99,53 @@ impl Tensor {
         Ok(Tensor::from_cpu(out, shape))
     }
 
+    /// Writes `src` over positions `start..start + n` of dimension `dim` in place, where
+    /// `n` is `src`'s size there: `self.narrow(dim, start, n)` becomes `src`. `src` has
+    /// this tensor's dtype, device and shape but along `dim`. Tensors that shared the
+    /// buffer keep their values: this one is first copied into a buffer of its own when
+    /// another shares it or it views only part of one, so an appended key cache writes
+    /// in place only while nothing else holds it.
+    pub fn slice_assign(&mut self, dim: impl Dim, start: usize, src: &Tensor) -> Result<()> {
+        let op = "slice_assign";
+        let d = dim.resolve(self.shape(), op)?;
+        same_dtype(self, src, op)?;
+        if src.device() != self.device() {
+            return Err(Error::DeviceMismatch { op, lhs: self.device(), rhs: src.device() });
+        }
+        let same_rank = src.rank() == self.rank();
+        if !same_rank || src.dims().iter().zip(self.dims()).enumerate().any(|(i, (a, b))| i != d && a != b) {
+            return Err(Error::ShapeMismatch { op, lhs: self.shape().clone(), rhs: src.shape().clone() });
+        }
+        let (n, size) = (src.dims()[d], self.dims()[d]);
+        if start.checked_add(n).is_none_or(|end| end > size) {
+            crate::bail!(
+                op,
+                "positions {start}..{} do not fit dimension {d} of shape {}",
+                start.saturating_add(n),
+                self.shape()
+            );
+        }
+        self.own_buffer()?;
+        if src.elem_count() == 0 {
+            return Ok(());
+        }
+        if self.device() != crate::Device::Cpu {
+            return self.cuda_slice_assign(d, start, src);
+        }
+        let src = src.contiguous()?;
+        let inner: usize = self.dims()[d + 1..].iter().product();
+        let (width, row) = (n * inner, size * inner);
+        let from = src.layout().offset();
+        let Some(crate::Storage::Cpu(dst)) = self.storage_mut() else { unreachable!("own_buffer made it unique") };
+        with_cpu_vec!(dst, dst => {
+            let s = crate::WithDType::slice(src.cpu(op)?).expect("dtype checked above");
+            for (o, part) in s[from..from + src.elem_count()].chunks_exact(width).enumerate() {
+                dst[o * row + start * inner..][..width].copy_from_slice(part);
+            }
+        });
+        Ok(())
+    }
+
     /// Stacks tensors of one shape along a new dimension `dim` (`0..=rank`).
     pub fn stack(tensors: &[&Tensor], dim: i64) -> Result<Tensor> {
         let parts = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
@@ -177,5 +224,44 @@ mod tests {
         assert!(Tensor::cat(&[&a, &Tensor::zeros([2, 3], DType::F64)], 0).is_err());
         assert!(c.chunk(3, 1).is_err());
         assert_eq!(c.chunk(5, 1).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn slice_assign_writes_in_place_and_leaves_earlier_views_alone() {
+        // (2, 4, 2): positions 1..3 of the middle dimension take a transposed source.
+        let mut t = Tensor::zeros([2, 4, 2], DType::F32);
+        let src = iota(&[2, 2, 2]).affine(1.0, 1.0).unwrap().transpose(0, 2).unwrap();
+        let want_src = src.to_vec::<f32>().unwrap();
+        t.slice_assign(1, 1, &src).unwrap();
+        let got = t.to_vec::<f32>().unwrap();
+        for (i, &x) in got.iter().enumerate() {
+            let (b, p, c) = (i / 8, i / 2 % 4, i % 2);
+            let want = if (1..3).contains(&p) { want_src[(b * 2 + p - 1) * 2 + c] } else { 0.0 };
+            assert_eq!(x, want, "[{b}, {p}, {c}]");
+        }
+        // Unshared: the same buffer is written. Shared: the writer copies first.
+        let before = t.clone();
+        let ptr = |t: &Tensor| t.cpu_slice::<f32>("test").unwrap().as_ptr();
+        let mut owned = t.contiguous().unwrap().affine(1.0, 0.0).unwrap();
+        let at = ptr(&owned);
+        owned.slice_assign(1, 3, &Tensor::ones([2, 1, 2], DType::F32)).unwrap();
+        assert_eq!(ptr(&owned), at, "an unshared buffer is written in place");
+        t.slice_assign(-2, 0, &Tensor::ones([2, 1, 2], DType::F32)).unwrap();
+        assert_eq!(before.to_vec::<f32>().unwrap(), got, "a clone taken before keeps its values");
+        assert_eq!(t.to_vec::<f32>().unwrap()[..2], [1., 1.]);
+        // A view of part of a buffer becomes a tensor of its own; the buffer keeps its values.
+        let whole = iota(&[4, 3]);
+        let mut part = whole.narrow(0, 1, 2).unwrap();
+        part.slice_assign(1, 2, &Tensor::zeros([2, 1], DType::F32)).unwrap();
+        assert_eq!(part.to_vec::<f32>().unwrap(), [3., 4., 0., 6., 7., 0.]);
+        assert_eq!(whole.to_vec::<f32>().unwrap()[5], 5.0);
+        // Clear errors: wrong shape, positions past the end, another dtype, no dimension.
+        let e = t.slice_assign(1, 0, &Tensor::zeros([3, 1, 2], DType::F32)).unwrap_err().to_string();
+        assert!(e.contains("shape mismatch"), "{e}");
+        let e = t.slice_assign(1, 3, &Tensor::zeros([2, 2, 2], DType::F32)).unwrap_err().to_string();
+        assert!(e.contains("positions 3..5 do not fit"), "{e}");
+        assert!(t.slice_assign(1, usize::MAX, &Tensor::zeros([2, 2, 2], DType::F32)).is_err());
+        assert!(t.slice_assign(1, 0, &Tensor::zeros([2, 1, 2], DType::F64)).is_err());
+        assert!(t.slice_assign(3, 0, &Tensor::zeros([2, 4, 2], DType::F32)).is_err());
     }
 }

@@ -88,7 +88,7 @@ impl DecodeArgs {
         let mut step = || -> Result<(), CliError> {
             let hidden = model.hidden_cached(&next, &mut cache)?;
             last_logits(&model, &hidden)?;
-            cache.truncate(self.context)?;
+            cache.truncate(self.context);
             Ok(device.synchronize()?)
         };
         let ms = self.timing.median_ms(&mut step)?;
