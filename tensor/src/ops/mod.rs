@@ -17,6 +17,7 @@ mod norm;
 mod optim;
 mod reduce;
 mod shape;
+mod skinny_gemm;
 mod softmax;
 mod strided_gemm;
 mod unary;
