@@ -1,8 +1,13 @@
 //! `monarch project IN OUT --nblocks N [--layers REGEX]`: replaces dense weights by their
 //! Frobenius-nearest Monarch factors (dense-to-sparse fine-tuning), and
-//! `monarch densify IN OUT` (in densify.rs) undoes it.
+//! `monarch densify IN OUT` (in densify.rs) undoes it. A training run's checkpoint comes
+//! out as a plain weights file: its header (the run's configuration, step and data
+//! position) and its optimiser state describe the dense layers, so neither is carried
+//! over; `--init-from` on the training binaries is the way to fine-tune a run's dense
+//! checkpoint as Monarch.
 
 use super::CliError;
+use crate::trainer::checkpoint::{self, OPTIMIZER_PREFIX};
 use clap::Args;
 use monarch_nn::{Linear, MonarchLinear};
 use monarch_tensor::{Tensor, load_safetensors, save_safetensors};
@@ -55,7 +60,16 @@ pub(crate) struct Projected {
 impl ProjectArgs {
     /// Projects, writes the output and prints one line per layer.
     pub fn run(self) -> Result<(), CliError> {
-        for p in self.project()? {
+        let (report, was_checkpoint) = self.project()?;
+        if was_checkpoint {
+            println!(
+                "note: {} is a training checkpoint; {} holds its weights only (its header and optimiser \
+                 state describe the dense layers); to fine-tune it as Monarch, train with --init-from",
+                self.input.display(),
+                self.output.display()
+            );
+        }
+        for p in report {
             println!(
                 "{}: {}x{} -> monarch, relative error {:.4e}, parameters {} -> {} ({:.2}x fewer)",
                 p.name,
@@ -70,17 +84,27 @@ impl ProjectArgs {
         Ok(())
     }
 
-    pub(crate) fn project(&self) -> Result<Vec<Projected>, CliError> {
+    /// The projected layers, and whether the input was a training checkpoint (whose
+    /// header and optimiser state the output leaves out).
+    pub(crate) fn project(&self) -> Result<(Vec<Projected>, bool), CliError> {
         if self.nblocks == 0 {
             return Err("--nblocks must be at least 1".into());
         }
         let pattern = self.layers.as_deref().map(Regex::new).transpose()?;
-        let file = load_safetensors(super::input_file(&self.input)?)?;
+        let path = super::input_file(&self.input)?;
+        let file = load_safetensors(&path)?;
         let mut metadata = file.metadata.clone();
+        let was_checkpoint = checkpoint::header(&metadata, &path)?.is_some();
+        if was_checkpoint {
+            checkpoint::remove_header(&mut metadata);
+        }
         let names: HashMap<&str, &Tensor> = file.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let mut report = Vec::new();
         for (name, t) in &file.tensors {
+            if was_checkpoint && name.starts_with(OPTIMIZER_PREFIX) {
+                continue;
+            }
             let chosen = |l: &&str| pattern.as_ref().map_or(!is_embedding_table(l), |p| p.is_match(l));
             let layer = name.strip_suffix(".weight").filter(chosen);
             let (Some(layer), true) = (layer, t.rank() == 2 && t.dtype().is_float()) else {
@@ -116,7 +140,7 @@ impl ProjectArgs {
             return Err(format!("{}: no 2-D floating-point `.weight` tensor {which}", self.input.display()).into());
         }
         save_safetensors(&self.output, out.iter().map(|(n, t)| (n.as_str(), t)), Some(&metadata))?;
-        Ok(report)
+        Ok((report, was_checkpoint))
     }
 }
 
@@ -142,7 +166,8 @@ pub(crate) mod tests {
         let b = Tensor::randn([16], 0.0, 1.0, 2).unwrap();
         let emb = Tensor::randn([10, 12], 0.0, 1.0, 3).unwrap();
         save_safetensors(&input, [("h.0.fc.weight", &w), ("h.0.fc.bias", &b), ("wte.weight", &emb)], None).unwrap();
-        let report = args(&input, &output, 4, Some(r"^h\.\d+\.fc$")).project().unwrap();
+        let (report, was_checkpoint) = args(&input, &output, 4, Some(r"^h\.\d+\.fc$")).project().unwrap();
+        assert!(!was_checkpoint);
         assert_eq!(report.len(), 1);
         assert_eq!((report[0].shape, report[0].params_before, report[0].params_after), ([16, 12], 192, 36 + 48));
         assert!(report[0].rel_error > 0.0 && report[0].rel_error < 1.0);
@@ -170,7 +195,7 @@ pub(crate) mod tests {
             ("lm_head.weight", &head),
         ];
         save_safetensors(&input, tensors, None).unwrap();
-        let report = args(&input, &output, 4, None).project().unwrap();
+        let (report, _) = args(&input, &output, 4, None).project().unwrap();
         let names: Vec<&str> = report.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["h.0.mlp.c_fc", "lm_head"]);
         let f = load_safetensors(&output).unwrap();
@@ -179,11 +204,40 @@ pub(crate) mod tests {
         {
             assert_eq!(f.get(name).unwrap().to_vec_f64().unwrap(), kept.to_vec_f64().unwrap(), "{name}");
         }
-        let report = args(&input, &output, 4, Some("^wte$")).project().unwrap();
+        let (report, _) = args(&input, &output, 4, Some("^wte$")).project().unwrap();
         assert_eq!(report.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["wte"]);
         save_safetensors(&input, [("wte.weight", &wte)], None).unwrap();
         let err = args(&input, &output, 4, None).project().unwrap_err().to_string();
         assert!(err.contains("embedding tables are left alone"), "{err}");
+    }
+
+    /// A run's checkpoint: the weights are projected, while the header (whose config
+    /// would build dense layers) and the optimiser state (shaped as the dense weights) are
+    /// left out; other metadata stays.
+    #[test]
+    fn a_training_checkpoint_comes_out_as_weights_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.safetensors");
+        let w = monarch_autograd::Param::new(Tensor::randn([16, 12], 0.0, 1.0, 1).unwrap());
+        let params = vec![("h.0.mlp.c_fc.weight".to_string(), w)];
+        let state = vec![("h.0.mlp.c_fc.weight.exp_avg".to_string(), Tensor::zeros([16, 12], DType::F32))];
+        let meta = checkpoint::CheckpointMeta {
+            step: 7,
+            densified: false,
+            config: serde_json::json!({ "model": "dense" }),
+            data: serde_json::Value::Null,
+        };
+        let input = checkpoint::save(dir.path(), &params, state, &meta, 1).unwrap();
+        let (report, was_checkpoint) = args(dir.path(), &output, 4, None).project().unwrap();
+        assert!(was_checkpoint);
+        assert_eq!(report.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["h.0.mlp.c_fc"]);
+        let f = load_safetensors(&output).unwrap();
+        let names: Vec<&str> = f.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["h.0.mlp.c_fc.blkdiag1", "h.0.mlp.c_fc.blkdiag2"]);
+        assert_eq!(checkpoint::header(&f.metadata, &output).unwrap(), None);
+        assert_eq!(f.metadata.keys().collect::<Vec<_>>(), [&shape_key("h.0.mlp.c_fc")]);
+        assert!(checkpoint::load(&output).is_err(), "no longer a checkpoint");
+        assert!(checkpoint::load(&input).is_ok(), "the input is left as it was");
     }
 
     #[test]

@@ -113,6 +113,12 @@ pub fn set_header(metadata: &mut HashMap<String, String>, meta: &CheckpointMeta)
     metadata.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("serialisable"));
 }
 
+/// Removes the checkpoint header from a safetensors file's `metadata`, leaving a plain
+/// weights file's.
+pub fn remove_header(metadata: &mut HashMap<String, String>) {
+    metadata.remove(META_KEY);
+}
+
 fn read(path: &Path, with_optimizer: bool) -> Result<Checkpoint, TrainError> {
     let wanted = |name: &str| with_optimizer || !name.starts_with(OPTIMIZER_PREFIX);
     let SafetensorsFile { tensors, metadata } = load_safetensors_where(path, wanted)?;
