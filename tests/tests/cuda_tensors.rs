@@ -81,6 +81,32 @@ fn every_dtype_round_trips_and_views_download_as_views() {
     close(&b.to_dtype(DType::F32).unwrap(), &x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap(), 0.0);
 }
 
+/// Concatenation along each dimension of parts that lie as views (a transpose, a narrow,
+/// an empty part), in every dtype a part can have, against the CPU.
+#[test]
+fn concatenating_views_matches_the_cpu() {
+    if !gpu() {
+        return;
+    }
+    let a = rnd(&[4, 3, 5], 1);
+    let b = rnd(&[5, 3, 4], 2).transpose(0, 2).unwrap();
+    let c = rnd(&[4, 6, 5], 3).narrow(1, 1, 3).unwrap();
+    for dt in [DType::F32, DType::BF16, DType::I64, DType::U8] {
+        let parts: Vec<Tensor> = [&a, &b, &c].iter().map(|t| t.to_dtype(dt).unwrap()).collect();
+        let on_gpu: Vec<Tensor> = parts.iter().map(|t| t.to_device(GPU).unwrap()).collect();
+        for d in 0..3 {
+            let empty = parts[0].narrow(d, 0, 0).unwrap();
+            let want = Tensor::cat(&[&parts[0], &empty, &parts[1], &parts[2]], d).unwrap();
+            let g_empty = on_gpu[0].narrow(d, 0, 0).unwrap();
+            let got = Tensor::cat(&[&on_gpu[0], &g_empty, &on_gpu[1], &on_gpu[2]], d).unwrap();
+            assert_eq!(got.device(), GPU);
+            assert_eq!(got.dims(), want.dims(), "{dt:?} along {d}");
+            let got = got.to_device(Device::Cpu).unwrap();
+            assert_eq!(got.to_vec_f64().unwrap(), want.to_vec_f64().unwrap(), "{dt:?} along {d}");
+        }
+    }
+}
+
 #[test]
 fn filling_on_the_gpu_converts_as_the_cpu_does() {
     if !gpu() {

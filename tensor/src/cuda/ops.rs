@@ -92,27 +92,29 @@ impl Tensor {
         Ok(out)
     }
 
-    /// [`Tensor::cat`] of device tensors along `d`: each part with `d` moved first is
-    /// copied into its own contiguous run of the output, which is then moved back.
+    /// [`Tensor::cat`] of device tensors along `d`: one strided copy per part, from the
+    /// part as it lies into its slab of the contiguous output.
     pub(crate) fn cuda_cat(parts: &[&Tensor], d: usize, shape: &Shape) -> Result<Tensor> {
         let op = "cat";
         let first = parts[0];
         same_device(op, first, parts)?;
-        let moved: Vec<Tensor> = parts.iter().map(|t| t.transpose(0, d)?.contiguous()).collect::<Result<_>>()?;
-        let mut front = shape.dims().to_vec();
-        front.swap(0, d);
-        let mut out = alloc(first, first.dtype(), front, op)?;
+        let mut out = alloc(first, first.dtype(), shape.clone(), op)?;
+        let strides = out.layout().strides().to_vec();
         let mut at = 0;
-        for p in &moved {
-            let n = p.elem_count();
+        for p in parts.iter().filter(|p| p.elem_count() > 0) {
+            let offset = at * strides[d];
             let dst = match out.storage_mut() {
-                Some(Storage::Cuda(s)) => s.written().slice_mut(at, n).map_err(cuda_err(op))?,
+                Some(Storage::Cuda(s)) => {
+                    let buf = s.written();
+                    buf.slice_mut(offset, buf.len() - offset).map_err(cuda_err(op))?
+                }
                 _ => return Err(Error::invalid(op, "output buffer is shared")),
             };
-            kc::copy_strided(p.cuda_view(op)?, p.dims(), p.layout().strides(), dst).map_err(cuda_err(op))?;
-            at += n;
+            kc::assign_strided(p.cuda_view(op)?, p.layout().strides(), dst, &strides, p.dims())
+                .map_err(cuda_err(op))?;
+            at += p.dims()[d];
         }
-        out.transpose(0, d)?.contiguous()
+        Ok(out)
     }
 
     /// [`Tensor::slice_assign`] on the device, into a contiguous buffer of this tensor's
