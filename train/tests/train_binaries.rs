@@ -163,6 +163,18 @@ fn each_binary_trains_logs_plots_and_checkpoints() {
     );
     let text = String::from_utf8(sampled.stdout).unwrap();
     assert!(text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(), "{text:?}");
+    // Three samples, decoded two and then one at a time.
+    let run_dir = tmp.path().join("train-gpt2");
+    let many = ["generate", "--checkpoint", run_dir.to_str().unwrap(), "--prompt", "ROMEO:", "--max-new-tokens", "4"];
+    let text =
+        String::from_utf8(ok("monarch", &[&many[..], &["--samples", "3", "--batch", "2"]].concat()).stdout).unwrap();
+    for i in 1..=3 {
+        assert!(text.contains(&format!("--- sample {i} ---\nROMEO:")), "{text:?}");
+    }
+    assert!(!text.contains("--- sample 4 ---"), "{text:?}");
+    let bad = run("monarch", &[&many[..], &["--batch", "0"]].concat());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--batch must be at least 1"));
     // On a GPU, or on the CPU with a warning where there is none.
     let run = tmp.path().join("train-gpt2");
     let args = ["generate", "--checkpoint", run.to_str().unwrap(), "--prompt", "ROMEO:", "--device", "cuda"];
