@@ -83,11 +83,12 @@ PY="timeout 120 python3"
     $M bench attention --device cuda --impl flash --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 3 --runs 20 --json
     $PY scripts/peers/torch_attention.py --seq $seq --heads 16 --head-dim 64 --causal --dtype bf16
   done
-  # One decoding step of GPT-2 small's attention over a full 1024-token key cache
-  # (rectangular flash forward), batch 1 and 8.
-  for b in 1 8; do
-    $M bench attention --device cuda --impl flash --seq 1 --keys 1024 --batch $b --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd --warmup 3 --runs 20 --json
-    $PY scripts/peers/torch_attention.py --seq 1 --keys 1024 --batch $b --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd
+  # One decoding step of GPT-2 small's attention over a full 1024-token key cache, batch
+  # 1 and 8, and over 8192 keys (the keys split across blocks: flash_decode + combine).
+  for bk in "1 1024" "8 1024" "1 8192"; do
+    set -- $bk
+    $M bench attention --device cuda --impl flash --seq 1 --keys $2 --batch $1 --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd --warmup 3 --runs 20 --json
+    $PY scripts/peers/torch_attention.py --seq 1 --keys $2 --batch $1 --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd
   done
   # One whole cached decoding step of GPT-2 small (f32): the weights, the cache, the head.
   for b in 1 8; do

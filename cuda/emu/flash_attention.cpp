@@ -1,5 +1,5 @@
-// Runs cuda/kernels/flash_attention.cu (forward, and the backward's delta, main and
-// dq_finish kernels) in the CPU emulator, launched as cuda/src/ops/flash_attention.rs
+// Runs cuda/kernels/flash_attention.cu (forward, split-key decoding and its combine, and
+// the backward's delta, main and dq_finish kernels) in the CPU emulator, launched as cuda/src/ops/flash_attention.rs
 // launches them, against an f64 attention computed here from the definition, for
 // seq_q queries over seq_k keys:
 //   S = q kᵀ / sqrt(D) over the visible keys (causal: j <= i + seq_k - seq_q; block mask:
@@ -25,6 +25,8 @@ using emu::Data;
 /// Kernels of one (dtype, head_dim).
 struct FlashKernels {
     void (*fwd)(FlashParams);
+    void (*decode)(FlashParams, float*, int);
+    void (*combine)(FlashParams, const float*, int);
     void (*bwd)(FlashParams);
     void (*delta)(FlashParams);
     void (*finish)(FlashParams, int);
@@ -110,7 +112,24 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     const size_t e = sizeof(T);
     const emu::Device dev{c.sm_count};
     const unsigned fwd_rows = e == 2 && D <= 64 ? 128 : 64;  // fwd_rows, fwd_smem
-    tiles_launch(c, nq, fwd_rows, 128, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
+    // Decoding shapes split the keys (decode_split of the launcher), the rest take the
+    // forward's query tiles.
+    std::vector<float> part;
+    int splits = 0;
+    if (!c.block_mask && c.dropout == 0 && nq <= 4) {
+        const int steps = std::max((nk + 127) / 128, 1);
+        splits = std::clamp<int>((2 * c.sm_count + c.bh - 1) / c.bh, 1, steps);
+        const int split_keys = (steps + splits - 1) / splits * 128;
+        splits = std::max((nk + split_keys - 1) / split_keys, 1);
+        part = emu::poisoned<float>(rows * splits * (D + 1));
+        float* pp = splits == 1 ? nullptr : part.data();
+        const unsigned y = std::clamp<unsigned>(c.bh, 1, c.y_limit);
+        emu::launch({(unsigned)splits, y, (c.bh + y - 1) / y}, {128, 1, 1}, [&] { k.decode(p, pp, split_keys); });
+        if (splits > 1)
+            emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.combine(p, part.data(), splits); });
+    } else {
+        tiles_launch(c, nq, fwd_rows, 128, (4 * 64 + (e == 2 ? fwd_rows : 0)) * (D + 8) * e, k.fwd, p);
+    }
     emu::launch({(unsigned)((rows + 3) / 4), 1, 1}, {128, 1, 1}, [&] { k.delta(p); });
     const size_t stages = e == 2 ? 2 : 1, keys = e == 2 ? 128 : 64;  // bwd_keys_threads, bwd_smem
     const size_t bwd_smem = (2 * stages * 64 * (D + 8) + 2 * keys * (D + 8) + keys * (64 + 8)) * e + 2 * stages * 64 * 4;
@@ -177,12 +196,13 @@ template <typename T, int D> static int run(const Case& c, FlashKernels k, doubl
     if (c.y_limit != 65535) label += emu::fmt(" grid-y-limit=%u", c.y_limit);
     if (c.dropout > 0) label += emu::fmt(" dropout=%.2f", c.dropout);
     if (c.kv_pad > 0) label += emu::fmt(" kv-heads-apart=%zu", kv_stride);
+    if (splits > 0) label += emu::fmt(" decode-splits=%d", splits);
     return emu::report(label, {&co, &cl, &cq, &ck, &cv});
 }
 
 #define KERNELS(SUF, D)                                                                 \
-    FlashKernels{flash_fwd_##SUF##_d##D, flash_bwd_##SUF##_d##D, flash_bwd_delta_##SUF##_d##D, \
-                 flash_bwd_dq_finish_##SUF}
+    FlashKernels{flash_fwd_##SUF##_d##D, flash_decode_##SUF##_d##D, flash_decode_combine_##SUF##_d##D, \
+                 flash_bwd_##SUF##_d##D, flash_bwd_delta_##SUF##_d##D, flash_bwd_dq_finish_##SUF}
 
 int main() {
     int fails = 0;
@@ -216,5 +236,14 @@ int main() {
     fails += run<float, 64>({3, 1, 130, true, false, 65535, 132, 0.0, 0, 70}, KERNELS(f32, 64), f32);
     fails += run<bf16, 64>({2, 1, 70, true, false, 65535, 132, 0.0, 0, 1}, KERNELS(bf16, 64), bf);
     fails += run<bf16, 128>({2, 100, 200, true, true, 65535, 132, 0.1, 3, 56}, KERNELS(bf16, 128), bf);
+    // Decoding with the keys split across blocks (few multiprocessors, so several
+    // splits per head; a ragged last split), up to four queries, causal rows that see
+    // no key, a split no query of the first three sees, and one split per head.
+    fails += run<float, 64>({1, 4, 300, true, false, 65535, 2}, KERNELS(f32, 64), f32);
+    fails += run<bf16, 128>({2, 2, 1000, false, false, 65535, 4, 0.0, 0, 24}, KERNELS(bf16, 128), bf);
+    fails += run<bf16, 32>({3, 3, 2, true, false, 65535, 2}, KERNELS(bf16, 32), bf);
+    fails += run<float, 32>({1, 4, 129, true, false, 65535, 2}, KERNELS(f32, 32), f32);
+    fails += run<float, 128>({3, 1, 260, true, false, 2, 1}, KERNELS(f32, 128), f32);
+    fails += run<bf16, 64>({5, 1, 129, true, false, 65535, 1}, KERNELS(bf16, 64), bf);
     return fails ? 1 : 0;
 }

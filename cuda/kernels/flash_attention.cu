@@ -22,6 +22,7 @@
 //               dynamic shared memory bwd_smem (K, V, dS and the stages of Q, dO tiles); dK, dV written, dQ added in f32 to
 //               `dq_accum` (zeroed by the caller) with atomics;
 //           (3) flash_bwd_dq_finish: dq = dq_accum, grid-stride.
+// Decoding: flash_decode / flash_decode_combine, keys split across blocks (below).
 
 #define FA_BR 64
 #define FA_BC 64
@@ -469,6 +470,136 @@ template <typename T> __device__ void flash_bwd_dq_finish_run(const FlashParams&
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += stride) dq[i] = from_f32<T>(P.dq_accum[i]);
 }
 
+// ---------------------------------------------------------------- split-key decoding
+
+// Decoding (at most FD_MAX_Q queries, no block mask, no dropout) leaves the forward's
+// 64-row query tiles nearly empty and its grid at one block per head. Instead the keys
+// are split (FlashDecoding): flash_decode grid (splits, batch*heads; heads past 65535 on
+// z), 128 threads, each block a run of `split_keys` keys (a multiple of FD_KEYS) for
+// every query of its head, FD_KEYS keys per step, one key per thread for the scores and
+// (query, dim) pairs per thread for P·V. With one split it writes o and lse; else each
+// split's normalised output and log-sum-exp go to `part` ((bh, split, query) rows of
+// D + 1 floats) and flash_decode_combine (grid ceil(bh*seq_q / 4), 128 threads, a warp
+// per row) merges them by their log-sum-exps.
+
+#define FD_MAX_Q 4
+#define FD_KEYS 128
+#define FD_LN2 0.6931471805599453f
+#define FD_LOG2E 1.4426950408889634f
+
+template <typename T, int D> __device__ void flash_decode_run(const FlashParams& P, float* part, int split_keys) {
+    constexpr int OWN = FD_MAX_Q * D / FD_KEYS;  // (query, dim) pairs per thread
+    __shared__ float q_s[FD_MAX_Q][D];
+    __shared__ float p_s[FD_MAX_Q][FD_KEYS];
+    __shared__ float scratch[32];
+    const int bh = blockIdx.y + blockIdx.z * gridDim.y, t = threadIdx.x;
+    if (bh >= P.bh) return;  // the whole block: no barrier is skipped
+    const int nq = P.seq_q, split = blockIdx.x, splits = gridDim.x;
+    const int k_begin = split * split_keys, k_end = min(P.seq_k, k_begin + split_keys);
+    const T* q = reinterpret_cast<const T*>(P.q) + (i64)bh * nq * D;
+    const T* k = reinterpret_cast<const T*>(P.k) + (i64)bh * P.kv_stride;
+    const T* v = reinterpret_cast<const T*>(P.v) + (i64)bh * P.kv_stride;
+    // Scores in base 2: q scaled by scale·log2(e).
+    for (int e = t; e < nq * D; e += FD_KEYS) q_s[e / D][e % D] = to_f32(q[e]) * P.scale * FD_LOG2E;
+    float acc[OWN], m[FD_MAX_Q], l[FD_MAX_Q], alpha[FD_MAX_Q];
+#pragma unroll
+    for (int r = 0; r < OWN; r++) acc[r] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < FD_MAX_Q; i++) m[i] = NEG_INF, l[i] = 0.0f, alpha[i] = 1.0f;
+    __syncthreads();
+    for (int j0 = k_begin; j0 < k_end; j0 += FD_KEYS) {
+        const int j = j0 + t;
+        float s[FD_MAX_Q];
+#pragma unroll
+        for (int i = 0; i < FD_MAX_Q; i++) s[i] = NEG_INF;
+        if (j < k_end) {
+            const T* kr = k + (i64)j * D;
+            float dot[FD_MAX_Q] = {};
+            for (int d = 0; d < D; d++) {
+                const float kd = to_f32(kr[d]);
+#pragma unroll
+                for (int i = 0; i < FD_MAX_Q; i++) dot[i] += q_s[i][d] * kd;
+            }
+#pragma unroll
+            for (int i = 0; i < FD_MAX_Q; i++)
+                if (i < nq && !fa_hidden(P, i, j)) s[i] = dot[i];
+        }
+        // The barriers inside row_reduce order p_s: a query's probabilities are written
+        // before its sum's barriers, which every P·V read below follows, and the next
+        // step writes them only after its first maximum's barriers, which every read
+        // here precedes (scripts/barrier-mutations.sh found explicit ones redundant).
+#pragma unroll
+        for (int i = 0; i < FD_MAX_Q; i++) {
+            if (i >= nq) break;  // nq is the block's: every thread leaves together
+            const float m_new = fmaxf(m[i], row_reduce<true>(s[i], scratch));
+            alpha[i] = m_new == NEG_INF ? 1.0f : exp2f(m[i] - m_new);
+            const float p = s[i] == NEG_INF ? 0.0f : exp2f(s[i] - m_new);
+            p_s[i][t] = p;
+            l[i] = l[i] * alpha[i] + row_reduce<false>(p, scratch);
+            m[i] = m_new;
+        }
+        const int n = min(FD_KEYS, k_end - j0);
+#pragma unroll
+        for (int r = 0; r < OWN; r++) {
+            const int e = t + r * FD_KEYS, i = e / D, d = e % D;
+            if (i >= nq) continue;
+            float sum = 0.0f;
+            for (int jj = 0; jj < n; jj++) sum += p_s[i][jj] * to_f32(v[(i64)(j0 + jj) * D + d]);
+            float a = 1.0f;
+#pragma unroll
+            for (int h = 0; h < FD_MAX_Q; h++)
+                if (h == i) a = alpha[h];
+            acc[r] = acc[r] * a + sum;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < OWN; r++) {
+        const int e = t + r * FD_KEYS, i = e / D, d = e % D;
+        if (i >= nq) continue;
+        float li = 0.0f;
+#pragma unroll
+        for (int h = 0; h < FD_MAX_Q; h++)
+            if (h == i) li = l[h];
+        const float out = li > 0.0f ? acc[r] / li : 0.0f;
+        const i64 row = (i64)bh * nq + i;
+        if (splits == 1) reinterpret_cast<T*>(P.o)[row * D + d] = from_f32<T>(out);
+        else part[(((i64)bh * splits + split) * nq + i) * (D + 1) + d] = out;
+    }
+#pragma unroll
+    for (int i = 0; i < FD_MAX_Q; i++) {
+        if (t != 0 || i >= nq) continue;
+        const float lse = l[i] > 0.0f ? m[i] * FD_LN2 + logf(l[i]) : NEG_INF;
+        if (splits == 1) P.lse[(i64)bh * nq + i] = lse;
+        else part[(((i64)bh * splits + split) * nq + i) * (D + 1) + D] = lse;
+    }
+}
+
+template <typename T, int D> __device__ void flash_decode_combine_run(const FlashParams& P, const float* part, int splits) {
+    const i64 row = (i64)blockIdx.x * 4 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31, nq = P.seq_q;
+    if (row >= (i64)P.bh * nq) return;
+    const i64 bh = row / nq, i = row % nq;
+    auto at = [&](int s) { return part + ((bh * splits + s) * nq + i) * (D + 1); };
+    float mx = NEG_INF;
+    for (int s = 0; s < splits; s++) mx = fmaxf(mx, at(s)[D]);
+    float lse = NEG_INF;
+    if (mx != NEG_INF) {
+        float sum = 0.0f;
+        for (int s = 0; s < splits; s++) sum += expf(at(s)[D] - mx);
+        lse = mx + logf(sum);
+    }
+    for (int d = lane; d < D; d += 32) {
+        float out = 0.0f;
+        if (lse != NEG_INF)
+            for (int s = 0; s < splits; s++) {
+                const float ls = at(s)[D];
+                if (ls != NEG_INF) out += expf(ls - lse) * at(s)[d];
+            }
+        reinterpret_cast<T*>(P.o)[row * D + d] = from_f32<T>(out);
+    }
+    if (lane == 0) P.lse[row] = lse;
+}
+
 #define FLASH_KERNELS(T, SUF, D)                                                                             \
     extern "C" __global__ void __launch_bounds__(128) flash_fwd_##SUF##_d##D(FlashParams p) {               \
         flash_fwd_run<T, D>(p);                                                                             \
@@ -476,7 +607,14 @@ template <typename T> __device__ void flash_bwd_dq_finish_run(const FlashParams&
     extern "C" __global__ void __launch_bounds__(FaBwdShape<T>::THREADS) flash_bwd_##SUF##_d##D(FlashParams p) { \
         flash_bwd_run<T, D>(p);                                                                             \
     }                                                                                                       \
-    extern "C" __global__ void flash_bwd_delta_##SUF##_d##D(FlashParams p) { flash_bwd_delta_run<T, D>(p); }
+    extern "C" __global__ void flash_bwd_delta_##SUF##_d##D(FlashParams p) { flash_bwd_delta_run<T, D>(p); } \
+    extern "C" __global__ void __launch_bounds__(FD_KEYS)                                                  \
+        flash_decode_##SUF##_d##D(FlashParams p, float* part, int split_keys) {                           \
+        flash_decode_run<T, D>(p, part, split_keys);                                                        \
+    }                                                                                                       \
+    extern "C" __global__ void flash_decode_combine_##SUF##_d##D(FlashParams p, const float* part, int splits) { \
+        flash_decode_combine_run<T, D>(p, part, splits);                                                    \
+    }
 
 FLASH_KERNELS(float, f32, 32)
 FLASH_KERNELS(float, f32, 64)

@@ -691,6 +691,47 @@ fn attention_with_unequal_queries_and_keys_matches_the_cpu() {
     }
 }
 
+/// Decoding shapes (1 to 4 queries), which split the keys across blocks and merge the
+/// splits by their log-sum-exps: one split, several (a ragged last one), and causal rows
+/// that see no key at all (output 0, lse -inf), each head size, f32 and bf16, against
+/// the CPU in f32 on the same inputs; and for 4 queries the gradients through the saved lse.
+#[test]
+fn decoding_attention_splits_the_keys_as_the_cpu_computes_them_whole() {
+    if !gpu() {
+        return;
+    }
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    for (bh, nq, nk, d) in [(2, 1, 1100, 64), (1, 4, 300, 32), (3, 3, 2, 128), (2, 2, 129, 128), (300, 1, 70, 64)] {
+        for dtype in [DType::F32, DType::BF16] {
+            let tol = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+            let low = |t: Tensor| t.to_dtype(dtype).unwrap();
+            let (qs, ks) = ([bh, 1, nq, d], [bh, 1, nk, d]);
+            let (q, k, v, dout) = (low(rnd(&qs, 90)), low(rnd(&ks, 91)), low(rnd(&ks, 92)), low(rnd(&qs, 93)));
+            for causal in [false, true] {
+                let opts = AttentionOpts { causal, ..Default::default() };
+                let what = format!("{bh} heads, {nq} queries, {nk} keys, d {d}, {dtype:?}, causal {causal}");
+                let want = f32s(&q).flash_attention(&f32s(&k), &f32s(&v), &opts).unwrap();
+                let g = |t: &Tensor| t.to_device(GPU).unwrap();
+                let got = g(&q).flash_attention(&g(&k), &g(&v), &opts).unwrap();
+                close(&got.out, &want.out, tol);
+                let (gl, wl) = (got.lse.to_vec_f32().unwrap(), want.lse.to_vec_f32().unwrap());
+                for (a, b) in gl.iter().zip(&wl) {
+                    assert!(a == b || (a - b).abs() <= tol * (1.0 + b.abs()), "{what}: lse {a} vs {b}");
+                }
+                if causal && nk < nq {
+                    assert_eq!(wl[0], f32::NEG_INFINITY, "{what}: the first query sees no key");
+                }
+                if nq == 4 {
+                    let (_, wg) = attention_and_grads([&f32s(&q), &f32s(&k), &f32s(&v), &f32s(&dout)], None, &opts);
+                    let (_, gg) = attention_and_grads([&g(&q), &g(&k), &g(&v), &g(&dout)], None, &opts);
+                    close(&gg.dq, &wg.dq, 2.0 * tol);
+                    close(&gg.dv, &wg.dv, 2.0 * tol);
+                }
+            }
+        }
+    }
+}
+
 /// A key cache on the device: `slice_assign` writes new positions (from a transposed
 /// source) in place as on the CPU, a clone taken before keeps its values, and flash
 /// attention forward and backward read keys and values as views of the longer buffer (their

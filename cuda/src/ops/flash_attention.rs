@@ -185,10 +185,30 @@ fn check_mask(c: &Check, d: &AttentionDims, mask: Option<&View<'_>>) -> Result<(
     Ok(())
 }
 
+/// The most queries per head that decode with the keys split ([`decode_split`]).
+pub const DECODE_QUERIES: usize = 4;
+
+/// Keys per step of the decoding kernel (one per thread); a split holds a multiple.
+const DECODE_KEYS: usize = 128;
+
+/// How decoding splits the keys: (splits, keys per split). Enough splits for about two
+/// blocks per multiprocessor over all heads, none of fewer than `DECODE_KEYS` keys.
+fn decode_split(batch_heads: usize, seq_k: usize, sm_count: usize) -> (usize, usize) {
+    let steps = seq_k.div_ceil(DECODE_KEYS).max(1);
+    let splits = (2 * sm_count).div_ceil(batch_heads.max(1)).clamp(1, steps);
+    let split_keys = steps.div_ceil(splits) * DECODE_KEYS;
+    (seq_k.div_ceil(split_keys).max(1), split_keys)
+}
+
 /// Forward: `o = softmax(q·kᵀ/√d + masks)·v` and the per-row log-sum-exp `lse`
 /// (batch·heads·seq_q, f32; -inf on rows with no visible key, whose output is 0).
 /// `mask` is u8 (q_tiles × k_tiles), 1 = visit. Kernel `flash_fwd_{f32,bf16}_d{32,64,128}(FlashParams)`,
 /// grid (ceil(seq_q / fwd_rows), batch·heads), 128 threads, dynamic shared memory `fwd_smem`.
+/// Decoding (at most [`DECODE_QUERIES`] queries, no block mask, no dropout) splits the
+/// keys instead: `flash_decode_*(FlashParams, part, split_keys)`, grid (splits,
+/// batch·heads), 128 threads, each split's output and log-sum-exp in an f32 buffer
+/// `part` that `flash_decode_combine_*(FlashParams, part, splits)` (grid
+/// ceil(batch·heads·seq_q / 4), 128 threads) merges; one split writes `o` and `lse` itself.
 pub fn flash_attention_forward(
     d: AttentionDims,
     q: View<'_>,
@@ -214,8 +234,22 @@ pub fn flash_attention_forward(
     }
     let mut p = params(&d, mask.as_ref());
     (p.q, p.k, p.v, p.o, p.lse) = (q.ptr(), k.ptr(), v.ptr(), o.ptr(), lse.ptr());
-    let f =
-        dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{}_d{}", dt.kernel_suffix(c.op)?, d.head_dim))?;
+    let (sfx, hd) = (dt.kernel_suffix(c.op)?, d.head_dim);
+    if mask.is_none() && d.dropout == 0.0 && d.seq_q <= DECODE_QUERIES {
+        let (splits, split_keys) = decode_split(d.batch_heads, d.seq_k, dev.sm_count() as usize);
+        let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_decode_{sfx}_d{hd}"))?;
+        let cfg = tiles_cfg(&d, splits, 1, DECODE_KEYS as u32, 0);
+        if splits == 1 {
+            return dev.launch(&f, cfg, &[Arg::of(&p), Arg::U64(0), Arg::I32(split_keys as i32)]);
+        }
+        let rows = d.batch_heads * d.seq_q;
+        let part = dev.alloc(DType::F32, rows * splits * (hd + 1))?;
+        dev.launch(&f, cfg, &[Arg::of(&p), Arg::U64(part.device_ptr()), Arg::I32(split_keys as i32)])?;
+        let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_decode_combine_{sfx}_d{hd}"))?;
+        let args = [Arg::of(&p), Arg::U64(part.device_ptr()), Arg::I32(splits as i32)];
+        return dev.launch(&f, super::cfg_1d(rows.div_ceil(4) as u32, 128), &args);
+    }
+    let f = dev.function(kernels::FLASH_ATTENTION, &format!("flash_fwd_{sfx}_d{hd}"))?;
     let (rows, smem) = (fwd_rows(d.head_dim, dt.size()), fwd_smem(d.head_dim, dt.size()));
     dev.launch(&f, tiles_cfg(&d, d.seq_q, rows, 128, smem), &[Arg::of(&p)])
 }
@@ -286,6 +320,24 @@ pub fn flash_attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// About two blocks per multiprocessor in all, each split whole steps of keys, and
+    /// every key in one split: a single head of 1024 keys takes 8 splits of 128 on 132
+    /// multiprocessors; 96 heads take 3 of 384; many heads or few keys take one.
+    #[test]
+    fn decoding_splits_the_keys_to_fill_the_device() {
+        assert_eq!(decode_split(1, 1024, 132), (8, 128));
+        assert_eq!(decode_split(96, 1024, 132), (3, 384));
+        assert_eq!(decode_split(12, 1000, 132), (8, 128));
+        assert_eq!(decode_split(1000, 8192, 132), (1, 8192));
+        assert_eq!(decode_split(4, 100, 132), (1, 128));
+        assert_eq!(decode_split(4, 0, 132), (1, 128));
+        for (bh, keys) in [(1, 1), (7, 129), (12, 1025), (300, 4097), (2, 65536)] {
+            let (splits, per) = decode_split(bh, keys, 132);
+            assert_eq!(per % DECODE_KEYS, 0);
+            assert!(splits * per >= keys && (splits - 1) * per < keys.max(1), "{bh} {keys}: {splits} x {per}");
+        }
+    }
 
     #[test]
     fn params_match_the_kernel_struct_and_smem_fits_hopper_and_ampere() {
