@@ -53,38 +53,28 @@ fn skinny_if_it_fits<T: Float>(
     true
 }
 
-impl GemmElem for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn skinny(
-        mnk: (usize, usize, usize),
-        dst: &mut [Self],
-        lhs: &[Self],
-        a: Mat,
-        rhs: &[Self],
-        b: Mat,
-        accumulate: bool,
-        par: Parallelism,
-    ) -> bool {
-        skinny_if_it_fits(mnk, dst, lhs, a, rhs, b, accumulate, par)
-    }
+/// `GemmElem` for the float types with the skinny path.
+macro_rules! gemm_elem_with_skinny_path {
+    ($($t:ty),*) => {$(
+        impl GemmElem for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn skinny(
+                mnk: (usize, usize, usize),
+                dst: &mut [Self],
+                lhs: &[Self],
+                a: Mat,
+                rhs: &[Self],
+                b: Mat,
+                accumulate: bool,
+                par: Parallelism,
+            ) -> bool {
+                skinny_if_it_fits(mnk, dst, lhs, a, rhs, b, accumulate, par)
+            }
+        }
+    )*};
 }
-impl GemmElem for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    fn skinny(
-        mnk: (usize, usize, usize),
-        dst: &mut [Self],
-        lhs: &[Self],
-        a: Mat,
-        rhs: &[Self],
-        b: Mat,
-        accumulate: bool,
-        par: Parallelism,
-    ) -> bool {
-        skinny_if_it_fits(mnk, dst, lhs, a, rhs, b, accumulate, par)
-    }
-}
+gemm_elem_with_skinny_path!(f32, f64);
 impl GemmElem for half::f16 {
     const ZERO: Self = half::f16::ZERO;
     const ONE: Self = half::f16::ONE;
