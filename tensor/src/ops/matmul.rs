@@ -5,76 +5,32 @@ use super::same_dtype;
 use super::skinny_gemm::{SKINNY_ROWS, skinny_gemm};
 use crate::cpu::items_per_task;
 use crate::shape::Dims6;
-use crate::{CpuStorage, DType, Error, Float, Layout, Result, Shape, Tensor};
+use crate::{CpuStorage, DType, Error, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+/// [`skinny_gemm`]'s signature, for one element type.
+type SkinnyGemm<T> = fn((usize, usize, usize), &mut [T], &[T], usize, &[T], usize, bool, bool);
 
 /// Element types `gemm` multiplies natively.
 pub(crate) trait GemmElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
     const ONE: Self;
-
-    /// Runs `gemm_into`'s product through [`skinny_gemm`] where the type has that path
-    /// (f32, f64) and the shape suits it: a few rows (2 to [`SKINNY_ROWS`]; one row is
-    /// `gemm`'s own vector path), rows of `a` and columns of `b` contiguous. Returns
-    /// whether it did.
-    #[allow(clippy::too_many_arguments)]
-    fn skinny(
-        _mnk: (usize, usize, usize),
-        _dst: &mut [Self],
-        _lhs: &[Self],
-        _a: Mat,
-        _rhs: &[Self],
-        _b: Mat,
-        _accumulate: bool,
-        _par: Parallelism,
-    ) -> bool {
-        false
-    }
+    /// The path `gemm_into` takes for products of a few rows (2 to [`SKINNY_ROWS`]; one
+    /// row is `gemm`'s own vector path) with rows of `a` and columns of `b` contiguous,
+    /// where the type has one: f32 and f64, which accumulate in their own precision.
+    const SKINNY: Option<SkinnyGemm<Self>> = None;
 }
-
-/// [`GemmElem::skinny`] for a type with the path.
-#[allow(clippy::too_many_arguments)]
-fn skinny_if_it_fits<T: Float>(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
-    lhs: &[T],
-    a: Mat,
-    rhs: &[T],
-    b: Mat,
-    accumulate: bool,
-    par: Parallelism,
-) -> bool {
-    if !(2..=SKINNY_ROWS).contains(&m) || a.cs != 1 || b.rs != 1 {
-        return false;
-    }
-    let parallel = !matches!(par, Parallelism::None);
-    skinny_gemm((m, n, k), dst, &lhs[a.offset..], a.rs, &rhs[b.offset..], b.cs, accumulate, parallel);
-    true
+impl GemmElem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const SKINNY: Option<SkinnyGemm<Self>> = Some(skinny_gemm::<f32>);
 }
-
-/// `GemmElem` for the float types with the skinny path.
-macro_rules! gemm_elem_with_skinny_path {
-    ($($t:ty),*) => {$(
-        impl GemmElem for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            fn skinny(
-                mnk: (usize, usize, usize),
-                dst: &mut [Self],
-                lhs: &[Self],
-                a: Mat,
-                rhs: &[Self],
-                b: Mat,
-                accumulate: bool,
-                par: Parallelism,
-            ) -> bool {
-                skinny_if_it_fits(mnk, dst, lhs, a, rhs, b, accumulate, par)
-            }
-        }
-    )*};
+impl GemmElem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const SKINNY: Option<SkinnyGemm<Self>> = Some(skinny_gemm::<f64>);
 }
-gemm_elem_with_skinny_path!(f32, f64);
 impl GemmElem for half::f16 {
     const ZERO: Self = half::f16::ZERO;
     const ONE: Self = half::f16::ONE;
@@ -115,8 +71,14 @@ pub(crate) fn gemm_into<T: GemmElem>(
     }
     let last = |x: Mat, rows: usize, cols: usize| x.offset + (rows - 1) * x.rs + (cols - 1) * x.cs;
     assert!(last(a, m, k) < lhs.len() && last(b, k, n) < rhs.len() && dst_off + m * n <= dst.len());
-    if T::skinny((m, n, k), &mut dst[dst_off..dst_off + m * n], lhs, a, rhs, b, accumulate, par) {
-        return;
+    if let Some(skinny) = T::SKINNY
+        && (2..=SKINNY_ROWS).contains(&m)
+        && a.cs == 1
+        && b.rs == 1
+    {
+        let parallel = !matches!(par, Parallelism::None);
+        let (out, lhs, rhs) = (&mut dst[dst_off..dst_off + m * n], &lhs[a.offset..], &rhs[b.offset..]);
+        return skinny((m, n, k), out, lhs, a.rs, rhs, b.cs, accumulate, parallel);
     }
     // SAFETY: the assert above bounds every element gemm reads or writes.
     unsafe {
