@@ -106,6 +106,29 @@ pub(crate) fn gemm_into<T: GemmElem>(
     }
 }
 
+/// Whether [`skinny_bf16`] takes a product of these sizes with `b` laid out so.
+fn skinny_bf16_fits((m, n, k): (usize, usize, usize), b: Mat) -> bool {
+    (1..=SKINNY_ROWS).contains(&m) && n > 0 && k > 0 && b.rs == 1
+}
+
+/// `dst (+)= a · b` on the host, in f32, for bf16 `a` of a few rows and a bf16 matrix `b`
+/// (in `w`) whose columns are contiguous: [`skinny_gemm`] reading `b`'s elements as they
+/// are, not an f32 copy of it (a bf16 model decoding on the CPU reads half the bytes of
+/// an f32 one). The caller checks [`skinny_bf16_fits`]; `dst` is the contiguous m × n.
+fn skinny_bf16(
+    a: &Tensor,
+    w: &[half::bf16],
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    let rows = a.to_dtype(DType::F32)?.to_vec::<f32>()?;
+    let parallel = m * n * k >= SMALL_GEMM;
+    skinny_gemm::<half::bf16>((m, n, k), dst, &rows, k, &w[b.offset..], b.cs, accumulate, parallel);
+    Ok(())
+}
+
 /// Products smaller than this many multiply-adds run single-threaded; a batch of them
 /// is spread over rayon instead.
 const SMALL_GEMM: usize = 1 << 21;
@@ -239,6 +262,11 @@ impl Tensor {
             (CpuStorage::F32(x), CpuStorage::F32(y)) => CpuStorage::F32(batched(dims, x, a, &ao, y, b, &bo)),
             (CpuStorage::F64(x), CpuStorage::F64(y)) => CpuStorage::F64(batched(dims, x, a, &ao, y, b, &bo)),
             (CpuStorage::F16(x), CpuStorage::F16(y)) => CpuStorage::F16(batched(dims, x, a, &ao, y, b, &bo)),
+            (CpuStorage::BF16(_), CpuStorage::BF16(y)) if ao.len() == 1 && skinny_bf16_fits(dims, b) => {
+                let mut out = vec![0f32; m * n];
+                skinny_bf16(self, &y[bo[0]..], b, dims, &mut out, false)?;
+                CpuStorage::BF16(out.into_iter().map(half::bf16::from_f32).collect())
+            }
             (CpuStorage::BF16(_), _) => {
                 let (x, y) = (self.to_dtype(DType::F32)?, rhs.to_dtype(DType::F32)?);
                 return x.matmul(&y)?.to_dtype(DType::BF16);
@@ -277,9 +305,12 @@ impl Tensor {
         if self.device() != crate::Device::Cpu {
             return self.cuda_add_matmul(a, b, (m, n, k));
         }
-        let (a, b) = if wide { (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?) } else { (a.clone(), b.clone()) };
         let mat =
             |t: &Tensor| Mat { offset: t.layout().offset(), rs: t.layout().strides()[0], cs: t.layout().strides()[1] };
+        if wide && skinny_bf16_fits((m, n, k), mat(b)) {
+            return skinny_bf16(a, b.cpu_slice(op)?, mat(b), (m, n, k), self.as_mut_slice::<f32>()?, true);
+        }
+        let (a, b) = if wide { (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?) } else { (a.clone(), b.clone()) };
         let (ma, mb) = (mat(&a), mat(&b));
         let par = if m * n * k < SMALL_GEMM { Parallelism::None } else { Parallelism::Rayon(0) };
         // f32 and f64 accumulate in place (gemm reads the old sum); bf16 and f16 round
@@ -389,6 +420,30 @@ mod tests {
         }
         let z = rand(&[3, 0], 7).matmul(&rand(&[0, 2], 8)).unwrap();
         assert_eq!(z.to_vec::<f64>().unwrap(), vec![0.0; 6]);
+    }
+
+    /// bf16 products of a few rows by a matrix with contiguous columns (`x · wᵀ`, a bf16
+    /// layer's) read the bf16 matrix in place and sum in f32: the exact product of the
+    /// bf16 values rounded once; added into an f32 sum, not rounded at all.
+    #[test]
+    fn bf16_products_of_a_few_rows_round_their_f32_sum_once() {
+        let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        for (m, k, n) in [(1, 70, 9), (3, 33, 5), (16, 20, 4)] {
+            let (a, w) = (bf(rand(&[1, m, k], 1)), bf(rand(&[n, k], 2)));
+            let wt = w.t().unwrap();
+            let want = naive(&a.to_vec_f64().unwrap(), &wt.to_vec_f64().unwrap(), m, k, n);
+            let got = a.matmul(&wt).unwrap();
+            assert_eq!((got.dtype(), got.dims()), (DType::BF16, &[1, m, n][..]));
+            for (g, w) in got.to_vec_f64().unwrap().iter().zip(&want) {
+                // Half a bf16 step (at most 2^-8 relative), and the f32 sum's own error.
+                assert!((g - w).abs() <= 2f64.powi(-8) * w.abs() + 1e-5, "{m}x{k}x{n}: {g} vs {w}");
+            }
+            let mut acc = Tensor::full(0.5, [m, n], DType::F32);
+            acc.add_matmul(&a.reshape([m, k]).unwrap(), &wt).unwrap();
+            for (g, w) in acc.to_vec_f64().unwrap().iter().zip(&want) {
+                assert!((g - (w + 0.5)).abs() <= 1e-5 * (1.0 + w.abs()), "{m}x{k}x{n} into f32: {g} vs {w} + 0.5");
+            }
+        }
     }
 
     #[test]
