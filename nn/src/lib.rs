@@ -25,7 +25,7 @@ pub use embedding::Embedding;
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use mlp::{Activation, Mlp};
-pub use module::{Module, NamedParams, param_count, params_to_device, prefixed, to_device};
+pub use module::{Module, NamedParams, param_count, params_to_device, params_to_dtype, prefixed, to_device};
 pub use rand::{SeedableRng, rngs::StdRng};
 pub use self_attention::{AttentionSpec, KvCache, SelfAttention};
 pub use structured::{

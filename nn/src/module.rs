@@ -1,7 +1,7 @@
 //! The module trait: anything that owns named parameters.
 
 use monarch_autograd::Param;
-use monarch_tensor::{Device, Result};
+use monarch_tensor::{DType, Device, Result};
 
 /// Parameters with their hierarchical names (`h.0.mlp.c_fc.weight`), in a stable order.
 pub type NamedParams = Vec<(String, Param)>;
@@ -40,6 +40,16 @@ pub fn to_device(m: &(impl Module + ?Sized), device: Device) -> Result<()> {
 pub fn params_to_device(params: &NamedParams, device: Device) -> Result<()> {
     for (_, p) in params {
         p.set(p.value().to_device(device)?)?;
+    }
+    Ok(())
+}
+
+/// Casts each of `params` to `dtype`, in place (shapes and devices unchanged): a model
+/// for inference in bf16, say, reads half the bytes per step. Training keeps f32 weights
+/// and casts per product instead (`autocast`).
+pub fn params_to_dtype(params: &NamedParams, dtype: DType) -> Result<()> {
+    for (_, p) in params {
+        p.update(|v| v.to_dtype(dtype).map(|c| *v = c))?;
     }
     Ok(())
 }

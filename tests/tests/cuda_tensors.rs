@@ -892,7 +892,8 @@ fn a_gpt2_step_on_the_gpu_matches_the_cpu() {
 }
 
 /// Cached decoding on the GPU (a prefill of 4, then single tokens and a pair: fewer
-/// queries than keys, through the flash kernels) gives the CPU's hidden states.
+/// queries than keys, through the flash kernels) gives the CPU's hidden states, in f32
+/// and with the weights in bf16 (the split-key decoding kernels of both dtypes).
 #[test]
 fn cached_gpt2_decoding_on_the_gpu_matches_the_cpu() {
     if !gpu() {
@@ -900,17 +901,25 @@ fn cached_gpt2_decoding_on_the_gpu_matches_the_cpu() {
     }
     use monarch_nn::models::{Gpt2, Gpt2Cache, Gpt2Config};
     let cfg = Gpt2Config { vocab_size: 97, block_size: 16, n_layer: 2, n_head: 2, n_embd: 64, ..Gpt2Config::small() };
-    let (cpu, dev) = (Gpt2::new(&cfg, 5).unwrap(), Gpt2::new(&cfg, 5).unwrap());
-    monarch_nn::to_device(&dev, GPU).unwrap();
     let ids: Vec<i64> = (0..8).map(|i| (i * 37 + 11) % 97).collect();
     let ids = Tensor::from_vec(ids, [1, 8]).unwrap();
-    let (mut cc, mut gc) = (Gpt2Cache::default(), Gpt2Cache::default());
-    for (start, len) in [(0, 4), (4, 1), (5, 1), (6, 2)] {
-        let part = ids.narrow(1, start, len).unwrap().contiguous().unwrap();
-        let want = cpu.hidden_cached(&part, &mut cc).unwrap();
-        let got = dev.hidden_cached(&part, &mut gc).unwrap();
-        assert_eq!(got.value().device(), GPU);
-        close(got.value(), want.value(), 1e-3);
+    for dtype in [DType::F32, DType::BF16] {
+        let (cpu, dev) = (Gpt2::new(&cfg, 5).unwrap(), Gpt2::new(&cfg, 5).unwrap());
+        for m in [&cpu, &dev] {
+            monarch_nn::params_to_dtype(&monarch_nn::Module::named_params(m), dtype).unwrap();
+        }
+        monarch_nn::to_device(&dev, GPU).unwrap();
+        let (mut cc, mut gc) = (Gpt2Cache::default(), Gpt2Cache::default());
+        for (start, len) in [(0, 4), (4, 1), (5, 1), (6, 2)] {
+            let part = ids.narrow(1, start, len).unwrap().contiguous().unwrap();
+            let want = cpu.hidden_cached(&part, &mut cc).unwrap();
+            let got = dev.hidden_cached(&part, &mut gc).unwrap();
+            assert_eq!((got.value().device(), got.value().dtype()), (GPU, dtype));
+            match dtype {
+                DType::F32 => close(got.value(), want.value(), 1e-3),
+                _ => close_to_scale(got.value(), want.value(), 2e-2),
+            }
+        }
     }
 }
 

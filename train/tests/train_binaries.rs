@@ -163,8 +163,16 @@ fn each_binary_trains_logs_plots_and_checkpoints() {
     );
     let text = String::from_utf8(sampled.stdout).unwrap();
     assert!(text.starts_with("ROMEO:") && text.len() > "ROMEO:".len(), "{text:?}");
-    // Three samples, decoded two and then one at a time.
     let run_dir = tmp.path().join("train-gpt2");
+    // A bf16 copy of the model; a dtype it cannot decode in is refused.
+    let args = ["generate", "--checkpoint", run_dir.to_str().unwrap(), "--prompt", "ROMEO:"];
+    let text =
+        String::from_utf8(ok("monarch", &[&args[..], &["--dtype", "bf16", "--max-new-tokens", "4"]].concat()).stdout);
+    assert!(text.unwrap().starts_with("ROMEO:"));
+    let bad = run("monarch", &[&args[..], &["--dtype", "u8"]].concat());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--dtype must be f32 or bf16"));
+    // Three samples, decoded two and then one at a time.
     let many = ["generate", "--checkpoint", run_dir.to_str().unwrap(), "--prompt", "ROMEO:", "--max-new-tokens", "4"];
     let text =
         String::from_utf8(ok("monarch", &[&many[..], &["--samples", "3", "--batch", "2"]].concat()).stdout).unwrap();

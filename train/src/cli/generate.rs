@@ -7,8 +7,8 @@ use clap::Args;
 use monarch_autograd::{Var, no_grad};
 use monarch_data::{END_OF_TEXT, Gpt2Tokenizer};
 use monarch_nn::models::{Gpt2, Gpt2Cache};
-use monarch_nn::{Ctx, Module, SeedableRng, StdRng, params_to_device};
-use monarch_tensor::{Device, Tensor};
+use monarch_nn::{Ctx, Module, SeedableRng, StdRng, params_to_device, params_to_dtype};
+use monarch_tensor::{DType, Device, Tensor};
 use rand::Rng;
 use std::path::PathBuf;
 
@@ -43,6 +43,10 @@ pub struct GenerateArgs {
     /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
+    /// Element type of the weights and activations: f32, or bf16 (on a GPU half the bytes
+    /// a step reads; the CPU computes bf16 in f32, slower). Logits are summed in f32.
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
 }
 
 impl GenerateArgs {
@@ -55,7 +59,9 @@ impl GenerateArgs {
             return Err("--samples and --batch must be at least 1".into());
         }
         let path = super::input_file(&self.checkpoint)?;
+        let dtype = inference_dtype(self.dtype)?;
         let (model, _) = model_from_checkpoint(&path)?;
+        params_to_dtype(&model.named_params(), dtype)?;
         params_to_device(&model.named_params(), usable_device(self.device, "generating"))?;
         let tok = Gpt2Tokenizer::new();
         let prompt = if self.prompt.is_empty() { vec![END_OF_TEXT] } else { tok.encode(&self.prompt) };
@@ -146,11 +152,27 @@ fn ids_tensor(ids: &[Vec<u32>], len: usize) -> Result<Tensor, CliError> {
 }
 
 /// The next-token logits after the last position of `hidden` (batch, t, n_embd), through
-/// the tied head, on the host: batch × vocab values.
+/// the tied head, on the host: batch × vocab values. A bf16 model's products sum into f32
+/// logits (one GEMM), not rounded to bf16's 8 significant bits, which would tie logits
+/// closer than 1/128 of their size.
 pub(crate) fn last_logits(model: &Gpt2, hidden: &Var) -> Result<Vec<f32>, CliError> {
-    let t = hidden.dims()[1];
-    let last = hidden.narrow(1, t - 1, 1)?;
-    Ok(last.linear(&model.wte.weight.var(), None)?.value().to_vec_f32()?)
+    let &[batch, t, width] = hidden.dims() else {
+        return Err(format!("hidden states must be (batch, seq, n_embd), got shape {}", hidden.value().shape()).into());
+    };
+    let last = hidden.value().narrow(1, t - 1, 1)?.reshape([batch, width])?;
+    let wte = model.wte.weight.value();
+    let mut logits = Tensor::zeros_on([batch, wte.dims()[0]], DType::F32, last.device())?;
+    logits.add_matmul(&last, &wte.t()?)?;
+    Ok(logits.to_vec_f32()?)
+}
+
+/// `--dtype` of the inference tools: f32, or bf16 (half the bytes a step reads; on the
+/// CPU the products still run in f32, converting as they go, so slower there).
+pub(crate) fn inference_dtype(dtype: DType) -> Result<DType, CliError> {
+    match dtype {
+        DType::F32 | DType::BF16 => Ok(dtype),
+        _ => Err(format!("--dtype must be f32 or bf16, got {}", dtype.as_str()).into()),
+    }
 }
 
 /// Draws an index from `softmax(logits / temperature)` restricted to the `top_k` largest
@@ -234,6 +256,25 @@ mod tests {
         assert!(!sparse.can_cache());
         let want: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_reference(&sparse, p, 14)).collect();
         assert_eq!(generate(&sparse, &prompts, 14, 0.0, 0, &mut rng).unwrap(), want);
+    }
+
+    /// A bf16 copy of a model, decoding through its cache, gives the f32 model's logits
+    /// of the whole context within bf16's rounding (8 significant bits, a few products deep).
+    #[test]
+    fn a_bf16_model_decodes_to_the_f32_logits_within_bf16_rounding() {
+        let model = tiny(AttentionImpl::Flash);
+        let ids = vec![vec![5, 17, 33, 40, 2], vec![0, 60, 31, 9, 44]];
+        let want = last_logits(&model, &model.hidden(&ids_tensor(&ids, 5).unwrap(), &Ctx::eval()).unwrap()).unwrap();
+        params_to_dtype(&model.named_params(), DType::BF16).unwrap();
+        let mut cache = Gpt2Cache::default();
+        let prefix: Vec<Vec<u32>> = ids.iter().map(|s| s[..4].to_vec()).collect();
+        model.hidden_cached(&ids_tensor(&prefix, 4).unwrap(), &mut cache).unwrap();
+        let got =
+            last_logits(&model, &model.hidden_cached(&ids_tensor(&ids, 1).unwrap(), &mut cache).unwrap()).unwrap();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(worst <= 0.02 * scale, "worst {worst} of {scale}");
+        assert!(worst > 0.0, "the bf16 model computed in bf16");
     }
 
     #[test]

@@ -7,12 +7,12 @@
 use super::{CliError, Placement, Timing};
 use crate::alloc_stats;
 use crate::cli::LinearFlags;
-use crate::cli::generate::last_logits;
+use crate::cli::generate::{inference_dtype, last_logits};
 use clap::Args;
 use monarch_autograd::no_grad;
 use monarch_nn::models::{Gpt2, Gpt2Cache, Gpt2Config};
-use monarch_nn::{AttentionImpl, LinearKind, Module, param_count, params_to_device};
-use monarch_tensor::{Device, Tensor};
+use monarch_nn::{AttentionImpl, LinearKind, Module, param_count, params_to_device, params_to_dtype};
+use monarch_tensor::{DType, Device, Tensor};
 
 /// Arguments of `monarch bench decode`.
 #[derive(Args, Debug)]
@@ -46,6 +46,10 @@ pub struct DecodeArgs {
     attention: String,
     #[command(flatten)]
     on: Placement,
+    /// Element type of the weights, activations and cache: f32, or bf16 (as
+    /// `monarch generate --dtype`).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
     #[command(flatten)]
     timing: Timing,
 }
@@ -76,6 +80,7 @@ impl DecodeArgs {
     pub fn run(self) -> Result<(), CliError> {
         let model = self.model()?;
         let device = self.on.apply();
+        params_to_dtype(&model.named_params(), inference_dtype(self.dtype)?)?;
         params_to_device(&model.named_params(), device)?;
         let _guard = no_grad();
         let ids = |n: usize, seed: u64| -> Result<Tensor, CliError> {
@@ -101,24 +106,26 @@ impl DecodeArgs {
     /// Prints the median step and the rates it gives.
     fn report(&self, model: &Gpt2, device: Device, ms: f64, peak: usize) {
         let tokens_per_s = self.batch as f64 / (ms * 1e-3);
-        // Each step reads every weight once and each layer's keys and values (f32).
-        let cache_bytes = 2 * self.layers * self.batch * self.context * self.embd * 4;
-        let read = (param_count(model) * 4 + cache_bytes) as f64;
+        // Each step reads every weight once and each layer's keys and values.
+        let size = self.dtype.size_in_bytes();
+        let cache_bytes = 2 * self.layers * self.batch * self.context * self.embd * size;
+        let read = (param_count(model) * size + cache_bytes) as f64;
         let gb_per_s = read / (ms * 1e-3) / 1e9;
         let peak_of = if device == Device::Cpu { "host" } else { "device" };
         if self.timing.json {
             let j = serde_json::json!({
                 "bench": "decode", "kind": self.kind, "attention": self.attention, "layers": self.layers,
                 "heads": self.heads, "embd": self.embd, "vocab": self.vocab, "context": self.context,
-                "batch": self.batch, "device": device.to_string(), "median_ms": ms, "tokens_per_s": tokens_per_s,
+                "batch": self.batch, "dtype": self.dtype.as_str(), "device": device.to_string(), "median_ms": ms, "tokens_per_s": tokens_per_s,
                 "read_gb_per_s": gb_per_s, "cache_bytes": cache_bytes, "peak_bytes": peak, "peak_of": peak_of,
             });
             println!("{j}");
         } else {
             println!(
-                "decode {} {} L{} h{} d{} context {} batch {} on {device}: median {ms:.2} ms/step, {tokens_per_s:.1} tokens/s, reads {gb_per_s:.1} GB/s (cache {:.1} MiB), {peak_of} peak {:.1} MiB",
+                "decode {} {} {} L{} h{} d{} context {} batch {} on {device}: median {ms:.2} ms/step, {tokens_per_s:.1} tokens/s, reads {gb_per_s:.1} GB/s (cache {:.1} MiB), {peak_of} peak {:.1} MiB",
                 self.kind,
                 self.attention,
+                self.dtype,
                 self.layers,
                 self.heads,
                 self.embd,
@@ -144,11 +151,14 @@ mod tests {
     }
 
     #[test]
-    fn decodes_dense_and_monarch_models_and_refuses_an_empty_context() {
+    fn decodes_dense_monarch_and_bf16_models_and_refuses_an_empty_context_or_an_integer_dtype() {
         run(&["--context", "5"]).unwrap();
         run(&["--context", "5", "--kind", "monarch", "--nblocks", "2", "--attention", "naive", "--batch", "3"])
             .unwrap();
+        run(&["--context", "5", "--dtype", "bf16", "--batch", "2"]).unwrap();
         let e = run(&["--context", "0"]).unwrap_err().to_string();
         assert!(e.contains("--context"), "{e}");
+        let e = run(&["--context", "5", "--dtype", "i64"]).unwrap_err().to_string();
+        assert!(e.contains("--dtype"), "{e}");
     }
 }
