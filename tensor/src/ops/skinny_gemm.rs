@@ -99,8 +99,9 @@ simd_dispatch! {
     fn column_dots<T: Weight> = column_dots_impl(out: &mut [T::Acc], a: &[T::Acc], ars: usize, b: &[T], k: usize)
 }
 
+/// [`column_dots`]' body, for callers that inline it into their own dispatched loops.
 #[inline(always)]
-fn column_dots_impl<W: Weight>(out: &mut [W::Acc], a: &[W::Acc], ars: usize, b: &[W], k: usize) {
+pub(crate) fn column_dots_impl<W: Weight>(out: &mut [W::Acc], a: &[W::Acc], ars: usize, b: &[W], k: usize) {
     let whole = k / LANES * LANES;
     for (g, group) in out.chunks_mut(ROW_GROUP).enumerate() {
         let r0 = g * ROW_GROUP;
@@ -157,7 +158,11 @@ fn row_dot<W: Weight>(a: &[W::Acc], b: &[W], k: usize) -> W::Acc {
         }
     }
     let tail = (whole..k).fold(W::Acc::zero(), |s, x| s + a[x] * b[x].widen());
-    acc.iter().flatten().fold(tail, |s, &v| s + v)
+    // The four accumulators lane by lane (vector adds), then one register's lanes: for
+    // short rows (a head's 64 in attention) the sum across lanes costs as much as the
+    // products, so the fewer scalar adds the better.
+    let lanes: [W::Acc; LANES] = std::array::from_fn(|l| (s0[l] + s1[l]) + (s2[l] + s3[l]));
+    lanes.iter().fold(tail, |s, &v| s + v)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! FlashAttention on the CPU: the dense tiled kernels of [`tiling`](super::tiling).
 
+use super::decode;
 use super::tiling::{self, TilePlan};
 use super::{AttentionGrads, AttentionOpts, AttentionOut, Dims};
 use crate::{Result, Tensor};
@@ -19,6 +20,9 @@ impl Tensor {
         let dims = Dims::check(self, k, v, opts, op)?;
         if self.device() != crate::Device::Cpu {
             return self.cuda_attention(k, v, None, dims, opts, op);
+        }
+        if decode::applies(&dims, opts, k, v) {
+            return decode::forward_tensors(op, [self, k, v], dims, opts.causal);
         }
         tiling::forward_tensors(op, [self, k, v], dims, PLAN, opts)
     }

@@ -19,6 +19,7 @@
 //! and f16 inputs in f32) and run in parallel over batch × heads × tiles with rayon.
 
 mod block_sparse;
+mod decode;
 mod flash;
 mod naive;
 mod rowops;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::ops::counter_uniform;
+use tiling::TilePlan;
 
 fn randn(shape: [usize; 4], seed: u64) -> Tensor {
     Tensor::randn(shape, 0.0, 1.0, seed).unwrap().to_dtype(DType::F64).unwrap()
@@ -53,7 +54,8 @@ fn exact(nq: usize, nk: usize, causal: bool) -> impl Fn(usize, usize, usize, f64
 fn close(a: &[f64], b: &[f64], tol: f64, what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        // Equal infinities (the log-sum-exp of a row that sees nothing) are close too.
+        assert!(x == y || (x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
     }
 }
 
@@ -282,4 +284,55 @@ fn visited_fractions() {
     assert_eq!(visited_fraction(4 * FLASH_TILE, 4 * FLASH_TILE, None, true), 10.0 / 16.0);
     let diag = BlockMask::local(4, 4, 16, 0).unwrap();
     assert_eq!(visited_fraction(64, 64, Some(&diag), true), 0.25);
+}
+
+/// A few queries a head over many keys (cached decoding): the decoding path, which reads
+/// keys and values in their own dtype, against the definition and against the tiled path
+/// (output and log-sum-exp) in f64; and bf16 inputs, which `flash_attention` sends there,
+/// against the tiled path on the same bf16 values (computed in f32, rounded to bf16 once).
+/// Keys and values are views of a longer buffer as a cache's are; causal rows that see
+/// no key give 0.
+#[test]
+fn decoding_a_few_queries_reads_the_cache_in_its_dtype_and_matches_the_tiled_path() {
+    let tiled = TilePlan { tile: FLASH_TILE, mask: None };
+    for (nq, nk, d, causal) in [(1, 131, 64, true), (3, 70, 8, true), (4, 2, 20, true), (2, 50, 33, false)] {
+        let q = randn([2, 3, nq, d], 1);
+        let (kbuf, vbuf) = (randn([2, 3, nk + 5, d], 2), randn([2, 3, nk + 5, d], 3));
+        let cached = |buf: &Tensor| buf.narrow(2, 0, nk).unwrap();
+        let (k, v) = (cached(&kbuf), cached(&vbuf));
+        let opts = AttentionOpts { causal, ..Default::default() };
+        let dims = Dims::check(&q, &k, &v, &opts, "test").unwrap();
+        let what = format!("{nq}x{nk} d {d} causal {causal}");
+        let got = decode::forward_tensors("test", [&q, &k, &v], dims, causal).unwrap();
+        let x = [q.clone(), k.clone(), v.clone()];
+        close(&vec(&got.out), &reference(&x, exact(nq, nk, causal), None), 1e-12, &what);
+        let want = tiling::forward_tensors("test", [&q, &k, &v], dims, tiled, &opts).unwrap();
+        close(&vec(&got.lse), &vec(&want.lse), 1e-12, &format!("lse {what}"));
+        if causal && nk < nq {
+            assert_eq!(vec(&got.lse)[0], f64::NEG_INFINITY, "{what}: the first query sees nothing");
+        }
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let (q, k, v) = (bf(&q), cached(&bf(&kbuf)), cached(&bf(&vbuf)));
+        assert!(decode::applies(&dims, &opts, &k, &v));
+        let got = q.flash_attention(&k, &v, &opts).unwrap();
+        let want = tiling::forward_tensors("test", [&q, &k, &v], dims, tiled, &opts).unwrap();
+        assert_eq!((got.out.dtype(), got.lse.dtype()), (DType::BF16, DType::F32));
+        // Two f32 sums a rounding apart may round to neighbouring bf16 values.
+        close(&vec(&got.out), &vec(&want.out), 2f64.powi(-7), &format!("bf16 {what}"));
+        close(&vec(&got.lse), &vec(&want.lse), 1e-5, &format!("bf16 lse {what}"));
+    }
+    // f32, dropout, more queries, or keys whose head dimension is strided: the tiled path.
+    let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let x: Vec<Tensor> = qkv(1, 2, 3, 40, 8).iter().map(bf).collect();
+    let opts = AttentionOpts::default();
+    let dims = Dims::check(&x[0], &x[1], &x[2], &opts, "test").unwrap();
+    assert!(decode::applies(&dims, &opts, &x[1], &x[2]));
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    assert!(!decode::applies(&dims, &opts, &f32(&x[1]), &f32(&x[2])));
+    assert!(!decode::applies(&dims, &AttentionOpts { dropout: 0.1, ..opts }, &x[1], &x[2]));
+    let wide = qkv(1, 2, 5, 40, 8);
+    let wide_dims = Dims::check(&wide[0], &wide[1], &wide[2], &opts, "test").unwrap();
+    assert!(!decode::applies(&wide_dims, &opts, &bf(&wide[1]), &bf(&wide[2])));
+    let kt = bf(&randn([1, 2, 8, 40], 5)).transpose(2, 3).unwrap();
+    assert!(!decode::applies(&dims, &opts, &kt, &x[2]));
 }
