@@ -90,9 +90,12 @@ PY="timeout 120 python3"
     $M bench attention --device cuda --impl flash --seq 1 --keys $2 --batch $1 --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd --warmup 3 --runs 20 --json
     $PY scripts/peers/torch_attention.py --seq 1 --keys $2 --batch $1 --heads 12 --head-dim 64 --causal --dtype bf16 --pass fwd
   done
-  # One whole cached decoding step of GPT-2 small (f32): the weights, the cache, the head.
+  # One whole cached decoding step of GPT-2 small, f32 and bf16 (half the bytes read):
+  # the weights, the cache, the head.
   for b in 1 8; do
-    $M bench decode --device cuda --context 1024 --batch $b --warmup 3 --runs 20 --json
+    for dt in f32 bf16; do
+      $M bench decode --device cuda --context 1024 --batch $b --dtype $dt --warmup 3 --runs 20 --json
+    done
   done
   # Scatterbrain composed on the device (block-sparse band + batched low-rank products).
   $M bench attention --device cuda --impl scatterbrain --features 256 --block 128 --window 1 --seq 4096 --heads 16 --head-dim 64 --causal --dtype bf16 --warmup 2 --runs 10 --json
