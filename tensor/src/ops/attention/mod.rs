@@ -16,7 +16,9 @@
 //! and gradient 0. Dropout acts on the probabilities with the counter-based mask of
 //! [`counter_uniform`](crate::ops::counter_uniform), so every implementation and every
 //! backward draws the same mask without storing it. Kernels compute in f32 or f64 (bf16
-//! and f16 inputs in f32) and run in parallel over batch × heads × tiles with rayon.
+//! and f16 inputs in f32) and run in parallel over batch × heads × tiles with rayon;
+//! flash attention of a few bf16 queries a head (cached decoding) reads the bf16 keys
+//! and values in place (`decode`) rather than converting them.
 
 mod block_sparse;
 mod decode;
