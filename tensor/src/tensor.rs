@@ -386,7 +386,10 @@ mod tests {
             let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
             a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
         };
-        for x in [x.clone(), x.reshape([64, bits.len() / 64]).unwrap_or(x.clone()).t().unwrap_or(x.clone())] {
+        // The whole vector, and a transposed (strided) view of its first 64 × 64.
+        let view = x.narrow(0, 0, 64 * 64).unwrap().reshape([64, 64]).unwrap().t().unwrap();
+        assert!(!view.is_contiguous());
+        for x in [x, view] {
             let direct = x.to_dtype(DType::BF16).unwrap();
             assert!(same(&direct, &x.to_dtype(DType::F64).unwrap().to_dtype(DType::BF16).unwrap()));
             assert!(same(&direct.to_dtype(DType::F32).unwrap(), &direct.to_dtype(DType::F64).unwrap()));

@@ -43,8 +43,8 @@ pub struct GenerateArgs {
     /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
-    /// Element type of the weights and activations: f32, or bf16 (on a GPU half the bytes
-    /// a step reads; the CPU computes bf16 in f32, slower). Logits are summed in f32.
+    /// Element type of the weights and activations: f32, or bf16 (half the bytes a step
+    /// reads, on a GPU and on the CPU alike). Logits are summed in f32.
     #[arg(long, default_value = "f32")]
     dtype: DType,
 }
@@ -166,8 +166,7 @@ pub(crate) fn last_logits(model: &Gpt2, hidden: &Var) -> Result<Vec<f32>, CliErr
     Ok(logits.to_vec_f32()?)
 }
 
-/// `--dtype` of the inference tools: f32, or bf16 (half the bytes a step reads; on the
-/// CPU the products still run in f32, converting as they go, so slower there).
+/// `--dtype` of the inference tools: f32 or bf16; other dtypes are refused.
 pub(crate) fn inference_dtype(dtype: DType) -> Result<DType, CliError> {
     match dtype {
         DType::F32 | DType::BF16 => Ok(dtype),

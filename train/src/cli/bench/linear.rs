@@ -113,9 +113,7 @@ impl LinearArgs {
         let mut layers = Vec::new();
         for w in widths.windows(2) {
             let layer = kind.build(w[0], w[1], true, &mut rng)?;
-            for (_, p) in layer.named_params() {
-                p.update(|v| v.to_dtype(dt).map(|c| *v = c))?;
-            }
+            monarch_nn::params_to_dtype(&layer.named_params(), dt)?;
             monarch_nn::to_device(&*layer, d)?;
             layers.push(layer);
         }
